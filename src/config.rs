@@ -1,0 +1,439 @@
+//! Configuration: the TOML file, CLI flags over it, machine-derived defaults, and
+//! validation into a [`Config`] whose errors name the offending key.
+
+mod file;
+mod machine;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+use file::ConfigFile;
+use units::{parse_duration, parse_size};
+
+/// Command-line flags. Each overrides the config file key named in its help.
+#[derive(Debug, Default, Clone, Parser)]
+#[command(name = "s3-accel", version, about = "GET-only caching accelerator for S3-compatible object storage")]
+pub struct Cli {
+    /// TOML config file (see config/s3-accel.toml for every key).
+    #[arg(long, env = "S3_ACCEL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the S3 listener [key: listen] [default: 0.0.0.0:8080].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Send every Host to this origin, e.g. https://object.ord1.example.com [key: origin].
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Domain for virtual-hosted-style requests with --origin; repeatable [key: domains].
+    #[arg(long = "domain", value_name = "NAME")]
+    pub domains: Vec<String>,
+    /// Cache directory on NVMe [key: cache.dir].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Memory tier size, e.g. 4GiB [key: cache.memory].
+    #[arg(long, value_name = "SIZE")]
+    pub memory_cache: Option<String>,
+    /// Disk tier size, e.g. 500GiB [key: cache.disk].
+    #[arg(long, value_name = "SIZE")]
+    pub disk_cache: Option<String>,
+    /// Cache chunk size, e.g. 8MiB [key: cache.chunk_size].
+    #[arg(long, value_name = "SIZE")]
+    pub chunk_size: Option<String>,
+    /// Log format: `human` or `json`.
+    #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+}
+
+/// A configuration that has passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub server: ServerConfig,
+    pub cache: CacheConfig,
+    pub origin_client: OriginClientConfig,
+    pub regions: Vec<RegionConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A client must send its whole request head within this time.
+    pub header_read_timeout: Duration,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+    pub keep_alive: bool,
+    pub max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub memory: u64,
+    pub disk: u64,
+    pub chunk_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OriginClientConfig {
+    pub connect_timeout: Duration,
+    /// Until the origin's response head arrives.
+    pub first_byte_timeout: Duration,
+    /// Longest silence allowed between two pieces of an origin body.
+    pub body_idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Extra PEM roots trusted for origin TLS, on top of the system and webpki roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One regional origin and the hostnames that select it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionConfig {
+    pub name: String,
+    pub origin: OriginUrl,
+    /// Lower-case hostnames (no port). With `auto` addressing, `<bucket>.<host>` selects
+    /// this region too, in virtual-hosted style.
+    pub hosts: Vec<String>,
+    pub addressing: Addressing,
+    /// Set by the `--origin` shortcut: any Host no other region claims comes here.
+    pub catch_all: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// Virtual-hosted style when the Host is `<bucket>.<host>`, path style otherwise.
+    Auto,
+    /// Path style only.
+    Path,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl OriginUrl {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let uri: http::Uri = text.parse().map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("`{text}` must start with http:// or https://")),
+        };
+        let host = uri.host().ok_or_else(|| format!("`{text}` has no host"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!("`{text}` must not have a path or query: the client's request-target is forwarded as is"));
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        Ok(Self { tls, host, port })
+    }
+}
+
+impl std::fmt::Display for OriginUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}://[{}]:{}", self.scheme(), self.host, self.port)
+        } else {
+            write!(f, "{}://{}:{}", self.scheme(), self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("`{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), reason: reason.into() }
+}
+
+/// The flag's value when given, else the file's, each with the name to blame.
+fn pick<'a>(cli: Option<&'a str>, flag: &'a str, file: Option<&'a str>, key: &'a str) -> Option<(&'a str, &'a str)> {
+    cli.map(|v| (v, flag)).or(file.map(|v| (v, key)))
+}
+
+fn size_or(value: Option<(&str, &str)>, default: impl FnOnce() -> u64) -> Result<u64, ConfigError> {
+    match value {
+        Some((text, key)) => parse_size(text).map_err(|reason| invalid(key, reason)),
+        None => Ok(default()),
+    }
+}
+
+fn duration_or(value: Option<&str>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        Some(text) => parse_duration(text).map_err(|reason| invalid(key, reason)),
+        None => Ok(default),
+    }
+}
+
+impl Config {
+    /// Reads `--config` (when given) and applies the flags over it.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => Self::read_file(path)?,
+            None => ConfigFile::default(),
+        };
+        Self::from_parts(file, cli)
+    }
+
+    /// Parses a config file's text alone, as if no flag were given.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file = toml::from_str(text).map_err(|source| ConfigError::Parse { path: PathBuf::from("<inline>"), source })?;
+        Self::from_parts(file, &Cli::default())
+    }
+
+    fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+    }
+
+    fn from_parts(file: ConfigFile, cli: &Cli) -> Result<Self, ConfigError> {
+        let listen_text = pick(cli.listen.as_deref(), "--listen", file.listen.as_deref(), "listen");
+        let listen = match listen_text {
+            Some((text, key)) => text
+                .parse()
+                .map_err(|e| invalid(key, format!("`{text}` is not an address like 0.0.0.0:8080: {e}")))?,
+            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+        };
+
+        let server = ServerConfig {
+            header_read_timeout: duration_or(file.server.header_read_timeout.as_deref(), "server.header_read_timeout", Duration::from_secs(30))?,
+            drain_timeout: duration_or(file.server.drain_timeout.as_deref(), "server.drain_timeout", Duration::from_secs(30))?,
+            keep_alive: file.server.keep_alive.unwrap_or(true),
+            max_concurrent_streams: file.server.max_concurrent_streams.unwrap_or(256),
+        };
+        if server.max_concurrent_streams == 0 {
+            return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
+        }
+
+        let cache = Self::cache_config(&file, cli)?;
+        let origin_client = Self::origin_client_config(&file)?;
+        let regions = Self::regions(&file, cli)?;
+        Ok(Self { listen, server, cache, origin_client, regions })
+    }
+
+    fn cache_config(file: &ConfigFile, cli: &Cli) -> Result<CacheConfig, ConfigError> {
+        let dir = match (&cli.cache_dir, &file.cache.dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(dir)) if dir.trim().is_empty() => return Err(invalid("cache.dir", "must not be empty")),
+            (None, Some(dir)) => PathBuf::from(dir),
+            (None, None) => machine::default_cache_dir(),
+        };
+        let chunk_key = pick(cli.chunk_size.as_deref(), "--chunk-size", file.cache.chunk_size.as_deref(), "cache.chunk_size");
+        let chunk_size = size_or(chunk_key, || 8 << 20)?;
+        if !(1 << 20..=256 << 20).contains(&chunk_size) {
+            let key = chunk_key.map_or("cache.chunk_size", |(_, key)| key);
+            return Err(invalid(key, "must be between 1MiB and 256MiB"));
+        }
+        let memory_key = pick(cli.memory_cache.as_deref(), "--memory-cache", file.cache.memory.as_deref(), "cache.memory");
+        let memory = size_or(memory_key, machine::default_memory_cache)?;
+        let disk_key = pick(cli.disk_cache.as_deref(), "--disk-cache", file.cache.disk.as_deref(), "cache.disk");
+        let disk = size_or(disk_key, || {
+            // A filesystem too full for a useful disk tier gets none rather than a tiny one.
+            Some(machine::default_disk_cache(&dir)).filter(|&d| d >= 16 * chunk_size).unwrap_or(0)
+        })?;
+        // Two chunks: one being served while the next is filled. Zero disables the tier.
+        if memory < 2 * chunk_size {
+            let key = memory_key.map_or("cache.memory", |(_, key)| key);
+            return Err(invalid(key, format!("must hold at least two chunks ({})", units::format_size(2 * chunk_size))));
+        }
+        if disk != 0 && disk < 16 * chunk_size {
+            let key = disk_key.map_or("cache.disk", |(_, key)| key);
+            return Err(invalid(key, format!("must be 0 (no disk tier) or at least 16 chunks ({})", units::format_size(16 * chunk_size))));
+        }
+        Ok(CacheConfig { dir, memory, disk, chunk_size })
+    }
+
+    fn origin_client_config(file: &ConfigFile) -> Result<OriginClientConfig, ConfigError> {
+        let section = &file.origin_client;
+        let config = OriginClientConfig {
+            connect_timeout: duration_or(section.connect_timeout.as_deref(), "origin_client.connect_timeout", Duration::from_secs(5))?,
+            first_byte_timeout: duration_or(section.first_byte_timeout.as_deref(), "origin_client.first_byte_timeout", Duration::from_secs(30))?,
+            body_idle_timeout: duration_or(section.body_idle_timeout.as_deref(), "origin_client.body_idle_timeout", Duration::from_secs(60))?,
+            pool_idle_timeout: duration_or(section.pool_idle_timeout.as_deref(), "origin_client.pool_idle_timeout", Duration::from_secs(90))?,
+            pool_max_idle_per_host: section.pool_max_idle_per_host.unwrap_or(256),
+            ca_file: section.ca_file.as_ref().map(PathBuf::from),
+        };
+        for (key, value) in [
+            ("origin_client.connect_timeout", config.connect_timeout),
+            ("origin_client.first_byte_timeout", config.first_byte_timeout),
+            ("origin_client.body_idle_timeout", config.body_idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if let Some(path) = &config.ca_file {
+            if !path.is_file() {
+                return Err(invalid("origin_client.ca_file", format!("{} is not a readable file", path.display())));
+            }
+        }
+        Ok(config)
+    }
+
+    fn regions(file: &ConfigFile, cli: &Cli) -> Result<Vec<RegionConfig>, ConfigError> {
+        let domains_key = if cli.domains.is_empty() { "domains" } else { "--domain" };
+        let domains = if cli.domains.is_empty() { file.domains.clone().unwrap_or_default() } else { cli.domains.clone() };
+        let domains = domains.iter().map(|d| normalize_host(d, domains_key)).collect::<Result<Vec<_>, _>>()?;
+
+        let shortcut = pick(cli.origin.as_deref(), "--origin", file.origin.as_deref(), "origin");
+        if let Some((url, key)) = shortcut {
+            if cli.origin.is_none() && !file.regions.is_empty() {
+                return Err(invalid("origin", "set either `origin` or `[[regions]]`, not both"));
+            }
+            let origin = OriginUrl::parse(url).map_err(|reason| invalid(key, reason))?;
+            return Ok(vec![RegionConfig { name: "default".into(), origin, hosts: domains, addressing: Addressing::Auto, catch_all: true }]);
+        }
+        if file.regions.is_empty() {
+            return Err(invalid("origin", "no origin configured: pass --origin URL or add [[regions]] to the config file"));
+        }
+        if !domains.is_empty() {
+            return Err(invalid(domains_key, "domains apply to the `origin` shortcut; with [[regions]], list hostnames in each region's `hosts`"));
+        }
+
+        let mut regions: Vec<RegionConfig> = Vec::new();
+        for (i, section) in file.regions.iter().enumerate() {
+            let key = |field: &str| format!("regions[{i}].{field}");
+            if section.name.trim().is_empty() {
+                return Err(invalid(&key("name"), "must not be empty"));
+            }
+            if regions.iter().any(|r| r.name == section.name) {
+                return Err(invalid(&key("name"), format!("region `{}` is defined twice", section.name)));
+            }
+            let origin = OriginUrl::parse(&section.origin).map_err(|reason| invalid(&key("origin"), reason))?;
+            if section.hosts.is_empty() {
+                return Err(invalid(&key("hosts"), "list at least one hostname that selects this region"));
+            }
+            let hosts = section.hosts.iter().map(|h| normalize_host(h, &key("hosts"))).collect::<Result<Vec<_>, _>>()?;
+            for host in &hosts {
+                if let Some(other) = regions.iter().find(|r| r.hosts.contains(host)) {
+                    return Err(invalid(&key("hosts"), format!("`{host}` is already a host of region `{}`", other.name)));
+                }
+            }
+            let addressing = match section.addressing.as_deref() {
+                None | Some("auto") => Addressing::Auto,
+                Some("path") => Addressing::Path,
+                Some(other) => return Err(invalid(&key("addressing"), format!("`{other}` is not one of `auto`, `path`"))),
+            };
+            regions.push(RegionConfig { name: section.name.clone(), origin, hosts, addressing, catch_all: false });
+        }
+        Ok(regions)
+    }
+}
+
+fn normalize_host(text: &str, key: &str) -> Result<String, ConfigError> {
+    let host = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid {
+        return Err(invalid(key, format!("`{text}` is not a hostname (no scheme, port or path)")));
+    }
+    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_key(result: Result<Config, ConfigError>) -> String {
+        match result {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid-key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn origin_shortcut_with_defaults() {
+        let config = Config::from_toml("origin = \"http://127.0.0.1:9000\"").unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.cache.chunk_size, 8 << 20);
+        assert!(config.cache.memory >= 16 << 20);
+        let region = &config.regions[0];
+        assert!(region.catch_all);
+        assert_eq!(region.origin, OriginUrl { tls: false, host: "127.0.0.1".into(), port: 9000 });
+    }
+
+    #[test]
+    fn cli_overrides_file() {
+        let file: ConfigFile = toml::from_str("origin = \"http://a:1\"\ncache.chunk_size = \"4MiB\"").unwrap();
+        let cli = Cli { origin: Some("https://b".into()), chunk_size: Some("16MiB".into()), domains: vec!["S3.Local".into()], ..Cli::default() };
+        let config = Config::from_parts(file, &cli).unwrap();
+        assert_eq!(config.cache.chunk_size, 16 << 20);
+        assert_eq!(config.regions[0].origin, OriginUrl { tls: true, host: "b".into(), port: 443 });
+        assert_eq!(config.regions[0].hosts, vec!["s3.local".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let base = "origin = \"http://a:1\"\n";
+        assert_eq!(error_key(Config::from_toml(&format!("{base}cache.chunk_size = \"huge\""))), "cache.chunk_size");
+        assert_eq!(error_key(Config::from_toml(&format!("{base}cache.chunk_size = \"1GiB\""))), "cache.chunk_size");
+        assert_eq!(error_key(Config::from_toml(&format!("{base}listen = \"nowhere\""))), "listen");
+        assert_eq!(error_key(Config::from_toml(&format!("{base}server.drain_timeout = \"later\""))), "server.drain_timeout");
+        assert_eq!(error_key(Config::from_toml(&format!("{base}origin_client.connect_timeout = \"0s\""))), "origin_client.connect_timeout");
+        assert_eq!(error_key(Config::from_toml("origin = \"ftp://a\"")), "origin");
+        assert_eq!(error_key(Config::from_toml("origin = \"http://a/prefix\"")), "origin");
+        assert_eq!(error_key(Config::from_toml("")), "origin");
+        let cli = Cli { origin: Some("http://a".into()), memory_cache: Some("1KiB".into()), ..Cli::default() };
+        assert_eq!(error_key(Config::from_parts(ConfigFile::default(), &cli)), "--memory-cache");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::from_toml("origin = \"http://a\"\n[cache]\nchunksize = \"8MiB\"").unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("chunksize"), "{text}");
+    }
+
+    #[test]
+    fn regions_validate_hosts_and_addressing() {
+        let two = r#"
+            [[regions]]
+            name = "ord1"
+            origin = "https://object.ord1.example.com"
+            hosts = ["accel-object.ord1.example.com"]
+            [[regions]]
+            name = "lga1"
+            origin = "https://object.lga1.example.com"
+            hosts = ["ACCEL-object.lga1.example.com"]
+            addressing = "path"
+        "#;
+        let config = Config::from_toml(two).unwrap();
+        assert_eq!(config.regions.len(), 2);
+        assert_eq!(config.regions[1].hosts, vec!["accel-object.lga1.example.com".to_string()]);
+        assert_eq!(config.regions[1].addressing, Addressing::Path);
+
+        let clash = two.replace("ACCEL-object.lga1", "accel-object.ord1");
+        assert_eq!(error_key(Config::from_toml(&clash)), "regions[1].hosts");
+        let bad_style = two.replace("\"path\"", "\"sideways\"");
+        assert_eq!(error_key(Config::from_toml(&bad_style)), "regions[1].addressing");
+        let both = format!("origin = \"http://a\"\n{two}");
+        assert_eq!(error_key(Config::from_toml(&both)), "origin");
+    }
+}

@@ -1,0 +1,60 @@
+//! The TOML file as written by an operator: every key optional, unknown keys refused.
+
+use serde::Deserialize;
+
+/// Mirror of `config/s3-accel.toml`. Values stay text here so that a bad one is
+/// reported with its key when it is converted into [`super::Config`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<String>,
+    pub origin: Option<String>,
+    pub domains: Option<Vec<String>>,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub origin_client: OriginClientSection,
+    #[serde(default)]
+    pub regions: Vec<RegionSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub header_read_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub keep_alive: Option<bool>,
+    pub max_concurrent_streams: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub dir: Option<String>,
+    pub memory: Option<String>,
+    pub disk: Option<String>,
+    pub chunk_size: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginClientSection {
+    pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub body_idle_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle_per_host: Option<usize>,
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSection {
+    pub name: String,
+    pub origin: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub addressing: Option<String>,
+}

@@ -1,0 +1,124 @@
+//! The request path's one error type, mapped to status and S3 code in one place.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::origin::{OriginError, UnknownHost};
+use crate::s3::{self, RequestError};
+use crate::ProxyBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// 405 MethodNotAllowed; 400 InvalidURI, KeyTooLongError, InvalidArgument: not an
+    /// object read, refused before the origin sees it
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// 400 InvalidRequest: the Host names no configured region
+    #[error(transparent)]
+    UnknownHost(#[from] UnknownHost),
+    /// 400 InvalidRequest: a GET or HEAD that carries a body
+    #[error("a {0} request must not carry a body")]
+    UnexpectedBody(Method),
+    /// 503 ServiceUnavailable when the origin is unreachable or silent; 502 when it
+    /// breaks off the exchange
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+}
+
+impl ProxyError {
+    /// The status and S3 error code a client sees.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Request(RequestError::MethodNotAllowed { .. }) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            Self::Request(RequestError::InvalidUri { .. }) => (StatusCode::BAD_REQUEST, "InvalidURI"),
+            Self::Request(RequestError::KeyTooLong { .. }) => (StatusCode::BAD_REQUEST, "KeyTooLongError"),
+            Self::Request(RequestError::InvalidArgument { .. }) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+            Self::UnknownHost(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
+            Self::UnexpectedBody(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
+            Self::Origin(OriginError::Unreachable { .. } | OriginError::Timeout { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            Self::Origin(OriginError::Protocol { .. }) => (StatusCode::BAD_GATEWAY, "BadGateway"),
+        }
+    }
+
+    /// Elements an S3 client expects beside Code and Message for this error.
+    fn extra_elements(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Request(RequestError::MethodNotAllowed { method, resource }) => {
+                vec![("Method", method.clone()), ("ResourceType", resource.as_str().to_owned())]
+            }
+            Self::Request(RequestError::InvalidArgument { name, .. }) => vec![("ArgumentName", name.clone())],
+            Self::UnknownHost(UnknownHost { host }) => vec![("HostId", host.clone())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The S3 error response. HEAD responses carry no body; `resource` is the
+    /// request's path.
+    pub fn into_response(self, request_id: &str, resource: &str, method: &Method) -> Response<ProxyBody> {
+        let (status, code) = self.status_and_code();
+        let message = error_chain(&self);
+        let body = if *method == Method::HEAD {
+            Bytes::new()
+        } else {
+            Bytes::from(s3::xml::error_body(code, &message, resource, request_id, &self.extra_elements()))
+        };
+        let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert(s3::REQUEST_ID, id);
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The error and its sources, one sentence each: the message an operator needs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s3::ResourceType;
+
+    #[tokio::test]
+    async fn method_not_allowed_is_s3_xml_with_allow() {
+        let error = ProxyError::from(RequestError::MethodNotAllowed { method: "PUT".into(), resource: ResourceType::Object });
+        let response = error.into_response("REQ1", "/b/k", &Method::PUT);
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET, HEAD");
+        assert_eq!(response.headers()[s3::REQUEST_ID], "REQ1");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = std::str::from_utf8(&body).unwrap();
+        assert!(body.contains("<Code>MethodNotAllowed</Code>"), "{body}");
+        assert!(body.contains("<Method>PUT</Method><ResourceType>OBJECT</ResourceType>"), "{body}");
+        assert!(body.contains("<RequestId>REQ1</RequestId>"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn head_errors_have_no_body() {
+        let error = ProxyError::from(UnknownHost { host: "nowhere".into() });
+        let response = error.into_response("REQ2", "/b/k", &Method::HEAD);
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.into_body().collect().await.unwrap().to_bytes().is_empty());
+    }
+}

@@ -1,0 +1,47 @@
+//! s3-accel: a GET-only, caching, read-through accelerator for S3-compatible object
+//! storage. `main.rs` parses flags; everything else lives here, testable in-process.
+
+pub mod config;
+pub mod error;
+pub mod origin;
+pub mod proxy;
+pub mod s3;
+pub mod server;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+pub use config::{Cli, Config};
+
+/// The error type of bodies streamed through the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body the proxy sends.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A bound, not yet running s3-accel.
+pub struct App {
+    server: server::Server,
+}
+
+impl App {
+    /// Builds the origin clients and binds the listener.
+    pub async fn bind(config: &Config) -> io::Result<Self> {
+        let router = origin::Router::new(config)?;
+        let proxy = proxy::Proxy::new(router);
+        let server = server::Server::bind(config.listen, proxy, config.server.clone()).await?;
+        Ok(Self { server })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.server.run(shutdown).await;
+    }
+}

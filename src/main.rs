@@ -1,0 +1,58 @@
+//! The s3-accel binary: flags, logging, signals; the library does the rest.
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use s3_accel::{App, Cli, Config};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("s3-accel: invalid configuration: {}", s3_accel::error::error_chain(&error));
+            std::process::exit(2);
+        }
+    };
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let app = App::bind(&config).await.context("starting s3-accel")?;
+    for region in &config.regions {
+        let hosts = if region.catch_all { "any host".to_string() } else { region.hosts.join(", ") };
+        tracing::info!(region = region.name, origin = %region.origin, hosts, "serving region");
+    }
+    tracing::info!(
+        listen = %app.local_addr()?,
+        cache_dir = %config.cache.dir.display(),
+        memory_cache = s3_accel::config::units::format_size(config.cache.memory),
+        disk_cache = s3_accel::config::units::format_size(config.cache.disk),
+        chunk_size = s3_accel::config::units::format_size(config.cache.chunk_size),
+        "s3-accel listening"
+    );
+    app.run(shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

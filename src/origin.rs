@@ -1,0 +1,11 @@
+//! The origin side: routing hosts to regional origins and talking to them.
+//! Knows nothing of the proxy's request path.
+
+mod body;
+mod client;
+mod connect;
+pub mod route;
+
+pub use body::{BodyIdleTimeout, IdleTimeoutBody};
+pub use client::{OriginBody, OriginClient, OriginError};
+pub use route::{Region, Route, Router, UnknownHost};

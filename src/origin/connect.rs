@@ -1,0 +1,110 @@
+//! Connections to one origin: DNS through hickory, TCP with a timeout, TLS by rustls
+//! with the origin's own name, whatever authority the forwarded request carries.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use http::Uri;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+use crate::config::OriginUrl;
+
+/// Dials the configured origin for every request, ignoring the request's authority:
+/// the forwarded request keeps the Host the client signed, which is not the origin's.
+#[derive(Clone)]
+pub struct OriginConnector {
+    host: Arc<str>,
+    port: u16,
+    resolver: Arc<TokioResolver>,
+    connect_timeout: Duration,
+}
+
+impl OriginConnector {
+    async fn connect(self) -> io::Result<TokioIo<TcpStream>> {
+        let addresses: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, self.port)],
+            Err(_) => {
+                let lookup = self.resolver.lookup_ip(&*self.host).await.map_err(|e| io::Error::other(format!("resolving {}: {e}", self.host)))?;
+                lookup.iter().map(|ip| SocketAddr::new(ip, self.port)).collect()
+            }
+        };
+        let mut last_error = io::Error::new(io::ErrorKind::NotFound, format!("{} has no address", self.host));
+        for address in addresses {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => {
+                    stream.set_nodelay(true)?;
+                    return Ok(TokioIo::new(stream));
+                }
+                Ok(Err(e)) => last_error = io::Error::new(e.kind(), format!("connecting to {address}: {e}")),
+                Err(_) => last_error = io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {address}: no answer in {:?}", self.connect_timeout)),
+            }
+        }
+        Err(last_error)
+    }
+}
+
+impl tower_service::Service<Uri> for OriginConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _authority_the_client_signed: Uri) -> Self::Future {
+        Box::pin(self.clone().connect())
+    }
+}
+
+/// The TLS roots for origins: webpki's, the system's, and an optional PEM file.
+pub fn tls_config(ca_file: Option<&Path>) -> io::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)?;
+        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>()?;
+        if certs.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} holds no PEM certificate", path.display())));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// An HTTPS-or-HTTP connector to `origin`, offering h2 and HTTP/1.1 by ALPN.
+pub fn https_connector(
+    origin: &OriginUrl,
+    tls: rustls::ClientConfig,
+    resolver: Arc<TokioResolver>,
+    connect_timeout: Duration,
+) -> io::Result<HttpsConnector<OriginConnector>> {
+    let server_name = ServerName::try_from(origin.host.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {e}", origin.host)))?;
+    let inner = OriginConnector { host: origin.host.as_str().into(), port: origin.port, resolver, connect_timeout };
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .with_server_name_resolver(FixedServerNameResolver::new(server_name))
+        .enable_all_versions()
+        .wrap_connector(inner))
+}

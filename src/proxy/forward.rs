@@ -1,0 +1,125 @@
+//! Forwarding a client's signed request to the origin and relaying the answer:
+//! only hop-by-hop headers change, everything the client signed travels as is.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+
+use crate::error::ProxyError;
+use crate::config::OriginUrl;
+use crate::origin::OriginBody;
+use crate::s3::{self, RequestError};
+use crate::ProxyBody;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named).chain([&header::UPGRADE]) {
+        headers.remove(name);
+    }
+}
+
+/// The authority the client addressed: `:authority` for h2 and absolute-form
+/// targets, else the Host header.
+pub fn client_authority<B>(request: &Request<B>) -> Option<String> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+}
+
+/// The request to send the origin: same method, same raw request-target, same
+/// headers (Host included), minus hop-by-hop ones; the connector dials the origin.
+pub fn origin_request<B>(client: &Request<B>, origin: &OriginUrl, authority: &str) -> Result<Request<Empty<Bytes>>, ProxyError> {
+    let target = client.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let scheme = if origin.tls { Scheme::HTTPS } else { Scheme::HTTP };
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(target)
+        .build()
+        .map_err(|_| RequestError::InvalidUri { reason: "the Host header is not a valid authority" })?;
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = client.method().clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    let headers = request.headers_mut();
+    *headers = client.headers().clone();
+    strip_hop_by_hop(headers);
+    if client.version() == Version::HTTP_2 && !headers.contains_key(header::HOST) {
+        // h2 clients sign `:authority` as `host`; an HTTP/1.1 origin needs it as Host.
+        if let Ok(host) = HeaderValue::from_str(authority) {
+            headers.insert(header::HOST, host);
+        }
+    }
+    Ok(request)
+}
+
+/// The origin's response as the client gets it: status, headers and body unchanged
+/// but for hop-by-hop headers, streamed, with a request id.
+pub fn client_response(origin: Response<OriginBody>, request_id: &str) -> Response<ProxyBody> {
+    let (mut parts, body) = origin.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(s3::REQUEST_ID) {
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            parts.headers.insert(s3::REQUEST_ID, id);
+        }
+    }
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_signed_ones_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(header::RANGE, "bytes=0-9".parse().unwrap());
+        headers.insert("x-amz-date", "20261123T000000Z".parse().unwrap());
+        headers.insert(header::AUTHORIZATION, "AWS4-HMAC-SHA256 ...".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["authorization", "range", "x-amz-date"]);
+    }
+
+    #[test]
+    fn origin_request_keeps_the_raw_target_and_host() {
+        let client = Request::get("/b/a%2Bb+c//d?versionId=x%3D&X-Amz-Signature=ab")
+            .header(header::HOST, "accel-object.ord1.example.com:8080")
+            .header(header::RANGE, "bytes=0-1")
+            .body(())
+            .unwrap();
+        let origin = OriginUrl { tls: true, host: "object.ord1.example.com".into(), port: 443 };
+        let authority = client_authority(&client).unwrap();
+        let request = origin_request(&client, &origin, &authority).unwrap();
+        assert_eq!(request.uri().to_string(), "https://accel-object.ord1.example.com:8080/b/a%2Bb+c//d?versionId=x%3D&X-Amz-Signature=ab");
+        assert_eq!(request.headers()[header::HOST], "accel-object.ord1.example.com:8080");
+        assert_eq!(request.headers()[header::RANGE], "bytes=0-1");
+    }
+}
