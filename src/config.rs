@@ -16,7 +16,11 @@ use units::{parse_duration, parse_size};
 
 /// Command-line flags. Each overrides the config file key named in its help.
 #[derive(Debug, Default, Clone, Parser)]
-#[command(name = "s3-accel", version, about = "GET-only caching accelerator for S3-compatible object storage")]
+#[command(
+    name = "s3-accel",
+    version,
+    about = "GET-only caching accelerator for S3-compatible object storage"
+)]
 pub struct Cli {
     /// TOML config file (see config/s3-accel.toml for every key).
     #[arg(long, env = "S3_ACCEL_CONFIG")]
@@ -134,7 +138,9 @@ impl OriginUrl {
         };
         let host = uri.host().ok_or_else(|| format!("`{text}` has no host"))?;
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!("`{text}` must not have a path or query: the client's request-target is forwarded as is"));
+            return Err(format!(
+                "`{text}` must not have a path or query: the client's request-target is forwarded as is"
+            ));
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
@@ -171,7 +177,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.to_owned(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// The flag's value when given, else the file's, each with the name to blame.
@@ -205,13 +214,22 @@ impl Config {
 
     /// Parses a config file's text alone, as if no flag were given.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let file = toml::from_str(text).map_err(|source| ConfigError::Parse { path: PathBuf::from("<inline>"), source })?;
+        let file = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            source,
+        })?;
         Self::from_parts(file, &Cli::default())
     }
 
     fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     fn from_parts(file: ConfigFile, cli: &Cli) -> Result<Self, ConfigError> {
@@ -224,8 +242,16 @@ impl Config {
         };
 
         let server = ServerConfig {
-            header_read_timeout: duration_or(file.server.header_read_timeout.as_deref(), "server.header_read_timeout", Duration::from_secs(30))?,
-            drain_timeout: duration_or(file.server.drain_timeout.as_deref(), "server.drain_timeout", Duration::from_secs(30))?,
+            header_read_timeout: duration_or(
+                file.server.header_read_timeout.as_deref(),
+                "server.header_read_timeout",
+                Duration::from_secs(30),
+            )?,
+            drain_timeout: duration_or(
+                file.server.drain_timeout.as_deref(),
+                "server.drain_timeout",
+                Duration::from_secs(30),
+            )?,
             keep_alive: file.server.keep_alive.unwrap_or(true),
             max_concurrent_streams: file.server.max_concurrent_streams.unwrap_or(256),
         };
@@ -236,7 +262,13 @@ impl Config {
         let cache = Self::cache_config(&file, cli)?;
         let origin_client = Self::origin_client_config(&file)?;
         let regions = Self::regions(&file, cli)?;
-        Ok(Self { listen, server, cache, origin_client, regions })
+        Ok(Self {
+            listen,
+            server,
+            cache,
+            origin_client,
+            regions,
+        })
     }
 
     fn cache_config(file: &ConfigFile, cli: &Cli) -> Result<CacheConfig, ConfigError> {
@@ -246,38 +278,85 @@ impl Config {
             (None, Some(dir)) => PathBuf::from(dir),
             (None, None) => machine::default_cache_dir(),
         };
-        let chunk_key = pick(cli.chunk_size.as_deref(), "--chunk-size", file.cache.chunk_size.as_deref(), "cache.chunk_size");
+        let chunk_key = pick(
+            cli.chunk_size.as_deref(),
+            "--chunk-size",
+            file.cache.chunk_size.as_deref(),
+            "cache.chunk_size",
+        );
         let chunk_size = size_or(chunk_key, || 8 << 20)?;
         if !(1 << 20..=256 << 20).contains(&chunk_size) {
             let key = chunk_key.map_or("cache.chunk_size", |(_, key)| key);
             return Err(invalid(key, "must be between 1MiB and 256MiB"));
         }
-        let memory_key = pick(cli.memory_cache.as_deref(), "--memory-cache", file.cache.memory.as_deref(), "cache.memory");
+        let memory_key = pick(
+            cli.memory_cache.as_deref(),
+            "--memory-cache",
+            file.cache.memory.as_deref(),
+            "cache.memory",
+        );
         let memory = size_or(memory_key, machine::default_memory_cache)?;
-        let disk_key = pick(cli.disk_cache.as_deref(), "--disk-cache", file.cache.disk.as_deref(), "cache.disk");
+        let disk_key = pick(
+            cli.disk_cache.as_deref(),
+            "--disk-cache",
+            file.cache.disk.as_deref(),
+            "cache.disk",
+        );
         let disk = size_or(disk_key, || {
             // A filesystem too full for a useful disk tier gets none rather than a tiny one.
-            Some(machine::default_disk_cache(&dir)).filter(|&d| d >= 16 * chunk_size).unwrap_or(0)
+            Some(machine::default_disk_cache(&dir))
+                .filter(|&d| d >= 16 * chunk_size)
+                .unwrap_or(0)
         })?;
         // Two chunks: one being served while the next is filled. Zero disables the tier.
         if memory < 2 * chunk_size {
             let key = memory_key.map_or("cache.memory", |(_, key)| key);
-            return Err(invalid(key, format!("must hold at least two chunks ({})", units::format_size(2 * chunk_size))));
+            return Err(invalid(
+                key,
+                format!("must hold at least two chunks ({})", units::format_size(2 * chunk_size)),
+            ));
         }
         if disk != 0 && disk < 16 * chunk_size {
             let key = disk_key.map_or("cache.disk", |(_, key)| key);
-            return Err(invalid(key, format!("must be 0 (no disk tier) or at least 16 chunks ({})", units::format_size(16 * chunk_size))));
+            return Err(invalid(
+                key,
+                format!(
+                    "must be 0 (no disk tier) or at least 16 chunks ({})",
+                    units::format_size(16 * chunk_size)
+                ),
+            ));
         }
-        Ok(CacheConfig { dir, memory, disk, chunk_size })
+        Ok(CacheConfig {
+            dir,
+            memory,
+            disk,
+            chunk_size,
+        })
     }
 
     fn origin_client_config(file: &ConfigFile) -> Result<OriginClientConfig, ConfigError> {
         let section = &file.origin_client;
         let config = OriginClientConfig {
-            connect_timeout: duration_or(section.connect_timeout.as_deref(), "origin_client.connect_timeout", Duration::from_secs(5))?,
-            first_byte_timeout: duration_or(section.first_byte_timeout.as_deref(), "origin_client.first_byte_timeout", Duration::from_secs(30))?,
-            body_idle_timeout: duration_or(section.body_idle_timeout.as_deref(), "origin_client.body_idle_timeout", Duration::from_secs(60))?,
-            pool_idle_timeout: duration_or(section.pool_idle_timeout.as_deref(), "origin_client.pool_idle_timeout", Duration::from_secs(90))?,
+            connect_timeout: duration_or(
+                section.connect_timeout.as_deref(),
+                "origin_client.connect_timeout",
+                Duration::from_secs(5),
+            )?,
+            first_byte_timeout: duration_or(
+                section.first_byte_timeout.as_deref(),
+                "origin_client.first_byte_timeout",
+                Duration::from_secs(30),
+            )?,
+            body_idle_timeout: duration_or(
+                section.body_idle_timeout.as_deref(),
+                "origin_client.body_idle_timeout",
+                Duration::from_secs(60),
+            )?,
+            pool_idle_timeout: duration_or(
+                section.pool_idle_timeout.as_deref(),
+                "origin_client.pool_idle_timeout",
+                Duration::from_secs(90),
+            )?,
             pool_max_idle_per_host: section.pool_max_idle_per_host.unwrap_or(256),
             ca_file: section.ca_file.as_ref().map(PathBuf::from),
         };
@@ -292,7 +371,10 @@ impl Config {
         }
         if let Some(path) = &config.ca_file {
             if !path.is_file() {
-                return Err(invalid("origin_client.ca_file", format!("{} is not a readable file", path.display())));
+                return Err(invalid(
+                    "origin_client.ca_file",
+                    format!("{} is not a readable file", path.display()),
+                ));
             }
         }
         Ok(config)
@@ -300,8 +382,15 @@ impl Config {
 
     fn regions(file: &ConfigFile, cli: &Cli) -> Result<Vec<RegionConfig>, ConfigError> {
         let domains_key = if cli.domains.is_empty() { "domains" } else { "--domain" };
-        let domains = if cli.domains.is_empty() { file.domains.clone().unwrap_or_default() } else { cli.domains.clone() };
-        let domains = domains.iter().map(|d| normalize_host(d, domains_key)).collect::<Result<Vec<_>, _>>()?;
+        let domains = if cli.domains.is_empty() {
+            file.domains.clone().unwrap_or_default()
+        } else {
+            cli.domains.clone()
+        };
+        let domains = domains
+            .iter()
+            .map(|d| normalize_host(d, domains_key))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let shortcut = pick(cli.origin.as_deref(), "--origin", file.origin.as_deref(), "origin");
         if let Some((url, key)) = shortcut {
@@ -309,13 +398,25 @@ impl Config {
                 return Err(invalid("origin", "set either `origin` or `[[regions]]`, not both"));
             }
             let origin = OriginUrl::parse(url).map_err(|reason| invalid(key, reason))?;
-            return Ok(vec![RegionConfig { name: "default".into(), origin, hosts: domains, addressing: Addressing::Auto, catch_all: true }]);
+            return Ok(vec![RegionConfig {
+                name: "default".into(),
+                origin,
+                hosts: domains,
+                addressing: Addressing::Auto,
+                catch_all: true,
+            }]);
         }
         if file.regions.is_empty() {
-            return Err(invalid("origin", "no origin configured: pass --origin URL or add [[regions]] to the config file"));
+            return Err(invalid(
+                "origin",
+                "no origin configured: pass --origin URL or add [[regions]] to the config file",
+            ));
         }
         if !domains.is_empty() {
-            return Err(invalid(domains_key, "domains apply to the `origin` shortcut; with [[regions]], list hostnames in each region's `hosts`"));
+            return Err(invalid(
+                domains_key,
+                "domains apply to the `origin` shortcut; with [[regions]], list hostnames in each region's `hosts`",
+            ));
         }
 
         let mut regions: Vec<RegionConfig> = Vec::new();
@@ -325,24 +426,48 @@ impl Config {
                 return Err(invalid(&key("name"), "must not be empty"));
             }
             if regions.iter().any(|r| r.name == section.name) {
-                return Err(invalid(&key("name"), format!("region `{}` is defined twice", section.name)));
+                return Err(invalid(
+                    &key("name"),
+                    format!("region `{}` is defined twice", section.name),
+                ));
             }
             let origin = OriginUrl::parse(&section.origin).map_err(|reason| invalid(&key("origin"), reason))?;
             if section.hosts.is_empty() {
-                return Err(invalid(&key("hosts"), "list at least one hostname that selects this region"));
+                return Err(invalid(
+                    &key("hosts"),
+                    "list at least one hostname that selects this region",
+                ));
             }
-            let hosts = section.hosts.iter().map(|h| normalize_host(h, &key("hosts"))).collect::<Result<Vec<_>, _>>()?;
+            let hosts = section
+                .hosts
+                .iter()
+                .map(|h| normalize_host(h, &key("hosts")))
+                .collect::<Result<Vec<_>, _>>()?;
             for host in &hosts {
                 if let Some(other) = regions.iter().find(|r| r.hosts.contains(host)) {
-                    return Err(invalid(&key("hosts"), format!("`{host}` is already a host of region `{}`", other.name)));
+                    return Err(invalid(
+                        &key("hosts"),
+                        format!("`{host}` is already a host of region `{}`", other.name),
+                    ));
                 }
             }
             let addressing = match section.addressing.as_deref() {
                 None | Some("auto") => Addressing::Auto,
                 Some("path") => Addressing::Path,
-                Some(other) => return Err(invalid(&key("addressing"), format!("`{other}` is not one of `auto`, `path`"))),
+                Some(other) => {
+                    return Err(invalid(
+                        &key("addressing"),
+                        format!("`{other}` is not one of `auto`, `path`"),
+                    ))
+                }
             };
-            regions.push(RegionConfig { name: section.name.clone(), origin, hosts, addressing, catch_all: false });
+            regions.push(RegionConfig {
+                name: section.name.clone(),
+                origin,
+                hosts,
+                addressing,
+                catch_all: false,
+            });
         }
         Ok(regions)
     }
@@ -352,7 +477,10 @@ fn normalize_host(text: &str, key: &str) -> Result<String, ConfigError> {
     let host = text.trim().trim_end_matches('.').to_ascii_lowercase();
     let valid = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if !valid {
-        return Err(invalid(key, format!("`{text}` is not a hostname (no scheme, port or path)")));
+        return Err(invalid(
+            key,
+            format!("`{text}` is not a hostname (no scheme, port or path)"),
+        ));
     }
     Ok(host)
 }
@@ -376,32 +504,75 @@ mod tests {
         assert!(config.cache.memory >= 16 << 20);
         let region = &config.regions[0];
         assert!(region.catch_all);
-        assert_eq!(region.origin, OriginUrl { tls: false, host: "127.0.0.1".into(), port: 9000 });
+        assert_eq!(
+            region.origin,
+            OriginUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 9000
+            }
+        );
     }
 
     #[test]
     fn cli_overrides_file() {
         let file: ConfigFile = toml::from_str("origin = \"http://a:1\"\ncache.chunk_size = \"4MiB\"").unwrap();
-        let cli = Cli { origin: Some("https://b".into()), chunk_size: Some("16MiB".into()), domains: vec!["S3.Local".into()], ..Cli::default() };
+        let cli = Cli {
+            origin: Some("https://b".into()),
+            chunk_size: Some("16MiB".into()),
+            domains: vec!["S3.Local".into()],
+            ..Cli::default()
+        };
         let config = Config::from_parts(file, &cli).unwrap();
         assert_eq!(config.cache.chunk_size, 16 << 20);
-        assert_eq!(config.regions[0].origin, OriginUrl { tls: true, host: "b".into(), port: 443 });
+        assert_eq!(
+            config.regions[0].origin,
+            OriginUrl {
+                tls: true,
+                host: "b".into(),
+                port: 443
+            }
+        );
         assert_eq!(config.regions[0].hosts, vec!["s3.local".to_string()]);
     }
 
     #[test]
     fn bad_values_name_their_key() {
         let base = "origin = \"http://a:1\"\n";
-        assert_eq!(error_key(Config::from_toml(&format!("{base}cache.chunk_size = \"huge\""))), "cache.chunk_size");
-        assert_eq!(error_key(Config::from_toml(&format!("{base}cache.chunk_size = \"1GiB\""))), "cache.chunk_size");
-        assert_eq!(error_key(Config::from_toml(&format!("{base}listen = \"nowhere\""))), "listen");
-        assert_eq!(error_key(Config::from_toml(&format!("{base}server.drain_timeout = \"later\""))), "server.drain_timeout");
-        assert_eq!(error_key(Config::from_toml(&format!("{base}origin_client.connect_timeout = \"0s\""))), "origin_client.connect_timeout");
+        assert_eq!(
+            error_key(Config::from_toml(&format!("{base}cache.chunk_size = \"huge\""))),
+            "cache.chunk_size"
+        );
+        assert_eq!(
+            error_key(Config::from_toml(&format!("{base}cache.chunk_size = \"1GiB\""))),
+            "cache.chunk_size"
+        );
+        assert_eq!(
+            error_key(Config::from_toml(&format!("{base}listen = \"nowhere\""))),
+            "listen"
+        );
+        assert_eq!(
+            error_key(Config::from_toml(&format!("{base}server.drain_timeout = \"later\""))),
+            "server.drain_timeout"
+        );
+        assert_eq!(
+            error_key(Config::from_toml(&format!(
+                "{base}origin_client.connect_timeout = \"0s\""
+            ))),
+            "origin_client.connect_timeout"
+        );
         assert_eq!(error_key(Config::from_toml("origin = \"ftp://a\"")), "origin");
         assert_eq!(error_key(Config::from_toml("origin = \"http://a/prefix\"")), "origin");
         assert_eq!(error_key(Config::from_toml("")), "origin");
-        let cli = Cli { origin: Some("http://a".into()), memory_cache: Some("1KiB".into()), ..Cli::default() };
-        assert_eq!(error_key(Config::from_parts(ConfigFile::default(), &cli)), "--memory-cache");
+        let cli = Cli {
+            origin: Some("http://a".into()),
+            memory_cache: Some("1KiB".into()),
+            ..Cli::default()
+        };
+        assert_eq!(
+            error_key(Config::from_parts(ConfigFile::default(), &cli)),
+            "--memory-cache"
+        );
     }
 
     #[test]
@@ -426,7 +597,10 @@ mod tests {
         "#;
         let config = Config::from_toml(two).unwrap();
         assert_eq!(config.regions.len(), 2);
-        assert_eq!(config.regions[1].hosts, vec!["accel-object.lga1.example.com".to_string()]);
+        assert_eq!(
+            config.regions[1].hosts,
+            vec!["accel-object.lga1.example.com".to_string()]
+        );
         assert_eq!(config.regions[1].addressing, Addressing::Path);
 
         let clash = two.replace("ACCEL-object.lga1", "accel-object.ord1");

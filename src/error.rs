@@ -30,13 +30,17 @@ impl ProxyError {
     /// The status and S3 error code a client sees.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Request(RequestError::MethodNotAllowed { .. }) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            Self::Request(RequestError::MethodNotAllowed { .. }) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
+            }
             Self::Request(RequestError::InvalidUri { .. }) => (StatusCode::BAD_REQUEST, "InvalidURI"),
             Self::Request(RequestError::KeyTooLong { .. }) => (StatusCode::BAD_REQUEST, "KeyTooLongError"),
             Self::Request(RequestError::InvalidArgument { .. }) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
             Self::UnknownHost(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
             Self::UnexpectedBody(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
-            Self::Origin(OriginError::Unreachable { .. } | OriginError::Timeout { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            Self::Origin(OriginError::Unreachable { .. } | OriginError::Timeout { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
             Self::Origin(OriginError::Protocol { .. }) => (StatusCode::BAD_GATEWAY, "BadGateway"),
         }
     }
@@ -45,7 +49,10 @@ impl ProxyError {
     fn extra_elements(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::Request(RequestError::MethodNotAllowed { method, resource }) => {
-                vec![("Method", method.clone()), ("ResourceType", resource.as_str().to_owned())]
+                vec![
+                    ("Method", method.clone()),
+                    ("ResourceType", resource.as_str().to_owned()),
+                ]
             }
             Self::Request(RequestError::InvalidArgument { name, .. }) => vec![("ArgumentName", name.clone())],
             Self::UnknownHost(UnknownHost { host }) => vec![("HostId", host.clone())],
@@ -61,7 +68,13 @@ impl ProxyError {
         let body = if *method == Method::HEAD {
             Bytes::new()
         } else {
-            Bytes::from(s3::xml::error_body(code, &message, resource, request_id, &self.extra_elements()))
+            Bytes::from(s3::xml::error_body(
+                code,
+                &message,
+                resource,
+                request_id,
+                &self.extra_elements(),
+            ))
         };
         let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
         *response.status_mut() = status;
@@ -102,7 +115,10 @@ mod tests {
 
     #[tokio::test]
     async fn method_not_allowed_is_s3_xml_with_allow() {
-        let error = ProxyError::from(RequestError::MethodNotAllowed { method: "PUT".into(), resource: ResourceType::Object });
+        let error = ProxyError::from(RequestError::MethodNotAllowed {
+            method: "PUT".into(),
+            resource: ResourceType::Object,
+        });
         let response = error.into_response("REQ1", "/b/k", &Method::PUT);
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()[header::ALLOW], "GET, HEAD");
@@ -110,7 +126,10 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let body = std::str::from_utf8(&body).unwrap();
         assert!(body.contains("<Code>MethodNotAllowed</Code>"), "{body}");
-        assert!(body.contains("<Method>PUT</Method><ResourceType>OBJECT</ResourceType>"), "{body}");
+        assert!(
+            body.contains("<Method>PUT</Method><ResourceType>OBJECT</ResourceType>"),
+            "{body}"
+        );
         assert!(body.contains("<RequestId>REQ1</RequestId>"), "{body}");
     }
 

@@ -12,17 +12,27 @@ fn main() -> anyhow::Result<()> {
     let config = match Config::load(&cli) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("s3-accel: invalid configuration: {}", s3_accel::error::error_chain(&error));
+            eprintln!(
+                "s3-accel: invalid configuration: {}",
+                s3_accel::error::error_chain(&error)
+            );
             std::process::exit(2);
         }
     };
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(config))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let app = App::bind(&config).await.context("starting s3-accel")?;
     for region in &config.regions {
-        let hosts = if region.catch_all { "any host".to_string() } else { region.hosts.join(", ") };
+        let hosts = if region.catch_all {
+            "any host".to_string()
+        } else {
+            region.hosts.join(", ")
+        };
         tracing::info!(region = region.name, origin = %region.origin, hosts, "serving region");
     }
     tracing::info!(
@@ -49,7 +59,9 @@ async fn shutdown_signal() {
 
 fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().flatten_event(true).init();
     } else {

@@ -39,7 +39,11 @@ impl Proxy {
                 error.into_response(&request_id, &path, &method)
             }
         };
-        let id = response.headers().get(s3::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(&request_id);
+        let id = response
+            .headers()
+            .get(s3::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(&request_id);
         tracing::info!(
             target: "access",
             method = %method,
@@ -58,7 +62,12 @@ impl Proxy {
 
         // Classify before anything reaches the origin: only object reads go on.
         let uri = request.uri();
-        s3::classify(request.method(), uri.path(), uri.query(), route.bucket_from_host.as_deref())?;
+        s3::classify(
+            request.method(),
+            uri.path(),
+            uri.query(),
+            route.bucket_from_host.as_deref(),
+        )?;
         if carries_body(&request) {
             return Err(ProxyError::UnexpectedBody(request.method().clone()));
         }
@@ -73,7 +82,11 @@ impl Proxy {
 /// A GET or HEAD with a body is not something S3 clients send; refusing it keeps
 /// the forwarded request free of a body we would have to drop.
 fn carries_body<B: Body>(request: &Request<B>) -> bool {
-    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0");
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0");
     let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
     (declared || chunked) && matches!(*request.method(), Method::GET | Method::HEAD)
 }

@@ -24,8 +24,14 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(address: SocketAddr, proxy: Arc<Proxy>, config: ServerConfig) -> io::Result<Self> {
-        let listener = TcpListener::bind(address).await.map_err(|e| io::Error::new(e.kind(), format!("binding {address}: {e}")))?;
-        Ok(Self { listener, proxy, config })
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("binding {address}: {e}")))?;
+        Ok(Self {
+            listener,
+            proxy,
+            config,
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -41,7 +47,10 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(self.config.header_read_timeout)
             .keep_alive(self.config.keep_alive);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(self.config.max_concurrent_streams);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.config.max_concurrent_streams);
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -72,7 +81,10 @@ impl Server {
         }
         drop(self.listener);
         tracing::info!(drain_timeout = ?self.config.drain_timeout, "shutting down: draining in-flight requests");
-        if tokio::time::timeout(self.config.drain_timeout, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(self.config.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain time ran out; closing the remaining connections");
         }
     }

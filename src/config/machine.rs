@@ -7,7 +7,11 @@ pub fn default_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(".cache")));
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|home| PathBuf::from(home).join(".cache"))
+        });
     match base {
         Some(base) => base.join("s3-accel"),
         None => PathBuf::from("s3-accel-cache"),
@@ -29,7 +33,11 @@ pub fn default_disk_cache(dir: &Path) -> u64 {
 fn usable_memory() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 for unknown names.
     let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
-    let physical = if pages > 0 && page_size > 0 { pages as u64 * page_size as u64 } else { 4 << 30 };
+    let physical = if pages > 0 && page_size > 0 {
+        pages as u64 * page_size as u64
+    } else {
+        4 << 30
+    };
     let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok());
@@ -38,7 +46,11 @@ fn usable_memory() -> u64 {
 
 fn free_space(dir: &Path) -> Option<u64> {
     let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("."));
-    let existing = if existing.as_os_str().is_empty() { Path::new(".") } else { existing };
+    let existing = if existing.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        existing
+    };
     let path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is NUL-terminated and `stat` is a valid, writable statvfs.

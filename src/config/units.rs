@@ -45,20 +45,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration (expected e.g. `30s`, `500ms`): {e}"))
 }
 
-/// Formats a size the way an operator writes it back into config.
+/// Formats a size the way an operator writes it: exact when it is a whole number of
+/// its largest unit, else to one decimal.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (name, unit) in UNITS {
-        if bytes >= unit && bytes % unit == 0 {
-            return format!("{}{name}", bytes / unit);
-        }
+    match UNITS.iter().find(|(_, unit)| bytes >= *unit) {
+        Some((name, unit)) if bytes.is_multiple_of(*unit) => format!("{}{name}", bytes / unit),
+        Some((name, unit)) => format!("{:.1}{name}", bytes as f64 / *unit as f64),
+        None => format!("{bytes}B"),
     }
-    for (name, unit) in UNITS {
-        if bytes >= unit {
-            return format!("{:.1}{name}", bytes as f64 / unit as f64);
-        }
-    }
-    format!("{bytes}B")
 }
 
 #[cfg(test)]
@@ -78,6 +73,9 @@ mod tests {
         assert!(parse_size("GiB").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("1.2.3MiB").is_err());
+        assert_eq!(format_size(6_319_125_504), "5.9GiB");
+        assert_eq!(format_size(8 << 20), "8MiB");
+        assert_eq!(format_size(1000), "1000B");
     }
 
     #[test]

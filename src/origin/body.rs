@@ -23,7 +23,12 @@ pub struct IdleTimeoutBody<B> {
 
 impl<B> IdleTimeoutBody<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
-        Self { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)), waiting: false }
+        Self {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            waiting: false,
+        }
     }
 }
 
@@ -90,7 +95,9 @@ mod tests {
         drop(tx);
     }
 
-    fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Unpin {
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Unpin {
         Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }

@@ -48,7 +48,12 @@ pub struct OriginClient {
 }
 
 impl OriginClient {
-    pub fn new(origin: &OriginUrl, config: &OriginClientConfig, tls: rustls::ClientConfig, resolver: Arc<TokioResolver>) -> io::Result<Self> {
+    pub fn new(
+        origin: &OriginUrl,
+        config: &OriginClientConfig,
+        tls: rustls::ClientConfig,
+        resolver: Arc<TokioResolver>,
+    ) -> io::Result<Self> {
         let connector = https_connector(origin, tls, resolver, config.connect_timeout)?;
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -75,9 +80,24 @@ impl OriginClient {
     pub async fn send(&self, request: Request<Empty<Bytes>>) -> Result<Response<OriginBody>, OriginError> {
         let origin = || self.origin.to_string();
         let response = match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await {
-            Err(_) => return Err(OriginError::Timeout { origin: origin(), timeout: self.first_byte_timeout }),
-            Ok(Err(source)) if source.is_connect() => return Err(OriginError::Unreachable { origin: origin(), source }),
-            Ok(Err(source)) => return Err(OriginError::Protocol { origin: origin(), source }),
+            Err(_) => {
+                return Err(OriginError::Timeout {
+                    origin: origin(),
+                    timeout: self.first_byte_timeout,
+                })
+            }
+            Ok(Err(source)) if source.is_connect() => {
+                return Err(OriginError::Unreachable {
+                    origin: origin(),
+                    source,
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(OriginError::Protocol {
+                    origin: origin(),
+                    source,
+                })
+            }
             Ok(Ok(response)) => response,
         };
         Ok(response.map(|body| IdleTimeoutBody::new(body, self.body_idle_timeout)))

@@ -34,7 +34,11 @@ impl OriginConnector {
         let addresses: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, self.port)],
             Err(_) => {
-                let lookup = self.resolver.lookup_ip(&*self.host).await.map_err(|e| io::Error::other(format!("resolving {}: {e}", self.host)))?;
+                let lookup = self
+                    .resolver
+                    .lookup_ip(&*self.host)
+                    .await
+                    .map_err(|e| io::Error::other(format!("resolving {}: {e}", self.host)))?;
                 lookup.iter().map(|ip| SocketAddr::new(ip, self.port)).collect()
             }
         };
@@ -46,7 +50,12 @@ impl OriginConnector {
                     return Ok(TokioIo::new(stream));
                 }
                 Ok(Err(e)) => last_error = io::Error::new(e.kind(), format!("connecting to {address}: {e}")),
-                Err(_) => last_error = io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {address}: no answer in {:?}", self.connect_timeout)),
+                Err(_) => {
+                    last_error = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connecting to {address}: no answer in {:?}", self.connect_timeout),
+                    )
+                }
             }
         }
         Err(last_error)
@@ -75,12 +84,18 @@ pub fn tls_config(ca_file: Option<&Path>) -> io::Result<rustls::ClientConfig> {
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca_file {
         let pem = std::fs::read(path)?;
-        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>()?;
+        let certs: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>()?;
         if certs.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} holds no PEM certificate", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} holds no PEM certificate", path.display()),
+            ));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -99,8 +114,14 @@ pub fn https_connector(
     resolver: Arc<TokioResolver>,
     connect_timeout: Duration,
 ) -> io::Result<HttpsConnector<OriginConnector>> {
-    let server_name = ServerName::try_from(origin.host.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {e}", origin.host)))?;
-    let inner = OriginConnector { host: origin.host.as_str().into(), port: origin.port, resolver, connect_timeout };
+    let server_name = ServerName::try_from(origin.host.clone())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {e}", origin.host)))?;
+    let inner = OriginConnector {
+        host: origin.host.as_str().into(),
+        port: origin.port,
+        resolver,
+        connect_timeout,
+    };
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

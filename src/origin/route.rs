@@ -48,7 +48,10 @@ impl Router {
             .iter()
             .map(|region| {
                 let client = OriginClient::new(&region.origin, &config.origin_client, tls.clone(), resolver.clone())?;
-                Ok(Arc::new(Region { config: region.clone(), client }))
+                Ok(Arc::new(Region {
+                    config: region.clone(),
+                    client,
+                }))
             })
             .collect::<io::Result<_>>()?;
         Ok(Self { regions })
@@ -63,7 +66,10 @@ impl Router {
         let host = hostname(authority);
         let configs = self.regions.iter().map(|r| &r.config);
         match match_host(configs, &host) {
-            Some((index, bucket_from_host)) => Ok(Route { region: self.regions[index].clone(), bucket_from_host }),
+            Some((index, bucket_from_host)) => Ok(Route {
+                region: self.regions[index].clone(),
+                bucket_from_host,
+            }),
             None => Err(UnknownHost { host }),
         }
     }
@@ -73,14 +79,23 @@ impl Router {
 pub fn hostname(authority: &str) -> String {
     let host = match authority.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
-        None => authority.rsplit_once(':').map_or(authority, |(host, port)| if port.bytes().all(|b| b.is_ascii_digit()) { host } else { authority }),
+        None => authority.rsplit_once(':').map_or(authority, |(host, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                host
+            } else {
+                authority
+            }
+        }),
     };
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Finds the region for `host`: an exact hostname first, then the longest
 /// `<bucket>.<hostname>` suffix, then the catch-all region.
-fn match_host<'a>(regions: impl Iterator<Item = &'a RegionConfig> + Clone, host: &str) -> Option<(usize, Option<String>)> {
+fn match_host<'a>(
+    regions: impl Iterator<Item = &'a RegionConfig> + Clone,
+    host: &str,
+) -> Option<(usize, Option<String>)> {
     if host.is_empty() {
         return None;
     }
@@ -88,9 +103,18 @@ fn match_host<'a>(regions: impl Iterator<Item = &'a RegionConfig> + Clone, host:
         return Some((index, None));
     }
     let mut best: Option<(usize, &str, usize)> = None;
-    for (index, region) in regions.clone().enumerate().filter(|(_, r)| r.addressing == Addressing::Auto) {
+    for (index, region) in regions
+        .clone()
+        .enumerate()
+        .filter(|(_, r)| r.addressing == Addressing::Auto)
+    {
         for domain in &region.hosts {
-            let Some(bucket) = host.strip_suffix(domain.as_str()).and_then(|rest| rest.strip_suffix('.')) else { continue };
+            let Some(bucket) = host
+                .strip_suffix(domain.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+            else {
+                continue;
+            };
             if !bucket.is_empty() && best.is_none_or(|(_, _, len)| domain.len() > len) {
                 best = Some((index, bucket, domain.len()));
             }
@@ -110,7 +134,11 @@ mod tests {
     fn region(name: &str, hosts: &[&str], addressing: Addressing, catch_all: bool) -> RegionConfig {
         RegionConfig {
             name: name.into(),
-            origin: OriginUrl { tls: true, host: format!("object.{name}.example.com"), port: 443 },
+            origin: OriginUrl {
+                tls: true,
+                host: format!("object.{name}.example.com"),
+                port: 443,
+            },
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             addressing,
             catch_all,
@@ -133,9 +161,16 @@ mod tests {
         ];
         let m = |host: &str| match_host(regions.iter(), host);
         assert_eq!(m("accel-object.ord1.example.com"), Some((0, None)));
-        assert_eq!(m("my.bucket.accel-object.ord1.example.com"), Some((0, Some("my.bucket".into()))));
+        assert_eq!(
+            m("my.bucket.accel-object.ord1.example.com"),
+            Some((0, Some("my.bucket".into())))
+        );
         assert_eq!(m("accel-object.lga1.example.com"), Some((1, None)));
-        assert_eq!(m("b.accel-object.lga1.example.com"), None, "path-only region takes no bucket subdomains");
+        assert_eq!(
+            m("b.accel-object.lga1.example.com"),
+            None,
+            "path-only region takes no bucket subdomains"
+        );
         assert_eq!(m("object.ord1.example.com"), None);
         assert_eq!(m("xaccel-object.ord1.example.com"), None);
         assert_eq!(m(""), None);
@@ -143,7 +178,12 @@ mod tests {
 
     #[test]
     fn catch_all_takes_the_rest_and_longest_domain_wins() {
-        let regions = [region("default", &["example.com", "s3.example.com"], Addressing::Auto, true)];
+        let regions = [region(
+            "default",
+            &["example.com", "s3.example.com"],
+            Addressing::Auto,
+            true,
+        )];
         let m = |host: &str| match_host(regions.iter(), host);
         assert_eq!(m("b.s3.example.com"), Some((0, Some("b".into()))));
         assert_eq!(m("b.example.com"), Some((0, Some("b".into()))));

@@ -7,8 +7,8 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 
-use crate::error::ProxyError;
 use crate::config::OriginUrl;
+use crate::error::ProxyError;
 use crate::origin::OriginBody;
 use crate::s3::{self, RequestError};
 use crate::ProxyBody;
@@ -42,24 +42,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The authority the client addressed: `:authority` for h2 and absolute-form
 /// targets, else the Host header.
 pub fn client_authority<B>(request: &Request<B>) -> Option<String> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+    request.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    })
 }
 
 /// The request to send the origin: same method, same raw request-target, same
 /// headers (Host included), minus hop-by-hop ones; the connector dials the origin.
-pub fn origin_request<B>(client: &Request<B>, origin: &OriginUrl, authority: &str) -> Result<Request<Empty<Bytes>>, ProxyError> {
-    let target = client.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+pub fn origin_request<B>(
+    client: &Request<B>,
+    origin: &OriginUrl,
+    authority: &str,
+) -> Result<Request<Empty<Bytes>>, ProxyError> {
+    let target = client
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let scheme = if origin.tls { Scheme::HTTPS } else { Scheme::HTTP };
     let uri = Uri::builder()
         .scheme(scheme)
         .authority(authority)
         .path_and_query(target)
         .build()
-        .map_err(|_| RequestError::InvalidUri { reason: "the Host header is not a valid authority" })?;
+        .map_err(|_| RequestError::InvalidUri {
+            reason: "the Host header is not a valid authority",
+        })?;
     let mut request = Request::new(Empty::new());
     *request.method_mut() = client.method().clone();
     *request.uri_mut() = uri;
@@ -115,10 +127,17 @@ mod tests {
             .header(header::RANGE, "bytes=0-1")
             .body(())
             .unwrap();
-        let origin = OriginUrl { tls: true, host: "object.ord1.example.com".into(), port: 443 };
+        let origin = OriginUrl {
+            tls: true,
+            host: "object.ord1.example.com".into(),
+            port: 443,
+        };
         let authority = client_authority(&client).unwrap();
         let request = origin_request(&client, &origin, &authority).unwrap();
-        assert_eq!(request.uri().to_string(), "https://accel-object.ord1.example.com:8080/b/a%2Bb+c//d?versionId=x%3D&X-Amz-Signature=ab");
+        assert_eq!(
+            request.uri().to_string(),
+            "https://accel-object.ord1.example.com:8080/b/a%2Bb+c//d?versionId=x%3D&X-Amz-Signature=ab"
+        );
         assert_eq!(request.headers()[header::HOST], "accel-object.ord1.example.com:8080");
         assert_eq!(request.headers()[header::RANGE], "bytes=0-1");
     }

@@ -77,14 +77,22 @@ const RESPONSE_OVERRIDES: [&str; 6] = [
 
 /// Classifies a request. `bucket_from_host` is the bucket named by a virtual-hosted
 /// Host header, when routing found one; the path then holds the whole key.
-pub fn classify(method: &Method, path: &str, query: Option<&str>, bucket_from_host: Option<&str>) -> Result<ObjectRequest, RequestError> {
+pub fn classify(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    bucket_from_host: Option<&str>,
+) -> Result<ObjectRequest, RequestError> {
     let (bucket, key) = split_path(path, bucket_from_host)?;
     let resource = match (bucket.is_empty(), key.is_empty()) {
         (true, _) => ResourceType::Service,
         (false, true) => ResourceType::Bucket,
         (false, false) => ResourceType::Object,
     };
-    let not_allowed = || RequestError::MethodNotAllowed { method: method.as_str().to_owned(), resource };
+    let not_allowed = || RequestError::MethodNotAllowed {
+        method: method.as_str().to_owned(),
+        resource,
+    };
     let operation = match *method {
         Method::GET => Operation::GetObject,
         Method::HEAD => Operation::HeadObject,
@@ -111,7 +119,10 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, bucket_from_ho
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = decode(raw_name)?;
         if seen.contains(&name) {
-            return Err(RequestError::InvalidArgument { message: format!("query parameter `{name}` is given twice"), name });
+            return Err(RequestError::InvalidArgument {
+                message: format!("query parameter `{name}` is given twice"),
+                name,
+            });
         }
         match name.as_str() {
             "versionId" => request.version_id = Some(raw_value.to_owned()),
@@ -134,7 +145,9 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, bucket_from_ho
 }
 
 fn is_presign_parameter(name: &str) -> bool {
-    name.get(..6).is_some_and(|prefix| prefix.eq_ignore_ascii_case("x-amz-")) || matches!(name, "AWSAccessKeyId" | "Expires")
+    name.get(..6)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("x-amz-"))
+        || matches!(name, "AWSAccessKeyId" | "Expires")
 }
 
 fn parse_part_number(value: &str) -> Result<u16, RequestError> {
@@ -149,7 +162,9 @@ fn parse_part_number(value: &str) -> Result<u16, RequestError> {
 
 /// Splits a raw path into decoded (bucket, key). Empty segments are kept: `/b//k` is key `/k`.
 fn split_path(path: &str, bucket_from_host: Option<&str>) -> Result<(String, String), RequestError> {
-    let path = path.strip_prefix('/').ok_or(RequestError::InvalidUri { reason: "the path does not start with `/`" })?;
+    let path = path.strip_prefix('/').ok_or(RequestError::InvalidUri {
+        reason: "the path does not start with `/`",
+    })?;
     match bucket_from_host {
         Some(bucket) => Ok((bucket.to_owned(), decode(path)?)),
         None => {
@@ -167,10 +182,17 @@ pub fn decode(raw: &str) -> Result<String, RequestError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
                 Some(byte) if bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit() => out.push(byte),
-                _ => return Err(RequestError::InvalidUri { reason: "a `%` is not followed by two hex digits" }),
+                _ => {
+                    return Err(RequestError::InvalidUri {
+                        reason: "a `%` is not followed by two hex digits",
+                    })
+                }
             }
             i += 3;
         } else {
@@ -178,7 +200,9 @@ pub fn decode(raw: &str) -> Result<String, RequestError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| RequestError::InvalidUri { reason: "the decoded path is not UTF-8" })
+    String::from_utf8(out).map_err(|_| RequestError::InvalidUri {
+        reason: "the decoded path is not UTF-8",
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +224,10 @@ mod tests {
         assert_eq!((r.bucket.as_str(), r.key.as_str()), ("bucket", "dir/a b+c.bin"));
         assert_eq!(r.operation, Operation::GetObject);
         let r = classify(&Method::HEAD, "/b//k", None, None).unwrap();
-        assert_eq!((r.bucket.as_str(), r.key.as_str(), r.operation), ("b", "/k", Operation::HeadObject));
+        assert_eq!(
+            (r.bucket.as_str(), r.key.as_str(), r.operation),
+            ("b", "/k", Operation::HeadObject)
+        );
         let r = get("/b/%E2%9C%93", None).unwrap();
         assert_eq!(r.key, "✓");
     }
@@ -214,13 +241,21 @@ mod tests {
 
     #[test]
     fn allowed_query_parameters() {
-        let r = get("/b/k", Some("versionId=v%2B1&partNumber=3&response-content-type=text%2Fplain&x-id=GetObject")).unwrap();
+        let r = get(
+            "/b/k",
+            Some("versionId=v%2B1&partNumber=3&response-content-type=text%2Fplain&x-id=GetObject"),
+        )
+        .unwrap();
         assert_eq!(r.version_id.as_deref(), Some("v%2B1"));
         assert_eq!(r.part_number, Some(3));
         assert!(r.has_response_overrides);
         let presigned = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a%2Fb&X-Amz-Date=20261123T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Signature=ff";
         assert!(get("/b/k", Some(presigned)).unwrap().presigned);
-        assert!(get("/b/k", Some("AWSAccessKeyId=a&Expires=1&Signature=s")).unwrap().presigned);
+        assert!(
+            get("/b/k", Some("AWSAccessKeyId=a&Expires=1&Signature=s"))
+                .unwrap()
+                .presigned
+        );
         assert!(!get("/b/k", Some("&")).unwrap().presigned);
     }
 
@@ -229,15 +264,45 @@ mod tests {
         assert!(is_405(get("/", None)));
         assert!(is_405(get("/bucket", None)));
         assert!(is_405(get("/bucket/", Some("list-type=2"))));
-        for sub in ["acl", "tagging", "uploads", "uploadId=1", "versions", "torrent", "attributes", "legal-hold", "retention", "x-id=PutObject"] {
+        for sub in [
+            "acl",
+            "tagging",
+            "uploads",
+            "uploadId=1",
+            "versions",
+            "torrent",
+            "attributes",
+            "legal-hold",
+            "retention",
+            "x-id=PutObject",
+        ] {
             assert!(is_405(get("/b/k", Some(sub))), "?{sub}");
         }
-        for method in [Method::PUT, Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS, Method::from_bytes(b"COPY").unwrap()] {
+        for method in [
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+            Method::from_bytes(b"COPY").unwrap(),
+        ] {
             let err = classify(&method, "/b/k", None, None).unwrap_err();
-            assert_eq!(err, RequestError::MethodNotAllowed { method: method.to_string(), resource: ResourceType::Object });
+            assert_eq!(
+                err,
+                RequestError::MethodNotAllowed {
+                    method: method.to_string(),
+                    resource: ResourceType::Object
+                }
+            );
         }
         let err = classify(&Method::DELETE, "/b", None, None).unwrap_err();
-        assert_eq!(err, RequestError::MethodNotAllowed { method: "DELETE".into(), resource: ResourceType::Bucket });
+        assert_eq!(
+            err,
+            RequestError::MethodNotAllowed {
+                method: "DELETE".into(),
+                resource: ResourceType::Bucket
+            }
+        );
     }
 
     #[test]
@@ -245,20 +310,38 @@ mod tests {
         assert!(matches!(get("/b/%zz", None), Err(RequestError::InvalidUri { .. })));
         assert!(matches!(get("/b/%4", None), Err(RequestError::InvalidUri { .. })));
         assert!(matches!(get("/b/%FF%FE", None), Err(RequestError::InvalidUri { .. })));
-        assert!(matches!(get("/b/k", Some("%G0=1")), Err(RequestError::InvalidUri { .. })));
+        assert!(matches!(
+            get("/b/k", Some("%G0=1")),
+            Err(RequestError::InvalidUri { .. })
+        ));
         assert!(matches!(get("b/k", None), Err(RequestError::InvalidUri { .. })));
         let long = format!("/b/{}", "k".repeat(1025));
         assert_eq!(get(&long, None), Err(RequestError::KeyTooLong { length: 1025 }));
         assert!(get(&format!("/b/{}", "k".repeat(1024)), None).is_ok());
-        assert!(matches!(get("/b/k", Some("partNumber=0")), Err(RequestError::InvalidArgument { .. })));
-        assert!(matches!(get("/b/k", Some("partNumber=x")), Err(RequestError::InvalidArgument { .. })));
-        assert!(matches!(get("/b/k", Some("versionId=1&versionId=2")), Err(RequestError::InvalidArgument { .. })));
+        assert!(matches!(
+            get("/b/k", Some("partNumber=0")),
+            Err(RequestError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            get("/b/k", Some("partNumber=x")),
+            Err(RequestError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            get("/b/k", Some("versionId=1&versionId=2")),
+            Err(RequestError::InvalidArgument { .. })
+        ));
     }
 
     fn encode(bytes: &[u8]) -> String {
         bytes
             .iter()
-            .map(|&b| if b.is_ascii_alphanumeric() || b"-_.~/+".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|&b| {
+                if b.is_ascii_alphanumeric() || b"-_.~/+".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect()
     }
 

@@ -27,11 +27,21 @@ pub fn escape(text: &str) -> String {
 pub fn error_body(code: &str, message: &str, resource: &str, request_id: &str, extra: &[(&str, String)]) -> String {
     let mut body = String::with_capacity(256);
     body.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>");
-    let _ = write!(body, "<Code>{}</Code><Message>{}</Message>", escape(code), escape(message));
+    let _ = write!(
+        body,
+        "<Code>{}</Code><Message>{}</Message>",
+        escape(code),
+        escape(message)
+    );
     for (name, value) in extra {
         let _ = write!(body, "<{name}>{}</{name}>", escape(value));
     }
-    let _ = write!(body, "<Resource>{}</Resource><RequestId>{}</RequestId></Error>", escape(resource), escape(request_id));
+    let _ = write!(
+        body,
+        "<Resource>{}</Resource><RequestId>{}</RequestId></Error>",
+        escape(resource),
+        escape(request_id)
+    );
     body
 }
 
@@ -41,7 +51,13 @@ mod tests {
 
     #[test]
     fn error_document_is_escaped_and_ordered() {
-        let body = error_body("MethodNotAllowed", "a < b & c", "/b/k\"", "ABC", &[("Method", "PUT".into())]);
+        let body = error_body(
+            "MethodNotAllowed",
+            "a < b & c",
+            "/b/k\"",
+            "ABC",
+            &[("Method", "PUT".into())],
+        );
         assert!(body.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"));
         assert!(body.contains("<Message>a &lt; b &amp; c</Message><Method>PUT</Method>"));
         assert!(body.contains("<Resource>/b/k&quot;</Resource><RequestId>ABC</RequestId></Error>"));

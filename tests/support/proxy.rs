@@ -1,0 +1,63 @@
+//! s3-accel itself, in-process on 127.0.0.1:0.
+
+use std::net::SocketAddr;
+
+use s3_accel::{App, Config};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::client::{Call, Reply, TestClient};
+
+pub struct TestProxy {
+    pub address: SocketAddr,
+    pub client: TestClient,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    _cache_dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    /// Starts the proxy with `toml` (top-level keys first, tables after) plus a
+    /// loopback listener and a private cache directory.
+    pub async fn start(toml: &str) -> Self {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n{toml}\n[cache]\ndir = \"{}\"\nmemory = \"64MiB\"\ndisk = \"0\"\n",
+            cache_dir.path().display()
+        );
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"));
+        let app = App::bind(&config).await.unwrap();
+        let address = app.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            address,
+            client: TestClient::default(),
+            shutdown: Some(tx),
+            task,
+            _cache_dir: cache_dir,
+        }
+    }
+
+    /// A proxy that sends every Host to `origin_url`.
+    pub async fn for_origin(origin_url: &str) -> Self {
+        Self::start(&format!("origin = \"{origin_url}\"")).await
+    }
+
+    pub async fn send(&self, call: &Call) -> Result<Reply, String> {
+        self.client.send(self.address, call).await
+    }
+
+    /// Starts a graceful shutdown; the returned handle ends when the drain does.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn stopped(self) {
+        self.task.await.unwrap();
+    }
+}
