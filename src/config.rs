@@ -59,6 +59,23 @@ pub struct Config {
     pub cache: CacheConfig,
     pub origin_client: OriginClientConfig,
     pub regions: Vec<RegionConfig>,
+    /// The proxy's read credentials, for fills the client's own signature cannot make.
+    pub credentials: Option<ProxyCredentials>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for ProxyCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +94,12 @@ pub struct CacheConfig {
     pub memory: u64,
     pub disk: u64,
     pub chunk_size: u64,
+    /// O_DIRECT for the disk tier.
+    pub direct_io: bool,
+    /// Chunks a large GET keeps in flight ahead of the byte being sent.
+    pub read_ahead: usize,
+    /// Cap on bytes being downloaded from origins at once, all requests together.
+    pub fill_memory: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +126,9 @@ pub struct RegionConfig {
     pub addressing: Addressing,
     /// Set by the `--origin` shortcut: any Host no other region claims comes here.
     pub catch_all: bool,
+    /// SigV4 region for fills the proxy signs: the key, else `AWS_REGION`, else
+    /// (when `None`) the credential scope of the client's request.
+    pub signing_region: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,12 +288,14 @@ impl Config {
         let cache = Self::cache_config(&file, cli)?;
         let origin_client = Self::origin_client_config(&file)?;
         let regions = Self::regions(&file, cli)?;
+        let credentials = Self::credentials(&file)?;
         Ok(Self {
             listen,
             server,
             cache,
             origin_client,
             regions,
+            credentials,
         })
     }
 
@@ -326,11 +354,26 @@ impl Config {
                 ),
             ));
         }
+        let read_ahead = file.cache.read_ahead.unwrap_or(4);
+        if !(1..=64).contains(&read_ahead) {
+            return Err(invalid("cache.read_ahead", "must be between 1 and 64"));
+        }
+        let fill_memory = size_or(
+            file.cache.fill_memory.as_deref().map(|v| (v, "cache.fill_memory")),
+            || (memory / 4).clamp(4 * chunk_size, 1 << 30),
+        )?;
+        if fill_memory < chunk_size {
+            return Err(invalid("cache.fill_memory", "must hold at least one chunk"));
+        }
+        let direct_io = file.cache.direct_io.unwrap_or(false);
         Ok(CacheConfig {
             dir,
             memory,
             disk,
             chunk_size,
+            direct_io,
+            read_ahead,
+            fill_memory,
         })
     }
 
@@ -380,7 +423,40 @@ impl Config {
         Ok(config)
     }
 
+    fn credentials(file: &ConfigFile) -> Result<Option<ProxyCredentials>, ConfigError> {
+        let section = &file.credentials;
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let (access, secret, token, key) = if section.access_key_id.is_some() || section.secret_access_key.is_some() {
+            (
+                section.access_key_id.clone(),
+                section.secret_access_key.clone(),
+                section.session_token.clone(),
+                "credentials",
+            )
+        } else {
+            (
+                env("AWS_ACCESS_KEY_ID"),
+                env("AWS_SECRET_ACCESS_KEY"),
+                env("AWS_SESSION_TOKEN"),
+                "AWS_ACCESS_KEY_ID",
+            )
+        };
+        match (access, secret) {
+            (Some(access_key_id), Some(secret_access_key)) => Ok(Some(ProxyCredentials {
+                access_key_id,
+                secret_access_key,
+                session_token: token,
+            })),
+            (None, None) => Ok(None),
+            _ => Err(invalid(
+                key,
+                "set both the access key id and the secret access key, or neither",
+            )),
+        }
+    }
+
     fn regions(file: &ConfigFile, cli: &Cli) -> Result<Vec<RegionConfig>, ConfigError> {
+        let env_region = std::env::var("AWS_REGION").ok().filter(|v| !v.is_empty());
         let domains_key = if cli.domains.is_empty() { "domains" } else { "--domain" };
         let domains = if cli.domains.is_empty() {
             file.domains.clone().unwrap_or_default()
@@ -404,6 +480,7 @@ impl Config {
                 hosts: domains,
                 addressing: Addressing::Auto,
                 catch_all: true,
+                signing_region: file.signing_region.clone().or(env_region),
             }]);
         }
         if file.regions.is_empty() {
@@ -467,6 +544,7 @@ impl Config {
                 hosts,
                 addressing,
                 catch_all: false,
+                signing_region: section.signing_region.clone().or_else(|| env_region.clone()),
             });
         }
         Ok(regions)

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::cache::ChunkError;
 use crate::origin::{OriginError, UnknownHost};
 use crate::s3::{self, RequestError};
 use crate::ProxyBody;
@@ -24,6 +25,12 @@ pub enum ProxyError {
     /// breaks off the exchange
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// 416 InvalidRange: the range starts past the end of the (cached) object
+    #[error("the range {requested} is not satisfiable for an object of {size} bytes")]
+    InvalidRange { requested: String, size: u64 },
+    /// 503 SlowDown: a chunk could not be filled from the origin, even on a retry
+    #[error("a chunk could not be filled from the origin; retry")]
+    Fill(#[source] ChunkError),
 }
 
 impl ProxyError {
@@ -42,6 +49,8 @@ impl ProxyError {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
             Self::Origin(OriginError::Protocol { .. }) => (StatusCode::BAD_GATEWAY, "BadGateway"),
+            Self::InvalidRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange"),
+            Self::Fill(_) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
         }
     }
 
@@ -56,6 +65,10 @@ impl ProxyError {
             }
             Self::Request(RequestError::InvalidArgument { name, .. }) => vec![("ArgumentName", name.clone())],
             Self::UnknownHost(UnknownHost { host }) => vec![("HostId", host.clone())],
+            Self::InvalidRange { requested, size } => vec![
+                ("RangeRequested", requested.clone()),
+                ("ActualObjectSize", size.to_string()),
+            ],
             _ => Vec::new(),
         }
     }
@@ -85,6 +98,11 @@ impl ProxyError {
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        if let Self::InvalidRange { size, .. } = &self {
+            if let Ok(range) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                headers.insert(header::CONTENT_RANGE, range);
+            }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -1,6 +1,7 @@
 //! s3-accel: a GET-only, caching, read-through accelerator for S3-compatible object
 //! storage. `main.rs` parses flags; everything else lives here, testable in-process.
 
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod origin;
@@ -11,6 +12,7 @@ pub mod server;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -25,23 +27,30 @@ pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>
 /// A bound, not yet running s3-accel.
 pub struct App {
     server: server::Server,
+    cache: Arc<cache::ChunkCache>,
 }
 
 impl App {
-    /// Builds the origin clients and binds the listener.
+    /// Opens (and recovers) the cache, builds the origin clients, binds the listener.
     pub async fn bind(config: &Config) -> io::Result<Self> {
+        let cache = cache::ChunkCache::open(&config.cache)
+            .await
+            .map_err(|e| io::Error::other(error::error_chain(&e)))?;
+        let cache = Arc::new(cache);
         let router = origin::Router::new(config)?;
-        let proxy = proxy::Proxy::new(router);
+        let proxy = proxy::Proxy::new(router, cache.clone(), config);
         let server = server::Server::bind(config.listen, proxy, config.server.clone()).await?;
-        Ok(Self { server })
+        Ok(Self { server, cache })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains.
+    /// Serves until `shutdown` completes, then drains, then flushes and closes the
+    /// cache so that what was written survives a restart.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         self.server.run(shutdown).await;
+        self.cache.close().await;
     }
 }

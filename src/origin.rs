@@ -5,7 +5,9 @@ mod body;
 mod client;
 mod connect;
 pub mod route;
+mod sign;
 
 pub use body::{BodyIdleTimeout, IdleTimeoutBody};
 pub use client::{OriginBody, OriginClient, OriginError};
 pub use route::{Region, Route, Router, UnknownHost};
+pub use sign::{sign_s3, SignError};

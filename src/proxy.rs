@@ -1,26 +1,84 @@
-//! The request path, top to bottom: route, classify, forward, relay.
+//! The request path, top to bottom: route, classify, plan, authorize at the origin,
+//! then answer from the cache or relay the origin's answer.
 
+mod cached;
+mod fill;
 mod forward;
+mod plan;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::{header, Method, Request, Response};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::Empty;
+use tokio::sync::Semaphore;
 
+use crate::cache::{ChunkCache, ObjectMeta};
+use crate::config::{Config, ProxyCredentials};
 use crate::error::{error_chain, ProxyError};
-use crate::origin::Router;
-use crate::s3;
+use crate::origin::{OriginBody, Route, Router};
+use crate::s3::{self, Operation};
 use crate::ProxyBody;
+use cached::{meta_from_response, CachedObject};
+use fill::Fill;
+use plan::{ColdGate, Plan};
+
+/// How a request was answered, for the `x-s3-accel-cache` header and the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Authorized by the origin, served from chunks the cache already knew of.
+    Hit,
+    /// Authorized by the origin, served from chunks filled for it (or being filled).
+    Miss,
+    /// The origin's own answer, relayed (errors, changed objects, HEAD).
+    Origin,
+    /// Never cached: relayed as is, with the reason.
+    Bypass(&'static str),
+}
+
+impl Outcome {
+    fn header_value(self) -> HeaderValue {
+        match self {
+            Self::Hit => HeaderValue::from_static("hit"),
+            Self::Miss => HeaderValue::from_static("miss"),
+            Self::Origin => HeaderValue::from_static("origin"),
+            Self::Bypass(reason) => HeaderValue::from_str(&format!("bypass; reason={reason}")).expect("ascii reason"),
+        }
+    }
+}
+
+/// Response header naming the cache outcome (like a CDN's `X-Cache`).
+pub const CACHE_HEADER: &str = "x-s3-accel-cache";
 
 /// The proxy: everything a request needs, shared by all connections.
 pub struct Proxy {
     router: Router,
+    cache: Arc<ChunkCache>,
+    credentials: Option<Arc<ProxyCredentials>>,
+    fill_permits: Arc<Semaphore>,
+    read_ahead: usize,
+    cold: ColdGate,
+    cold_patience: Duration,
 }
 
 impl Proxy {
-    pub fn new(router: Router) -> Arc<Self> {
-        Arc::new(Self { router })
+    pub fn new(router: Router, cache: Arc<ChunkCache>, config: &Config) -> Arc<Self> {
+        let fill_permits = (config.cache.fill_memory / config.cache.chunk_size).max(1) as usize;
+        Arc::new(Self {
+            router,
+            cache,
+            credentials: config.credentials.clone().map(Arc::new),
+            fill_permits: Arc::new(Semaphore::new(fill_permits)),
+            read_ahead: config.cache.read_ahead,
+            cold: ColdGate::default(),
+            cold_patience: config.origin_client.first_byte_timeout,
+        })
+    }
+
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
     }
 
     /// Answers one client request. Never fails: errors become S3 error responses.
@@ -29,40 +87,65 @@ impl Proxy {
         let request_id = s3::new_request_id();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let response = match self.forward(request, &request_id).await {
-            Ok(response) => response,
+        let range = request
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut response = match self.forward(request, &request_id).await {
+            Ok((mut response, outcome)) => {
+                response.headers_mut().insert(CACHE_HEADER, outcome.header_value());
+                response
+            }
             Err(error) => {
                 let (status, _) = error.status_and_code();
                 if status.is_server_error() {
-                    tracing::warn!(request_id, error = error_chain(&error), "origin failure");
+                    tracing::warn!(request_id, error = error_chain(&error), "request failed");
                 }
                 error.into_response(&request_id, &path, &method)
             }
         };
+        if !response.headers().contains_key(s3::REQUEST_ID) {
+            if let Ok(id) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(s3::REQUEST_ID, id);
+            }
+        }
         let id = response
             .headers()
             .get(s3::REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or(&request_id);
+        let cache = response
+            .headers()
+            .get(CACHE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("error");
         tracing::info!(
             target: "access",
             method = %method,
             path,
+            range,
             status = response.status().as_u16(),
+            cache,
             request_id = id,
             duration_ms = started.elapsed().as_secs_f64() * 1e3,
         );
         response
     }
 
-    async fn forward<B: Body>(&self, request: Request<B>, request_id: &str) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn forward<B: Body>(
+        &self,
+        request: Request<B>,
+        request_id: &str,
+    ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         // Route first: the Host decides whether the bucket is in the name or the path.
         let authority = forward::client_authority(&request).unwrap_or_default();
         let route = self.router.route(&authority)?;
 
         // Classify before anything reaches the origin: only object reads go on.
         let uri = request.uri();
-        s3::classify(
+        let object = s3::classify(
             request.method(),
             uri.path(),
             uri.query(),
@@ -73,9 +156,180 @@ impl Proxy {
         }
 
         // The client's own signed request, unchanged: the origin authorizes it.
-        let origin_request = forward::origin_request(&request, &route.region.client.origin().clone(), &authority)?;
-        let response = route.region.client.send(origin_request).await?;
-        Ok(forward::client_response(response, request_id))
+        let probe = forward::origin_request(&request, route.region.client.origin(), &authority)?;
+
+        // What must never be cached passes through before the cache is consulted.
+        let plan = match plan::plan(&request, &object, &route, self.credentials.as_ref()) {
+            Ok(plan) => plan,
+            Err(reason) => return self.relay(&route, probe, request_id, Outcome::Bypass(reason)).await,
+        };
+        match object.operation {
+            Operation::HeadObject => self.head(&route, &authority, probe, plan, request_id).await,
+            Operation::GetObject => self.get(&route, &authority, probe, plan, request_id).await,
+        }
+    }
+
+    /// Sends the client's request to the origin and relays the answer.
+    async fn relay(
+        &self,
+        route: &Route,
+        probe: Request<Empty<Bytes>>,
+        request_id: &str,
+        outcome: Outcome,
+    ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
+        let response = route.region.client.send(probe).await?;
+        Ok((forward::client_response(response, request_id), outcome))
+    }
+
+    /// GET: the origin authorizes the client's request (with `If-None-Match` on the
+    /// cached ETag, so that it answers 304 instead of a body), then the cache answers.
+    async fn get(
+        &self,
+        route: &Route,
+        authority: &str,
+        mut probe: Request<Empty<Bytes>>,
+        plan: Plan,
+        request_id: &str,
+    ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
+        let mut cached = self.cache.meta(&plan.object).await;
+        let turn = match cached {
+            Some(_) => None,
+            None => {
+                let turn = self.cold.enter(&plan.object, self.cold_patience).await;
+                if turn.waited {
+                    cached = self.cache.meta(&plan.object).await;
+                }
+                Some(turn)
+            }
+        };
+        let condition_added = match &cached {
+            Some(meta) if !plan.client_conditionals => HeaderValue::from_str(&meta.etag)
+                .map(|etag| probe.headers_mut().insert(header::IF_NONE_MATCH, etag))
+                .is_ok(),
+            _ => false,
+        };
+        let response = route.region.client.send(probe).await?;
+        let origin_id = response
+            .headers()
+            .get(s3::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(request_id)
+            .to_owned();
+        let status = response.status();
+        let etag = response
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let served = match (status, cached) {
+            // Authorized, and the cached version is current.
+            (StatusCode::NOT_MODIFIED, Some(meta)) if condition_added => Some((meta, Outcome::Hit)),
+            // An origin that ignores the condition: same version, drop its body.
+            (StatusCode::OK | StatusCode::PARTIAL_CONTENT, Some(meta))
+                if etag.as_deref() == Some(meta.etag.as_str()) =>
+            {
+                Some((meta, Outcome::Hit))
+            }
+            (StatusCode::OK | StatusCode::PARTIAL_CONTENT, cached) => {
+                let learned = plan
+                    .learns
+                    .then(|| meta_from_response(status, response.headers()))
+                    .flatten();
+                match (learned, cached) {
+                    // Cold: the origin said yes; its body is dropped and chunks are
+                    // filled once for every client reading this object now.
+                    (Some(meta), None) => {
+                        self.cache.insert_meta(&plan.object, meta.clone());
+                        Some((meta, Outcome::Miss))
+                    }
+                    // Changed: relay the new version; the next read caches it.
+                    (Some(meta), Some(_)) => {
+                        self.cache.insert_meta(&plan.object, meta);
+                        None
+                    }
+                    (None, Some(_)) if plan.learns => {
+                        self.cache.remove_meta(&plan.object);
+                        None
+                    }
+                    (None, _) => None,
+                }
+            }
+            (StatusCode::NOT_FOUND, Some(_)) => {
+                self.cache.remove_meta(&plan.object);
+                None
+            }
+            _ => None,
+        };
+        drop(turn);
+        let Some((meta, outcome)) = served else {
+            return Ok((forward::client_response(response, request_id), Outcome::Origin));
+        };
+        drop(response);
+        let object = self.cached_object(route, authority, &plan, meta);
+        let response = object.respond(plan.range, plan.overrides, &origin_id).await?;
+        Ok((response, outcome))
+    }
+
+    /// HEAD: the origin's answer is relayed (it is the authorization anyway) and
+    /// refreshes the metadata; `Range: bytes=0-0` also warms the whole object.
+    async fn head(
+        &self,
+        route: &Route,
+        authority: &str,
+        probe: Request<Empty<Bytes>>,
+        plan: Plan,
+        request_id: &str,
+    ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
+        let response: Response<OriginBody> = route.region.client.send(probe).await?;
+        let status = response.status();
+        if let Some(meta) = plan
+            .learns
+            .then(|| meta_from_response(status, response.headers()))
+            .flatten()
+        {
+            self.cache.insert_meta(&plan.object, meta.clone());
+            let warm =
+                plan.range == s3::range::RangeRequest::One(s3::range::ByteRange::From { start: 0, end: Some(0) });
+            if warm {
+                self.warm(self.cached_object(route, authority, &plan, meta));
+            }
+        }
+        Ok((forward::client_response(response, request_id), Outcome::Origin))
+    }
+
+    fn cached_object(&self, route: &Route, authority: &str, plan: &Plan, meta: ObjectMeta) -> Arc<CachedObject> {
+        let fill = Fill {
+            region: route.region.clone(),
+            authority: authority.to_owned(),
+            auth: plan.auth.clone(),
+            etag: meta.etag.clone(),
+            size: meta.size,
+            chunk_size: self.cache.chunk_size(),
+            permits: self.fill_permits.clone(),
+        };
+        Arc::new(CachedObject {
+            cache: self.cache.clone(),
+            object: plan.object.clone(),
+            meta,
+            fill: Arc::new(fill),
+            read_ahead: self.read_ahead,
+        })
+    }
+
+    /// Fills every chunk of `object` in the background, `read_ahead` at a time.
+    fn warm(&self, object: Arc<CachedObject>) {
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match object.clone().warm_all().await {
+                Ok(()) => tracing::info!(
+                    key = object.object.key,
+                    size = object.meta.size,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "warmed"
+                ),
+                Err(error) => tracing::warn!(key = object.object.key, error = error_chain(&error), "warming failed"),
+            }
+        });
     }
 }
 

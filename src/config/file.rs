@@ -9,6 +9,7 @@ use serde::Deserialize;
 pub struct ConfigFile {
     pub listen: Option<String>,
     pub origin: Option<String>,
+    pub signing_region: Option<String>,
     pub domains: Option<Vec<String>>,
     #[serde(default)]
     pub server: ServerSection,
@@ -16,6 +17,8 @@ pub struct ConfigFile {
     pub cache: CacheSection,
     #[serde(default)]
     pub origin_client: OriginClientSection,
+    #[serde(default)]
+    pub credentials: CredentialsSection,
     #[serde(default)]
     pub regions: Vec<RegionSection>,
 }
@@ -36,6 +39,9 @@ pub struct CacheSection {
     pub memory: Option<String>,
     pub disk: Option<String>,
     pub chunk_size: Option<String>,
+    pub direct_io: Option<bool>,
+    pub read_ahead: Option<usize>,
+    pub fill_memory: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +55,17 @@ pub struct OriginClientSection {
     pub ca_file: Option<String>,
 }
 
+/// The proxy's own read credentials, for fills a client's signature cannot make.
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` are used
+/// when this section is absent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsSection {
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionSection {
@@ -57,4 +74,5 @@ pub struct RegionSection {
     #[serde(default)]
     pub hosts: Vec<String>,
     pub addressing: Option<String>,
+    pub signing_region: Option<String>,
 }

@@ -142,6 +142,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             addressing,
             catch_all,
+            signing_region: None,
         }
     }
 

@@ -1,0 +1,211 @@
+//! The chunk cache: a foyer hybrid cache (memory, then NVMe) of object chunks and
+//! object metadata. The only module that names foyer.
+
+mod key;
+mod value;
+
+use bytes::Bytes;
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
+    PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
+};
+
+pub use key::{CacheKey, ObjectId};
+pub use value::{CacheValue, ObjectMeta};
+
+use crate::config::CacheConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot create the cache directory {dir}")]
+    CreateDir {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the cache in {dir}")]
+    Open {
+        dir: String,
+        #[source]
+        source: foyer::Error,
+    },
+}
+
+/// A fill that failed: its own error when it produced one, else foyer's.
+#[derive(Debug, thiserror::Error)]
+#[error("chunk fill failed")]
+pub struct ChunkError(#[source] foyer::Error);
+
+impl ChunkError {
+    /// The fill's own error, when the fill returned an `E`.
+    pub fn fill_error<E: std::error::Error + Send + Sync + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref::<E>()
+    }
+}
+
+/// How the disk tier is laid out, derived from the chunk size (see notes/foyer.md:
+/// an entry larger than a block, or than a flusher's buffer, never reaches disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLayout {
+    pub block_size: usize,
+    pub flushers: usize,
+    pub buffer_pool_size: usize,
+    pub submit_queue_threshold: usize,
+}
+
+impl DiskLayout {
+    pub fn for_chunk_size(chunk_size: u64) -> Self {
+        let chunk = chunk_size as usize;
+        let flushers = 2;
+        // Four chunks per flusher buffer, so a burst of inserts fits (foyer #1334).
+        let buffer_pool_size = flushers * 4 * (chunk + (64 << 10));
+        Self {
+            block_size: (4 * chunk).max(16 << 20).next_multiple_of(4096),
+            flushers,
+            buffer_pool_size,
+            submit_queue_threshold: 4 * buffer_pool_size,
+        }
+    }
+
+    /// Memory the disk tier needs besides the memory tier: flush buffers are doubled.
+    pub fn memory_overhead(&self) -> u64 {
+        2 * self.buffer_pool_size as u64
+    }
+}
+
+pub struct ChunkCache {
+    inner: HybridCache<CacheKey, CacheValue>,
+    chunk_size: u64,
+}
+
+impl ChunkCache {
+    /// Opens (and, with a disk tier, recovers) the cache.
+    pub async fn open(config: &CacheConfig) -> Result<Self, CacheError> {
+        let dir = config.dir.display().to_string();
+        // Big chunks in many shards evict early: each shard gets memory / shards.
+        let shards = (config.memory / (config.chunk_size * 32)).clamp(1, 8) as usize;
+        let builder = HybridCacheBuilder::new()
+            .with_name("s3-accel")
+            .with_policy(HybridCachePolicy::WriteOnInsertion)
+            .memory(config.memory as usize)
+            .with_shards(shards)
+            .with_eviction_config(S3FifoConfig::default())
+            .with_weighter(|key: &CacheKey, value: &CacheValue| key.len() + value.weight())
+            .storage();
+        let builder = if config.disk == 0 {
+            builder
+        } else {
+            std::fs::create_dir_all(&config.dir).map_err(|source| CacheError::CreateDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            let layout = DiskLayout::for_chunk_size(config.chunk_size);
+            let device = FsDeviceBuilder::new(&config.dir)
+                .with_capacity(config.disk as usize)
+                .with_direct(config.direct_io)
+                .build()
+                .map_err(|source| CacheError::Open {
+                    dir: dir.clone(),
+                    source,
+                })?;
+            builder
+                .with_io_engine_config(PsyncIoEngineConfig::new())
+                .with_engine_config(
+                    BlockEngineConfig::new(device)
+                        .with_block_size(layout.block_size)
+                        .with_flushers(layout.flushers)
+                        .with_buffer_pool_size(layout.buffer_pool_size)
+                        .with_submit_queue_size_threshold(layout.submit_queue_threshold),
+                )
+                .with_recover_mode(RecoverMode::Quiet)
+        };
+        let inner = builder
+            .build()
+            .await
+            .map_err(|source| CacheError::Open { dir, source })?;
+        Ok(Self {
+            inner,
+            chunk_size: config.chunk_size,
+        })
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// The object's metadata, if cached. A read error is a miss: the origin is there.
+    pub async fn meta(&self, object: &ObjectId) -> Option<ObjectMeta> {
+        match self.inner.get(&CacheKey::meta(object)).await {
+            Ok(Some(entry)) => match entry.value() {
+                CacheValue::Meta(meta) => Some(meta.clone()),
+                CacheValue::Chunk(_) => None,
+            },
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(error = %error, "cache read failed; treating as a miss");
+                None
+            }
+        }
+    }
+
+    pub fn insert_meta(&self, object: &ObjectId, meta: ObjectMeta) {
+        self.inner.insert(CacheKey::meta(object), CacheValue::Meta(meta));
+    }
+
+    pub fn remove_meta(&self, object: &ObjectId) {
+        self.inner.remove(&CacheKey::meta(object));
+    }
+
+    /// Whether the chunk is in memory now (disk is not checked).
+    pub fn chunk_in_memory(&self, key: &CacheKey) -> bool {
+        self.inner.memory().contains(key)
+    }
+
+    /// The chunk under `key`, from memory, from disk, or from `fill`. Concurrent
+    /// callers for one key share one fill; a failed fill is not cached.
+    pub async fn chunk<F, Fut, E>(&self, key: CacheKey, fill: F) -> Result<Bytes, ChunkError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let fetch = || {
+            let fut = fill();
+            async move { fut.await.map(CacheValue::Chunk) }
+        };
+        let entry = self.inner.get_or_fetch(&key, fetch).await.map_err(ChunkError)?;
+        match entry.value() {
+            CacheValue::Chunk(bytes) => Ok(bytes.clone()),
+            CacheValue::Meta(_) => Err(ChunkError(foyer::Error::new(
+                foyer::ErrorKind::External,
+                "a metadata entry under a chunk key",
+            ))),
+        }
+    }
+
+    /// Flushes pending disk writes and closes the disk tier.
+    pub async fn close(&self) {
+        if let Err(error) = self.inner.close().await {
+            tracing::warn!(error = %error, "closing the cache");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_layout_fits_chunks_in_blocks_and_buffers() {
+        for chunk in [1u64 << 20, 8 << 20, 64 << 20, 256 << 20] {
+            let layout = DiskLayout::for_chunk_size(chunk);
+            let entry = chunk as usize + 4096;
+            assert!(entry <= layout.block_size - 4096, "{chunk}: {layout:?}");
+            assert!(
+                entry * 3 <= layout.buffer_pool_size / layout.flushers,
+                "{chunk}: {layout:?}"
+            );
+            assert_eq!(layout.block_size % 4096, 0);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Cache keys: which object version, and which chunk of it. Encoded with a version
+//! byte, hashed with a stable hash (xxHash64), so that a key means the same entry
+//! after a restart, on another node, and after a dependency upgrade.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+
+/// Bumped whenever the encoding changes: old entries then never match.
+const KEY_VERSION: u8 = 1;
+const KIND_META: u8 = 0;
+const KIND_CHUNK: u8 = 1;
+
+/// What selects an object's bytes at the origin. Names are raw, as the client
+/// encoded them: `+` means different things to different origins.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectId {
+    /// The origin, as `scheme://host:port`.
+    pub origin: String,
+    pub bucket: String,
+    pub key: String,
+    pub version_id: Option<String>,
+    pub part_number: Option<u16>,
+}
+
+/// A cache entry's key: an object's metadata, or one chunk of one version of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKey(Bytes);
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(&self.0);
+    }
+}
+
+impl CacheKey {
+    pub fn meta(object: &ObjectId) -> Self {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(&[KEY_VERSION, KIND_META]);
+        encode_object(&mut out, object);
+        Self(out.into())
+    }
+
+    /// Chunk `index` of the version `etag`, cut at `chunk_size`: the ETag makes a
+    /// changed object a different entry, so no read mixes two versions.
+    pub fn chunk(object: &ObjectId, etag: &str, chunk_size: u64, index: u64) -> Self {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(&[KEY_VERSION, KIND_CHUNK]);
+        encode_object(&mut out, object);
+        put_str(&mut out, etag);
+        out.extend_from_slice(&chunk_size.to_be_bytes());
+        out.extend_from_slice(&index.to_be_bytes());
+        Self(out.into())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The stable hash of this key (xxHash64, seed 0), for sharding across nodes.
+    pub fn stable_hash(&self) -> u64 {
+        foyer::DefaultHasher::default().hash_one(self)
+    }
+}
+
+fn encode_object(out: &mut Vec<u8>, object: &ObjectId) {
+    put_str(out, &object.origin);
+    put_str(out, &object.bucket);
+    put_str(out, &object.key);
+    match &object.version_id {
+        Some(v) => {
+            out.push(1);
+            put_str(out, v);
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(&object.part_number.unwrap_or(0).to_be_bytes());
+}
+
+/// Length-prefixed (u32, big-endian) bytes.
+pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+pub(super) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+impl foyer::Code for CacheKey {
+    fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
+        writer
+            .write_all(&(self.0.len() as u32).to_be_bytes())
+            .map_err(foyer::Error::io_error)?;
+        writer.write_all(&self.0).map_err(foyer::Error::io_error)
+    }
+
+    fn decode(reader: &mut impl Read) -> foyer::Result<Self> {
+        let mut len = [0u8; 4];
+        reader.read_exact(&mut len).map_err(foyer::Error::io_error)?;
+        let mut bytes = vec![0u8; u32::from_be_bytes(len) as usize];
+        reader.read_exact(&mut bytes).map_err(foyer::Error::io_error)?;
+        Ok(Self(bytes.into()))
+    }
+
+    fn estimated_size(&self) -> usize {
+        4 + self.0.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foyer::Code;
+    use proptest::prelude::*;
+
+    fn object() -> ObjectId {
+        ObjectId {
+            origin: "https://object.ord1.example.com:443".into(),
+            bucket: "models".into(),
+            key: "llama/weights-00001.safetensors".into(),
+            version_id: None,
+            part_number: None,
+        }
+    }
+
+    /// Golden values: if these change, every cache on disk and every peer's shard
+    /// assignment changes with them. Bump KEY_VERSION instead of editing them.
+    #[test]
+    fn stable_hashes_do_not_drift() {
+        let chunk = CacheKey::chunk(&object(), "\"0123456789abcdef0123456789abcdef\"", 8 << 20, 3);
+        assert_eq!(chunk.stable_hash(), 0x23d8_dd30_47e5_4ec4, "{:#x}", chunk.stable_hash());
+        let meta = CacheKey::meta(&object());
+        assert_eq!(meta.stable_hash(), 0x3ce8_a4d7_3d11_98ea, "{:#x}", meta.stable_hash());
+    }
+
+    #[test]
+    fn every_field_separates_keys() {
+        let base = CacheKey::chunk(&object(), "\"e\"", 8 << 20, 0);
+        let mut other = object();
+        other.version_id = Some("v1".into());
+        assert_ne!(base, CacheKey::chunk(&other, "\"e\"", 8 << 20, 0));
+        let mut other = object();
+        other.part_number = Some(1);
+        assert_ne!(base, CacheKey::chunk(&other, "\"e\"", 8 << 20, 0));
+        assert_ne!(base, CacheKey::chunk(&object(), "\"f\"", 8 << 20, 0));
+        assert_ne!(base, CacheKey::chunk(&object(), "\"e\"", 16 << 20, 0));
+        assert_ne!(base, CacheKey::chunk(&object(), "\"e\"", 8 << 20, 1));
+        assert_ne!(CacheKey::meta(&object()), base);
+    }
+
+    proptest! {
+        #[test]
+        fn keys_round_trip_and_never_collide_by_concatenation(
+            bucket in ".{0,20}", key in ".{0,40}", etag in ".{0,20}", index in any::<u64>()
+        ) {
+            let object = ObjectId { origin: "o".into(), bucket: bucket.clone(), key: key.clone(), version_id: None, part_number: None };
+            let chunk = CacheKey::chunk(&object, &etag, 1 << 20, index);
+            let mut buf = Vec::new();
+            chunk.encode(&mut buf).unwrap();
+            prop_assert_eq!(CacheKey::decode(&mut buf.as_slice()).unwrap(), chunk.clone());
+            // Moving a character from the key into the bucket makes another key.
+            let shifted = ObjectId { bucket: format!("{bucket}/"), key: key.clone(), ..object.clone() };
+            prop_assert_ne!(CacheKey::chunk(&shifted, &etag, 1 << 20, index), chunk);
+        }
+    }
+}

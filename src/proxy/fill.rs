@@ -1,0 +1,202 @@
+//! Chunk fills: one chunk-aligned ranged GET to the origin, with `If-Match` on the
+//! ETag the client was authorized for, signed by whoever may sign it.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use tokio::sync::Semaphore;
+
+use crate::config::ProxyCredentials;
+use crate::origin::{sign_s3, OriginError, Region, SignError};
+use crate::s3::auth::ClientAuth;
+use crate::BoxError;
+
+/// Who signs a fill.
+#[derive(Clone)]
+pub enum FillAuth {
+    /// The client's own request, reused: its signature covers neither `Range` nor
+    /// `If-Match` (presigned URLs, anonymous and SigV2 requests, header-signed GETs
+    /// without a Range).
+    Client { target: PathAndQuery, headers: HeaderMap },
+    /// The proxy's read credentials.
+    Proxy {
+        target: PathAndQuery,
+        credentials: Arc<ProxyCredentials>,
+        region: String,
+    },
+}
+
+/// Why a fill can be made, or why not: the reason is a bypass counter's label.
+pub fn fill_auth(
+    method: &Method,
+    target: &PathAndQuery,
+    headers: &HeaderMap,
+    object_target: PathAndQuery,
+    credentials: Option<&Arc<ProxyCredentials>>,
+    signing_region: Option<&str>,
+) -> Result<FillAuth, &'static str> {
+    let auth = ClientAuth::of(headers, target.query());
+    // The signature covers the method: a HEAD's can only be reused when there is none.
+    let reusable = (*method == Method::GET || auth.is_anonymous()) && !auth.covers("range") && !auth.covers("if-match");
+    if reusable {
+        let mut headers = headers.clone();
+        for name in [
+            header::RANGE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+        ] {
+            headers.remove(name);
+        }
+        return Ok(FillAuth::Client {
+            target: target.clone(),
+            headers,
+        });
+    }
+    match credentials {
+        Some(credentials) => {
+            let region = signing_region.or(auth.region()).unwrap_or("us-east-1").to_owned();
+            Ok(FillAuth::Proxy {
+                target: object_target,
+                credentials: credentials.clone(),
+                region,
+            })
+        }
+        None => Err("no_fill_credentials"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    #[error("the object changed at the origin during the fill (412 on If-Match)")]
+    Changed,
+    #[error("the origin answered {0} to a chunk fill")]
+    Status(StatusCode),
+    #[error("the origin sent {got} bytes for a {expected}-byte chunk")]
+    Length { got: u64, expected: u64 },
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    #[error("reading a chunk from the origin")]
+    Body(#[source] BoxError),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error("building the fill request")]
+    Request(#[source] http::Error),
+}
+
+/// Everything needed to fill any chunk of one object version.
+pub struct Fill {
+    pub region: Arc<Region>,
+    pub authority: String,
+    pub auth: FillAuth,
+    pub etag: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    /// Bounds the bytes being downloaded at once, over all requests.
+    pub permits: Arc<Semaphore>,
+}
+
+impl Fill {
+    /// Inclusive byte range of chunk `index`.
+    pub fn chunk_range(&self, index: u64) -> (u64, u64) {
+        let start = index * self.chunk_size;
+        (start, (start + self.chunk_size).min(self.size) - 1)
+    }
+
+    /// Fetches chunk `index`. The future owns what it needs: the cache runs it in a
+    /// task of its own, so a client that goes away does not cancel it.
+    pub fn fetch(
+        self: &Arc<Self>,
+        index: u64,
+    ) -> impl std::future::Future<Output = Result<Bytes, FillError>> + Send + 'static {
+        let fill = self.clone();
+        async move {
+            let _permit = fill
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the fill semaphore is never closed");
+            let (first, last) = fill.chunk_range(index);
+            let request = fill.request(first, last)?;
+            let response = fill.region.client.send(request).await?;
+            let expected = last - first + 1;
+            match response.status() {
+                StatusCode::PARTIAL_CONTENT => {}
+                // An origin may answer a range covering the whole object with 200.
+                StatusCode::OK if first == 0 && expected == fill.size => {}
+                StatusCode::PRECONDITION_FAILED => return Err(FillError::Changed),
+                status => return Err(FillError::Status(status)),
+            }
+            if response
+                .headers()
+                .get(header::ETAG)
+                .is_some_and(|etag| etag.as_bytes() != fill.etag.as_bytes())
+            {
+                return Err(FillError::Changed);
+            }
+            let mut body = response.into_body();
+            let mut chunk = BytesMut::with_capacity(expected as usize);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(FillError::Body)?;
+                if let Ok(data) = frame.into_data() {
+                    if chunk.len() as u64 + data.len() as u64 > expected {
+                        return Err(FillError::Length {
+                            got: chunk.len() as u64 + data.len() as u64,
+                            expected,
+                        });
+                    }
+                    chunk.extend_from_slice(&data);
+                }
+            }
+            if chunk.len() as u64 != expected {
+                return Err(FillError::Length {
+                    got: chunk.len() as u64,
+                    expected,
+                });
+            }
+            Ok(chunk.freeze())
+        }
+    }
+
+    fn request(&self, first: u64, last: u64) -> Result<Request<Empty<Bytes>>, FillError> {
+        let target = match &self.auth {
+            FillAuth::Client { target, .. } | FillAuth::Proxy { target, .. } => target,
+        };
+        let uri = Uri::builder()
+            .scheme(self.region.client.origin().scheme())
+            .authority(self.authority.as_str())
+            .path_and_query(target.clone())
+            .build()
+            .map_err(FillError::Request)?;
+        let mut request = Request::get(uri).body(Empty::new()).map_err(FillError::Request)?;
+        let headers = request.headers_mut();
+        if let FillAuth::Client { headers: client, .. } = &self.auth {
+            *headers = client.clone();
+        }
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_str(&self.authority).map_err(|e| FillError::Request(e.into()))?,
+        );
+        headers.insert(
+            header::RANGE,
+            HeaderValue::from_str(&format!("bytes={first}-{last}")).expect("digits"),
+        );
+        headers.insert(
+            header::IF_MATCH,
+            HeaderValue::from_str(&self.etag).map_err(|e| FillError::Request(e.into()))?,
+        );
+        if let FillAuth::Proxy {
+            credentials, region, ..
+        } = &self.auth
+        {
+            sign_s3(&mut request, credentials, region)?;
+        }
+        Ok(request)
+    }
+}
