@@ -1,5 +1,6 @@
 //! Integration tests: a real S3 origin (s3s-fs, SigV4 on) and s3-accel, both
 //! in-process on loopback ports.
 
+mod cache;
 mod front;
 mod support;

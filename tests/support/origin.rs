@@ -1,5 +1,6 @@
 //! A real S3 origin in-process: s3s-fs with SigV4 authentication, behind a thin
-//! layer that counts what the origin is asked and what body bytes it sends.
+//! layer that counts what the origin is asked and what body bytes it sends, can
+//! answer conditionals as production origins do, and can cut fills on purpose.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
@@ -24,11 +25,18 @@ use super::signing::{Credentials, Signing};
 pub const ACCESS_KEY: &str = "AKIATESTORIGIN";
 pub const SECRET_KEY: &str = "origin-secret-key-for-tests";
 
-/// What the origin saw.
+/// Bytes a cut fill sends before it breaks.
+pub const CUT_AFTER: usize = 100 << 10;
+
+/// What the origin saw, and the faults it is told to inject.
 #[derive(Default)]
 pub struct OriginStats {
     pub requests: AtomicU64,
     pub body_bytes: AtomicU64,
+    /// Ranged GETs with If-Match: the proxy's chunk fills.
+    pub fills: AtomicU64,
+    /// The next this-many fills are cut after `CUT_AFTER` body bytes.
+    pub cut_fills: AtomicU64,
     /// `METHOD target` of every request, in arrival order.
     pub log: Mutex<Vec<String>>,
 }
@@ -41,6 +49,20 @@ impl OriginStats {
     pub fn body_bytes(&self) -> u64 {
         self.body_bytes.load(Ordering::SeqCst)
     }
+
+    pub fn fills(&self) -> u64 {
+        self.fills.load(Ordering::SeqCst)
+    }
+}
+
+/// How the origin behaves.
+#[derive(Clone, Copy, Default)]
+pub struct OriginOptions<'a> {
+    /// Domains for virtual-hosted-style requests.
+    pub domains: &'a [&'a str],
+    /// Answer If-None-Match (304) and If-Match (412) as AWS, RGW and MinIO do;
+    /// s3s-fs alone ignores both.
+    pub honor_conditionals: bool,
 }
 
 pub struct TestOrigin {
@@ -51,21 +73,37 @@ pub struct TestOrigin {
 }
 
 impl TestOrigin {
-    /// Starts s3s-fs on 127.0.0.1:0 with one access key, `domains` enabling
-    /// virtual-hosted-style requests.
+    /// s3s-fs as it is (ignoring conditionals), `domains` enabling virtual-hosted style.
     pub async fn start(domains: &[&str]) -> Self {
+        Self::start_with(OriginOptions {
+            domains,
+            honor_conditionals: false,
+        })
+        .await
+    }
+
+    /// An origin that honors conditional requests, as production origins do.
+    pub async fn honoring() -> Self {
+        Self::start_with(OriginOptions {
+            domains: &[],
+            honor_conditionals: true,
+        })
+        .await
+    }
+
+    pub async fn start_with(options: OriginOptions<'_>) -> Self {
         let root = tempfile::tempdir().unwrap();
         let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        if !domains.is_empty() {
-            builder.set_host(PortlessHost(s3s::host::MultiDomain::new(domains).unwrap()));
+        if !options.domains.is_empty() {
+            builder.set_host(PortlessHost(s3s::host::MultiDomain::new(options.domains).unwrap()));
         }
         let s3 = builder.build();
         let stats = Arc::new(OriginStats::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, s3, stats.clone()));
+        tokio::spawn(serve(listener, s3, stats.clone(), options.honor_conditionals));
         Self {
             address,
             stats,
@@ -123,7 +161,7 @@ impl s3s::host::S3Host for PortlessHost {
     }
 }
 
-async fn serve(listener: TcpListener, s3: S3Service, stats: Arc<OriginStats>) {
+async fn serve(listener: TcpListener, s3: S3Service, stats: Arc<OriginStats>, honor_conditionals: bool) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -131,22 +169,8 @@ async fn serve(listener: TcpListener, s3: S3Service, stats: Arc<OriginStats>) {
         let s3 = s3.clone();
         let stats = stats.clone();
         let service = service_fn(move |request: Request<Incoming>| {
-            let s3 = s3.clone();
-            let stats = stats.clone();
-            async move {
-                stats.requests.fetch_add(1, Ordering::SeqCst);
-                let target = request
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_default();
-                stats.log.lock().unwrap().push(format!("{} {target}", request.method()));
-                let response = match Service::call(&s3, request).await {
-                    Ok(response) => response,
-                    Err(e) => panic!("s3s failed: {e:?}"),
-                };
-                Ok::<_, Infallible>(response.map(|body| CountingBody { inner: body, stats }))
-            }
+            let (s3, stats) = (s3.clone(), stats.clone());
+            async move { Ok::<_, Infallible>(answer(&s3, stats, request, honor_conditionals).await) }
         });
         tokio::spawn(async move {
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -156,21 +180,104 @@ async fn serve(listener: TcpListener, s3: S3Service, stats: Arc<OriginStats>) {
     }
 }
 
-/// Counts the body bytes the origin sends.
-pub struct CountingBody<B> {
-    inner: B,
+async fn answer(
+    s3: &S3Service,
     stats: Arc<OriginStats>,
+    request: Request<Incoming>,
+    honor: bool,
+) -> Response<CountingBody> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    stats.log.lock().unwrap().push(format!("{} {target}", request.method()));
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (if_match, if_none_match) = (header("if-match"), header("if-none-match"));
+    let mut cut_after = None;
+    if if_match.is_some() && request.headers().contains_key("range") {
+        stats.fills.fetch_add(1, Ordering::SeqCst);
+        if stats
+            .cut_fills
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            cut_after = Some(CUT_AFTER);
+        }
+    }
+    let response = Service::call(s3, request)
+        .await
+        .unwrap_or_else(|e| panic!("s3s failed: {e:?}"));
+    let response = if honor {
+        apply_conditionals(response, if_match, if_none_match)
+    } else {
+        response
+    };
+    response.map(|inner| CountingBody {
+        inner,
+        stats,
+        sent: 0,
+        cut_after,
+    })
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
+/// S3's order: If-Match false → 412; else If-None-Match matching → 304. Applied
+/// after s3s has authenticated the request, so denials stay denials.
+fn apply_conditionals(
+    response: Response<s3s::Body>,
+    if_match: Option<String>,
+    if_none_match: Option<String>,
+) -> Response<s3s::Body> {
+    if !matches!(response.status().as_u16(), 200 | 206) {
+        return response;
+    }
+    let etag = response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let matches = |condition: &str| condition.split(',').any(|c| c.trim() == "*" || c.trim() == etag);
+    let status = match (if_match, if_none_match) {
+        (Some(condition), _) if !matches(&condition) => StatusCode::PRECONDITION_FAILED,
+        (_, Some(condition)) if matches(&condition) => StatusCode::NOT_MODIFIED,
+        _ => return response,
+    };
+    let mut answer = Response::new(s3s::Body::empty());
+    *answer.status_mut() = status;
+    answer.headers_mut().insert("etag", etag.parse().unwrap());
+    answer
+}
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+/// Counts the body bytes the origin sends; breaks off after `cut_after` bytes.
+pub struct CountingBody {
+    inner: s3s::Body,
+    stats: Arc<OriginStats>,
+    sent: usize,
+    cut_after: Option<usize>,
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = s3s::StdError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, s3s::StdError>>> {
+        if self.cut_after.is_some_and(|limit| self.sent >= limit) {
+            return Poll::Ready(Some(Err("origin fault: fill cut mid-body".into())));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                self.stats.body_bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
+                let len = data.len();
+                self.sent += len;
+                self.stats.body_bytes.fetch_add(len as u64, Ordering::SeqCst);
             }
         }
         polled

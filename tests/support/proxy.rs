@@ -20,9 +20,13 @@ impl TestProxy {
     /// Starts the proxy with `toml` (top-level keys first, tables after) plus a
     /// loopback listener and a private cache directory.
     pub async fn start(toml: &str) -> Self {
-        let cache_dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), toml, "memory = \"64MiB\"\ndisk = \"0\"").await
+    }
+
+    /// Starts the proxy on `cache_dir`, with `cache` as the keys of its `[cache]` table.
+    pub async fn start_in(cache_dir: tempfile::TempDir, toml: &str, cache: &str) -> Self {
         let text = format!(
-            "listen = \"127.0.0.1:0\"\n{toml}\n[cache]\ndir = \"{}\"\nmemory = \"64MiB\"\ndisk = \"0\"\n",
+            "listen = \"127.0.0.1:0\"\n{toml}\n[cache]\ndir = \"{}\"\n{cache}\n",
             cache_dir.path().display()
         );
         let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"));
@@ -59,5 +63,12 @@ impl TestProxy {
 
     pub async fn stopped(self) {
         self.task.await.unwrap();
+    }
+
+    /// Shuts down gracefully (which closes the cache) and hands back the cache directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.begin_shutdown();
+        self.task.await.unwrap();
+        self._cache_dir
     }
 }
