@@ -4,6 +4,9 @@
 mod key;
 mod value;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
@@ -73,6 +76,37 @@ impl DiskLayout {
     }
 }
 
+/// Where a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkSource {
+    Memory,
+    Disk,
+    /// This lookup's fill fetched it from the origin.
+    Filled,
+    /// Another lookup's fill fetched it; this one waited.
+    Coalesced,
+}
+
+impl ChunkSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Disk => "disk",
+            Self::Filled => "fill",
+            Self::Coalesced => "coalesced",
+        }
+    }
+
+    /// Where the bytes sent to a client came from: memory, disk or origin.
+    pub fn tier(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Disk => "disk",
+            Self::Filled | Self::Coalesced => "origin",
+        }
+    }
+}
+
 pub struct ChunkCache {
     inner: HybridCache<CacheKey, CacheValue>,
     chunk_size: u64,
@@ -86,6 +120,7 @@ impl ChunkCache {
         let shards = (config.memory / (config.chunk_size * 32)).clamp(1, 8) as usize;
         let builder = HybridCacheBuilder::new()
             .with_name("s3-accel")
+            .with_metrics_registry(Box::new(crate::telemetry::FoyerMetrics))
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .memory(config.memory as usize)
             .with_shards(shards)
@@ -163,24 +198,44 @@ impl ChunkCache {
 
     /// The chunk under `key`, from memory, from disk, or from `fill`. Concurrent
     /// callers for one key share one fill; a failed fill is not cached.
-    pub async fn chunk<F, Fut, E>(&self, key: CacheKey, fill: F) -> Result<Bytes, ChunkError>
+    pub async fn chunk<F, Fut, E>(&self, key: CacheKey, fill: F) -> Result<(Bytes, ChunkSource), ChunkError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
+        let filled = Arc::new(AtomicBool::new(false));
         let fetch = || {
             let fut = fill();
-            async move { fut.await.map(CacheValue::Chunk) }
+            let filled = filled.clone();
+            async move {
+                filled.store(true, Ordering::Relaxed);
+                fut.await.map(CacheValue::Chunk)
+            }
         };
         let entry = self.inner.get_or_fetch(&key, fetch).await.map_err(ChunkError)?;
+        let source = match entry.source() {
+            foyer::Source::Memory => ChunkSource::Memory,
+            foyer::Source::Disk => ChunkSource::Disk,
+            foyer::Source::Outer if filled.load(Ordering::Relaxed) => ChunkSource::Filled,
+            foyer::Source::Outer => ChunkSource::Coalesced,
+        };
+        metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => source.as_str()).increment(1);
         match entry.value() {
-            CacheValue::Chunk(bytes) => Ok(bytes.clone()),
+            CacheValue::Chunk(bytes) => Ok((bytes.clone(), source)),
             CacheValue::Meta(_) => Err(ChunkError(foyer::Error::new(
                 foyer::ErrorKind::External,
                 "a metadata entry under a chunk key",
             ))),
         }
+    }
+
+    /// Publishes tier usage and capacity gauges (called when metrics are scraped).
+    pub fn publish_gauges(&self, disk_capacity: u64) {
+        let memory = self.inner.memory();
+        metrics::gauge!(crate::telemetry::CACHE_USAGE, "tier" => "memory").set(memory.usage() as f64);
+        metrics::gauge!(crate::telemetry::CACHE_CAPACITY, "tier" => "memory").set(memory.capacity() as f64);
+        metrics::gauge!(crate::telemetry::CACHE_CAPACITY, "tier" => "disk").set(disk_capacity as f64);
     }
 
     /// Flushes pending disk writes and closes the disk tier.

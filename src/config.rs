@@ -28,6 +28,9 @@ pub struct Cli {
     /// Address of the S3 listener [key: listen] [default: 0.0.0.0:8080].
     #[arg(long)]
     pub listen: Option<String>,
+    /// Address of the admin listener (/metrics, /healthz, /readyz) [key: admin_listen] [default: 0.0.0.0:9090].
+    #[arg(long)]
+    pub admin_listen: Option<String>,
     /// Send every Host to this origin, e.g. https://object.ord1.example.com [key: origin].
     #[arg(long)]
     pub origin: Option<String>,
@@ -55,6 +58,8 @@ pub struct Cli {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The admin listener: /metrics, /healthz, /readyz.
+    pub admin_listen: SocketAddr,
     pub server: ServerConfig,
     pub cache: CacheConfig,
     pub origin_client: OriginClientConfig,
@@ -259,13 +264,25 @@ impl Config {
     }
 
     fn from_parts(file: ConfigFile, cli: &Cli) -> Result<Self, ConfigError> {
-        let listen_text = pick(cli.listen.as_deref(), "--listen", file.listen.as_deref(), "listen");
-        let listen = match listen_text {
+        let address = |value: Option<(&str, &str)>, default: u16| match value {
             Some((text, key)) => text
-                .parse()
-                .map_err(|e| invalid(key, format!("`{text}` is not an address like 0.0.0.0:8080: {e}")))?,
-            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid(key, format!("`{text}` is not an address like 0.0.0.0:{default}: {e}"))),
+            None => Ok(SocketAddr::from(([0, 0, 0, 0], default))),
         };
+        let listen = address(
+            pick(cli.listen.as_deref(), "--listen", file.listen.as_deref(), "listen"),
+            8080,
+        )?;
+        let admin_listen = address(
+            pick(
+                cli.admin_listen.as_deref(),
+                "--admin-listen",
+                file.admin_listen.as_deref(),
+                "admin_listen",
+            ),
+            9090,
+        )?;
 
         let server = ServerConfig {
             header_read_timeout: duration_or(
@@ -291,6 +308,7 @@ impl Config {
         let credentials = Self::credentials(&file)?;
         Ok(Self {
             listen,
+            admin_listen,
             server,
             cache,
             origin_client,

@@ -1,6 +1,7 @@
 //! s3-accel: a GET-only, caching, read-through accelerator for S3-compatible object
 //! storage. `main.rs` parses flags; everything else lives here, testable in-process.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -8,6 +9,7 @@ pub mod origin;
 pub mod proxy;
 pub mod s3;
 pub mod server;
+pub mod telemetry;
 
 use std::future::Future;
 use std::io;
@@ -27,6 +29,7 @@ pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>
 /// A bound, not yet running s3-accel.
 pub struct App {
     server: server::Server,
+    admin: admin::AdminServer,
     cache: Arc<cache::ChunkCache>,
 }
 
@@ -39,18 +42,25 @@ impl App {
         let cache = Arc::new(cache);
         let router = origin::Router::new(config)?;
         let proxy = proxy::Proxy::new(router, cache.clone(), config);
+        let admin = admin::AdminServer::bind(config.admin_listen, proxy.clone(), config.cache.disk).await?;
         let server = server::Server::bind(config.listen, proxy, config.server.clone()).await?;
-        Ok(Self { server, cache })
+        Ok(Self { server, admin, cache })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.server.local_addr()
     }
 
+    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
     /// Serves until `shutdown` completes, then drains, then flushes and closes the
     /// cache so that what was written survives a restart.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let admin = tokio::spawn(self.admin.run());
         self.server.run(shutdown).await;
         self.cache.close().await;
+        admin.abort();
     }
 }

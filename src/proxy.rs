@@ -1,6 +1,7 @@
 //! The request path, top to bottom: route, classify, plan, authorize at the origin,
 //! then answer from the cache or relay the origin's answer.
 
+mod access;
 mod cached;
 mod fill;
 mod forward;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
 use crate::cache::{ChunkCache, ObjectMeta};
@@ -20,7 +21,9 @@ use crate::config::{Config, ProxyCredentials};
 use crate::error::{error_chain, ProxyError};
 use crate::origin::{OriginBody, Route, Router};
 use crate::s3::{self, Operation};
+use crate::telemetry;
 use crate::ProxyBody;
+use access::{AccessLog, LoggedBody};
 use cached::{meta_from_response, CachedObject};
 use fill::Fill;
 use plan::{ColdGate, Plan};
@@ -81,21 +84,30 @@ impl Proxy {
         &self.cache
     }
 
+    pub fn regions(&self) -> &[Arc<crate::origin::Region>] {
+        self.router.regions()
+    }
+
     /// Answers one client request. Never fails: errors become S3 error responses.
     pub async fn handle<B: Body>(&self, request: Request<B>) -> Response<ProxyBody> {
-        let started = Instant::now();
         let request_id = s3::new_request_id();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let range = request
-            .headers()
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let mut response = match self.forward(request, &request_id).await {
+        let mut log = AccessLog {
+            method: method.to_string(),
+            range: request
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+            started: Some(Instant::now()),
+            ..AccessLog::default()
+        };
+        let mut response = match self.forward(request, &request_id, &mut log).await {
             Ok((mut response, outcome)) => {
                 response.headers_mut().insert(CACHE_HEADER, outcome.header_value());
+                log.relayed = matches!(outcome, Outcome::Origin | Outcome::Bypass(_));
                 response
             }
             Err(error) => {
@@ -111,37 +123,29 @@ impl Proxy {
                 response.headers_mut().insert(s3::REQUEST_ID, id);
             }
         }
-        let id = response
-            .headers()
-            .get(s3::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(&request_id);
-        let cache = response
-            .headers()
-            .get(CACHE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("error");
-        tracing::info!(
-            target: "access",
-            method = %method,
-            path,
-            range,
-            status = response.status().as_u16(),
-            cache,
-            request_id = id,
-            duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        );
-        response
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        log.request_id = header(s3::REQUEST_ID).unwrap_or(request_id);
+        log.cache = header(CACHE_HEADER).unwrap_or_else(|| "error".into());
+        log.status = response.status().as_u16();
+        response.map(|body| LoggedBody::new(body, log).boxed_unsync())
     }
 
     async fn forward<B: Body>(
         &self,
         request: Request<B>,
         request_id: &str,
+        log: &mut AccessLog,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         // Route first: the Host decides whether the bucket is in the name or the path.
         let authority = forward::client_authority(&request).unwrap_or_default();
         let route = self.router.route(&authority)?;
+        log.region.clone_from(&route.region.config.name);
 
         // Classify before anything reaches the origin: only object reads go on.
         let uri = request.uri();
@@ -151,6 +155,8 @@ impl Proxy {
             uri.query(),
             route.bucket_from_host.as_deref(),
         )?;
+        log.bucket.clone_from(&object.bucket);
+        log.key.clone_from(&object.key);
         if carries_body(&request) {
             return Err(ProxyError::UnexpectedBody(request.method().clone()));
         }
@@ -177,7 +183,7 @@ impl Proxy {
         request_id: &str,
         outcome: Outcome,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        let response = route.region.client.send(probe).await?;
+        let response = route.region.client.send(probe, "relay").await?;
         Ok((forward::client_response(response, request_id), outcome))
     }
 
@@ -192,23 +198,27 @@ impl Proxy {
         request_id: &str,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         let mut cached = self.cache.meta(&plan.object).await;
-        let turn = match cached {
-            Some(_) => None,
-            None => {
-                let turn = self.cold.enter(&plan.object, self.cold_patience).await;
-                if turn.waited {
-                    cached = self.cache.meta(&plan.object).await;
-                }
-                Some(turn)
+        // A cold request probes alone; those behind it come back with its metadata
+        // and probe cheaply, all at once (the turn is not held past that).
+        let mut turn = None;
+        if cached.is_none() {
+            let entered = self.cold.enter(&plan.object, self.cold_patience).await;
+            if entered.waited {
+                cached = self.cache.meta(&plan.object).await;
             }
-        };
+            if cached.is_none() {
+                turn = Some(entered);
+            }
+        }
         let condition_added = match &cached {
             Some(meta) if !plan.client_conditionals => HeaderValue::from_str(&meta.etag)
                 .map(|etag| probe.headers_mut().insert(header::IF_NONE_MATCH, etag))
                 .is_ok(),
             _ => false,
         };
-        let response = route.region.client.send(probe).await?;
+        let probe_started = Instant::now();
+        let response = route.region.client.send(probe, "probe").await?;
+        metrics::histogram!(telemetry::PROBE_SECONDS).record(probe_started.elapsed().as_secs_f64());
         let origin_id = response
             .headers()
             .get(s3::REQUEST_ID)
@@ -261,6 +271,14 @@ impl Proxy {
             _ => None,
         };
         drop(turn);
+        let probe_outcome = match (&served, status) {
+            (Some((_, Outcome::Miss)), _) => "cold",
+            (Some(_), StatusCode::NOT_MODIFIED) => "not_modified",
+            (Some(_), _) => "same_etag",
+            (None, StatusCode::OK | StatusCode::PARTIAL_CONTENT) => "changed",
+            (None, _) => "refused",
+        };
+        metrics::counter!(telemetry::PROBES, "outcome" => probe_outcome).increment(1);
         let Some((meta, outcome)) = served else {
             return Ok((forward::client_response(response, request_id), Outcome::Origin));
         };
@@ -280,7 +298,7 @@ impl Proxy {
         plan: Plan,
         request_id: &str,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        let response: Response<OriginBody> = route.region.client.send(probe).await?;
+        let response: Response<OriginBody> = route.region.client.send(probe, "probe").await?;
         let status = response.status();
         if let Some(meta) = plan
             .learns

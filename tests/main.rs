@@ -3,4 +3,5 @@
 
 mod cache;
 mod front;
+mod ops;
 mod support;

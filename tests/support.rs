@@ -6,7 +6,7 @@ pub mod origin;
 pub mod proxy;
 pub mod signing;
 
-pub use client::Reply;
+pub use client::{Reply, TestClient};
 pub use origin::TestOrigin;
 pub use proxy::TestProxy;
 pub use signing::{Credentials, Signing};

@@ -8,6 +8,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub origin: Option<String>,
     pub signing_region: Option<String>,
     pub domains: Option<Vec<String>>,

@@ -2,8 +2,9 @@
 //! body-idle timeouts so that nothing waits on a dead origin forever.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hickory_resolver::TokioResolver;
@@ -17,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::body::IdleTimeoutBody;
 use super::connect::{https_connector, OriginConnector};
 use crate::config::{OriginClientConfig, OriginUrl};
+use crate::telemetry;
 
 /// The body of an origin response as the proxy relays it.
 pub type OriginBody = IdleTimeoutBody<Incoming>;
@@ -41,7 +43,10 @@ pub enum OriginError {
 }
 
 pub struct OriginClient {
+    region: Arc<str>,
     origin: OriginUrl,
+    /// Unix seconds of the last response head from this origin (0: never).
+    last_reached: AtomicU64,
     client: Client<HttpsConnector<OriginConnector>, Empty<Bytes>>,
     first_byte_timeout: Duration,
     body_idle_timeout: Duration,
@@ -49,6 +54,7 @@ pub struct OriginClient {
 
 impl OriginClient {
     pub fn new(
+        region: &str,
         origin: &OriginUrl,
         config: &OriginClientConfig,
         tls: rustls::ClientConfig,
@@ -64,7 +70,9 @@ impl OriginClient {
             .retry_canceled_requests(false)
             .build(connector);
         Ok(Self {
+            region: region.into(),
             origin: origin.clone(),
+            last_reached: AtomicU64::new(0),
             client,
             first_byte_timeout: config.first_byte_timeout,
             body_idle_timeout: config.body_idle_timeout,
@@ -75,31 +83,63 @@ impl OriginClient {
         &self.origin
     }
 
-    /// Sends `request` (whose URI carries the origin's scheme and the client's authority)
-    /// and waits for the response head.
-    pub async fn send(&self, request: Request<Empty<Bytes>>) -> Result<Response<OriginBody>, OriginError> {
-        let origin = || self.origin.to_string();
-        let response = match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await {
-            Err(_) => {
-                return Err(OriginError::Timeout {
-                    origin: origin(),
-                    timeout: self.first_byte_timeout,
-                })
-            }
-            Ok(Err(source)) if source.is_connect() => {
-                return Err(OriginError::Unreachable {
-                    origin: origin(),
-                    source,
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(OriginError::Protocol {
-                    origin: origin(),
-                    source,
-                })
-            }
-            Ok(Ok(response)) => response,
-        };
-        Ok(response.map(|body| IdleTimeoutBody::new(body, self.body_idle_timeout)))
+    pub fn region(&self) -> &str {
+        &self.region
     }
+
+    /// Whether the origin sent a response head within `window`.
+    pub fn reached_within(&self, window: Duration) -> bool {
+        let last = self.last_reached.load(Ordering::Relaxed);
+        last != 0 && unix_seconds().saturating_sub(last) <= window.as_secs()
+    }
+
+    /// Sends `request` (whose URI carries the origin's scheme and the client's authority)
+    /// and waits for the response head. `kind` labels the metrics: probe, fill, relay.
+    pub async fn send(
+        &self,
+        request: Request<Empty<Bytes>>,
+        kind: &'static str,
+    ) -> Result<Response<OriginBody>, OriginError> {
+        let started = Instant::now();
+        let origin = || self.origin.to_string();
+        let result = match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await {
+            Err(_) => Err(OriginError::Timeout {
+                origin: origin(),
+                timeout: self.first_byte_timeout,
+            }),
+            Ok(Err(source)) if source.is_connect() => Err(OriginError::Unreachable {
+                origin: origin(),
+                source,
+            }),
+            Ok(Err(source)) => Err(OriginError::Protocol {
+                origin: origin(),
+                source,
+            }),
+            Ok(Ok(response)) => Ok(response),
+        };
+        let region = self.region.to_string();
+        match &result {
+            Ok(response) => {
+                self.last_reached.store(unix_seconds(), Ordering::Relaxed);
+                let status = response.status().as_u16().to_string();
+                metrics::counter!(telemetry::ORIGIN_REQUESTS, "region" => region.clone(), "kind" => kind, "status" => status).increment(1);
+                metrics::histogram!(telemetry::ORIGIN_SECONDS, "region" => region, "kind" => kind)
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                let label = match error {
+                    OriginError::Unreachable { .. } => "unreachable",
+                    OriginError::Timeout { .. } => "timeout",
+                    OriginError::Protocol { .. } => "protocol",
+                };
+                metrics::counter!(telemetry::ORIGIN_ERRORS, "region" => region, "kind" => kind, "error" => label)
+                    .increment(1);
+            }
+        }
+        Ok(result?.map(|body| IdleTimeoutBody::new(body, self.body_idle_timeout)))
+    }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

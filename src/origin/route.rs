@@ -47,7 +47,13 @@ impl Router {
             .regions
             .iter()
             .map(|region| {
-                let client = OriginClient::new(&region.origin, &config.origin_client, tls.clone(), resolver.clone())?;
+                let client = OriginClient::new(
+                    &region.name,
+                    &region.origin,
+                    &config.origin_client,
+                    tls.clone(),
+                    resolver.clone(),
+                )?;
                 Ok(Arc::new(Region {
                     config: region.clone(),
                     client,

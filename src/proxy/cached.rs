@@ -11,10 +11,11 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 
 use super::fill::{Fill, FillError};
-use crate::cache::{CacheKey, ChunkCache, ChunkError, ObjectId, ObjectMeta};
+use crate::cache::{CacheKey, ChunkCache, ChunkError, ChunkSource, ObjectId, ObjectMeta};
 use crate::error::ProxyError;
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::{self, REQUEST_ID};
+use crate::telemetry;
 use crate::{BoxError, ProxyBody};
 
 /// The metadata worth keeping from an origin's 200 or 206, or `None` when the
@@ -57,10 +58,10 @@ pub struct CachedObject {
 impl CachedObject {
     /// Chunk `index`, from the cache or one coalesced fill. A failed fill fails its
     /// waiters once; they try once more, then give up.
-    async fn chunk(self: Arc<Self>, index: u64) -> Result<Bytes, ChunkError> {
+    async fn chunk(self: Arc<Self>, index: u64) -> Result<(Bytes, ChunkSource), ChunkError> {
         let key = CacheKey::chunk(&self.object, &self.meta.etag, self.cache.chunk_size(), index);
         match self.cache.chunk(key.clone(), || self.fill.fetch(index)).await {
-            Ok(bytes) => Ok(bytes),
+            Ok(found) => Ok(found),
             Err(error)
                 if error
                     .fill_error::<FillError>()
@@ -146,24 +147,27 @@ impl CachedObject {
             .map(move |index| {
                 let this = this.clone();
                 async move {
-                    let bytes = this.chunk(index).await?;
+                    let (bytes, source) = this.chunk(index).await?;
                     // The part of chunk `index` inside [first, last].
                     let start = index * chunk_size;
                     let from = first.saturating_sub(start) as usize;
                     let to = ((last - start + 1).min(bytes.len() as u64)) as usize;
-                    Ok::<_, ChunkError>(bytes.slice(from..to))
+                    Ok::<_, ChunkError>((bytes.slice(from..to), source))
                 }
             })
             // Polled together: the chunks after the first are filled while it is.
             .buffered(self.read_ahead);
         let head = match chunks.next().await {
-            Some(Ok(bytes)) => bytes,
+            Some(Ok(head)) => head,
             Some(Err(error)) => return Err(ProxyError::Fill(error)),
-            None => Bytes::new(),
+            None => (Bytes::new(), ChunkSource::Memory),
         };
         let frames = stream::once(async move { Ok(head) })
             .chain(chunks)
-            .map_ok(Frame::data)
+            .map_ok(|(bytes, source)| {
+                metrics::counter!(telemetry::RESPONSE_BYTES, "source" => source.tier()).increment(bytes.len() as u64);
+                Frame::data(bytes)
+            })
             .map_err(|error| -> BoxError { Box::new(error) });
         Ok(StreamBody::new(frames).boxed_unsync())
     }

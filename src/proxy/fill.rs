@@ -13,7 +13,23 @@ use tokio::sync::Semaphore;
 use crate::config::ProxyCredentials;
 use crate::origin::{sign_s3, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
-use crate::BoxError;
+use crate::{telemetry, BoxError};
+
+/// Counts a fill in `s3accel_fills_in_flight` while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!(telemetry::FILLS_IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::FILLS_IN_FLIGHT).decrement(1.0);
+    }
+}
 
 /// Who signs a fill.
 #[derive(Clone)]
@@ -122,9 +138,10 @@ impl Fill {
                 .acquire_owned()
                 .await
                 .expect("the fill semaphore is never closed");
+            let _in_flight = InFlight::start();
             let (first, last) = fill.chunk_range(index);
             let request = fill.request(first, last)?;
-            let response = fill.region.client.send(request).await?;
+            let response = fill.region.client.send(request, "fill").await?;
             let expected = last - first + 1;
             match response.status() {
                 StatusCode::PARTIAL_CONTENT => {}
@@ -160,6 +177,8 @@ impl Fill {
                     expected,
                 });
             }
+            let region = fill.region.config.name.clone();
+            metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(expected);
             Ok(chunk.freeze())
         }
     }

@@ -10,6 +10,8 @@ use super::client::{Call, Reply, TestClient};
 
 pub struct TestProxy {
     pub address: SocketAddr,
+    /// The admin listener: /metrics, /healthz, /readyz.
+    pub admin: SocketAddr,
     pub client: TestClient,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -26,18 +28,20 @@ impl TestProxy {
     /// Starts the proxy on `cache_dir`, with `cache` as the keys of its `[cache]` table.
     pub async fn start_in(cache_dir: tempfile::TempDir, toml: &str, cache: &str) -> Self {
         let text = format!(
-            "listen = \"127.0.0.1:0\"\n{toml}\n[cache]\ndir = \"{}\"\n{cache}\n",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{toml}\n[cache]\ndir = \"{}\"\n{cache}\n",
             cache_dir.path().display()
         );
         let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"));
         let app = App::bind(&config).await.unwrap();
         let address = app.local_addr().unwrap();
+        let admin = app.admin_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = rx.await;
         }));
         Self {
             address,
+            admin,
             client: TestClient::default(),
             shutdown: Some(tx),
             task,

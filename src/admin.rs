@@ -1,0 +1,125 @@
+//! The admin listener, apart from the S3 one: `/metrics` (Prometheus text),
+//! `/healthz` (the process answers) and `/readyz` (cache open, origins reachable).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::proxy::Proxy;
+use crate::telemetry;
+
+/// An origin answered this recently: ready without asking it again.
+const RECENT: Duration = Duration::from_secs(30);
+
+pub struct AdminServer {
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    disk_capacity: u64,
+}
+
+impl AdminServer {
+    pub async fn bind(address: SocketAddr, proxy: Arc<Proxy>, disk_capacity: u64) -> io::Result<Self> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("binding the admin listener {address}: {e}")))?;
+        telemetry::prometheus();
+        Ok(Self {
+            listener,
+            proxy,
+            disk_capacity,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the task is dropped.
+    pub async fn run(self) {
+        let state = Arc::new(self);
+        loop {
+            let Ok((stream, _)) = state.listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let state = state.clone();
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(state.answer(request).await) }
+            });
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn answer<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        match request.uri().path() {
+            "/metrics" => {
+                self.proxy.cache().publish_gauges(self.disk_capacity);
+                let mut response = text(StatusCode::OK, telemetry::prometheus().render());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4".parse().expect("static"),
+                );
+                response
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" => self.readiness().await,
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz, /readyz\n".into(),
+            ),
+        }
+    }
+
+    /// Ready when the cache is open (it is, once the server runs) and every region's
+    /// origin has answered recently, or answers now (any HTTP status will do).
+    async fn readiness(&self) -> Response<Full<Bytes>> {
+        let mut unreachable = Vec::new();
+        for region in self.proxy.regions() {
+            let client = &region.client;
+            if client.reached_within(RECENT) {
+                continue;
+            }
+            let origin = client.origin();
+            let uri: Result<Uri, _> = format!("{}/", origin).parse();
+            let reached = match uri.map(|uri| Request::head(uri).body(Empty::new())) {
+                Ok(Ok(request)) => client.send(request, "readiness").await.is_ok(),
+                _ => false,
+            };
+            if !reached {
+                unreachable.push(format!("{} ({origin})", region.config.name));
+            }
+        }
+        if unreachable.is_empty() {
+            text(StatusCode::OK, "ready\n".into())
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("origins not reachable: {}\n", unreachable.join(", ")),
+            )
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,231 @@
+//! Metrics: names and descriptions in one place, the Prometheus recorder, and a
+//! bridge that puts foyer's own metrics (dropped disk writes among them) into it.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use mixtrics::metrics::{
+    BoxedCounter, BoxedCounterVec, BoxedGauge, BoxedGaugeVec, BoxedHistogram, BoxedHistogramVec, CounterOps,
+    CounterVecOps, GaugeOps, GaugeVecOps, HistogramOps, HistogramVecOps, RegistryOps,
+};
+
+pub const REQUESTS: &str = "s3accel_requests_total";
+pub const RESPONSE_BYTES: &str = "s3accel_response_bytes_total";
+pub const ORIGIN_REQUESTS: &str = "s3accel_origin_requests_total";
+pub const ORIGIN_ERRORS: &str = "s3accel_origin_errors_total";
+pub const ORIGIN_SECONDS: &str = "s3accel_origin_response_seconds";
+pub const ORIGIN_FILL_BYTES: &str = "s3accel_origin_fill_bytes_total";
+pub const FILLS_IN_FLIGHT: &str = "s3accel_fills_in_flight";
+pub const CHUNK_LOOKUPS: &str = "s3accel_chunk_lookups_total";
+pub const PROBES: &str = "s3accel_probes_total";
+pub const PROBE_SECONDS: &str = "s3accel_probe_seconds";
+pub const CACHE_USAGE: &str = "s3accel_cache_usage_bytes";
+pub const CACHE_CAPACITY: &str = "s3accel_cache_capacity_bytes";
+
+/// The process-wide Prometheus recorder (installed once, however many proxies a
+/// test process starts).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let latency = [
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&latency)
+            .expect("static buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        "Client requests by region, operation, status and cache outcome (hit, miss, origin, bypass; reason=...)."
+    );
+    describe_counter!(
+        RESPONSE_BYTES,
+        Unit::Bytes,
+        "Body bytes sent to clients, by where they came from: memory, disk or origin."
+    );
+    describe_counter!(
+        ORIGIN_REQUESTS,
+        "Requests to origins by region, kind (probe, fill, relay, readiness) and status."
+    );
+    describe_counter!(
+        ORIGIN_ERRORS,
+        "Origin requests that got no response head, by region, kind and error (unreachable, timeout, protocol)."
+    );
+    describe_histogram!(
+        ORIGIN_SECONDS,
+        Unit::Seconds,
+        "Time to an origin's response head, by region and kind."
+    );
+    describe_counter!(
+        ORIGIN_FILL_BYTES,
+        Unit::Bytes,
+        "Body bytes fetched from origins by chunk fills, by region."
+    );
+    describe_gauge!(FILLS_IN_FLIGHT, "Chunk fills downloading from an origin now.");
+    describe_counter!(
+        CHUNK_LOOKUPS,
+        "Chunk lookups by result: memory, disk, fill (this lookup filled it) or coalesced (waited for another's fill)."
+    );
+    describe_counter!(
+        PROBES,
+        "Authorization probes by outcome (not_modified, same_etag, cold, changed, refused)."
+    );
+    describe_histogram!(
+        PROBE_SECONDS,
+        Unit::Seconds,
+        "Time to the origin's answer to an authorization probe."
+    );
+    describe_gauge!(CACHE_USAGE, Unit::Bytes, "Bytes held by a cache tier.");
+    describe_gauge!(CACHE_CAPACITY, Unit::Bytes, "Configured size of a cache tier.");
+}
+
+/// The log filter: `RUST_LOG` (default `info`), except that the signing crates are
+/// always silent: at trace level they print the requests they sign, headers and all.
+pub fn log_filter(directives: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let base = directives.filter(|d| !d.trim().is_empty()).unwrap_or("info");
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(base).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    [
+        "aws_sigv4=off",
+        "aws_smithy_runtime_api=off",
+        "aws_credential_types=off",
+    ]
+    .into_iter()
+    .fold(filter, |filter, directive| {
+        filter.add_directive(directive.parse().expect("static directive"))
+    })
+}
+
+/// foyer's metrics registry, writing into the `metrics` crate's recorder.
+#[derive(Debug, Default)]
+pub struct FoyerMetrics;
+
+#[derive(Debug)]
+struct Family {
+    name: Cow<'static, str>,
+    label_names: &'static [&'static str],
+}
+
+impl Family {
+    fn labels(&self, values: &[Cow<'static, str>]) -> Vec<metrics::Label> {
+        self.label_names
+            .iter()
+            .zip(values)
+            .map(|(name, value)| metrics::Label::new(*name, value.clone()))
+            .collect()
+    }
+}
+
+struct Counter(metrics::Counter);
+struct Gauge(metrics::Gauge);
+struct Histogram(metrics::Histogram);
+
+macro_rules! opaque_debug {
+    ($($ty:ty),*) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($ty))
+            }
+        }
+    )*};
+}
+opaque_debug!(Counter, Gauge, Histogram);
+
+impl CounterOps for Counter {
+    fn increase(&self, val: u64) {
+        self.0.increment(val);
+    }
+}
+
+impl GaugeOps for Gauge {
+    fn increase(&self, val: u64) {
+        self.0.increment(val as f64);
+    }
+    fn decrease(&self, val: u64) {
+        self.0.decrement(val as f64);
+    }
+    fn absolute(&self, val: u64) {
+        self.0.set(val as f64);
+    }
+}
+
+impl HistogramOps for Histogram {
+    fn record(&self, val: f64) {
+        self.0.record(val);
+    }
+}
+
+impl CounterVecOps for Family {
+    fn counter(&self, labels: &[Cow<'static, str>]) -> BoxedCounter {
+        Box::new(Counter(metrics::counter!(self.name.to_string(), self.labels(labels))))
+    }
+}
+
+impl GaugeVecOps for Family {
+    fn gauge(&self, labels: &[Cow<'static, str>]) -> BoxedGauge {
+        Box::new(Gauge(metrics::gauge!(self.name.to_string(), self.labels(labels))))
+    }
+}
+
+impl HistogramVecOps for Family {
+    fn histogram(&self, labels: &[Cow<'static, str>]) -> BoxedHistogram {
+        Box::new(Histogram(metrics::histogram!(
+            self.name.to_string(),
+            self.labels(labels)
+        )))
+    }
+}
+
+impl RegistryOps for FoyerMetrics {
+    fn register_counter_vec(
+        &self,
+        name: Cow<'static, str>,
+        desc: Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> BoxedCounterVec {
+        describe_counter!(name.to_string(), desc.to_string());
+        Box::new(Family { name, label_names })
+    }
+
+    fn register_gauge_vec(
+        &self,
+        name: Cow<'static, str>,
+        desc: Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> BoxedGaugeVec {
+        describe_gauge!(name.to_string(), desc.to_string());
+        Box::new(Family { name, label_names })
+    }
+
+    fn register_histogram_vec(
+        &self,
+        name: Cow<'static, str>,
+        desc: Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> BoxedHistogramVec {
+        describe_histogram!(name.to_string(), desc.to_string());
+        Box::new(Family { name, label_names })
+    }
+
+    fn register_histogram_vec_with_buckets(
+        &self,
+        name: Cow<'static, str>,
+        desc: Cow<'static, str>,
+        label_names: &'static [&'static str],
+        _buckets: Vec<f64>,
+    ) -> BoxedHistogramVec {
+        self.register_histogram_vec(name, desc, label_names)
+    }
+}

@@ -1,0 +1,202 @@
+//! What operators rely on: metrics that count what happened, health and readiness,
+//! and logs that never hold a secret.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use http::StatusCode;
+
+use crate::support::client::Call;
+use crate::support::origin::{ACCESS_KEY, SECRET_KEY};
+use crate::support::{fault, object_bytes, sha256_hex, Credentials, Signing, TestClient, TestOrigin, TestProxy};
+
+const MIB: usize = 1 << 20;
+
+async fn admin_get(proxy: &TestProxy, path: &str) -> (StatusCode, String) {
+    let reply = TestClient::default()
+        .send(proxy.admin, &Call::get(path, &Signing::Anonymous))
+        .await
+        .unwrap();
+    (reply.status, reply.text().to_owned())
+}
+
+/// The value of the sample `name{labels}` (labels in Prometheus' sorted order).
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_a_miss_and_a_hit_with_their_bytes() {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket("metered").await;
+    let data = object_bytes(5, 3 * MIB);
+    origin.put("metered", "k", &data, &[]).await;
+    let config = format!(
+        "[[regions]]\nname = \"metrics-test\"\norigin = \"{}\"\nhosts = [\"accel.metrics.test\"]",
+        origin.url()
+    );
+    let proxy = TestProxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config,
+        "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"",
+    )
+    .await;
+    let host = format!("accel.metrics.test:{}", proxy.address.port());
+    for expected in ["miss", "hit"] {
+        let reply = proxy
+            .send(&Call::get("/metered/k", &Signing::Presigned(TestOrigin::credentials())).host(&host))
+            .await
+            .unwrap();
+        assert_eq!(reply.header("x-s3-accel-cache"), Some(expected));
+        assert_eq!(sha256_hex(&reply.body), sha256_hex(&data));
+    }
+    let (status, metrics) = admin_get(&proxy, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let requests = |cache: &str| {
+        sample(
+            &metrics,
+            "s3accel_requests_total",
+            &format!("region=\"metrics-test\",operation=\"GET\",status=\"200\",cache=\"{cache}\""),
+        )
+    };
+    assert_eq!(requests("miss"), Some(1.0), "{metrics}");
+    assert_eq!(requests("hit"), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "s3accel_origin_fill_bytes_total", "region=\"metrics-test\""),
+        Some((3 * MIB) as f64)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "s3accel_origin_requests_total",
+            "region=\"metrics-test\",kind=\"fill\",status=\"206\""
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "s3accel_origin_requests_total",
+            "region=\"metrics-test\",kind=\"probe\",status=\"304\""
+        ),
+        Some(1.0)
+    );
+    assert!(sample(&metrics, "s3accel_response_bytes_total", "source=\"memory\"").unwrap() >= (3 * MIB) as f64);
+    assert!(sample(&metrics, "s3accel_cache_capacity_bytes", "tier=\"memory\"").unwrap() > 0.0);
+    assert!(metrics.contains("# HELP s3accel_probes_total"), "metrics are described");
+    assert!(metrics.contains("foyer_"), "foyer's own metrics are bridged in");
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let origin = TestOrigin::start(&[]).await;
+    let proxy = TestProxy::for_origin(&origin.url()).await;
+    assert_eq!(admin_get(&proxy, "/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        admin_get(&proxy, "/readyz").await.0,
+        StatusCode::OK,
+        "an origin that answers (even 403) is reachable"
+    );
+    assert_eq!(admin_get(&proxy, "/nope").await.0, StatusCode::NOT_FOUND);
+
+    let down = TestProxy::for_origin(&format!("http://{}", fault::refusing().await)).await;
+    assert_eq!(admin_get(&down, "/healthz").await.0, StatusCode::OK);
+    let (status, body) = admin_get(&down, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("default"), "{body}");
+}
+
+/// Everything this test binary logs, from the moment the capture is installed.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            // s3s and s3s-fs are the in-process origin, not s3-accel: they log requests whole.
+            .with_env_filter(s3_accel::telemetry::log_filter(Some("trace,s3s=off,s3s_fs=off")))
+            .json()
+            .with_writer(move || Capture(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+        logs
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs() {
+    let logs = captured_logs();
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket("secrets").await;
+    origin.put("secrets", "k", &object_bytes(1, 2 * MIB), &[]).await;
+    let config = format!(
+        "origin = \"{}\"\n[credentials]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"",
+        origin.url()
+    );
+    let proxy = TestProxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config,
+        "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"",
+    )
+    .await;
+    let sse_key = "c2VjcmV0LXNzZS1jLWtleS1ub2JvZHktbXVzdC1zZWU=";
+    let presigned_secret = "presign-secret-for-the-log-test";
+    let mut request_ids = Vec::new();
+    let calls = [
+        Call::get(
+            "/secrets/k",
+            &Signing::Presigned(Credentials::new(ACCESS_KEY, SECRET_KEY)),
+        ),
+        Call::get(
+            "/secrets/k",
+            &Signing::Presigned(Credentials::new(ACCESS_KEY, presigned_secret)),
+        ),
+        Call::get("/secrets/k", &TestOrigin::signing()).header("range", "bytes=0-99"),
+        Call::get("/secrets/k", &TestOrigin::signing())
+            .header("x-amz-server-side-encryption-customer-algorithm", "AES256")
+            .header("x-amz-server-side-encryption-customer-key", sse_key),
+        Call::head("/secrets/k", &TestOrigin::signing()).header("range", "bytes=0-0"),
+    ];
+    for call in &calls {
+        let reply = proxy.send(call).await.unwrap();
+        request_ids.push(reply.header("x-amz-request-id").unwrap().to_owned());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    for id in &request_ids {
+        assert!(logs.contains(id.as_str()), "the access log has request {id}");
+    }
+    for secret in [
+        SECRET_KEY,
+        presigned_secret,
+        sse_key,
+        "X-Amz-Signature",
+        "Signature=",
+        "AWS4-HMAC-SHA256",
+        "X-Amz-Credential",
+    ] {
+        let line = logs.lines().find(|l| l.contains(secret)).unwrap_or("");
+        assert!(
+            !logs.contains(secret),
+            "`{secret}` is in the logs: {}",
+            &line[..line.len().min(400)]
+        );
+    }
+}
