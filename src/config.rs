@@ -31,6 +31,12 @@ pub struct Cli {
     /// Address of the admin listener (/metrics, /healthz, /readyz) [key: admin_listen] [default: 0.0.0.0:9090].
     #[arg(long)]
     pub admin_listen: Option<String>,
+    /// PEM certificate chain for TLS on the S3 listener [key: tls.cert_file].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the S3 listener [key: tls.key_file].
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Send every Host to this origin, e.g. https://object.ord1.example.com [key: origin].
     #[arg(long)]
     pub origin: Option<String>,
@@ -66,6 +72,16 @@ pub struct Config {
     pub regions: Vec<RegionConfig>,
     /// The proxy's read credentials, for fills the client's own signature cannot make.
     pub credentials: Option<ProxyCredentials>,
+    /// TLS on the S3 listener; plain HTTP (and h2c) without it.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// How often the files are checked for a new certificate (SIGHUP reloads at once).
+    pub reload_interval: Duration,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -306,6 +322,7 @@ impl Config {
         let origin_client = Self::origin_client_config(&file)?;
         let regions = Self::regions(&file, cli)?;
         let credentials = Self::credentials(&file)?;
+        let tls = Self::tls(&file, cli)?;
         Ok(Self {
             listen,
             admin_listen,
@@ -314,6 +331,7 @@ impl Config {
             origin_client,
             regions,
             credentials,
+            tls,
         })
     }
 
@@ -439,6 +457,42 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    fn tls(file: &ConfigFile, cli: &Cli) -> Result<Option<TlsConfig>, ConfigError> {
+        let cert = cli.tls_cert.clone().map(|p| (p, "--tls-cert")).or(file
+            .tls
+            .cert_file
+            .clone()
+            .map(|p| (PathBuf::from(p), "tls.cert_file")));
+        let key = cli.tls_key.clone().map(|p| (p, "--tls-key")).or(file
+            .tls
+            .key_file
+            .clone()
+            .map(|p| (PathBuf::from(p), "tls.key_file")));
+        let reload_interval = duration_or(
+            file.tls.reload_interval.as_deref(),
+            "tls.reload_interval",
+            Duration::from_secs(10),
+        )?;
+        match (cert, key) {
+            (None, None) => Ok(None),
+            (Some((cert_file, cert_key)), Some((key_file, key_key))) => {
+                for (path, key) in [(&cert_file, cert_key), (&key_file, key_key)] {
+                    if !path.is_file() {
+                        return Err(invalid(key, format!("{} is not a readable file", path.display())));
+                    }
+                }
+                Ok(Some(TlsConfig {
+                    cert_file,
+                    key_file,
+                    reload_interval,
+                }))
+            }
+            (Some((_, key)), None) | (None, Some((_, key))) => {
+                Err(invalid(key, "a certificate and a key go together: set both"))
+            }
+        }
     }
 
     fn credentials(file: &ConfigFile) -> Result<Option<ProxyCredentials>, ConfigError> {

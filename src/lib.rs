@@ -10,6 +10,7 @@ pub mod proxy;
 pub mod s3;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -31,6 +32,7 @@ pub struct App {
     server: server::Server,
     admin: admin::AdminServer,
     cache: Arc<cache::ChunkCache>,
+    certificate: Option<(Arc<tls::ReloadableCert>, std::time::Duration)>,
 }
 
 impl App {
@@ -43,8 +45,23 @@ impl App {
         let router = origin::Router::new(config)?;
         let proxy = proxy::Proxy::new(router, cache.clone(), config);
         let admin = admin::AdminServer::bind(config.admin_listen, proxy.clone(), config.cache.disk).await?;
-        let server = server::Server::bind(config.listen, proxy, config.server.clone()).await?;
-        Ok(Self { server, admin, cache })
+        let (acceptor, certificate) = match &config.tls {
+            Some(tls) => {
+                let certificate = tls::ReloadableCert::load(tls)?;
+                (
+                    Some(tls::acceptor(certificate.clone())?),
+                    Some((certificate, tls.reload_interval)),
+                )
+            }
+            None => (None, None),
+        };
+        let server = server::Server::bind(config.listen, proxy, config.server.clone(), acceptor).await?;
+        Ok(Self {
+            server,
+            admin,
+            cache,
+            certificate,
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -59,8 +76,14 @@ impl App {
     /// cache so that what was written survives a restart.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let admin = tokio::spawn(self.admin.run());
+        let watch = self
+            .certificate
+            .map(|(certificate, interval)| tokio::spawn(certificate.watch(interval)));
         self.server.run(shutdown).await;
         self.cache.close().await;
         admin.abort();
+        if let Some(watch) = watch {
+            watch.abort();
+        }
     }
 }

@@ -1,17 +1,20 @@
-//! The S3 listener: accepts connections, serves HTTP/1.1 and h2c on each, and drains
-//! in-flight requests on shutdown.
+//! The S3 listener: accepts connections (TLS when configured), serves HTTP/1.1 and
+//! h2 on each (h2c in plain text, ALPN under TLS), and drains in-flight requests on
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::proxy::Proxy;
@@ -20,10 +23,16 @@ pub struct Server {
     listener: TcpListener,
     proxy: Arc<Proxy>,
     config: ServerConfig,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
-    pub async fn bind(address: SocketAddr, proxy: Arc<Proxy>, config: ServerConfig) -> io::Result<Self> {
+    pub async fn bind(
+        address: SocketAddr,
+        proxy: Arc<Proxy>,
+        config: ServerConfig,
+        tls: Option<TlsAcceptor>,
+    ) -> io::Result<Self> {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("binding {address}: {e}")))?;
@@ -31,6 +40,7 @@ impl Server {
             listener,
             proxy,
             config,
+            tls,
         })
     }
 
@@ -51,6 +61,7 @@ impl Server {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.config.max_concurrent_streams);
+        let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -60,24 +71,20 @@ impl Server {
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
                 () = shutdown.as_mut() => break,
             };
             let _ = stream.set_nodelay(true);
-            let proxy = self.proxy.clone();
-            let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-            });
-            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
+            let connection = Connection {
+                proxy: self.proxy.clone(),
+                builder: builder.clone(),
+                tls: self.tls.clone(),
+                handshake_timeout: self.config.header_read_timeout,
+            };
+            tokio::spawn(connection.serve(stream, peer, graceful.watcher()));
         }
         drop(self.listener);
         tracing::info!(drain_timeout = ?self.config.drain_timeout, "shutting down: draining in-flight requests");
@@ -86,6 +93,47 @@ impl Server {
             .is_err()
         {
             tracing::warn!("drain time ran out; closing the remaining connections");
+        }
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+        let proxy = self.proxy.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+        });
+        let result = match &self.tls {
+            None => {
+                watcher
+                    .watch(
+                        self.builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned(),
+                    )
+                    .await
+            }
+            Some(acceptor) => match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    watcher
+                        .watch(self.builder.serve_connection(TokioIo::new(tls), service).into_owned())
+                        .await
+                }
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
 }

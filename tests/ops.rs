@@ -200,3 +200,114 @@ async fn no_secret_reaches_the_logs() {
         );
     }
 }
+
+mod tls {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::{connect::HttpConnector, Client};
+    use hyper_util::rt::TokioExecutor;
+
+    type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+    fn certificate() -> (String, String, rustls::pki_types::CertificateDer<'static>) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let der = certified.cert.der().clone();
+        (certified.cert.pem(), certified.signing_key.serialize_pem(), der)
+    }
+
+    /// A client that trusts only `root`, offering h2 and HTTP/1.1.
+    fn client_trusting(root: &rustls::pki_types::CertificateDer<'static>) -> TlsClient {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_all_versions()
+            .build();
+        Client::builder(TokioExecutor::new()).build(connector)
+    }
+
+    async fn get(client: &TlsClient, port: u16, path: &str) -> Result<(http::Version, Vec<u8>), String> {
+        let mut request = http::Request::get(format!("https://localhost:{port}{path}"))
+            .header("host", format!("localhost:{port}"))
+            .body(())
+            .unwrap();
+        crate::support::signing::sign_request(&mut request, &Signing::Presigned(TestOrigin::credentials()));
+        let (mut parts, ()) = request.into_parts();
+        parts.headers.remove("host");
+        let response = client
+            .request(http::Request::from_parts(parts, Empty::new()))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let version = response.version();
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .to_bytes()
+            .to_vec();
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        Ok((version, body))
+    }
+
+    #[tokio::test]
+    async fn tls_with_h2_and_a_certificate_reload_that_drops_no_connection() {
+        let origin = TestOrigin::honoring().await;
+        origin.create_bucket("tls-bucket").await;
+        let data = object_bytes(9, MIB + 17);
+        origin.put("tls-bucket", "k", &data, &[]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (pem, key, first_root) = certificate();
+        std::fs::write(&cert_file, pem).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        let config = format!(
+            "origin = \"{}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"100ms\"",
+            origin.url(),
+            cert_file.display(),
+            key_file.display()
+        );
+        let proxy = TestProxy::start_in(
+            tempfile::tempdir().unwrap(),
+            &config,
+            "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"",
+        )
+        .await;
+        let port = proxy.address.port();
+
+        let first = client_trusting(&first_root);
+        let (version, body) = get(&first, port, "/tls-bucket/k").await.unwrap();
+        assert_eq!(version, http::Version::HTTP_2, "h2 negotiated by ALPN");
+        assert_eq!(sha256_hex(&body), sha256_hex(&data));
+
+        // A new certificate on disk: new handshakes get it...
+        let (pem, key, second_root) = certificate();
+        std::fs::write(&key_file, key).unwrap();
+        std::fs::write(&cert_file, pem).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let second = client_trusting(&second_root);
+        let (_, body) = get(&second, port, "/tls-bucket/k")
+            .await
+            .expect("the new certificate is served");
+        assert_eq!(sha256_hex(&body), sha256_hex(&data));
+        assert!(
+            get(&client_trusting(&first_root), port, "/tls-bucket/k").await.is_err(),
+            "new handshakes no longer get the old certificate"
+        );
+        // ...and the connection opened before the reload is still served.
+        let (_, body) = get(&first, port, "/tls-bucket/k")
+            .await
+            .expect("the open connection survives the reload");
+        assert_eq!(sha256_hex(&body), sha256_hex(&data));
+    }
+}

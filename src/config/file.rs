@@ -21,6 +21,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub credentials: CredentialsSection,
     #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
     pub regions: Vec<RegionSection>,
 }
 
@@ -54,6 +56,14 @@ pub struct OriginClientSection {
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_host: Option<usize>,
     pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub reload_interval: Option<String>,
 }
 
 /// The proxy's own read credentials, for fills a client's signature cannot make.
