@@ -12,8 +12,7 @@ use crate::support::{object_bytes, sha256_hex, Credentials, Reply, Signing, Test
 
 const BUCKET: &str = "models";
 const CHUNK: usize = 1 << 20;
-/// A memory-only cache of 1 MiB chunks.
-const MEMORY_ONLY: &str = "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"";
+use crate::support::proxy::SMALL_CACHE as MEMORY_ONLY;
 
 fn with_credentials(toml: &str) -> String {
     format!("{toml}\n[credentials]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n")

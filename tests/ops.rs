@@ -8,6 +8,7 @@ use http::StatusCode;
 
 use crate::support::client::Call;
 use crate::support::origin::{ACCESS_KEY, SECRET_KEY};
+use crate::support::proxy::SMALL_CACHE;
 use crate::support::{fault, object_bytes, sha256_hex, Credentials, Signing, TestClient, TestOrigin, TestProxy};
 
 const MIB: usize = 1 << 20;
@@ -39,12 +40,7 @@ async fn metrics_count_a_miss_and_a_hit_with_their_bytes() {
         "[[regions]]\nname = \"metrics-test\"\norigin = \"{}\"\nhosts = [\"accel.metrics.test\"]",
         origin.url()
     );
-    let proxy = TestProxy::start_in(
-        tempfile::tempdir().unwrap(),
-        &config,
-        "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"",
-    )
-    .await;
+    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, SMALL_CACHE).await;
     let host = format!("accel.metrics.test:{}", proxy.address.port());
     for expected in ["miss", "hit"] {
         let reply = proxy
@@ -150,12 +146,7 @@ async fn no_secret_reaches_the_logs() {
         "origin = \"{}\"\n[credentials]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"",
         origin.url()
     );
-    let proxy = TestProxy::start_in(
-        tempfile::tempdir().unwrap(),
-        &config,
-        "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"",
-    )
-    .await;
+    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, SMALL_CACHE).await;
     let sse_key = "c2VjcmV0LXNzZS1jLWtleS1ub2JvZHktbXVzdC1zZWU=";
     let presigned_secret = "presign-secret-for-the-log-test";
     let mut request_ids = Vec::new();
@@ -277,12 +268,7 @@ mod tls {
             cert_file.display(),
             key_file.display()
         );
-        let proxy = TestProxy::start_in(
-            tempfile::tempdir().unwrap(),
-            &config,
-            "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"",
-        )
-        .await;
+        let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, SMALL_CACHE).await;
         let port = proxy.address.port();
 
         let first = client_trusting(&first_root);

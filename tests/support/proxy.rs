@@ -8,6 +8,9 @@ use tokio::task::JoinHandle;
 
 use super::client::{Call, Reply, TestClient};
 
+/// `[cache]` keys for a small memory-only cache of 1 MiB chunks.
+pub const SMALL_CACHE: &str = "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"";
+
 pub struct TestProxy {
     pub address: SocketAddr,
     /// The admin listener: /metrics, /healthz, /readyz.
