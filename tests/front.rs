@@ -452,21 +452,38 @@ async fn shutdown_drains_in_flight_requests() {
         .expect("drain finished");
 }
 
-#[tokio::test]
-async fn every_config_file_in_config_dir_loads() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut loaded = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
+/// Every `.toml` under `dir`, at any depth.
+fn toml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let cli = s3_accel::Cli {
-                config: Some(path.clone()),
-                ..Default::default()
-            };
-            s3_accel::Config::load(&cli)
-                .unwrap_or_else(|e| panic!("{}: {}", path.display(), s3_accel::error::error_chain(&e)));
-            loaded += 1;
+        if path.is_dir() {
+            found.extend(toml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            found.push(path);
         }
     }
-    assert!(loaded >= 1, "no config file in {}", dir.display());
+    found
+}
+
+/// The examples in config/ and the ConfigMaps in deploy/ are configs the binary accepts.
+#[tokio::test]
+async fn every_shipped_config_file_loads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files: Vec<_> = ["config", "deploy"]
+        .iter()
+        .flat_map(|dir| toml_files(&root.join(dir)))
+        .collect();
+    for path in &files {
+        let cli = s3_accel::Cli {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        s3_accel::Config::load(&cli)
+            .unwrap_or_else(|e| panic!("{}: {}", path.display(), s3_accel::error::error_chain(&e)));
+    }
+    assert!(
+        files.iter().any(|p| p.starts_with(root.join("config"))),
+        "no config file in config/"
+    );
 }
