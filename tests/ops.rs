@@ -104,6 +104,18 @@ async fn health_and_readiness() {
     let (status, body) = admin_get(&down, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("default"), "{body}");
+
+    // One of two regions down: still ready (the other serves), and the body says which.
+    let config = format!(
+        "[[regions]]\nname = \"up\"\norigin = \"{}\"\nhosts = [\"up.test\"]\n\
+         [[regions]]\nname = \"down\"\norigin = \"http://{}\"\nhosts = [\"down.test\"]\n",
+        origin.url(),
+        fault::refusing().await
+    );
+    let split = TestProxy::start(&config).await;
+    let (status, body) = admin_get(&split, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("down") && !body.contains("up ("), "{body}");
 }
 
 /// Everything this test binary logs, from the moment the capture is installed.

@@ -1,0 +1,656 @@
+#!/usr/bin/env python3
+"""Offline checks of deploy/, run by deploy/check.sh (one subcommand per check).
+
+Each subcommand prints what it found and exits 0 (pass) or 1 (fail). It needs PyYAML
+and kubernetes-validate (check.sh installs both in a venv) and Python 3.11 (tomllib).
+
+Schema validation alone misses most of what breaks a DaemonSet like this one at
+run time: a config key s3-accel refuses, a probe on a port nobody listens on, a memory
+limit below what the cache needs, a PDB the disruption controller cannot compute.
+`consistency` checks those against the rendered manifests and the Rust source.
+"""
+
+import argparse
+import ipaddress
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+# Kinds that are CustomResources: no schema in kubernetes-validate; `servicemonitor`
+# checks them instead of `schema`.
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+# The metrics s3-accel exports (README.md, "Metrics"), and which are histograms.
+METRICS = {
+    "s3accel_requests_total",
+    "s3accel_response_bytes_total",
+    "s3accel_origin_requests_total",
+    "s3accel_origin_errors_total",
+    "s3accel_origin_response_seconds",
+    "s3accel_origin_fill_bytes_total",
+    "s3accel_fills_in_flight",
+    "s3accel_chunk_lookups_total",
+    "s3accel_probes_total",
+    "s3accel_probe_seconds",
+    "s3accel_cache_usage_bytes",
+    "s3accel_cache_capacity_bytes",
+}
+HISTOGRAMS = {"s3accel_origin_response_seconds", "s3accel_probe_seconds"}
+# The foyer series the dashboard must watch: chunks dropped instead of written to disk.
+FOYER_REQUIRED = {"foyer_storage_inner_op_total"}
+
+CONFIG_PATH = "/etc/s3-accel/s3-accel.toml"  # the image's ENTRYPOINT --config
+
+
+class Failures:
+    def __init__(self):
+        self.items = []
+
+    def check(self, ok, message):
+        if not ok:
+            self.items.append(message)
+        return ok
+
+    def finish(self, what):
+        for item in self.items:
+            print(f"  - {item}")
+        if self.items:
+            print(f"{what}: {len(self.items)} problem(s)")
+            return 1
+        print(f"{what}: ok")
+        return 0
+
+
+def load_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def find(docs, kind, name=None):
+    return [d for d in docs if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+# ---------------------------------------------------------------- schema
+
+
+def cmd_schema(args):
+    from kubernetes_validate import utils as kv
+
+    fails = Failures()
+    docs = load_docs(args.file)
+    fails.check(docs, f"{args.file}: no objects")
+    for doc in docs:
+        ident = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        if (doc.get("apiVersion"), doc.get("kind")) in CUSTOM_KINDS:
+            print(f"  {ident}: custom resource, checked by `servicemonitor`")
+            continue
+        for version in args.kubernetes_version:
+            try:
+                kv.validate(doc, version, strict=True)
+            except kv.SchemaNotFoundError as e:
+                # The CLI only warns here; an unknown kind or apiVersion is a typo for us.
+                fails.check(False, f"{ident}: {e.message}")
+            except kv.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                fails.check(False, f"{ident} (k8s {version}): {path}: {e.message}")
+    return fails.finish(f"schema {args.file} (k8s {', '.join(args.kubernetes_version)}, strict)")
+
+
+# ---------------------------------------------------------------- s3-accel config
+
+
+def rust_config_schema(file_rs):
+    """The TOML key tree that src/config/file.rs accepts (every struct denies unknown fields)."""
+    text = Path(file_rs).read_text()
+    structs = {}
+    for m in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", text, re.S):
+        fields, default = {}, False
+        for line in m.group(2).splitlines():
+            line = line.strip()
+            if line.startswith("#[serde(default)]"):
+                default = True
+            fm = re.match(r"pub (\w+): (.+),$", line)
+            if fm:
+                ty = fm.group(2)
+                optional = ty.startswith("Option<") or default or ty.endswith("Section")
+                fields[fm.group(1)] = (ty, optional)
+                default = False
+        structs[m.group(1)] = fields
+    if "ConfigFile" not in structs:
+        raise SystemExit(f"{file_rs}: no `pub struct ConfigFile`; has the config moved?")
+    return structs
+
+
+def check_toml_against(structs, struct, table, where, fails):
+    fields = structs[struct]
+    for key, value in table.items():
+        name = f"{where}{key}"
+        if not fails.check(key in fields, f"config: unknown key `{name}` (s3-accel refuses to start)"):
+            continue
+        ty, _ = fields[key]
+        inner = re.sub(r"^Option<(.*)>$", r"\1", ty)
+        if inner.endswith("Section"):
+            if fails.check(isinstance(value, dict), f"config: `{name}` must be a table"):
+                check_toml_against(structs, inner, value, f"{name}.", fails)
+        elif m := re.match(r"Vec<(\w+Section)>$", inner):
+            if fails.check(isinstance(value, list), f"config: `{name}` must be an array of tables"):
+                for i, item in enumerate(value):
+                    if fails.check(isinstance(item, dict), f"config: `{name}[{i}]` must be a table"):
+                        check_toml_against(structs, m.group(1), item, f"{name}[{i}].", fails)
+        elif inner == "Vec<String>":
+            fails.check(isinstance(value, list) and all(isinstance(v, str) for v in value),
+                        f"config: `{name}` must be a list of strings")
+        elif inner == "String":
+            fails.check(isinstance(value, str), f"config: `{name}` must be a string")
+        elif inner == "bool":
+            fails.check(isinstance(value, bool), f"config: `{name}` must be true or false")
+        elif inner in ("usize", "u32", "u64"):
+            fails.check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                        f"config: `{name}` must be a non-negative integer")
+    for key, (ty, optional) in fields.items():
+        fails.check(optional or key in table, f"config: `{where}{key}` is required")
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "ki": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mi": 1 << 20,
+              "mib": 1 << 20, "g": 1 << 30, "gi": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "ti": 1 << 40,
+              "tib": 1 << 40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+def parse_size(text):
+    """src/config/units.rs parse_size: K/M/G/T binary, KB/MB/GB/TB decimal."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in SIZE_UNITS:
+        raise ValueError(f"`{text}` is not a size")
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(text):
+    """The humantime forms s3-accel's examples use: 500ms, 30s, 2m, 1h 30m."""
+    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)\s*([a-z]+)", text)
+    if not parts or re.sub(r"\d+\s*[a-z]+|\s", "", text) or any(u not in units for _, u in parts):
+        raise ValueError(f"`{text}` is not a duration")
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def parse_quantity(text):
+    """A Kubernetes memory quantity, in bytes."""
+    m = re.fullmatch(r"([0-9.]+)([KMGTPE]i?|[kmgtpe])?", str(text))
+    if not m:
+        raise ValueError(f"`{text}` is not a quantity")
+    unit = m.group(2) or ""
+    mult = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50,
+            "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def valid_host(host):
+    """src/config.rs normalize_host: letters, digits, '-' and '.' only."""
+    return bool(host) and all(c.isalnum() and c.isascii() or c in "-." for c in host)
+
+
+def check_config(config, fails):
+    """The parts of src/config.rs validation that a manifest can get wrong."""
+    cache = config.get("cache", {})
+    sizes = {}
+    for key in ("memory", "disk", "chunk_size", "fill_memory"):
+        if key in cache:
+            try:
+                sizes[key] = parse_size(cache[key])
+            except ValueError as e:
+                fails.check(False, f"config: cache.{key}: {e}")
+    for section, key in (("server", "drain_timeout"), ("server", "header_read_timeout"),
+                         ("tls", "reload_interval"), ("origin_client", "connect_timeout"),
+                         ("origin_client", "first_byte_timeout"), ("origin_client", "body_idle_timeout"),
+                         ("origin_client", "pool_idle_timeout")):
+        if key in config.get(section, {}):
+            try:
+                parse_duration(config[section][key])
+            except ValueError as e:
+                fails.check(False, f"config: {section}.{key}: {e}")
+    chunk = sizes.get("chunk_size", 8 << 20)
+    fails.check(1 << 20 <= chunk <= 256 << 20, "config: cache.chunk_size must be between 1MiB and 256MiB")
+    fails.check("memory" in cache, "config: set cache.memory explicitly: the pod's memory limit is sized from it")
+    fails.check("disk" in cache, "config: set cache.disk explicitly: the default is half the free space of the node's disk")
+    if "memory" in sizes:
+        fails.check(sizes["memory"] >= 2 * chunk, "config: cache.memory must hold at least two chunks")
+    if sizes.get("disk"):
+        fails.check(sizes["disk"] >= 16 * chunk, "config: cache.disk must be 0 or at least 16 chunks")
+    fails.check(1 <= cache.get("read_ahead", 4) <= 64, "config: cache.read_ahead must be between 1 and 64")
+    for key in ("listen", "admin_listen"):
+        if key in config:
+            fails.check(re.fullmatch(r"[0-9.]+:\d+|\[[0-9a-fA-F:]+\]:\d+", config[key]) is not None,
+                        f"config: `{key}` must be an IP:port socket address")
+    regions = config.get("regions", [])
+    fails.check(bool(regions) != ("origin" in config),
+                "config: set exactly one of `origin` and `[[regions]]`")
+    seen_names, seen_hosts = set(), {}
+    for i, region in enumerate(regions):
+        name = region.get("name", "")
+        fails.check(name.strip() and name not in seen_names, f"config: regions[{i}].name empty or repeated")
+        seen_names.add(name)
+        fails.check(re.match(r"https?://[^/]+/?$", region.get("origin", "")) is not None,
+                    f"config: regions[{i}].origin must be an http(s) URL with no path")
+        fails.check(region.get("hosts"), f"config: regions[{i}].hosts must list at least one host")
+        for host in region.get("hosts", []):
+            norm = host.strip().rstrip(".").lower()
+            fails.check(valid_host(norm), f"config: regions[{i}].hosts: `{host}` is not a hostname")
+            fails.check(norm not in seen_hosts, f"config: host `{norm}` is in two regions")
+            seen_hosts[norm] = name
+        fails.check(region.get("addressing", "auto") in ("auto", "path"),
+                    f"config: regions[{i}].addressing must be auto or path")
+    return sizes, seen_hosts
+
+
+# ---------------------------------------------------------------- consistency
+
+
+def port_of(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+def containers_of(pod_spec):
+    return pod_spec.get("initContainers", []) + pod_spec.get("containers", [])
+
+
+def cmd_consistency(args):
+    fails = Failures()
+    docs = load_docs(args.file)
+    structs = rust_config_schema(args.config_rs)
+
+    daemonsets = find(docs, "DaemonSet")
+    if not fails.check(len(daemonsets) == 1, "expected exactly one DaemonSet"):
+        return fails.finish(f"consistency {args.file}")
+    ds = daemonsets[0]
+    pod = ds["spec"]["template"]["spec"]
+    pod_labels = ds["spec"]["template"]["metadata"].get("labels", {})
+    selector = ds["spec"]["selector"]["matchLabels"]
+    fails.check(all(pod_labels.get(k) == v for k, v in selector.items()),
+                "DaemonSet selector does not match its pod template labels")
+    main = [c for c in pod["containers"] if c["name"] == "s3-accel"]
+    if not fails.check(len(main) == 1, "no container named s3-accel"):
+        return fails.finish(f"consistency {args.file}")
+    main = main[0]
+    ports = {p["name"]: p["containerPort"] for p in main.get("ports", [])}
+
+    # The config the pod reads: ConfigMap volume -> mount -> the image's --config path.
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: m["name"] for m in main.get("volumeMounts", [])}
+    config_dir, config_file = CONFIG_PATH.rsplit("/", 1)
+    config = None
+    vol = volumes.get(mounts.get(config_dir, ""), {})
+    cm_name = vol.get("configMap", {}).get("name")
+    if fails.check(cm_name, f"nothing mounted from a ConfigMap at {config_dir}"):
+        cms = find(docs, "ConfigMap", cm_name)
+        if fails.check(cms, f"ConfigMap {cm_name} (mounted at {config_dir}) is not in the render"):
+            text = cms[0].get("data", {}).get(config_file)
+            if fails.check(text, f"ConfigMap {cm_name} has no key {config_file}"):
+                try:
+                    config = tomllib.loads(text)
+                except tomllib.TOMLDecodeError as e:
+                    fails.check(False, f"{config_file}: {e}")
+    if config is None:
+        return fails.finish(f"consistency {args.file}")
+    check_toml_against(structs, "ConfigFile", config, "", fails)
+    sizes, hosts = check_config(config, fails)
+
+    # Listeners vs declared ports, probes and the scrape annotation. A --listen flag
+    # in args overrides the key.
+    listen = config.get("listen", "0.0.0.0:8080")
+    for arg in main.get("args", []):
+        if arg.startswith("--listen="):
+            listen = arg.split("=", 1)[1]
+    admin = config.get("admin_listen", "0.0.0.0:9090")
+    fails.check(ports.get("s3") == port_of(listen), f"container port `s3` is not the S3 listener's port ({listen})")
+    fails.check(ports.get("admin") == port_of(admin), f"container port `admin` is not admin_listen's port ({admin})")
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")):
+        http = main.get(probe, {}).get("httpGet", {})
+        fails.check(http.get("path") == path and http.get("port") in ("admin", ports.get("admin")),
+                    f"{probe} must GET {path} on the admin port")
+    notes = ds["spec"]["template"]["metadata"].get("annotations", {})
+    if "prometheus.io/port" in notes:
+        fails.check(notes["prometheus.io/port"] == str(ports.get("admin")), "prometheus.io/port is not the admin port")
+
+    # The cache directory is the hostPath mount.
+    cache_dir = config.get("cache", {}).get("dir")
+    cache_vol = volumes.get(mounts.get(cache_dir, ""), {})
+    fails.check("hostPath" in cache_vol, f"cache.dir {cache_dir} is not a hostPath volume mount")
+
+    # Memory limit vs the cache's needs (README, Sizing).
+    limits = main.get("resources", {}).get("limits", {})
+    requests = main.get("resources", {}).get("requests", {})
+    if "memory" in sizes and fails.check("memory" in limits, "s3-accel has no memory limit"):
+        chunk = sizes.get("chunk_size", 8 << 20)
+        fill = sizes.get("fill_memory", min(max(sizes["memory"] // 4, 4 * chunk), 1 << 30))
+        need = sizes["memory"] + 16 * (chunk + (64 << 10)) + fill + (100 << 20)
+        limit = parse_quantity(limits["memory"])
+        fails.check(limit >= need, f"memory limit {limits['memory']} is below cache.memory + flush buffers + "
+                                   f"fill_memory + 100MiB = {need / (1 << 30):.2f}GiB")
+        fails.check(requests.get("memory") == limits["memory"],
+                    "memory request differs from the limit (a cache pod should not be evicted for memory)")
+
+    # Shutdown: drain, then flush, inside the grace period.
+    drain = parse_duration(config.get("server", {}).get("drain_timeout", "30s"))
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    fails.check(grace >= drain + 10, f"terminationGracePeriodSeconds {grace} leaves under 10s after the {drain}s drain")
+
+    strategy = ds["spec"].get("updateStrategy", {})
+    fails.check(strategy.get("type") == "RollingUpdate", "updateStrategy is not RollingUpdate")
+    fails.check(str(strategy.get("rollingUpdate", {}).get("maxSurge", 0)) in ("0", "0%"),
+                "maxSurge must be 0: two pods on one node would open the same cache directory")
+
+    # Credentials from the object-storage user Secret.
+    env = {e["name"]: e for e in main.get("env", [])}
+    for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
+        ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+        fails.check(ref.get("name") == "s3-accel-credentials" and ref.get("key") == key,
+                    f"{var} must come from Secret s3-accel-credentials key {key}")
+
+    # Hardening, every container.
+    pod_sc = pod.get("securityContext", {})
+    for c in containers_of(pod):
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        fails.check(sc.get("allowPrivilegeEscalation") is False, f"{name}: allowPrivilegeEscalation is not false")
+        fails.check(sc.get("readOnlyRootFilesystem") is True, f"{name}: readOnlyRootFilesystem is not true")
+        fails.check("ALL" in sc.get("capabilities", {}).get("drop", []), f"{name}: capabilities do not drop ALL")
+        fails.check(not sc.get("privileged"), f"{name}: privileged")
+        image = c.get("image", "")
+        fails.check(re.search(r":[^/]+$", image) and not image.endswith(":latest"),
+                    f"{name}: image `{image}` has no pinned tag")
+    msc = main.get("securityContext", {})
+    fails.check(msc.get("runAsNonRoot") is True and msc.get("runAsUser", pod_sc.get("runAsUser", 0)) != 0,
+                "s3-accel must run as a non-root user")
+    fails.check(not msc.get("capabilities", {}).get("add"), "s3-accel must not add capabilities")
+    fails.check(pod.get("terminationGracePeriodSeconds") is not None, "terminationGracePeriodSeconds unset")
+
+    # Services select the pods and name ports that exist.
+    services = find(docs, "Service")
+    fails.check({s["metadata"]["name"] for s in services} >= {"accel-object"}, "Service accel-object is missing")
+    for svc in services:
+        name = svc["metadata"]["name"]
+        sel = svc["spec"].get("selector", {})
+        fails.check(sel and all(pod_labels.get(k) == v for k, v in sel.items()),
+                    f"Service {name} does not select the s3-accel pods")
+        for p in svc["spec"].get("ports", []):
+            target = p.get("targetPort", p["port"])
+            fails.check(target in ports or target in ports.values(),
+                        f"Service {name} port {p.get('name')}: targetPort {target} is no container port")
+    for svc in find(docs, "Service", "accel-object"):
+        fails.check(svc["spec"].get("internalTrafficPolicy") == "Local", "accel-object must be internalTrafficPolicy: Local")
+    headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
+    fails.check(len(headless) == 1, "expected one headless Service (clusterIP: None) for peers")
+
+    # A PDB over DaemonSet pods: integer minAvailable only, else it never syncs and
+    # blocks every eviction ("found no controllers for pod").
+    for pdb in find(docs, "PodDisruptionBudget"):
+        spec = pdb["spec"]
+        sel = spec.get("selector", {}).get("matchLabels", {})
+        if all(pod_labels.get(k) == v for k, v in sel.items()):
+            fails.check("maxUnavailable" not in spec and isinstance(spec.get("minAvailable"), int),
+                        f"PDB {pdb['metadata']['name']}: DaemonSet pods need an integer minAvailable")
+
+    # Host networking: the node-local address must select a region, DNS must stay cluster DNS.
+    if pod.get("hostNetwork"):
+        fails.check(pod.get("dnsPolicy") == "ClusterFirstWithHostNet", "hostNetwork needs dnsPolicy ClusterFirstWithHostNet")
+        for c in pod.get("initContainers", []):
+            script = " ".join(c.get("command", []))
+            for addr in re.findall(r"(\d+\.\d+\.\d+\.\d+)/32", script):
+                fails.check(addr in hosts, f"node-local address {addr} is not in any region's hosts")
+                fails.check(ipaddress.ip_address(addr).is_link_local, f"{addr} is not link-local")
+
+    for ns in find(docs, "Namespace"):
+        level = ns["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce")
+        fails.check(level == "privileged", "the namespace must allow hostPath (pod-security enforce: privileged)")
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    fails.check(namespaces == {"s3-accel"}, f"objects outside namespace s3-accel: {namespaces}")
+    return fails.finish(f"consistency {args.file}")
+
+
+# ---------------------------------------------------------------- ServiceMonitor
+
+# The ServiceMonitor fields deploy/ uses, typed; unknown fields are refused so that a
+# misspelt one fails here (a subset of the CRD's openAPIV3Schema).
+SERVICEMONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "targetLabels": {"type": "array", "items": {"type": "string"}},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "namespaceSelector": {"type": "object"},
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "matchExpressions": {"type": "array"},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "targetPort": {"type": ["string", "integer"]},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                            "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                            "honorLabels": {"type": "boolean"},
+                            "relabelings": {"type": "array", "items": {"$ref": "#/$defs/relabel"}},
+                            "metricRelabelings": {"type": "array", "items": {"$ref": "#/$defs/relabel"}},
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "$defs": {
+        "relabel": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "sourceLabels": {"type": "array", "items": {"type": "string"}},
+                "separator": {"type": "string"},
+                "targetLabel": {"type": "string"},
+                "regex": {"type": "string"},
+                "modulus": {"type": "integer"},
+                "replacement": {"type": "string"},
+                "action": {"enum": ["replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod",
+                                    "labelmap", "LabelMap", "labeldrop", "LabelDrop", "labelkeep", "LabelKeep",
+                                    "lowercase", "Lowercase", "uppercase", "Uppercase", "keepequal", "KeepEqual",
+                                    "dropequal", "DropEqual"]},
+            },
+        }
+    },
+}
+
+
+def cmd_servicemonitor(args):
+    import jsonschema
+
+    fails = Failures()
+    monitors = load_docs(args.file)
+    services = find(load_docs(args.services_from), "Service")
+    fails.check(monitors, f"{args.file}: no objects")
+    for sm in monitors:
+        name = sm.get("metadata", {}).get("name")
+        for err in jsonschema.Draft202012Validator(SERVICEMONITOR_SCHEMA).iter_errors(sm):
+            fails.check(False, f"ServiceMonitor/{name}: {'.'.join(map(str, err.path))}: {err.message}")
+        if fails.items:
+            continue
+        labels = sm["spec"]["selector"].get("matchLabels", {})
+        matched = [s for s in services
+                   if s["metadata"].get("namespace") == sm["metadata"]["namespace"]
+                   and all(s["metadata"].get("labels", {}).get(k) == v for k, v in labels.items())]
+        fails.check(len(matched) == 1, f"ServiceMonitor/{name} selects {len(matched)} Services "
+                                       f"({[s['metadata']['name'] for s in matched]}); one, or pods are scraped twice")
+        for svc in matched:
+            names = {p.get("name") for p in svc["spec"].get("ports", [])}
+            for ep in sm["spec"]["endpoints"]:
+                fails.check(ep.get("port") in names, f"ServiceMonitor/{name}: port `{ep.get('port')}` is not a port "
+                                                     f"of Service {svc['metadata']['name']} {sorted(names)}")
+                fails.check(ep.get("path", "/metrics") == "/metrics", f"ServiceMonitor/{name}: path is not /metrics")
+    return fails.finish(f"servicemonitor {args.file}")
+
+
+# ---------------------------------------------------------------- Grafana
+
+PROMQL_WORDS = {
+    # aggregations, functions and keywords the dashboard may use
+    "sum", "min", "max", "avg", "count", "topk", "bottomk", "quantile", "stddev", "stdvar", "group",
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset",
+    "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "vector", "scalar",
+    "clamp_min", "clamp_max", "clamp", "abs", "ceil", "floor", "round", "label_replace", "time",
+    "min_over_time", "max_over_time", "avg_over_time", "sum_over_time", "last_over_time", "absent", "changes",
+    "resets", "sort", "sort_desc", "inf", "nan",
+}
+
+
+def promql_metrics(expr):
+    """Metric names in a PromQL expression (names only: no labels, strings, ranges, variables)."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)           # string literals
+    e = re.sub(r"\{[^}]*\}", "", e)                          # label matchers
+    e = re.sub(r"\[[^\]]*\]", "", e)                         # range selectors
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r"\1", e)  # grouping labels
+    e = re.sub(r"\$\{?\w+\}?", "", e)                        # Grafana variables
+    e = re.sub(r"(?<![A-Za-z0-9_:.])\d+(\.\d+)?([eE][+-]?\d+)?", " ", e)  # numbers
+    words = re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", e)
+    return [w for w in words if w not in PROMQL_WORDS]
+
+
+def cmd_grafana(args):
+    fails = Failures()
+    try:
+        dash = json.loads(Path(args.file).read_text())
+    except json.JSONDecodeError as e:
+        fails.check(False, f"not JSON: {e}")
+        return fails.finish(f"grafana {args.file}")
+    fails.check(isinstance(dash.get("schemaVersion"), int) and dash["schemaVersion"] >= 36,
+                "schemaVersion missing or older than 36")
+    variables = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
+    fails.check(variables.get("datasource", {}).get("type") == "datasource"
+                and variables["datasource"].get("query") == "prometheus",
+                "no `datasource` variable of type datasource (prometheus)")
+    panels = []
+    for p in dash.get("panels", []):
+        panels.append(p)
+        panels.extend(p.get("panels", []))
+    ids = [p.get("id") for p in panels]
+    fails.check(len(ids) == len(set(ids)), "panel ids are not unique")
+    used = set()
+    graphs = [p for p in panels if p.get("type") != "row"]
+    fails.check(len(graphs) >= 10, f"only {len(graphs)} panels")
+    for p in graphs:
+        title = p.get("title", "?")
+        grid = p.get("gridPos", {})
+        fails.check(grid.get("x", 0) + grid.get("w", 0) <= 24 and grid.get("h", 0) > 0, f"{title}: bad gridPos")
+        fails.check(p.get("datasource", {}).get("uid") == "${datasource}", f"{title}: datasource is not ${{datasource}}")
+        targets = p.get("targets", [])
+        fails.check(targets, f"{title}: no queries")
+        for t in targets:
+            expr = t.get("expr", "")
+            fails.check(t.get("datasource", {}).get("uid", "${datasource}") == "${datasource}",
+                        f"{title}: query datasource is not ${{datasource}}")
+            names = promql_metrics(expr)
+            fails.check(names, f"{title}: `{expr}` names no metric")
+            for name in names:
+                base = re.sub(r"_(bucket|sum|count)$", "", name)
+                if name.startswith("foyer_"):
+                    used.add(name)
+                elif fails.check(name in METRICS or base in HISTOGRAMS,
+                                 f"{title}: `{name}` is not an s3-accel metric"):
+                    used.add(base if base in HISTOGRAMS else name)
+                    if base in HISTOGRAMS:
+                        fails.check(name != base,
+                                    f"{title}: histogram {base} used without _bucket/_sum/_count")
+            if "histogram_quantile" in expr:
+                fails.check(re.search(r"by \([^)]*\ble\b", expr) is not None,
+                            f"{title}: histogram_quantile without `by (le, ...)`")
+    for var in variables.values():
+        q = var.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        m = re.match(r"label_values\((\w+)", q or "")
+        if m:
+            fails.check(m.group(1) in METRICS, f"variable {var['name']}: `{m.group(1)}` is not an s3-accel metric")
+    missing = (METRICS | FOYER_REQUIRED) - used
+    fails.check(not missing, f"metrics no panel shows: {sorted(missing)}")
+    return fails.finish(f"grafana {args.file} ({len(graphs)} panels)")
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def cmd_dockerfile(args):
+    fails = Failures()
+    text = Path(args.file).read_text()
+    lines = [l.strip() for l in re.sub(r"\\\n", " ", text).splitlines() if l.strip() and not l.strip().startswith("#")]
+    froms = [l for l in lines if l.upper().startswith("FROM ")]
+    fails.check(len(froms) >= 2, "not multi-stage (a builder and a runtime stage)")
+    last = lines[lines.index(froms[-1]):] if froms else []
+    users = [l.split(None, 1)[1] for l in last if l.upper().startswith("USER ")]
+    fails.check(users and users[-1].split(":")[0] not in ("0", "root"), "the runtime stage has no non-root USER")
+    fails.check(any(l.upper().startswith("EXPOSE ") and {"8080", "9090"} <= set(l.split()[1:]) for l in last),
+                "the runtime stage does not EXPOSE 8080 9090")
+    entry = [l for l in last if l.upper().startswith("ENTRYPOINT ")]
+    if fails.check(entry, "no ENTRYPOINT in the runtime stage"):
+        try:
+            argv = json.loads(entry[-1].split(None, 1)[1])
+        except json.JSONDecodeError:
+            argv = []
+        fails.check(argv and argv[0].endswith("/s3-accel"), "ENTRYPOINT is not the s3-accel binary (exec form)")
+        fails.check(" ".join(argv[1:]).find(f"--config {CONFIG_PATH}") >= 0, f"ENTRYPOINT lacks --config {CONFIG_PATH}")
+        fails.check("--log-format json" in " ".join(argv[1:]), "ENTRYPOINT lacks --log-format json")
+    fails.check(re.search(r"cargo build --release --locked -p s3-accel", text), "no `cargo build --release --locked -p s3-accel`")
+    for image in re.findall(r"^ARG \w+_IMAGE=(\S+)", text, re.M):
+        fails.check(":" in image and not image.endswith(":latest"), f"base image `{image}` is not pinned to a tag")
+    ignore = Path(args.file).with_name(Path(args.file).name + ".dockerignore")
+    if fails.check(ignore.exists(), f"{ignore} is missing (the build context would include target/)"):
+        entries = {l.strip().rstrip("/") for l in ignore.read_text().splitlines()}
+        fails.check({"target", ".git"} <= entries, f"{ignore} must exclude target/ and .git/")
+    return fails.finish(f"dockerfile {args.file}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("schema", help="Kubernetes schemas, strict")
+    p.add_argument("file")
+    p.add_argument("-k", "--kubernetes-version", action="append", required=True)
+    p.set_defaults(run=cmd_schema)
+    p = sub.add_parser("consistency", help="cross-object and config checks of a rendered overlay")
+    p.add_argument("file")
+    p.add_argument("--config-rs", required=True, help="src/config/file.rs")
+    p.set_defaults(run=cmd_consistency)
+    p = sub.add_parser("servicemonitor", help="the ServiceMonitor against the Services it selects")
+    p.add_argument("file")
+    p.add_argument("--services-from", required=True, help="a rendered overlay")
+    p.set_defaults(run=cmd_servicemonitor)
+    p = sub.add_parser("grafana", help="the dashboard JSON and its PromQL metric names")
+    p.add_argument("file")
+    p.set_defaults(run=cmd_grafana)
+    p = sub.add_parser("dockerfile", help="minimal Dockerfile lint")
+    p.add_argument("file")
+    p.set_defaults(run=cmd_dockerfile)
+    args = parser.parse_args()
+    sys.exit(args.run(args))
+
+
+if __name__ == "__main__":
+    main()
