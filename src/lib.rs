@@ -38,6 +38,8 @@ pub struct App {
 impl App {
     /// Opens (and recovers) the cache, builds the origin clients, binds the listener.
     pub async fn bind(config: &Config) -> io::Result<Self> {
+        // The recorder first: foyer takes its metric handles when the cache opens.
+        telemetry::prometheus();
         let cache = cache::ChunkCache::open(&config.cache)
             .await
             .map_err(|e| io::Error::other(error::error_chain(&e)))?;

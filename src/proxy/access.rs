@@ -61,15 +61,17 @@ impl LoggedBody {
             request_id = log.request_id,
         );
         let cache = log.cache.split(';').next().unwrap_or("").to_owned();
+        let region = log.region;
         let labels = [
-            ("region", log.region),
+            ("region", region.clone()),
             ("operation", log.method),
             ("status", log.status.to_string()),
             ("cache", cache),
         ];
         metrics::counter!(telemetry::REQUESTS, &labels).increment(1);
         if log.relayed && self.bytes > 0 {
-            metrics::counter!(telemetry::RESPONSE_BYTES, "source" => "origin").increment(self.bytes);
+            metrics::counter!(telemetry::RESPONSE_BYTES, "region" => region, "source" => "origin")
+                .increment(self.bytes);
         }
     }
 }

@@ -162,10 +162,12 @@ impl CachedObject {
             Some(Err(error)) => return Err(ProxyError::Fill(error)),
             None => (Bytes::new(), ChunkSource::Memory),
         };
+        let region = self.fill.region.config.name.clone();
         let frames = stream::once(async move { Ok(head) })
             .chain(chunks)
-            .map_ok(|(bytes, source)| {
-                metrics::counter!(telemetry::RESPONSE_BYTES, "source" => source.tier()).increment(bytes.len() as u64);
+            .map_ok(move |(bytes, source)| {
+                let labels = [("region", region.clone()), ("source", source.tier().to_owned())];
+                metrics::counter!(telemetry::RESPONSE_BYTES, &labels).increment(bytes.len() as u64);
                 Frame::data(bytes)
             })
             .map_err(|error| -> BoxError { Box::new(error) });
