@@ -191,11 +191,6 @@ impl ChunkCache {
         self.inner.remove(&CacheKey::meta(object));
     }
 
-    /// Whether the chunk is in memory now (disk is not checked).
-    pub fn chunk_in_memory(&self, key: &CacheKey) -> bool {
-        self.inner.memory().contains(key)
-    }
-
     /// The chunk under `key`, from memory, from disk, or from `fill`. Concurrent
     /// callers for one key share one fill; a failed fill is not cached.
     pub async fn chunk<F, Fut, E>(&self, key: CacheKey, fill: F) -> Result<(Bytes, ChunkSource), ChunkError>

@@ -167,10 +167,10 @@ impl Proxy {
         // What must never be cached passes through before the cache is consulted.
         let plan = match plan::plan(&request, &object, &route, self.credentials.as_ref()) {
             Ok(plan) => plan,
-            Err(reason) => return self.relay(&route, probe, request_id, Outcome::Bypass(reason)).await,
+            Err(reason) => return self.relay(&route, probe, Outcome::Bypass(reason)).await,
         };
         match object.operation {
-            Operation::HeadObject => self.head(&route, &authority, probe, plan, request_id).await,
+            Operation::HeadObject => self.head(&route, &authority, probe, plan).await,
             Operation::GetObject => self.get(&route, &authority, probe, plan, request_id).await,
         }
     }
@@ -180,11 +180,10 @@ impl Proxy {
         &self,
         route: &Route,
         probe: Request<Empty<Bytes>>,
-        request_id: &str,
         outcome: Outcome,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         let response = route.region.client.send(probe, "relay").await?;
-        Ok((forward::client_response(response, request_id), outcome))
+        Ok((forward::client_response(response), outcome))
     }
 
     /// GET: the origin authorizes the client's request (with `If-None-Match` on the
@@ -280,7 +279,7 @@ impl Proxy {
         };
         metrics::counter!(telemetry::PROBES, "outcome" => probe_outcome).increment(1);
         let Some((meta, outcome)) = served else {
-            return Ok((forward::client_response(response, request_id), Outcome::Origin));
+            return Ok((forward::client_response(response), Outcome::Origin));
         };
         drop(response);
         let object = self.cached_object(route, authority, &plan, meta);
@@ -296,7 +295,6 @@ impl Proxy {
         authority: &str,
         probe: Request<Empty<Bytes>>,
         plan: Plan,
-        request_id: &str,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         let response: Response<OriginBody> = route.region.client.send(probe, "probe").await?;
         let status = response.status();
@@ -312,7 +310,7 @@ impl Proxy {
                 self.warm(self.cached_object(route, authority, &plan, meta));
             }
         }
-        Ok((forward::client_response(response, request_id), Outcome::Origin))
+        Ok((forward::client_response(response), Outcome::Origin))
     }
 
     fn cached_object(&self, route: &Route, authority: &str, plan: &Plan, meta: ObjectMeta) -> Arc<CachedObject> {

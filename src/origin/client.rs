@@ -83,10 +83,6 @@ impl OriginClient {
         &self.origin
     }
 
-    pub fn region(&self) -> &str {
-        &self.region
-    }
-
     /// Whether the origin sent a response head within `window`.
     pub fn reached_within(&self, window: Duration) -> bool {
         let last = self.last_reached.load(Ordering::Relaxed);

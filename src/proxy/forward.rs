@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use crate::config::OriginUrl;
 use crate::error::ProxyError;
 use crate::origin::OriginBody;
-use crate::s3::{self, RequestError};
+use crate::s3::RequestError;
 use crate::ProxyBody;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -89,15 +89,11 @@ pub fn origin_request<B>(
 }
 
 /// The origin's response as the client gets it: status, headers and body unchanged
-/// but for hop-by-hop headers, streamed, with a request id.
-pub fn client_response(origin: Response<OriginBody>, request_id: &str) -> Response<ProxyBody> {
+/// but for hop-by-hop headers, streamed. (`Proxy::handle` adds a request id when the
+/// origin sent none.)
+pub fn client_response(origin: Response<OriginBody>) -> Response<ProxyBody> {
     let (mut parts, body) = origin.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(s3::REQUEST_ID) {
-        if let Ok(id) = HeaderValue::from_str(request_id) {
-            parts.headers.insert(s3::REQUEST_ID, id);
-        }
-    }
     Response::from_parts(parts, body.boxed_unsync())
 }
 

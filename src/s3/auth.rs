@@ -13,7 +13,6 @@ pub enum ClientAuth {
     V4 {
         signed_headers: Vec<String>,
         region: Option<String>,
-        presigned: bool,
     },
     /// SigV2 (header or presigned): its string-to-sign never includes Range or If-Match.
     V2,
@@ -29,7 +28,7 @@ impl ClientAuth {
                         .find_map(|part| part.strip_prefix(name))
                         .map(str::to_owned)
                 };
-                return Self::v4(field("SignedHeaders="), field("Credential="), false);
+                return Self::v4(field("SignedHeaders="), field("Credential="));
             }
             return Self::V2;
         }
@@ -41,7 +40,7 @@ impl ClientAuth {
             .collect();
         let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         if param("X-Amz-Signature").is_some() {
-            return Self::v4(param("X-Amz-SignedHeaders"), param("X-Amz-Credential"), true);
+            return Self::v4(param("X-Amz-SignedHeaders"), param("X-Amz-Credential"));
         }
         if param("Signature").is_some() {
             return Self::V2;
@@ -49,7 +48,7 @@ impl ClientAuth {
         Self::Anonymous
     }
 
-    fn v4(signed_headers: Option<String>, credential: Option<String>, presigned: bool) -> Self {
+    fn v4(signed_headers: Option<String>, credential: Option<String>) -> Self {
         let signed_headers = signed_headers
             .unwrap_or_default()
             .split(';')
@@ -60,11 +59,7 @@ impl ClientAuth {
         let region = credential
             .and_then(|c| c.split('/').nth(2).map(str::to_owned))
             .filter(|r| !r.is_empty());
-        Self::V4 {
-            signed_headers,
-            region,
-            presigned,
-        }
+        Self::V4 { signed_headers, region }
     }
 
     /// Whether changing or adding `name` would break the signature.
