@@ -1,0 +1,369 @@
+//! s3s-fs with SigV4 authentication on 127.0.0.1, behind a thin layer that counts
+//! what the origin is asked and what body bytes it sends, can answer conditionals
+//! as production origins do, can cut fills on purpose, and can be shaped.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper::service::{service_fn, Service};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use s3s::service::S3Service;
+use tokio::net::TcpListener;
+use tokio::time::Sleep;
+
+use crate::shaping::{Pacer, Shaping};
+use crate::signing::{sign_request, Credentials, Signing};
+
+pub const ACCESS_KEY: &str = "AKIATESTORIGIN";
+pub const SECRET_KEY: &str = "origin-secret-key-for-tests";
+
+/// Bytes a cut fill sends before it breaks.
+pub const CUT_AFTER: usize = 100 << 10;
+
+/// What the origin saw, and the faults it is told to inject.
+#[derive(Default)]
+pub struct OriginStats {
+    pub requests: AtomicU64,
+    pub body_bytes: AtomicU64,
+    /// Ranged GETs with If-Match: the proxy's chunk fills.
+    pub fills: AtomicU64,
+    /// The next this-many fills are cut after `CUT_AFTER` body bytes.
+    pub cut_fills: AtomicU64,
+    /// `METHOD target` of every request, in arrival order.
+    pub log: Mutex<Vec<String>>,
+}
+
+impl OriginStats {
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(Ordering::SeqCst)
+    }
+
+    pub fn fills(&self) -> u64 {
+        self.fills.load(Ordering::SeqCst)
+    }
+}
+
+/// How the origin behaves.
+#[derive(Clone, Debug, Default)]
+pub struct OriginOptions {
+    /// Domains for virtual-hosted-style requests.
+    pub domains: Vec<String>,
+    /// Answer If-None-Match (304) and If-Match (412) as AWS, RGW and MinIO do;
+    /// s3s-fs alone ignores both.
+    pub honor_conditionals: bool,
+    /// How far away it seems.
+    pub shaping: Shaping,
+    /// Keep no request log (a bench sends too many requests to keep).
+    pub no_log: bool,
+}
+
+pub struct Origin {
+    pub address: SocketAddr,
+    pub stats: Arc<OriginStats>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<Bytes>,
+    >,
+    _root: tempfile::TempDir,
+}
+
+impl Origin {
+    /// Starts the origin on 127.0.0.1 with its data in a fresh directory under `parent`
+    /// (the system's temporary directory when `None`).
+    pub async fn start(options: OriginOptions, parent: Option<&std::path::Path>) -> std::io::Result<Self> {
+        let root = match parent {
+            Some(parent) => tempfile::tempdir_in(parent)?,
+            None => tempfile::tempdir()?,
+        };
+        let fs = s3s_fs::FileSystem::new(root.path()).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        if !options.domains.is_empty() {
+            let domains: Vec<&str> = options.domains.iter().map(String::as_str).collect();
+            let host = s3s::host::MultiDomain::new(&domains).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+            builder.set_host(PortlessHost(host));
+        }
+        let s3 = builder.build();
+        let stats = Arc::new(OriginStats::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let total = Pacer::new(options.shaping.total);
+        tokio::spawn(serve(listener, s3, stats.clone(), Arc::new(options), total));
+        Ok(Self {
+            address,
+            stats,
+            client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+            _root: root,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn credentials() -> Credentials {
+        Credentials::new(ACCESS_KEY, SECRET_KEY)
+    }
+
+    pub fn signing() -> Signing {
+        Signing::Header(Self::credentials())
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) -> Result<(), String> {
+        self.signed(http::Method::PUT, &format!("/{bucket}"), Bytes::new(), &[])
+            .await
+    }
+
+    /// Stores an object with a signed PUT; `raw_key` is already percent-encoded.
+    pub async fn put(&self, bucket: &str, raw_key: &str, data: Bytes, headers: &[(&str, &str)]) -> Result<(), String> {
+        self.signed(http::Method::PUT, &format!("/{bucket}/{raw_key}"), data, headers)
+            .await
+    }
+
+    async fn signed(
+        &self,
+        method: http::Method,
+        target: &str,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{}{target}", self.address))
+            .header("host", self.address.to_string())
+            .header("content-length", body.len().to_string());
+        let request = headers.iter().fold(request, |r, (k, v)| r.header(*k, *v));
+        let mut request = request.body(()).map_err(|e| e.to_string())?;
+        sign_request(&mut request, &Self::signing());
+        let request = request.map(|()| http_body_util::Full::new(body));
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("{method} {target}: {e}"))?;
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!(
+                "{method} {target}: {status} {}",
+                String::from_utf8_lossy(&body)
+            ))
+        }
+    }
+}
+
+/// Matches virtual-hosted domains without the port, as RGW and MinIO do
+/// (s3s compares the whole Host, port included).
+struct PortlessHost(s3s::host::MultiDomain);
+
+impl s3s::host::S3Host for PortlessHost {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> s3s::S3Result<s3s::host::VirtualHost<'a>> {
+        let name = host.rsplit_once(':').map_or(host, |(name, _port)| name);
+        self.0.parse_host_header(name)
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    s3: S3Service,
+    stats: Arc<OriginStats>,
+    options: Arc<OriginOptions>,
+    total: Option<Arc<Pacer>>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (s3, stats, options, total) = (s3.clone(), stats.clone(), options.clone(), total.clone());
+        tokio::spawn(async move {
+            let rtt = options.shaping.rtt;
+            if !rtt.is_zero() {
+                tokio::time::sleep(rtt).await;
+            }
+            let pacers = Pacers {
+                connection: Pacer::new(options.shaping.per_connection),
+                total,
+            };
+            let service = service_fn(move |request: Request<Incoming>| {
+                let (s3, stats, options, pacers) = (s3.clone(), stats.clone(), options.clone(), pacers.clone());
+                async move { Ok::<_, Infallible>(answer(&s3, stats, &options, pacers, request).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The caps a response body is held to: its connection's and the total.
+#[derive(Clone, Default)]
+struct Pacers {
+    connection: Option<Arc<Pacer>>,
+    total: Option<Arc<Pacer>>,
+}
+
+impl Pacers {
+    fn reserve(&self, bytes: usize) -> Option<tokio::time::Instant> {
+        let connection = self.connection.as_ref().and_then(|p| p.reserve(bytes));
+        let total = self.total.as_ref().and_then(|p| p.reserve(bytes));
+        connection.max(total)
+    }
+}
+
+async fn answer(
+    s3: &S3Service,
+    stats: Arc<OriginStats>,
+    options: &OriginOptions,
+    pacers: Pacers,
+    request: Request<Incoming>,
+) -> Response<OriginBody> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    if !options.no_log {
+        let target = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        stats.log.lock().unwrap().push(format!("{} {target}", request.method()));
+    }
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (if_match, if_none_match) = (header("if-match"), header("if-none-match"));
+    let mut cut_after = None;
+    if if_match.is_some() && request.headers().contains_key("range") {
+        stats.fills.fetch_add(1, Ordering::SeqCst);
+        if stats
+            .cut_fills
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            cut_after = Some(CUT_AFTER);
+        }
+    }
+    if !options.shaping.rtt.is_zero() {
+        tokio::time::sleep(options.shaping.rtt).await;
+    }
+    let response = Service::call(s3, request)
+        .await
+        .unwrap_or_else(|e| panic!("s3s failed: {e:?}"));
+    let response = if options.honor_conditionals {
+        apply_conditionals(response, if_match, if_none_match)
+    } else {
+        response
+    };
+    response.map(|inner| OriginBody {
+        inner,
+        stats,
+        sent: 0,
+        cut_after,
+        pacers,
+        held: None,
+    })
+}
+
+/// S3's order: If-Match false → 412; else If-None-Match matching → 304. Applied
+/// after s3s has authenticated the request, so denials stay denials.
+fn apply_conditionals(
+    response: Response<s3s::Body>,
+    if_match: Option<String>,
+    if_none_match: Option<String>,
+) -> Response<s3s::Body> {
+    if !matches!(response.status().as_u16(), 200 | 206) {
+        return response;
+    }
+    let etag = response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let matches = |condition: &str| condition.split(',').any(|c| c.trim() == "*" || c.trim() == etag);
+    let status = match (if_match, if_none_match) {
+        (Some(condition), _) if !matches(&condition) => StatusCode::PRECONDITION_FAILED,
+        (_, Some(condition)) if matches(&condition) => StatusCode::NOT_MODIFIED,
+        _ => return response,
+    };
+    let mut answer = Response::new(s3s::Body::empty());
+    *answer.status_mut() = status;
+    answer.headers_mut().insert("etag", etag.parse().unwrap());
+    answer
+}
+
+/// The origin's response body: counted, paced to the shaping caps, and broken
+/// off after `cut_after` bytes when a fault is asked for.
+pub struct OriginBody {
+    inner: s3s::Body,
+    stats: Arc<OriginStats>,
+    sent: usize,
+    cut_after: Option<usize>,
+    pacers: Pacers,
+    /// A frame waiting for its pacing delay.
+    held: Option<(Pin<Box<Sleep>>, Frame<Bytes>)>,
+}
+
+impl Body for OriginBody {
+    type Data = Bytes;
+    type Error = s3s::StdError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, s3s::StdError>>> {
+        if let Some((sleep, _)) = &mut self.held {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let (_, frame) = self.held.take().expect("held frame");
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if self.cut_after.is_some_and(|limit| self.sent >= limit) {
+            return Poll::Ready(Some(Err("origin fault: fill cut mid-body".into())));
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Poll::Ready(Some(Ok(frame))) = polled else {
+            return polled;
+        };
+        let Some(len) = frame.data_ref().map(Bytes::len) else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        self.sent += len;
+        self.stats.body_bytes.fetch_add(len as u64, Ordering::SeqCst);
+        match self.pacers.reserve(len) {
+            None => Poll::Ready(Some(Ok(frame))),
+            Some(due) => {
+                self.held = Some((Box::pin(tokio::time::sleep_until(due)), frame));
+                self.poll_frame(cx)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
