@@ -1,4 +1,98 @@
-fn main() {
-    eprintln!("s3-accel-bench: the load-testing harness is not built yet (issue: load-testing harness)");
-    std::process::exit(2);
+//! s3-accel-bench: how much faster, at what cost. Runs load scenarios against
+//! the origin directly, s3-accel and nginx, interleaved, on a shaped in-process
+//! origin, and reports throughput, latency, origin traffic and memory.
+
+mod client;
+mod nginx;
+mod proxy;
+mod report;
+mod run;
+mod scenario;
+mod target;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use s3_accel::config::units::{parse_duration, parse_size};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "s3-accel-bench", version, about, long_about = None)]
+pub struct Args {
+    /// A scenario, `all` for each in turn, or `demo`: a cold then a warm read of a
+    /// model through s3-accel, in under a minute.
+    #[arg(value_enum, required_unless_present = "proxy_config")]
+    pub scenario: Option<ScenarioName>,
+    /// Targets, in the order each round runs them.
+    #[arg(long, value_delimiter = ',', default_value = "direct,s3-accel,nginx")]
+    pub targets: Vec<target::Kind>,
+    /// Rounds: each runs every target once, so targets interleave.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Time limit of one target's run; a run that reaches it stops and says so.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub time_limit: Duration,
+    /// Round trip added by the origin (once per connection, once per request).
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub rtt: Duration,
+    /// Body bandwidth cap of each origin connection, bytes per second ("0": none).
+    #[arg(long, default_value = "100MB", value_parser = parse_size)]
+    pub bandwidth: u64,
+    /// Body bandwidth cap of the origin as a whole, bytes per second ("0": none).
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    pub total_bandwidth: u64,
+    /// Clients (or workers) instead of the scenario's own number.
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Object (or shard) size instead of the scenario's own.
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Chunk size of s3-accel and slice size of nginx.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub chunk_size: u64,
+    /// s3-accel's memory tier.
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    pub memory_cache: u64,
+    /// s3-accel's disk tier (and the size of nginx's cache).
+    #[arg(long, default_value = "8GiB", value_parser = parse_size)]
+    pub disk_cache: u64,
+    /// Where the Markdown tables and SVG charts go.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    pub results: PathBuf,
+    /// Where the origin's objects and the caches live (the system's temporary
+    /// directory when unset).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Runs s3-accel itself from this configuration file: how the bench starts it.
+    #[arg(long, hide = true)]
+    pub proxy_config: Option<PathBuf>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioName {
+    ColdHerd,
+    ColdSingle,
+    WarmLarge,
+    SmallZipf,
+    ModelLoad,
+    All,
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(config) = &args.proxy_config {
+        return proxy::run(config);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match args.scenario {
+        Some(ScenarioName::Demo) => runtime.block_on(run::demo(args)),
+        _ => runtime.block_on(run::all(args)),
+    }
 }

@@ -1,0 +1,355 @@
+//! Running scenarios: the origin up, objects in, each target in turn, figures out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+
+use s3_accel::config::units::format_size;
+use s3_accel_testkit::{object_bytes, Origin, OriginOptions, Shaping};
+
+use crate::client::{Client, Object};
+use crate::report::{bytes, Recorder, Report, RunResult};
+use crate::scenario::{drive, Scenario, Workload};
+use crate::target::{Kind, ProxySettings, Target};
+use crate::{Args, ScenarioName};
+
+const BUCKET: &str = "bench";
+
+/// The shaped origin and where everything lives for one bench run.
+struct Bench {
+    args: Args,
+    origin: Origin,
+    client: Client,
+    work: tempfile::TempDir,
+}
+
+impl Bench {
+    async fn start(args: Args) -> anyhow::Result<Self> {
+        let parent = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&parent)?;
+        let work = tempfile::Builder::new().prefix("s3-accel-bench.").tempdir_in(&parent)?;
+        let options = OriginOptions {
+            honor_conditionals: true,
+            shaping: shaping(&args),
+            no_log: true,
+            ..OriginOptions::default()
+        };
+        let origin = Origin::start(options, Some(work.path())).await?;
+        origin.create_bucket(BUCKET).await.map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            args,
+            origin,
+            client: Client::new(Origin::credentials()),
+            work,
+        })
+    }
+
+    /// Generates and uploads the objects (through the origin's own PUT, unshaped
+    /// in effect: shaping applies to response bodies).
+    async fn upload(&self, specs: &[(String, u64)], seed: u64) -> anyhow::Result<Vec<Arc<Object>>> {
+        let total: u64 = specs.iter().map(|(_, size)| size).sum();
+        let recorder = Recorder::new("uploading".into(), Some(total), 0);
+        let mut objects = Vec::with_capacity(specs.len());
+        for (i, (key, size)) in specs.iter().enumerate() {
+            let data = Bytes::from(object_bytes(seed + i as u64, *size as usize));
+            self.origin
+                .put(BUCKET, key, data.clone(), &[])
+                .await
+                .map_err(anyhow::Error::msg)?;
+            recorder.record(&crate::client::Sample {
+                outcome: Ok(()),
+                bytes: *size,
+                ttfb: Duration::ZERO,
+                latency: Duration::ZERO,
+                hit: None,
+                etag: None,
+            });
+            objects.push(Arc::new(Object::new(format!("/{BUCKET}/{key}"), data)));
+        }
+        recorder.finish();
+        Ok(objects)
+    }
+
+    /// One target's run of `workload`: a fresh proxy, the warm-up if any, the
+    /// measured load within the time limit, and the origin's traffic during it.
+    async fn run_target(
+        &self,
+        kind: Kind,
+        label: String,
+        scenario: &Scenario,
+        objects: &[Arc<Object>],
+        time_limit: Duration,
+    ) -> anyhow::Result<RunResult> {
+        let dir = tempfile::tempdir_in(self.work.path())?;
+        let settings = ProxySettings {
+            origin: self.origin.address,
+            chunk_size: self.args.chunk_size,
+            memory_cache: self.args.memory_cache,
+            disk_cache: self.args.disk_cache,
+            dir: dir.path(),
+        };
+        let target = Target::start(kind, &settings)
+            .await
+            .with_context(|| format!("starting {}", kind.name()))?;
+        let address = target.address();
+        if scenario.warms_first() && kind != Kind::Direct {
+            let warm = match scenario.workload {
+                Workload::Boto3 { part, parallel, .. } => Workload::Boto3 {
+                    clients: 1,
+                    part,
+                    parallel,
+                },
+                ref other => other.clone(),
+            };
+            let recorder = Arc::new(Recorder::hidden());
+            let _ = tokio::time::timeout(time_limit, drive(&warm, objects, &self.client, address, &recorder)).await;
+        }
+        let stats = &self.origin.stats;
+        let (requests_before, bytes_before) = (stats.requests(), stats.body_bytes());
+        let requests = match scenario.workload {
+            Workload::Zipf { requests, .. } => requests as u64,
+            _ => 0,
+        };
+        let recorder = Arc::new(Recorder::new(label, scenario.expected_bytes(), requests));
+        let started = Instant::now();
+        let timed_out = tokio::time::timeout(
+            time_limit,
+            drive(&scenario.workload, objects, &self.client, address, &recorder),
+        )
+        .await
+        .is_err();
+        let wall = started.elapsed();
+        let result = RunResult {
+            tally: recorder.finish(),
+            wall,
+            origin_requests: stats.requests() - requests_before,
+            origin_bytes: stats.body_bytes() - bytes_before,
+            peak_rss: target.peak_rss(),
+            timed_out,
+        };
+        target.stop().await;
+        Ok(result)
+    }
+}
+
+fn shaping(args: &Args) -> Shaping {
+    Shaping {
+        rtt: args.rtt,
+        per_connection: args.bandwidth,
+        total: args.total_bandwidth,
+    }
+}
+
+fn describe_shaping(args: &Args) -> String {
+    let cap = |rate: u64| match rate {
+        0 => "none".to_string(),
+        rate => format!("{:.0} MB/s", rate as f64 / 1e6),
+    };
+    format!(
+        "origin: s3s-fs in-process, RTT {} added, per-connection cap {}, total cap {}",
+        humantime::format_duration(args.rtt),
+        cap(args.bandwidth),
+        cap(args.total_bandwidth)
+    )
+}
+
+pub async fn all(mut args: Args) -> anyhow::Result<()> {
+    let names = match args.scenario.expect("a scenario") {
+        ScenarioName::All => vec![
+            ScenarioName::ColdHerd,
+            ScenarioName::ColdSingle,
+            ScenarioName::WarmLarge,
+            ScenarioName::SmallZipf,
+            ScenarioName::ModelLoad,
+        ],
+        name => vec![name],
+    };
+    let mut seen = Vec::new();
+    args.targets.retain(|k| {
+        !seen.contains(k) && {
+            seen.push(*k);
+            true
+        }
+    });
+    if args.targets.contains(&Kind::Nginx) {
+        if let Err(why) = crate::nginx::ensure_installed() {
+            eprintln!("nginx is not available ({why}): running the other targets without it");
+            args.targets.retain(|k| *k != Kind::Nginx);
+        }
+    }
+    anyhow::ensure!(!args.targets.is_empty(), "no target to run");
+    std::fs::create_dir_all(&args.results).with_context(|| format!("creating {}", args.results.display()))?;
+    let bench = Bench::start(args).await?;
+    for (n, name) in names.into_iter().enumerate() {
+        let scenario = Scenario::build(name, &bench.args);
+        run_scenario(&bench, &scenario, 1000 * n as u64).await?;
+    }
+    Ok(())
+}
+
+async fn run_scenario(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::Result<()> {
+    let args = &bench.args;
+    eprintln!("\n{}: {}", scenario.name, scenario.summary);
+    let objects = bench.upload(&scenario.objects, seed).await?;
+    let setting = format!(
+        "{}; s3-accel: {} chunks, memory tier {}, disk tier {}; nginx: slice {}; {} round(s), targets interleaved; \
+         time limit {} per run; {} cores.",
+        describe_shaping(args),
+        format_size(args.chunk_size),
+        format_size(args.memory_cache),
+        format_size(args.disk_cache),
+        format_size(args.chunk_size),
+        args.rounds,
+        humantime::format_duration(args.time_limit),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let mut report = Report::new(scenario.name, &scenario.summary, setting, scenario.unique_bytes());
+    report.rounds = args.rounds;
+    report.memory_cache = args.memory_cache;
+    for round in 1..=args.rounds {
+        for &kind in &args.targets {
+            let label = match args.rounds {
+                1 => kind.name().to_string(),
+                _ => format!("{} ({round}/{})", kind.name(), args.rounds),
+            };
+            let result = bench
+                .run_target(kind, label, scenario, &objects, args.time_limit)
+                .await?;
+            eprintln!(
+                "  {:<14} {:.3} GB/s, {} requests, {} errors{}",
+                kind.name(),
+                result.gb_per_s(),
+                result.tally.requests,
+                result.tally.errors(),
+                if result.timed_out {
+                    ", stopped at the time limit"
+                } else {
+                    ""
+                }
+            );
+            report.add(kind, result);
+        }
+    }
+    let markdown = report.markdown();
+    println!("\n{markdown}");
+    let (md, svg) = result_paths(&args.results, scenario.name);
+    std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
+    report.svg(&svg).with_context(|| format!("drawing {}", svg.display()))?;
+    eprintln!("wrote {} and {}", md.display(), svg.display());
+    Ok(())
+}
+
+fn result_paths(dir: &Path, scenario: &str) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{scenario}.md")), dir.join(format!("{scenario}.svg")))
+}
+
+/// The product in under a minute: a model read from a far origin directly, then
+/// through s3-accel cold, then warm.
+pub async fn demo(args: Args) -> anyhow::Result<()> {
+    const LIMIT: Duration = Duration::from_secs(60);
+    let deadline = Instant::now() + LIMIT;
+    let model = args.size.unwrap_or(1 << 30);
+    let shards = 4;
+    println!(
+        "s3-accel demo: a model of {} in {shards} shards on an origin {} away at {:.0} MB/s per connection \
+         (s3s-fs in-process, shaped), read by one loader, shard after shard.\n",
+        bytes(model),
+        humantime::format_duration(args.rtt),
+        args.bandwidth as f64 / 1e6
+    );
+    let bench = Bench::start(args).await?;
+    let specs: Vec<(String, u64)> = (0..shards)
+        .map(|i| {
+            (
+                format!("demo/model-{:05}-of-{shards:05}.safetensors", i + 1),
+                model / shards,
+            )
+        })
+        .collect();
+    let objects = bench.upload(&specs, 42).await?;
+    let scenario = Scenario {
+        name: "demo",
+        summary: String::new(),
+        objects: specs,
+        workload: Workload::Fleet { workers: 1 },
+    };
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let direct = bench
+        .run_target(Kind::Direct, "origin directly".into(), &scenario, &objects, left())
+        .await?;
+    line("origin directly", &direct, None);
+
+    let dir = tempfile::tempdir_in(bench.work.path())?;
+    let settings = ProxySettings {
+        origin: bench.origin.address,
+        chunk_size: bench.args.chunk_size,
+        memory_cache: bench.args.memory_cache,
+        disk_cache: bench.args.disk_cache,
+        dir: dir.path(),
+    };
+    let accel = Target::start(Kind::S3Accel, &settings).await?;
+    let mut reads = Vec::new();
+    for label in ["s3-accel, cold", "s3-accel, warm"] {
+        let recorder = Arc::new(Recorder::new(label.into(), scenario.expected_bytes(), 0));
+        let origin_before = bench.origin.stats.body_bytes();
+        let started = Instant::now();
+        let timed_out = tokio::time::timeout(
+            left(),
+            drive(&scenario.workload, &objects, &bench.client, accel.address(), &recorder),
+        )
+        .await
+        .is_err();
+        let run = RunResult {
+            tally: recorder.finish(),
+            wall: started.elapsed(),
+            origin_requests: 0,
+            origin_bytes: bench.origin.stats.body_bytes() - origin_before,
+            peak_rss: accel.peak_rss(),
+            timed_out,
+        };
+        line(label, &run, Some(&direct));
+        reads.push(run);
+    }
+    accel.stop().await;
+    let all_exact = std::iter::once(&direct)
+        .chain(&reads)
+        .all(|r| !r.timed_out && r.tally.errors() == 0 && r.tally.exact == r.tally.requests);
+    println!(
+        "\n{}: every byte served was checked against the origin's content.",
+        if all_exact {
+            "byte-exact"
+        } else {
+            "NOT byte-exact, or stopped early"
+        }
+    );
+    if let [cold, warm] = reads.as_slice() {
+        println!(
+            "The warm read fetched {} from the origin; s3-accel's peak memory was {}.",
+            bytes(warm.origin_bytes),
+            warm.peak_rss.map_or("unknown".into(), bytes)
+        );
+        println!(
+            "Speed-up over the origin: {:.1}× cold, {:.1}× warm.",
+            cold.gb_per_s() / direct.gb_per_s().max(1e-12),
+            warm.gb_per_s() / direct.gb_per_s().max(1e-12)
+        );
+    }
+    anyhow::ensure!(all_exact, "the demo did not complete cleanly");
+    Ok(())
+}
+
+fn line(label: &str, run: &RunResult, baseline: Option<&RunResult>) {
+    let speedup = baseline.map_or(String::new(), |b| {
+        format!("   {:.1}× the origin", run.gb_per_s() / b.gb_per_s().max(1e-12))
+    });
+    println!(
+        "  {label:<16} {} in {:>6.2} s   {:>6.3} GB/s{speedup}{}",
+        bytes(run.tally.bytes),
+        run.wall.as_secs_f64(),
+        run.gb_per_s(),
+        if run.timed_out { "   (stopped: time limit)" } else { "" }
+    );
+}
