@@ -135,9 +135,11 @@ impl ChunkCache {
                 source,
             })?;
             let layout = DiskLayout::for_chunk_size(config.chunk_size);
+            let direct = config.direct_io.unwrap_or_else(|| takes_direct_io(&config.dir));
+            tracing::info!(dir, direct_io = direct, "disk tier");
             let device = FsDeviceBuilder::new(&config.dir)
                 .with_capacity(config.disk as usize)
-                .with_direct(config.direct_io)
+                .with_direct(direct)
                 .build()
                 .map_err(|source| CacheError::Open {
                     dir: dir.clone(),
@@ -241,8 +243,50 @@ impl ChunkCache {
     }
 }
 
+/// Whether the filesystem under `dir` takes O_DIRECT: one aligned page written
+/// to a scratch file. Direct I/O keeps the page cache out of the disk tier's way
+/// (buffered writes there halved cold fills in the bench); some filesystems
+/// (overlayfs, older tmpfs) refuse it.
+pub fn takes_direct_io(dir: &std::path::Path) -> bool {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    const PAGE: usize = 4096;
+    let path = dir.join(".s3-accel-direct-io-probe");
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path);
+    let written = opened.and_then(|mut file| {
+        let layout = std::alloc::Layout::from_size_align(PAGE, PAGE).expect("a valid layout");
+        // SAFETY: the layout has a non-zero size; the page is freed below.
+        let page = unsafe { std::alloc::alloc_zeroed(layout) };
+        if page.is_null() {
+            return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
+        }
+        // SAFETY: `page` points to PAGE initialized (zeroed) bytes.
+        let result = file.write_all(unsafe { std::slice::from_raw_parts(page, PAGE) });
+        // SAFETY: allocated above with the same layout.
+        unsafe { std::alloc::dealloc(page, layout) };
+        result
+    });
+    let _ = std::fs::remove_file(&path);
+    written.is_ok()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn direct_io_is_probed_where_the_cache_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        // Whatever the answer, the probe leaves nothing behind.
+        let _ = takes_direct_io(dir.path());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // A directory that does not exist cannot take it.
+        assert!(!takes_direct_io(&dir.path().join("missing")));
+    }
+
     use super::*;
 
     #[test]

@@ -115,8 +115,9 @@ pub struct CacheConfig {
     pub memory: u64,
     pub disk: u64,
     pub chunk_size: u64,
-    /// O_DIRECT for the disk tier.
-    pub direct_io: bool,
+    /// O_DIRECT for the disk tier; `None`: whenever the cache directory's
+    /// filesystem takes it.
+    pub direct_io: Option<bool>,
     /// Chunks a large GET keeps in flight ahead of the byte being sent.
     pub read_ahead: usize,
     /// Cap on bytes being downloaded from origins at once, all requests together.
@@ -390,7 +391,7 @@ impl Config {
                 ),
             ));
         }
-        let read_ahead = file.cache.read_ahead.unwrap_or(4);
+        let read_ahead = file.cache.read_ahead.unwrap_or(8);
         if !(1..=64).contains(&read_ahead) {
             return Err(invalid("cache.read_ahead", "must be between 1 and 64"));
         }
@@ -401,7 +402,7 @@ impl Config {
         if fill_memory < chunk_size {
             return Err(invalid("cache.fill_memory", "must hold at least one chunk"));
         }
-        let direct_io = file.cache.direct_io.unwrap_or(false);
+        let direct_io = file.cache.direct_io;
         Ok(CacheConfig {
             dir,
             memory,

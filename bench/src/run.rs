@@ -35,6 +35,7 @@ impl Bench {
             honor_conditionals: true,
             shaping: shaping(&args),
             no_log: true,
+            read_block: (!args.s3s_fs_reads).then_some(1 << 20),
             ..OriginOptions::default()
         };
         let origin = Origin::start(options, Some(work.path())).await?;
@@ -70,6 +71,8 @@ impl Bench {
             objects.push(Arc::new(Object::new(format!("/{BUCKET}/{key}"), data)));
         }
         recorder.finish();
+        // Written back now, so the kernel's writeback does not compete with the runs.
+        tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await?;
         Ok(objects)
     }
 
@@ -89,6 +92,8 @@ impl Bench {
             chunk_size: self.args.chunk_size,
             memory_cache: self.args.memory_cache,
             disk_cache: self.args.disk_cache,
+            direct_io: self.args.direct_io,
+            read_ahead: self.args.read_ahead,
             dir: dir.path(),
         };
         let target = Target::start(kind, &settings)
@@ -149,7 +154,12 @@ fn describe_shaping(args: &Args) -> String {
         rate => format!("{:.0} MB/s", rate as f64 / 1e6),
     };
     format!(
-        "origin: s3s-fs in-process, RTT {} added, per-connection cap {}, total cap {}",
+        "origin: s3s-fs in-process{}, RTT {} added, per-connection cap {}, total cap {}",
+        if args.s3s_fs_reads {
+            " (its own 4 KiB body reads)"
+        } else {
+            " (bodies read in 1 MiB blocks)"
+        },
         humantime::format_duration(args.rtt),
         cap(args.bandwidth),
         cap(args.total_bandwidth)
@@ -288,6 +298,8 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
         chunk_size: bench.args.chunk_size,
         memory_cache: bench.args.memory_cache,
         disk_cache: bench.args.disk_cache,
+        direct_io: bench.args.direct_io,
+        read_ahead: bench.args.read_ahead,
         dir: dir.path(),
     };
     let accel = Target::start(Kind::S3Accel, &settings).await?;

@@ -44,6 +44,8 @@ pub struct ProxySettings<'a> {
     pub chunk_size: u64,
     pub memory_cache: u64,
     pub disk_cache: u64,
+    pub direct_io: Option<bool>,
+    pub read_ahead: Option<usize>,
     /// A fresh directory of this run, deleted with it.
     pub dir: &'a Path,
 }
@@ -107,6 +109,7 @@ impl S3Accel {
              memory = \"{}\"\n\
              disk = \"{}\"\n\
              chunk_size = \"{}\"\n\
+             {}{}\
              [credentials]\n\
              access_key_id = \"{ACCESS_KEY}\"\n\
              secret_access_key = \"{SECRET_KEY}\"\n",
@@ -115,6 +118,12 @@ impl S3Accel {
             format_size(settings.memory_cache),
             format_size(settings.disk_cache),
             format_size(settings.chunk_size),
+            settings
+                .direct_io
+                .map_or(String::new(), |d| format!("direct_io = {d}\n")),
+            settings
+                .read_ahead
+                .map_or(String::new(), |r| format!("read_ahead = {r}\n")),
         );
         let config_path = settings.dir.join("s3-accel.toml");
         std::fs::write(&config_path, config)?;

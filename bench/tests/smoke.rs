@@ -1,0 +1,63 @@
+//! The harness end to end, small: every scenario against the origin directly and
+//! s3-accel (nginx is left to real runs: it would be installed from Debian's
+//! packages). Figures are not judged here; completeness and exactness are.
+
+use std::process::Command;
+
+#[test]
+fn every_scenario_runs_and_every_response_is_byte_exact() {
+    let results = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_s3-accel-bench"))
+        .args([
+            "all",
+            "--targets",
+            "direct,s3-accel",
+            "--clients",
+            "3",
+            "--size",
+            "2MiB",
+        ])
+        .args([
+            "--chunk-size",
+            "1MiB",
+            "--memory-cache",
+            "64MiB",
+            "--disk-cache",
+            "64MiB",
+        ])
+        .args(["--rtt", "1ms", "--time-limit", "60s"])
+        .arg("--results")
+        .arg(results.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    for scenario in ["cold-herd", "cold-single", "warm-large", "small-zipf", "model-load"] {
+        let table = std::fs::read_to_string(results.path().join(format!("{scenario}.md"))).unwrap();
+        let svg = std::fs::read_to_string(results.path().join(format!("{scenario}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("s3-accel"), "{scenario}: chart");
+        for target in ["origin direct", "s3-accel"] {
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&format!("| {target} |")))
+                .unwrap_or_else(|| panic!("{scenario}: no row for {target}:\n{table}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            // | target | GB/s | … | errors | byte-exact |
+            let (errors, exact) = (cells[cells.len() - 3], cells[cells.len() - 2]);
+            assert_eq!(errors, "0", "{scenario}/{target}: {row}");
+            let (good, all) = exact.split_once('/').unwrap();
+            assert!(
+                all.parse::<u64>().unwrap() > 0 && good == all,
+                "{scenario}/{target}: {row}"
+            );
+        }
+    }
+    // A warm read through s3-accel sends no object bytes from the origin.
+    let warm = std::fs::read_to_string(results.path().join("warm-large.md")).unwrap();
+    let accel = warm.lines().find(|l| l.starts_with("| s3-accel |")).unwrap();
+    assert!(accel.contains("| 0 B (0.000×) |"), "warm-large: {accel}");
+    // The herd reaches the origin about once.
+    let herd = std::fs::read_to_string(results.path().join("cold-herd.md")).unwrap();
+    assert!(herd.contains("origin bytes ≤ 1.02 × the object"), "{herd}");
+}
