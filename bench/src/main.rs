@@ -39,9 +39,11 @@ pub struct Args {
     /// Body bandwidth cap of each origin connection, bytes per second ("0": none).
     #[arg(long, default_value = "100MB", value_parser = parse_size)]
     pub bandwidth: u64,
-    /// Body bandwidth cap of the origin as a whole, bytes per second ("0": none).
-    #[arg(long, default_value = "0", value_parser = parse_size)]
-    pub total_bandwidth: u64,
+    /// Body bandwidth cap of the origin as a whole, bytes per second ("0": none),
+    /// instead of the scenario's own (1.25 GB/s, a 10 Gbit/s link, for cold-herd
+    /// and model-load; none for the others).
+    #[arg(long, value_parser = parse_size)]
+    pub total_bandwidth: Option<u64>,
     /// Let s3s-fs read response bodies itself, 4 KiB at a time (about 120 MB/s of
     /// CPU per connection here), instead of in 1 MiB blocks.
     #[arg(long)]
@@ -49,6 +51,11 @@ pub struct Args {
     /// Clients (or workers) instead of the scenario's own number.
     #[arg(long)]
     pub clients: Option<usize>,
+    /// small-zipf: how many objects (default 2000) and requests (default 20000).
+    #[arg(long)]
+    pub objects: Option<usize>,
+    #[arg(long)]
+    pub requests: Option<usize>,
     /// Object (or shard) size instead of the scenario's own.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,

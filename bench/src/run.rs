@@ -21,19 +21,20 @@ const BUCKET: &str = "bench";
 /// The shaped origin and where everything lives for one bench run.
 struct Bench {
     args: Args,
+    shaping: Shaping,
     origin: Origin,
     client: Client,
     work: tempfile::TempDir,
 }
 
 impl Bench {
-    async fn start(args: Args) -> anyhow::Result<Self> {
+    async fn start(args: Args, shaping: Shaping) -> anyhow::Result<Self> {
         let parent = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&parent)?;
         let work = tempfile::Builder::new().prefix("s3-accel-bench.").tempdir_in(&parent)?;
         let options = OriginOptions {
             honor_conditionals: true,
-            shaping: shaping(&args),
+            shaping,
             no_log: true,
             read_block: (!args.s3s_fs_reads).then_some(1 << 20),
             ..OriginOptions::default()
@@ -42,6 +43,7 @@ impl Bench {
         origin.create_bucket(BUCKET).await.map_err(anyhow::Error::msg)?;
         Ok(Self {
             args,
+            shaping,
             origin,
             client: Client::new(Origin::credentials()),
             work,
@@ -140,15 +142,15 @@ impl Bench {
     }
 }
 
-fn shaping(args: &Args) -> Shaping {
+fn shaping(args: &Args, scenario_total: u64) -> Shaping {
     Shaping {
         rtt: args.rtt,
         per_connection: args.bandwidth,
-        total: args.total_bandwidth,
+        total: args.total_bandwidth.unwrap_or(scenario_total),
     }
 }
 
-fn describe_shaping(args: &Args) -> String {
+fn describe_shaping(args: &Args, shaping: &Shaping) -> String {
     let cap = |rate: u64| match rate {
         0 => "none".to_string(),
         rate => format!("{:.0} MB/s", rate as f64 / 1e6),
@@ -160,9 +162,9 @@ fn describe_shaping(args: &Args) -> String {
         } else {
             " (bodies read in 1 MiB blocks)"
         },
-        humantime::format_duration(args.rtt),
-        cap(args.bandwidth),
-        cap(args.total_bandwidth)
+        humantime::format_duration(shaping.rtt),
+        cap(shaping.per_connection),
+        cap(shaping.total)
     )
 }
 
@@ -192,9 +194,9 @@ pub async fn all(mut args: Args) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!args.targets.is_empty(), "no target to run");
     std::fs::create_dir_all(&args.results).with_context(|| format!("creating {}", args.results.display()))?;
-    let bench = Bench::start(args).await?;
     for (n, name) in names.into_iter().enumerate() {
-        let scenario = Scenario::build(name, &bench.args);
+        let scenario = Scenario::build(name, &args);
+        let bench = Bench::start(args.clone(), shaping(&args, scenario.total_bandwidth)).await?;
         run_scenario(&bench, &scenario, 1000 * n as u64).await?;
     }
     Ok(())
@@ -207,7 +209,7 @@ async fn run_scenario(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::
     let setting = format!(
         "{}; s3-accel: {} chunks, memory tier {}, disk tier {}; nginx: slice {}; {} round(s), targets interleaved; \
          time limit {} per run; {} cores.",
-        describe_shaping(args),
+        describe_shaping(args, &bench.shaping),
         format_size(args.chunk_size),
         format_size(args.memory_cache),
         format_size(args.disk_cache),
@@ -270,7 +272,8 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
         humantime::format_duration(args.rtt),
         args.bandwidth as f64 / 1e6
     );
-    let bench = Bench::start(args).await?;
+    let shaping = shaping(&args, 0);
+    let bench = Bench::start(args, shaping).await?;
     let specs: Vec<(String, u64)> = (0..shards)
         .map(|i| {
             (
@@ -285,6 +288,7 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
         summary: String::new(),
         objects: specs,
         workload: Workload::Fleet { workers: 1 },
+        total_bandwidth: 0,
     };
     let left = || deadline.saturating_duration_since(Instant::now());
     let direct = bench

@@ -23,7 +23,13 @@ pub struct Scenario {
     /// Key and size of each object the origin holds for it.
     pub objects: Vec<(String, u64)>,
     pub workload: Workload,
+    /// The origin's total bandwidth cap, bytes per second (0: none), unless the
+    /// command line sets one.
+    pub total_bandwidth: u64,
 }
+
+/// A region's 10 Gbit/s link: what a herd or a fleet of loaders shares.
+const LINK: u64 = 1_250_000_000;
 
 #[derive(Clone, Debug)]
 pub enum Workload {
@@ -61,6 +67,7 @@ impl Scenario {
                     ),
                     objects: vec![("cold-herd/object".into(), size)],
                     workload: Workload::Herd { clients },
+                    total_bandwidth: LINK,
                 }
             }
             ScenarioName::ColdSingle => {
@@ -70,6 +77,7 @@ impl Scenario {
                     summary: format!("one client GETs a cold {} object whole", format_size(size)),
                     objects: vec![("cold-single/object".into(), size)],
                     workload: Workload::Single,
+                    total_bandwidth: 0,
                 }
             }
             ScenarioName::WarmLarge => {
@@ -89,12 +97,13 @@ impl Scenario {
                         part,
                         parallel,
                     },
+                    total_bandwidth: 0,
                 }
             }
             ScenarioName::SmallZipf => {
                 let clients = clients(32);
-                let count = 2000;
-                let (requests, exponent) = (20_000, 1.1);
+                let count = args.objects.unwrap_or(2000).max(1);
+                let (requests, exponent) = (args.requests.unwrap_or(20_000), 1.1);
                 let mut rng = rand::rngs::StdRng::seed_from_u64(7);
                 let objects = (0..count)
                     .map(|i| {
@@ -117,6 +126,7 @@ impl Scenario {
                         requests,
                         exponent,
                     },
+                    total_bandwidth: 0,
                 }
             }
             ScenarioName::ModelLoad => {
@@ -138,6 +148,7 @@ impl Scenario {
                         })
                         .collect(),
                     workload: Workload::Fleet { workers },
+                    total_bandwidth: LINK,
                 }
             }
             ScenarioName::All | ScenarioName::Demo => unreachable!("not a single scenario"),

@@ -25,7 +25,16 @@ fn every_scenario_runs_and_every_response_is_byte_exact() {
             "--disk-cache",
             "64MiB",
         ])
-        .args(["--rtt", "1ms", "--time-limit", "60s"])
+        .args([
+            "--objects",
+            "50",
+            "--requests",
+            "300",
+            "--rtt",
+            "1ms",
+            "--time-limit",
+            "60s",
+        ])
         .arg("--results")
         .arg(results.path())
         .output()
