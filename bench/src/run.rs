@@ -78,6 +78,19 @@ impl Bench {
         Ok(objects)
     }
 
+    /// How a proxy of this run starts, in its own fresh directory `dir`.
+    fn proxy_settings<'a>(&self, dir: &'a Path) -> ProxySettings<'a> {
+        ProxySettings {
+            origin: self.origin.address,
+            chunk_size: self.args.chunk_size,
+            memory_cache: self.args.memory_cache,
+            disk_cache: self.args.disk_cache,
+            direct_io: self.args.direct_io,
+            read_ahead: self.args.read_ahead,
+            dir,
+        }
+    }
+
     /// One target's run of `workload`: a fresh proxy, the warm-up if any, the
     /// measured load within the time limit, and the origin's traffic during it.
     async fn run_target(
@@ -89,15 +102,7 @@ impl Bench {
         time_limit: Duration,
     ) -> anyhow::Result<RunResult> {
         let dir = tempfile::tempdir_in(self.work.path())?;
-        let settings = ProxySettings {
-            origin: self.origin.address,
-            chunk_size: self.args.chunk_size,
-            memory_cache: self.args.memory_cache,
-            disk_cache: self.args.disk_cache,
-            direct_io: self.args.direct_io,
-            read_ahead: self.args.read_ahead,
-            dir: dir.path(),
-        };
+        let settings = self.proxy_settings(dir.path());
         let target = Target::start(kind, &settings)
             .await
             .with_context(|| format!("starting {}", kind.name()))?;
@@ -297,15 +302,7 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
     line("origin directly", &direct, None);
 
     let dir = tempfile::tempdir_in(bench.work.path())?;
-    let settings = ProxySettings {
-        origin: bench.origin.address,
-        chunk_size: bench.args.chunk_size,
-        memory_cache: bench.args.memory_cache,
-        disk_cache: bench.args.disk_cache,
-        direct_io: bench.args.direct_io,
-        read_ahead: bench.args.read_ahead,
-        dir: dir.path(),
-    };
+    let settings = bench.proxy_settings(dir.path());
     let accel = Target::start(Kind::S3Accel, &settings).await?;
     let mut reads = Vec::new();
     for label in ["s3-accel, cold", "s3-accel, warm"] {
