@@ -653,6 +653,10 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(config.cache.chunk_size, 8 << 20);
         assert!(config.cache.memory >= 16 << 20);
+        assert_eq!(config.cache.read_ahead, 8);
+        assert_eq!(config.cache.direct_io, None, "probed at start unless set");
+        let forced = Config::from_toml("origin = \"http://127.0.0.1:9000\"\n[cache]\ndirect_io = false").unwrap();
+        assert_eq!(forced.cache.direct_io, Some(false));
         let region = &config.regions[0];
         assert!(region.catch_all);
         assert_eq!(

@@ -123,6 +123,11 @@ impl Recorder {
         }
     }
 
+    /// Moves a byte bar without a request to record (an upload).
+    pub fn advance(&self, bytes: u64) {
+        self.progress.inc(bytes);
+    }
+
     pub fn record(&self, sample: &Sample) {
         self.tally.lock().unwrap().add(sample);
         self.progress.inc(if self.by_request { 1 } else { sample.bytes });

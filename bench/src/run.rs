@@ -62,14 +62,7 @@ impl Bench {
                 .put(BUCKET, key, data.clone(), &[])
                 .await
                 .map_err(anyhow::Error::msg)?;
-            recorder.record(&crate::client::Sample {
-                outcome: Ok(()),
-                bytes: *size,
-                ttfb: Duration::ZERO,
-                latency: Duration::ZERO,
-                hit: None,
-                etag: None,
-            });
+            recorder.advance(*size);
             objects.push(Arc::new(Object::new(format!("/{BUCKET}/{key}"), data)));
         }
         recorder.finish();
@@ -307,7 +300,8 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
     let mut reads = Vec::new();
     for label in ["s3-accel, cold", "s3-accel, warm"] {
         let recorder = Arc::new(Recorder::new(label.into(), scenario.expected_bytes(), 0));
-        let origin_before = bench.origin.stats.body_bytes();
+        let stats = &bench.origin.stats;
+        let (requests_before, bytes_before) = (stats.requests(), stats.body_bytes());
         let started = Instant::now();
         let timed_out = tokio::time::timeout(
             left(),
@@ -318,8 +312,8 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
         let run = RunResult {
             tally: recorder.finish(),
             wall: started.elapsed(),
-            origin_requests: 0,
-            origin_bytes: bench.origin.stats.body_bytes() - origin_before,
+            origin_requests: stats.requests() - requests_before,
+            origin_bytes: stats.body_bytes() - bytes_before,
             peak_rss: accel.peak_rss(),
             timed_out,
         };
