@@ -197,7 +197,7 @@ def check_config(config, fails):
     """The parts of src/config.rs validation that a manifest can get wrong."""
     cache = config.get("cache", {})
     sizes = {}
-    for key in ("memory", "disk", "chunk_size", "fill_memory"):
+    for key in ("memory", "disk", "chunk_size", "fill_memory", "read_ahead_memory"):
         if key in cache:
             try:
                 sizes[key] = parse_size(cache[key])
@@ -326,10 +326,11 @@ def cmd_consistency(args):
     if "memory" in sizes and fails.check("memory" in limits, "s3-accel has no memory limit"):
         chunk = sizes.get("chunk_size", 8 << 20)
         fill = sizes.get("fill_memory", min(max(sizes["memory"] // 4, 4 * chunk), 1 << 30))
-        need = sizes["memory"] + 16 * (chunk + (64 << 10)) + fill + (100 << 20)
+        ahead = sizes.get("read_ahead_memory", min(max(sizes["memory"] // 8, 2 * chunk), max(512 << 20, 2 * chunk)))
+        need = sizes["memory"] + 16 * (chunk + (64 << 10)) + fill + ahead + (100 << 20)
         limit = parse_quantity(limits["memory"])
         fails.check(limit >= need, f"memory limit {limits['memory']} is below cache.memory + flush buffers + "
-                                   f"fill_memory + 100MiB = {need / (1 << 30):.2f}GiB")
+                                   f"fill_memory + read_ahead_memory + 100MiB = {need / (1 << 30):.2f}GiB")
         fails.check(requests.get("memory") == limits["memory"],
                     "memory request differs from the limit (a cache pod should not be evicted for memory)")
 

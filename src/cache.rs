@@ -14,7 +14,7 @@ use foyer::{
 };
 
 pub use key::{CacheKey, ObjectId};
-pub use value::{CacheValue, ObjectMeta};
+pub use value::{CacheValue, ObjectMeta, PartMeta};
 
 use crate::config::CacheConfig;
 
@@ -170,14 +170,10 @@ impl ChunkCache {
         self.chunk_size
     }
 
-    /// The object's metadata, if cached. A read error is a miss: the origin is there.
-    pub async fn meta(&self, object: &ObjectId) -> Option<ObjectMeta> {
-        match self.inner.get(&CacheKey::meta(object)).await {
-            Ok(Some(entry)) => match entry.value() {
-                CacheValue::Meta(meta) => Some(meta.clone()),
-                CacheValue::Chunk(_) => None,
-            },
-            Ok(None) => None,
+    /// A small entry, if cached. A read error is a miss: the origin is there.
+    async fn entry(&self, key: &CacheKey) -> Option<CacheValue> {
+        match self.inner.get(key).await {
+            Ok(entry) => entry.map(|entry| entry.value().clone()),
             Err(error) => {
                 tracing::warn!(error = %error, "cache read failed; treating as a miss");
                 None
@@ -185,8 +181,30 @@ impl ChunkCache {
         }
     }
 
+    /// The object's metadata, if cached.
+    pub async fn meta(&self, object: &ObjectId) -> Option<ObjectMeta> {
+        match self.entry(&CacheKey::meta(object)).await? {
+            CacheValue::Meta(meta) => Some(meta),
+            CacheValue::Chunk(_) | CacheValue::Part(_) => None,
+        }
+    }
+
     pub fn insert_meta(&self, object: &ObjectId, meta: ObjectMeta) {
         self.inner.insert(CacheKey::meta(object), CacheValue::Meta(meta));
+    }
+
+    /// The bounds of part `number` of `object`, if cached (of whichever version
+    /// they were learned for: compare the ETag).
+    pub async fn part(&self, object: &ObjectId, number: u16) -> Option<PartMeta> {
+        match self.entry(&CacheKey::part(object, number)).await? {
+            CacheValue::Part(part) => Some(part),
+            CacheValue::Chunk(_) | CacheValue::Meta(_) => None,
+        }
+    }
+
+    pub fn insert_part(&self, object: &ObjectId, number: u16, part: PartMeta) {
+        self.inner
+            .insert(CacheKey::part(object, number), CacheValue::Part(part));
     }
 
     pub fn remove_meta(&self, object: &ObjectId) {
@@ -220,7 +238,7 @@ impl ChunkCache {
         metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => source.as_str()).increment(1);
         match entry.value() {
             CacheValue::Chunk(bytes) => Ok((bytes.clone(), source)),
-            CacheValue::Meta(_) => Err(ChunkError(foyer::Error::new(
+            CacheValue::Meta(_) | CacheValue::Part(_) => Err(ChunkError(foyer::Error::new(
                 foyer::ErrorKind::External,
                 "a metadata entry under a chunk key",
             ))),

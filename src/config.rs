@@ -122,6 +122,9 @@ pub struct CacheConfig {
     pub read_ahead: usize,
     /// Cap on bytes being downloaded from origins at once, all requests together.
     pub fill_memory: u64,
+    /// Cap on chunk bytes held for responses (read ahead of the byte being sent, or
+    /// waiting for a slow client), all responses together.
+    pub read_ahead_memory: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -402,6 +405,19 @@ impl Config {
         if fill_memory < chunk_size {
             return Err(invalid("cache.fill_memory", "must hold at least one chunk"));
         }
+        let read_ahead_memory = size_or(
+            file.cache
+                .read_ahead_memory
+                .as_deref()
+                .map(|v| (v, "cache.read_ahead_memory")),
+            || (memory / 8).clamp(2 * chunk_size, (512 << 20).max(2 * chunk_size)),
+        )?;
+        if !(chunk_size..=1 << 40).contains(&read_ahead_memory) {
+            return Err(invalid(
+                "cache.read_ahead_memory",
+                "must hold at least one chunk, and at most 1TiB",
+            ));
+        }
         let direct_io = file.cache.direct_io;
         Ok(CacheConfig {
             dir,
@@ -411,6 +427,7 @@ impl Config {
             direct_io,
             read_ahead,
             fill_memory,
+            read_ahead_memory,
         })
     }
 

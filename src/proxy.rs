@@ -16,17 +16,18 @@ use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
-use crate::cache::{ChunkCache, ObjectMeta};
+use crate::cache::{ChunkCache, ChunkSource, ObjectMeta, PartMeta};
 use crate::config::{Config, ProxyCredentials};
 use crate::error::{error_chain, ProxyError};
 use crate::origin::{OriginBody, Route, Router};
+use crate::s3::range::RangeRequest;
 use crate::s3::{self, Operation};
 use crate::telemetry;
 use crate::ProxyBody;
 use access::{AccessLog, LoggedBody};
-use cached::{meta_from_response, CachedObject};
+use cached::{meta_from_response, part_from_response, CachedObject, Shape};
 use fill::Fill;
-use plan::{ColdGate, Plan};
+use plan::{ColdGate, Entry, Plan, Release};
 
 /// How a request was answered, for the `x-s3-accel-cache` header and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,8 @@ pub struct Proxy {
     credentials: Option<Arc<ProxyCredentials>>,
     fill_permits: Arc<Semaphore>,
     read_ahead: usize,
+    /// Chunk bytes held for responses, in KiB, all responses together.
+    read_ahead_budget: Arc<Semaphore>,
     cold: ColdGate,
     cold_patience: Duration,
 }
@@ -75,6 +78,7 @@ impl Proxy {
             credentials: config.credentials.clone().map(Arc::new),
             fill_permits: Arc::new(Semaphore::new(fill_permits)),
             read_ahead: config.cache.read_ahead,
+            read_ahead_budget: Arc::new(Semaphore::new((config.cache.read_ahead_memory / 1024) as usize)),
             cold: ColdGate::default(),
             cold_patience: config.origin_client.first_byte_timeout,
         })
@@ -115,7 +119,11 @@ impl Proxy {
                 if status.is_server_error() {
                     tracing::warn!(request_id, error = error_chain(&error), "request failed");
                 }
-                error.into_response(&request_id, &path, &method)
+                let mut response = error.into_response(&request_id, &path, &method);
+                response
+                    .headers_mut()
+                    .insert(CACHE_HEADER, HeaderValue::from_static("error"));
+                response
             }
         };
         if !response.headers().contains_key(s3::REQUEST_ID) {
@@ -192,99 +200,180 @@ impl Proxy {
         &self,
         route: &Route,
         authority: &str,
-        mut probe: Request<Empty<Bytes>>,
+        probe: Request<Empty<Bytes>>,
         plan: Plan,
         request_id: &str,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         let mut cached = self.cache.meta(&plan.object).await;
         // A cold request probes alone; those behind it come back with its metadata
-        // and probe cheaply, all at once (the turn is not held past that).
+        // and probe cheaply, all at once; if its answer is not cacheable, at once too.
         let mut turn = None;
         if cached.is_none() {
-            let entered = self.cold.enter(&plan.object, self.cold_patience).await;
-            if entered.waited {
-                cached = self.cache.meta(&plan.object).await;
-            }
-            if cached.is_none() {
-                turn = Some(entered);
+            match self.cold.enter(&plan.object, self.cold_patience).await {
+                Entry::Turn(entered) => turn = Some(entered),
+                Entry::Waited(Some(Release::Done)) => cached = self.cache.meta(&plan.object).await,
+                Entry::Waited(_) => {}
             }
         }
-        let condition_added = match &cached {
-            Some(meta) if !plan.client_conditionals => HeaderValue::from_str(&meta.etag)
-                .map(|etag| probe.headers_mut().insert(header::IF_NONE_MATCH, etag))
-                .is_ok(),
-            _ => false,
+        let part = match (plan.part, &cached) {
+            (Some(number), Some(_)) => self.cache.part(&plan.object, number).await,
+            _ => None,
         };
-        let probe_started = Instant::now();
-        let response = route.region.client.send(probe, "probe").await?;
-        metrics::histogram!(telemetry::PROBE_SECONDS).record(probe_started.elapsed().as_secs_f64());
+        // Ask for a 304 only when the cache could answer all of it: a part it has the
+        // bounds of, checksums it has seen.
+        let condition = cached
+            .as_ref()
+            .filter(|meta| {
+                !plan.client_conditionals && Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode).is_some()
+            })
+            .and_then(|meta| HeaderValue::from_str(&meta.etag).ok());
+        let unconditional = forward::copy(&probe);
+        let mut response = self.probe(route, probe, condition.clone()).await?;
+        let mut condition_added = condition.is_some();
+        if condition_added && response.status() == StatusCode::NOT_MODIFIED && rewritten(&response, cached.as_ref()) {
+            // Same ETag, another Last-Modified: rewritten with the same bytes, perhaps
+            // with new metadata. Ask again without the condition to learn it.
+            response = self.probe(route, unconditional, None).await?;
+            condition_added = false;
+        }
         let origin_id = response
             .headers()
             .get(s3::REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or(request_id)
             .to_owned();
-        let status = response.status();
-        let etag = response
-            .headers()
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let served = match (status, cached) {
-            // Authorized, and the cached version is current.
-            (StatusCode::NOT_MODIFIED, Some(meta)) if condition_added => Some((meta, Outcome::Hit)),
-            // An origin that ignores the condition: same version, drop its body.
-            (StatusCode::OK | StatusCode::PARTIAL_CONTENT, Some(meta))
-                if etag.as_deref() == Some(meta.etag.as_str()) =>
-            {
-                Some((meta, Outcome::Hit))
-            }
-            (StatusCode::OK | StatusCode::PARTIAL_CONTENT, cached) => {
-                let learned = plan
-                    .learns
-                    .then(|| meta_from_response(status, response.headers()))
-                    .flatten();
-                match (learned, cached) {
-                    // Cold: the origin said yes; its body is dropped and chunks are
-                    // filled once for every client reading this object now.
-                    (Some(meta), None) => {
-                        self.cache.insert_meta(&plan.object, meta.clone());
-                        Some((meta, Outcome::Miss))
-                    }
-                    // Changed: relay the new version; the next read caches it.
-                    (Some(meta), Some(_)) => {
-                        self.cache.insert_meta(&plan.object, meta);
-                        None
-                    }
-                    (None, Some(_)) if plan.learns => {
-                        self.cache.remove_meta(&plan.object);
-                        None
-                    }
-                    (None, _) => None,
-                }
-            }
-            (StatusCode::NOT_FOUND, Some(_)) => {
-                self.cache.remove_meta(&plan.object);
-                None
-            }
-            _ => None,
-        };
-        drop(turn);
-        let probe_outcome = match (&served, status) {
-            (Some((_, Outcome::Miss)), _) => "cold",
-            (Some(_), StatusCode::NOT_MODIFIED) => "not_modified",
-            (Some(_), _) => "same_etag",
-            (None, StatusCode::OK | StatusCode::PARTIAL_CONTENT) => "changed",
-            (None, _) => "refused",
-        };
-        metrics::counter!(telemetry::PROBES, "outcome" => probe_outcome).increment(1);
-        let Some((meta, outcome)) = served else {
+        let verdict = self.verdict(&plan, cached, part, &response, condition_added);
+        if let Some(turn) = turn {
+            turn.release(match verdict.learned {
+                true => Release::Done,
+                false => Release::GiveUp,
+            });
+        }
+        metrics::counter!(telemetry::PROBES, "outcome" => verdict.probe).increment(1);
+        let Some((meta, part)) = verdict.serve else {
             return Ok((forward::client_response(response), Outcome::Origin));
+        };
+        let shape = match Shape::of(&meta, part.as_ref(), plan.range, plan.checksum_mode) {
+            Some(shape) => shape?,
+            // The cache cannot answer as the origin would (checksums it could not
+            // read): the origin's own answer goes.
+            None => return Ok((forward::client_response(response), Outcome::Origin)),
         };
         drop(response);
         let object = self.cached_object(route, authority, &plan, meta);
-        let response = object.respond(plan.range, plan.overrides, &origin_id).await?;
+        let (response, source) = object.respond(shape, plan.overrides, &origin_id).await?;
+        let outcome = match source {
+            ChunkSource::Memory | ChunkSource::Disk => Outcome::Hit,
+            ChunkSource::Filled | ChunkSource::Coalesced => Outcome::Miss,
+        };
         Ok((response, outcome))
+    }
+
+    /// Sends the client's request to the origin, with `If-None-Match: condition`.
+    async fn probe(
+        &self,
+        route: &Route,
+        mut probe: Request<Empty<Bytes>>,
+        condition: Option<HeaderValue>,
+    ) -> Result<Response<OriginBody>, ProxyError> {
+        if let Some(etag) = condition {
+            probe.headers_mut().insert(header::IF_NONE_MATCH, etag);
+        }
+        let started = Instant::now();
+        let response = route.region.client.send(probe, "probe").await?;
+        metrics::histogram!(telemetry::PROBE_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(response)
+    }
+
+    /// What the origin's answer to a probe means for the cache, decided once: what
+    /// to serve from it (if anything), what was learned, and the probe's metric.
+    fn verdict(
+        &self,
+        plan: &Plan,
+        cached: Option<ObjectMeta>,
+        part: Option<PartMeta>,
+        response: &Response<OriginBody>,
+        condition_added: bool,
+    ) -> Verdict {
+        let status = response.status();
+        let headers = response.headers();
+        let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
+        let relay = |probe| Verdict {
+            serve: None,
+            learned: false,
+            probe,
+        };
+        match status {
+            // Authorized, and the cached version is current.
+            StatusCode::NOT_MODIFIED if condition_added => Verdict {
+                serve: cached.map(|meta| (meta, part)),
+                learned: true,
+                probe: "not_modified",
+            },
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
+                let whole = plan.part.is_none() && plan.range == RangeRequest::Whole;
+                let learned = plan
+                    .learns
+                    .then(|| meta_from_response(status, headers, whole, plan.checksum_mode))
+                    .flatten();
+                let cold = cached.is_none();
+                let same = cached.filter(|meta| etag == Some(meta.etag.as_str()));
+                let (meta, probe) = match (same, learned) {
+                    // The same version (an origin that ignores the condition, or an
+                    // unconditional probe): its body is dropped; what it says of the
+                    // object refreshes the metadata.
+                    (Some(old), Some(new)) => {
+                        let meta = refreshed(&old, new);
+                        if meta != old {
+                            self.cache.insert_meta(&plan.object, meta.clone());
+                        }
+                        (meta, "same_etag")
+                    }
+                    (Some(old), None) if !plan.learns => (old, "same_etag"),
+                    // Cold: the origin said yes; chunks are filled once for every
+                    // client reading this object now.
+                    (None, Some(new)) if cold => {
+                        self.cache.insert_meta(&plan.object, new.clone());
+                        (new, "cold")
+                    }
+                    (_, learned) => {
+                        // Changed: relay the new version; the next read caches it.
+                        match learned {
+                            Some(new) => self.cache.insert_meta(&plan.object, new),
+                            None if plan.learns => self.cache.remove_meta(&plan.object),
+                            None => {}
+                        }
+                        return relay("changed");
+                    }
+                };
+                let part = match plan.part {
+                    Some(number) => {
+                        let learned = plan
+                            .learns
+                            .then(|| part_from_response(status, headers, plan.checksum_mode))
+                            .flatten()
+                            .filter(|learned| learned.etag == meta.etag && learned.last < meta.size);
+                        if let Some(learned) = &learned {
+                            self.cache.insert_part(&plan.object, number, learned.clone());
+                        }
+                        learned.or(part)
+                    }
+                    None => None,
+                };
+                Verdict {
+                    serve: Some((meta, part)),
+                    learned: true,
+                    probe,
+                }
+            }
+            StatusCode::NOT_FOUND => {
+                if cached.is_some() {
+                    self.cache.remove_meta(&plan.object);
+                }
+                relay("refused")
+            }
+            _ => relay("refused"),
+        }
     }
 
     /// HEAD: the origin's answer is relayed (it is the authorization anyway) and
@@ -298,14 +387,18 @@ impl Proxy {
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         let response: Response<OriginBody> = route.region.client.send(probe, "probe").await?;
         let status = response.status();
-        if let Some(meta) = plan
-            .learns
-            .then(|| meta_from_response(status, response.headers()))
-            .flatten()
-        {
+        // A part's HEAD tells the part's length, never the object's.
+        let whole = plan.range == RangeRequest::Whole;
+        let learned = (plan.learns && plan.part.is_none())
+            .then(|| meta_from_response(status, response.headers(), whole, plan.checksum_mode))
+            .flatten();
+        if let Some(new) = learned {
+            let meta = match self.cache.meta(&plan.object).await {
+                Some(old) if old.etag == new.etag => refreshed(&old, new),
+                _ => new,
+            };
             self.cache.insert_meta(&plan.object, meta.clone());
-            let warm =
-                plan.range == s3::range::RangeRequest::One(s3::range::ByteRange::From { start: 0, end: Some(0) });
+            let warm = plan.range == RangeRequest::One(s3::range::ByteRange::From { start: 0, end: Some(0) });
             if warm {
                 self.warm(self.cached_object(route, authority, &plan, meta));
             }
@@ -329,6 +422,7 @@ impl Proxy {
             meta,
             fill: Arc::new(fill),
             read_ahead: self.read_ahead,
+            budget: self.read_ahead_budget.clone(),
         })
     }
 
@@ -346,6 +440,39 @@ impl Proxy {
                 Err(error) => tracing::warn!(key = object.object.key, error = error_chain(&error), "warming failed"),
             }
         });
+    }
+}
+
+/// What a probe's answer means, decided once.
+struct Verdict {
+    /// Serve this version (and part) from the cache, or relay the origin's answer.
+    serve: Option<(ObjectMeta, Option<PartMeta>)>,
+    /// The cache now holds the object's metadata (cold waiters may read it).
+    learned: bool,
+    /// `s3accel_probes_total{outcome}`.
+    probe: &'static str,
+}
+
+/// The metadata of the same object version, refreshed by a newer answer: its
+/// headers (a metadata-only change keeps the ETag), and the checksums it told, or
+/// those already known.
+fn refreshed(old: &ObjectMeta, new: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        checksums: new.checksums.or_else(|| old.checksums.clone()),
+        ..new
+    }
+}
+
+/// Whether a 304 shows the object was rewritten since its metadata was stored: its
+/// Last-Modified differs (an origin that sends none cannot tell).
+fn rewritten(response: &Response<OriginBody>, cached: Option<&ObjectMeta>) -> bool {
+    let last_modified = |headers: &http::HeaderMap| headers.get(header::LAST_MODIFIED).cloned();
+    match (
+        last_modified(response.headers()),
+        cached.and_then(|meta| last_modified(&meta.headers)),
+    ) {
+        (Some(now), Some(stored)) => now != stored,
+        _ => false,
     }
 }
 

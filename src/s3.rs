@@ -57,6 +57,69 @@ pub fn is_object_header(name: &HeaderName) -> bool {
     ) || name.starts_with("x-amz-meta-")
 }
 
+/// Whether a request asks for the object's checksums (`x-amz-checksum-mode: ENABLED`,
+/// which botocore and the AWS SDKs send on every GetObject by default).
+pub fn checksum_mode(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-amz-checksum-mode")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enabled"))
+}
+
+/// The checksum headers S3 sends on whole-object and part answers, with the length
+/// in bytes of each algorithm's digest.
+const CHECKSUMS: [(&str, usize); 5] = [
+    ("x-amz-checksum-crc32", 4),
+    ("x-amz-checksum-crc32c", 4),
+    ("x-amz-checksum-crc64nvme", 8),
+    ("x-amz-checksum-sha1", 20),
+    ("x-amz-checksum-sha256", 32),
+];
+const CHECKSUM_TYPE: &str = "x-amz-checksum-type";
+
+/// A checksum header s3-accel cannot check and so must not store or replay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the origin sent a checksum header s3-accel cannot read: {0}")]
+pub struct UnreadableChecksum(pub String);
+
+/// The `x-amz-checksum-*` headers of a response, checked: each a known algorithm
+/// whose value is base64 of that algorithm's digest (with `-N` for a composite of N
+/// parts), and `x-amz-checksum-type` FULL_OBJECT or COMPOSITE. One that does not
+/// read is an error: the response is then relayed, never replayed from the cache.
+pub fn checksums(headers: &HeaderMap) -> Result<HeaderMap, UnreadableChecksum> {
+    let mut found = HeaderMap::new();
+    for (name, value) in headers {
+        let text = name.as_str();
+        if !text.starts_with("x-amz-checksum-") || text == "x-amz-checksum-mode" {
+            continue;
+        }
+        let readable = match CHECKSUMS.iter().find(|(n, _)| *n == text) {
+            Some((_, digest)) => value.to_str().is_ok_and(|v| is_checksum_value(v, *digest)),
+            None => text == CHECKSUM_TYPE && matches!(value.as_bytes(), b"FULL_OBJECT" | b"COMPOSITE"),
+        };
+        if !readable || found.contains_key(name) {
+            return Err(UnreadableChecksum(text.to_owned()));
+        }
+        found.insert(name.clone(), value.clone());
+    }
+    Ok(found)
+}
+
+/// Base64 (padded) of `digest` bytes, optionally followed by `-<parts>`.
+fn is_checksum_value(value: &str, digest: usize) -> bool {
+    let (encoded, parts) = match value.split_once('-') {
+        Some((encoded, parts)) => (encoded, Some(parts)),
+        None => (value, None),
+    };
+    let padding = (3 - digest % 3) % 3;
+    let body_ok = encoded.len() == digest.div_ceil(3) * 4
+        && encoded[..encoded.len() - padding]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && encoded[encoded.len() - padding..].bytes().all(|b| b == b'=');
+    let parts_ok = parts.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    body_ok && parts_ok
+}
+
 /// The `response-*` overrides of a query, as the headers they set on this response.
 pub fn response_overrides(query: Option<&str>) -> Vec<(HeaderName, HeaderValue)> {
     query
@@ -98,6 +161,43 @@ mod tests {
             (http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))
         );
         assert_eq!(overrides[1].1, "attachment; filename=a.txt");
+    }
+
+    #[test]
+    fn checksums_are_read_strictly() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-amz-checksum-crc32", "AAAAAA==".parse().unwrap());
+        headers.insert("x-amz-checksum-crc64nvme", "ABCDEFGHIJK=".parse().unwrap());
+        headers.insert(
+            "x-amz-checksum-sha256",
+            "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".parse().unwrap(),
+        );
+        headers.insert("x-amz-checksum-type", "FULL_OBJECT".parse().unwrap());
+        headers.insert("x-amz-checksum-mode", "ENABLED".parse().unwrap());
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        let found = checksums(&headers).unwrap();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(!found.contains_key("x-amz-checksum-mode"));
+
+        let mut composite = HeaderMap::new();
+        composite.insert("x-amz-checksum-crc32c", "AAAAAA==-12".parse().unwrap());
+        composite.insert("x-amz-checksum-type", "COMPOSITE".parse().unwrap());
+        assert_eq!(checksums(&composite).unwrap().len(), 2);
+
+        for (name, value) in [
+            ("x-amz-checksum-crc32", "AAAA"),
+            ("x-amz-checksum-crc32", "AAAAAAA="),
+            ("x-amz-checksum-crc32", "AA*AAA=="),
+            ("x-amz-checksum-crc32", "AAAAAA==-"),
+            ("x-amz-checksum-sha1", "AAAAAA=="),
+            ("x-amz-checksum-type", "PARTIAL"),
+            ("x-amz-checksum-xxhash128", "AAAAAA=="),
+        ] {
+            let mut bad = HeaderMap::new();
+            bad.insert(HeaderName::from_static(name), value.parse().unwrap());
+            assert!(checksums(&bad).is_err(), "{name}: {value}");
+        }
+        assert!(checksums(&HeaderMap::new()).unwrap().is_empty());
     }
 
     #[test]

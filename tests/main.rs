@@ -4,4 +4,5 @@
 mod cache;
 mod front;
 mod ops;
+mod reads;
 mod support;

@@ -13,7 +13,9 @@ const KIND_META: u8 = 0;
 const KIND_CHUNK: u8 = 1;
 
 /// What selects an object's bytes at the origin. Names are raw, as the client
-/// encoded them: `+` means different things to different origins.
+/// encoded them: `+` means different things to different origins. Chunks and the
+/// object's metadata are keyed with `part_number: None`; a part's bounds with the
+/// part's number (a part is a range of the object's chunks, never chunks of its own).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectId {
     /// The origin, as `scheme://host:port`.
@@ -40,6 +42,14 @@ impl CacheKey {
         out.extend_from_slice(&[KEY_VERSION, KIND_META]);
         encode_object(&mut out, object);
         Self(out.into())
+    }
+
+    /// Where the bounds of part `number` of `object` are kept.
+    pub fn part(object: &ObjectId, number: u16) -> Self {
+        Self::meta(&ObjectId {
+            part_number: Some(number),
+            ..object.clone()
+        })
     }
 
     /// Chunk `index` of the version `etag`, cut at `chunk_size`: the ETag makes a

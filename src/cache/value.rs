@@ -9,7 +9,11 @@ use super::key::{put_bytes, put_str};
 
 const VALUE_VERSION: u8 = 1;
 const TAG_CHUNK: u8 = 0;
+/// Metadata as first written: no checksums (read back as unknown).
 const TAG_META: u8 = 1;
+/// Metadata with what is known of the object's checksums.
+const TAG_META_CHECKSUMS: u8 = 2;
+const TAG_PART: u8 = 3;
 
 /// What s3-accel knows of an object version: enough to answer a GET or HEAD of it
 /// without the origin's body.
@@ -21,12 +25,77 @@ pub struct ObjectMeta {
     /// The object's own headers (Last-Modified, Content-Type, `x-amz-meta-*`, ...),
     /// never a response's per-request ones.
     pub headers: HeaderMap,
+    /// The `x-amz-checksum-*` headers the origin sends on a whole-object answer in
+    /// checksum mode (possibly none), or `None` while s3-accel has not seen one.
+    pub checksums: Option<HeaderMap>,
+}
+
+/// One part of a multipart object version (`?partNumber=N`), as the origin
+/// answered it: a byte range of the object, never the object's own length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartMeta {
+    /// The object version the bounds belong to.
+    pub etag: String,
+    pub first: u64,
+    pub last: u64,
+    /// The origin answered 200 (the whole object, as some do for part 1 of an
+    /// object that was not uploaded in parts) rather than 206.
+    pub whole: bool,
+    /// `x-amz-mp-parts-count`, when the origin sent it.
+    pub parts_count: Option<HeaderValue>,
+    /// The part's own checksums, as for [`ObjectMeta::checksums`].
+    pub checksums: Option<HeaderMap>,
 }
 
 #[derive(Debug, Clone)]
 pub enum CacheValue {
     Chunk(Bytes),
     Meta(ObjectMeta),
+    Part(PartMeta),
+}
+
+fn headers_weight(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 16).sum()
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+    for (name, value) in headers {
+        put_str(out, name.as_str());
+        put_bytes(out, value.as_bytes());
+    }
+}
+
+fn read_headers(reader: &mut impl Read) -> foyer::Result<HeaderMap> {
+    let count = read_u32(reader)?;
+    let mut headers = HeaderMap::with_capacity(count as usize);
+    for _ in 0..count {
+        let name = HeaderName::from_bytes(&read_bytes(reader)?).map_err(|_| corrupt("header name"))?;
+        let value = HeaderValue::from_bytes(&read_bytes(reader)?).map_err(|_| corrupt("header value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// An optional header map: a presence byte, then the map.
+fn put_known(out: &mut Vec<u8>, headers: Option<&HeaderMap>) {
+    match headers {
+        Some(headers) => {
+            out.push(1);
+            put_headers(out, headers);
+        }
+        None => out.push(0),
+    }
+}
+
+fn read_known(reader: &mut impl Read) -> foyer::Result<Option<HeaderMap>> {
+    let mut present = [0u8; 1];
+    reader.read_exact(&mut present).map_err(io)?;
+    match present[0] {
+        0 => Ok(None),
+        1 => read_headers(reader).map(Some),
+        _ => Err(corrupt("presence byte")),
+    }
 }
 
 impl CacheValue {
@@ -35,13 +104,9 @@ impl CacheValue {
         match self {
             Self::Chunk(bytes) => bytes.len(),
             Self::Meta(meta) => {
-                64 + meta.etag.len()
-                    + meta
-                        .headers
-                        .iter()
-                        .map(|(k, v)| k.as_str().len() + v.len() + 16)
-                        .sum::<usize>()
+                64 + meta.etag.len() + headers_weight(&meta.headers) + meta.checksums.as_ref().map_or(0, headers_weight)
             }
+            Self::Part(part) => 96 + part.etag.len() + part.checksums.as_ref().map_or(0, headers_weight),
         }
     }
 }
@@ -79,14 +144,24 @@ impl foyer::Code for CacheValue {
                 writer.write_all(bytes).map_err(io)
             }
             Self::Meta(meta) => {
-                let mut out = vec![VALUE_VERSION, TAG_META];
+                let mut out = vec![VALUE_VERSION, TAG_META_CHECKSUMS];
                 out.extend_from_slice(&meta.size.to_be_bytes());
                 put_str(&mut out, &meta.etag);
-                out.extend_from_slice(&(meta.headers.len() as u32).to_be_bytes());
-                for (name, value) in &meta.headers {
-                    put_str(&mut out, name.as_str());
-                    put_bytes(&mut out, value.as_bytes());
+                put_headers(&mut out, &meta.headers);
+                put_known(&mut out, meta.checksums.as_ref());
+                writer.write_all(&out).map_err(io)
+            }
+            Self::Part(part) => {
+                let mut out = vec![VALUE_VERSION, TAG_PART];
+                out.extend_from_slice(&part.first.to_be_bytes());
+                out.extend_from_slice(&part.last.to_be_bytes());
+                put_str(&mut out, &part.etag);
+                out.push(u8::from(part.whole));
+                out.push(u8::from(part.parts_count.is_some()));
+                if let Some(count) = &part.parts_count {
+                    put_bytes(&mut out, count.as_bytes());
                 }
+                put_known(&mut out, part.checksums.as_ref());
                 writer.write_all(&out).map_err(io)
             }
         }
@@ -107,16 +182,40 @@ impl foyer::Code for CacheValue {
                 reader.read_exact(&mut bytes).map_err(io)?;
                 Ok(Self::Chunk(bytes.into()))
             }
-            TAG_META => {
+            TAG_META | TAG_META_CHECKSUMS => {
                 let etag = String::from_utf8(read_bytes(reader)?).map_err(|_| corrupt("etag"))?;
-                let count = read_u32(reader)?;
-                let mut headers = HeaderMap::with_capacity(count as usize);
-                for _ in 0..count {
-                    let name = HeaderName::from_bytes(&read_bytes(reader)?).map_err(|_| corrupt("header name"))?;
-                    let value = HeaderValue::from_bytes(&read_bytes(reader)?).map_err(|_| corrupt("header value"))?;
-                    headers.append(name, value);
-                }
-                Ok(Self::Meta(ObjectMeta { size, etag, headers }))
+                let headers = read_headers(reader)?;
+                let checksums = match head[1] {
+                    TAG_META => None,
+                    _ => read_known(reader)?,
+                };
+                Ok(Self::Meta(ObjectMeta {
+                    size,
+                    etag,
+                    headers,
+                    checksums,
+                }))
+            }
+            TAG_PART => {
+                let first = size;
+                let mut last = [0u8; 8];
+                reader.read_exact(&mut last).map_err(io)?;
+                let etag = String::from_utf8(read_bytes(reader)?).map_err(|_| corrupt("etag"))?;
+                // Whether the part was the whole object, whether a parts count follows.
+                let mut flags = [0u8; 2];
+                reader.read_exact(&mut flags).map_err(io)?;
+                let parts_count = match flags[1] {
+                    0 => None,
+                    _ => Some(HeaderValue::from_bytes(&read_bytes(reader)?).map_err(|_| corrupt("parts count"))?),
+                };
+                Ok(Self::Part(PartMeta {
+                    etag,
+                    first,
+                    last: u64::from_be_bytes(last),
+                    whole: flags[0] == 1,
+                    parts_count,
+                    checksums: read_known(reader)?,
+                }))
             }
             _ => Err(corrupt("unknown tag")),
         }
@@ -125,7 +224,7 @@ impl foyer::Code for CacheValue {
     fn estimated_size(&self) -> usize {
         match self {
             Self::Chunk(bytes) => 10 + bytes.len(),
-            Self::Meta(_) => self.weight(),
+            Self::Meta(_) | Self::Part(_) => self.weight(),
         }
     }
 }
@@ -140,16 +239,37 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", "application/octet-stream".parse().unwrap());
         headers.append("x-amz-meta-owner", "team-a".parse().unwrap());
-        let meta = ObjectMeta {
-            size: 1 << 40,
-            etag: "\"abc-3\"".into(),
-            headers,
-        };
-        let mut buf = Vec::new();
-        CacheValue::Meta(meta.clone()).encode(&mut buf).unwrap();
-        match CacheValue::decode(&mut buf.as_slice()).unwrap() {
-            CacheValue::Meta(back) => assert_eq!(back, meta),
-            other => panic!("{other:?}"),
+        let mut checksums = HeaderMap::new();
+        checksums.insert("x-amz-checksum-crc32", "AAAAAA==".parse().unwrap());
+        for checksums in [None, Some(HeaderMap::new()), Some(checksums)] {
+            let meta = ObjectMeta {
+                size: 1 << 40,
+                etag: "\"abc-3\"".into(),
+                headers: headers.clone(),
+                checksums: checksums.clone(),
+            };
+            let mut buf = Vec::new();
+            CacheValue::Meta(meta.clone()).encode(&mut buf).unwrap();
+            match CacheValue::decode(&mut buf.as_slice()).unwrap() {
+                CacheValue::Meta(back) => assert_eq!(back, meta),
+                other => panic!("{other:?}"),
+            }
+            for parts_count in [None, Some(HeaderValue::from_static("3"))] {
+                let part = PartMeta {
+                    etag: "\"abc-3\"".into(),
+                    first: 8 << 20,
+                    last: (16 << 20) - 1,
+                    whole: parts_count.is_none(),
+                    parts_count,
+                    checksums: checksums.clone(),
+                };
+                let mut buf = Vec::new();
+                CacheValue::Part(part.clone()).encode(&mut buf).unwrap();
+                match CacheValue::decode(&mut buf.as_slice()).unwrap() {
+                    CacheValue::Part(back) => assert_eq!(back, part),
+                    other => panic!("{other:?}"),
+                }
+            }
         }
         let chunk = CacheValue::Chunk(Bytes::from_static(b"chunk bytes"));
         let mut buf = Vec::new();
@@ -157,5 +277,24 @@ mod tests {
         assert!(matches!(CacheValue::decode(&mut buf.as_slice()).unwrap(), CacheValue::Chunk(b) if b == "chunk bytes"));
         buf[0] = 99;
         assert!(CacheValue::decode(&mut buf.as_slice()).is_err());
+    }
+
+    /// Metadata written before checksums were kept still reads, as "not known".
+    #[test]
+    fn first_metadata_encoding_still_reads() {
+        let mut old = vec![VALUE_VERSION, TAG_META];
+        old.extend_from_slice(&42u64.to_be_bytes());
+        put_str(&mut old, "\"e\"");
+        old.extend_from_slice(&1u32.to_be_bytes());
+        put_str(&mut old, "content-type");
+        put_bytes(&mut old, b"text/plain");
+        match CacheValue::decode(&mut old.as_slice()).unwrap() {
+            CacheValue::Meta(meta) => {
+                assert_eq!((meta.size, meta.etag.as_str()), (42, "\"e\""));
+                assert_eq!(meta.headers["content-type"], "text/plain");
+                assert_eq!(meta.checksums, None);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

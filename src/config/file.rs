@@ -45,6 +45,7 @@ pub struct CacheSection {
     pub direct_io: Option<bool>,
     pub read_ahead: Option<usize>,
     pub fill_memory: Option<String>,
+    pub read_ahead_memory: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,20 +10,51 @@ use http::{HeaderName, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use super::fill::{Fill, FillError};
-use crate::cache::{CacheKey, ChunkCache, ChunkError, ChunkSource, ObjectId, ObjectMeta};
+use crate::cache::{CacheKey, ChunkCache, ChunkError, ChunkSource, ObjectId, ObjectMeta, PartMeta};
 use crate::error::ProxyError;
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::{self, REQUEST_ID};
 use crate::telemetry;
 use crate::{BoxError, ProxyBody};
 
+/// Whether a response may be cached at all: not SSE-C, not `no-store`.
+fn cacheable(headers: &HeaderMap) -> bool {
+    let no_store = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("no-store"));
+    !s3::is_sse_c(headers) && !no_store
+}
+
+/// What a whole-object or part answer says of the checksums: those it carries, when
+/// it carries any or the request asked for them (an answer in checksum mode without
+/// any says there are none); `None` when it says nothing, or nothing readable.
+fn checksums_of(headers: &HeaderMap, checksum_mode: bool) -> Option<HeaderMap> {
+    match s3::checksums(headers) {
+        Ok(found) if checksum_mode || !found.is_empty() => Some(found),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::debug!(%error, "not keeping the origin's checksums");
+            None
+        }
+    }
+}
+
 /// The metadata worth keeping from an origin's 200 or 206, or `None` when the
-/// response must not be cached (SSE-C, `no-store`, no ETag, no size).
-pub fn meta_from_response(status: StatusCode, headers: &HeaderMap) -> Option<ObjectMeta> {
+/// response must not be cached (SSE-C, `no-store`, no ETag, no size). `whole` says
+/// the answer is the whole object (no Range, no partNumber): only such an answer
+/// tells the object's checksums.
+pub fn meta_from_response(
+    status: StatusCode,
+    headers: &HeaderMap,
+    whole: bool,
+    checksum_mode: bool,
+) -> Option<ObjectMeta> {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if s3::is_sse_c(headers) || text(header::CACHE_CONTROL).is_some_and(|v| v.to_ascii_lowercase().contains("no-store"))
-    {
+    if !cacheable(headers) {
         return None;
     }
     let etag = text(header::ETAG)?.to_owned();
@@ -39,11 +70,139 @@ pub fn meta_from_response(status: StatusCode, headers: &HeaderMap) -> Option<Obj
             stored.append(name.clone(), value.clone());
         }
     }
+    let checksums = (whole && status == StatusCode::OK)
+        .then(|| checksums_of(headers, checksum_mode))
+        .flatten();
     Some(ObjectMeta {
         size,
         etag,
         headers: stored,
+        checksums,
     })
+}
+
+/// A part's bounds from the origin's answer to `?partNumber=N`: a 206 names them
+/// in Content-Range; a 200 is the whole object.
+pub fn part_from_response(status: StatusCode, headers: &HeaderMap, checksum_mode: bool) -> Option<PartMeta> {
+    let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if !cacheable(headers) {
+        return None;
+    }
+    let etag = text(header::ETAG)?.to_owned();
+    let (first, last, whole) = match status {
+        StatusCode::OK => {
+            let length: u64 = text(header::CONTENT_LENGTH)?.parse().ok()?;
+            (0, length.checked_sub(1)?, true)
+        }
+        StatusCode::PARTIAL_CONTENT => {
+            let range = text(header::CONTENT_RANGE)?.strip_prefix("bytes ")?;
+            let (span, size) = range.split_once('/')?;
+            let (first, last) = span.split_once('-')?;
+            let (first, last, size): (u64, u64, u64) = (first.parse().ok()?, last.parse().ok()?, size.parse().ok()?);
+            if first > last || last >= size {
+                return None;
+            }
+            (first, last, false)
+        }
+        _ => return None,
+    };
+    Some(PartMeta {
+        etag,
+        first,
+        last,
+        whole,
+        parts_count: headers.get("x-amz-mp-parts-count").cloned(),
+        checksums: checksums_of(headers, checksum_mode),
+    })
+}
+
+/// The head of an answer from the cache: status, the span of the object it
+/// carries, and the headers that depend on what was asked (range, part, checksums).
+#[derive(Debug)]
+pub struct Shape {
+    pub status: StatusCode,
+    /// Inclusive; `None` for an empty object.
+    pub span: Option<(u64, u64)>,
+    pub headers: HeaderMap,
+}
+
+impl Shape {
+    /// How S3 answers `range` (or part `part`) of `meta`, checksums included when
+    /// asked for: the object's on a whole-object answer, the part's on a part
+    /// answer, none on a range. `None` when the cache does not know enough to
+    /// answer as the origin would (a part or checksums it has not seen).
+    pub fn of(
+        meta: &ObjectMeta,
+        part: Option<&PartMeta>,
+        range: RangeRequest,
+        checksum_mode: bool,
+    ) -> Option<Result<Self, ProxyError>> {
+        let size = meta.size;
+        let mut headers = HeaderMap::new();
+        let content_range =
+            |first: u64, last: u64| HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")).expect("digits");
+        let checksums = |known: Option<&HeaderMap>| match (checksum_mode, known) {
+            (false, _) => Some(HeaderMap::new()),
+            (true, known) => known.cloned(),
+        };
+        let shape = match (part, range) {
+            (Some(part), _) => {
+                if part.etag != meta.etag || part.last >= size {
+                    return None;
+                }
+                headers = checksums(part.checksums.as_ref())?;
+                if let Some(count) = &part.parts_count {
+                    headers.insert("x-amz-mp-parts-count", count.clone());
+                }
+                let status = if part.whole {
+                    StatusCode::OK
+                } else {
+                    headers.insert(header::CONTENT_RANGE, content_range(part.first, part.last));
+                    StatusCode::PARTIAL_CONTENT
+                };
+                Self {
+                    status,
+                    span: Some((part.first, part.last)),
+                    headers,
+                }
+            }
+            (None, RangeRequest::One(requested)) => match range::resolve(requested, size) {
+                Some((first, last)) => {
+                    headers.insert(header::CONTENT_RANGE, content_range(first, last));
+                    Self {
+                        status: StatusCode::PARTIAL_CONTENT,
+                        span: Some((first, last)),
+                        headers,
+                    }
+                }
+                None => {
+                    return Some(Err(ProxyError::InvalidRange {
+                        requested: requested.to_string(),
+                        size,
+                    }))
+                }
+            },
+            (None, RangeRequest::Whole | RangeRequest::Multiple | RangeRequest::Unparsed) => Self {
+                status: StatusCode::OK,
+                span: (size > 0).then(|| (0, size - 1)),
+                headers: checksums(meta.checksums.as_ref())?,
+            },
+        };
+        Some(Ok(shape))
+    }
+}
+
+/// A chunk slice handed to a client, holding its share of the read-ahead budget
+/// until the last reference to it (hyper's, once written) is gone.
+struct Budgeted {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// One object version being served from the cache.
@@ -53,6 +212,8 @@ pub struct CachedObject {
     pub meta: ObjectMeta,
     pub fill: Arc<Fill>,
     pub read_ahead: usize,
+    /// Chunk bytes held for responses, in KiB, over all responses.
+    pub budget: Arc<Semaphore>,
 }
 
 impl CachedObject {
@@ -76,55 +237,40 @@ impl CachedObject {
         }
     }
 
-    /// The response to a GET of `range`. Waits for the first chunk, so that a fill
-    /// that fails outright is a clean 503 rather than a cut body.
+    /// The response `shape` describes. Waits for the first chunk, so that a fill
+    /// that fails outright is a clean 503 rather than a cut body; says where that
+    /// first chunk came from (a hit is a response whose first bytes were cached).
     pub async fn respond(
         self: Arc<Self>,
-        range: RangeRequest,
+        shape: Shape,
         overrides: Vec<(HeaderName, HeaderValue)>,
         request_id: &str,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let size = self.meta.size;
-        let (status, span) = match range {
-            RangeRequest::One(requested) => match range::resolve(requested, size) {
-                Some(span) => (StatusCode::PARTIAL_CONTENT, Some(span)),
-                None => {
-                    return Err(ProxyError::InvalidRange {
-                        requested: requested.to_string(),
-                        size,
-                    })
-                }
-            },
-            RangeRequest::Whole | RangeRequest::Multiple => (StatusCode::OK, (size > 0).then(|| (0, size - 1))),
-        };
-        let body = match span {
-            None => http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+    ) -> Result<(Response<ProxyBody>, ChunkSource), ProxyError> {
+        let (body, source) = match shape.span {
+            None => (
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+                ChunkSource::Memory,
+            ),
             Some((first, last)) => self.clone().body(first, last).await?,
         };
         let mut response = Response::new(body);
-        *response.status_mut() = status;
+        *response.status_mut() = shape.status;
         let headers = response.headers_mut();
         headers.clone_from(&self.meta.headers);
-        let length = span.map_or(0, |(first, last)| last - first + 1);
+        let length = shape.span.map_or(0, |(first, last)| last - first + 1);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         if let Ok(etag) = HeaderValue::from_str(&self.meta.etag) {
             headers.insert(header::ETAG, etag);
         }
-        if let (StatusCode::PARTIAL_CONTENT, Some((first, last))) = (status, span) {
-            headers.insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")).expect("digits"),
-            );
-        }
-        for (name, value) in overrides {
-            headers.insert(name, value);
+        for (name, value) in shape.headers.iter().chain(overrides.iter().map(|(n, v)| (n, v))) {
+            headers.insert(name.clone(), value.clone());
         }
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert(REQUEST_ID, id);
         }
-        Ok(response)
+        Ok((response, source))
     }
 
     /// Fills every chunk of the object, `read_ahead` at a time (warming).
@@ -140,19 +286,31 @@ impl CachedObject {
         Ok(())
     }
 
-    async fn body(self: Arc<Self>, first: u64, last: u64) -> Result<ProxyBody, ProxyError> {
+    async fn body(self: Arc<Self>, first: u64, last: u64) -> Result<(ProxyBody, ChunkSource), ProxyError> {
         let chunk_size = self.cache.chunk_size();
         let this = self.clone();
         let mut chunks = stream::iter(first / chunk_size..=last / chunk_size)
             .map(move |index| {
                 let this = this.clone();
                 async move {
+                    // Taken in order (the semaphore is fair), so the chunk the client
+                    // waits for is never behind its own read-ahead.
+                    let permit = this
+                        .budget
+                        .clone()
+                        .acquire_many_owned(chunk_size.div_ceil(1024) as u32)
+                        .await
+                        .expect("the read-ahead budget is never closed");
                     let (bytes, source) = this.chunk(index).await?;
                     // The part of chunk `index` inside [first, last].
                     let start = index * chunk_size;
                     let from = first.saturating_sub(start) as usize;
                     let to = ((last - start + 1).min(bytes.len() as u64)) as usize;
-                    Ok::<_, ChunkError>((bytes.slice(from..to), source))
+                    let bytes = Bytes::from_owner(Budgeted {
+                        bytes: bytes.slice(from..to),
+                        _permit: permit,
+                    });
+                    Ok::<_, ChunkError>((bytes, source))
                 }
             })
             // Polled together: the chunks after the first are filled while it is.
@@ -162,6 +320,7 @@ impl CachedObject {
             Some(Err(error)) => return Err(ProxyError::Fill(error)),
             None => (Bytes::new(), ChunkSource::Memory),
         };
+        let head_source = head.1;
         let region = self.fill.region.config.name.clone();
         let frames = stream::once(async move { Ok(head) })
             .chain(chunks)
@@ -171,7 +330,7 @@ impl CachedObject {
                 Frame::data(bytes)
             })
             .map_err(|error| -> BoxError { Box::new(error) });
-        Ok(StreamBody::new(frames).boxed_unsync())
+        Ok((StreamBody::new(frames).boxed_unsync(), head_source))
     }
 }
 
@@ -188,22 +347,112 @@ mod tests {
         headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
         headers.insert("x-amz-meta-owner", "a".parse().unwrap());
         headers.insert(REQUEST_ID, "R".parse().unwrap());
-        let meta = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers).unwrap();
+        headers.insert("x-amz-checksum-crc32", "AAAAAA==".parse().unwrap());
+        let meta = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, true).unwrap();
         assert_eq!(meta.size, 1234);
         assert_eq!(meta.headers.len(), 2, "only object headers: {:?}", meta.headers);
-        assert_eq!(meta_from_response(StatusCode::OK, &headers).unwrap().size, 1);
-        assert!(meta_from_response(StatusCode::NOT_FOUND, &headers).is_none());
+        assert_eq!(meta.checksums, None, "a range tells nothing of the object's checksums");
+        let whole = meta_from_response(StatusCode::OK, &headers, true, false).unwrap();
+        assert_eq!(whole.size, 1);
+        assert_eq!(whole.checksums.unwrap()["x-amz-checksum-crc32"], "AAAAAA==");
+        assert!(meta_from_response(StatusCode::NOT_FOUND, &headers, true, true).is_none());
 
         let mut sse_c = headers.clone();
         sse_c.insert(
             "x-amz-server-side-encryption-customer-algorithm",
             "AES256".parse().unwrap(),
         );
-        assert!(meta_from_response(StatusCode::OK, &sse_c).is_none());
+        assert!(meta_from_response(StatusCode::OK, &sse_c, true, false).is_none());
         let mut no_store = headers.clone();
         no_store.insert(header::CACHE_CONTROL, "private, No-Store".parse().unwrap());
-        assert!(meta_from_response(StatusCode::OK, &no_store).is_none());
+        assert!(meta_from_response(StatusCode::OK, &no_store, true, false).is_none());
+        let mut unreadable = headers.clone();
+        unreadable.insert("x-amz-checksum-crc32", "not a checksum".parse().unwrap());
+        let meta = meta_from_response(StatusCode::OK, &unreadable, true, true).unwrap();
+        assert_eq!(meta.checksums, None, "an unreadable checksum is never stored");
+        headers.remove("x-amz-checksum-crc32");
+        let asked = meta_from_response(StatusCode::OK, &headers, true, true).unwrap();
+        assert_eq!(
+            asked.checksums,
+            Some(HeaderMap::new()),
+            "asked, and told there are none"
+        );
+        assert_eq!(
+            meta_from_response(StatusCode::OK, &headers, true, false)
+                .unwrap()
+                .checksums,
+            None
+        );
         headers.remove(header::ETAG);
-        assert!(meta_from_response(StatusCode::OK, &headers).is_none());
+        assert!(meta_from_response(StatusCode::OK, &headers, true, false).is_none());
+    }
+
+    fn meta(size: u64, checksums: Option<HeaderMap>) -> ObjectMeta {
+        ObjectMeta {
+            size,
+            etag: "\"e-2\"".into(),
+            headers: HeaderMap::new(),
+            checksums,
+        }
+    }
+
+    #[test]
+    fn parts_are_learned_from_their_bounds_never_as_the_object() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ETAG, "\"e-2\"".parse().unwrap());
+        headers.insert(header::CONTENT_LENGTH, "100".parse().unwrap());
+        headers.insert(header::CONTENT_RANGE, "bytes 100-199/250".parse().unwrap());
+        headers.insert("x-amz-mp-parts-count", "2".parse().unwrap());
+        headers.insert("x-amz-checksum-crc32", "AAAAAA==-2".parse().unwrap());
+        let part = part_from_response(StatusCode::PARTIAL_CONTENT, &headers, true).unwrap();
+        assert_eq!((part.first, part.last, part.whole), (100, 199, false));
+        assert_eq!(part.parts_count.as_ref().unwrap(), "2");
+        let object = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, true).unwrap();
+        assert_eq!(object.size, 250, "the object's size, not the part's");
+        assert_eq!(object.checksums, None, "the part's checksums are not the object's");
+
+        let shape = Shape::of(&meta(250, None), Some(&part), RangeRequest::Whole, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (shape.status, shape.span),
+            (StatusCode::PARTIAL_CONTENT, Some((100, 199)))
+        );
+        assert_eq!(shape.headers[header::CONTENT_RANGE], "bytes 100-199/250");
+        assert_eq!(shape.headers["x-amz-checksum-crc32"], "AAAAAA==-2");
+        assert_eq!(shape.headers["x-amz-mp-parts-count"], "2");
+        let plain = Shape::of(&meta(250, None), Some(&part), RangeRequest::Whole, false)
+            .unwrap()
+            .unwrap();
+        assert!(!plain.headers.contains_key("x-amz-checksum-crc32"));
+
+        for bad in ["bytes 200-100/250", "bytes 100-250/250", "bytes 1-2", "junk"] {
+            headers.insert(header::CONTENT_RANGE, bad.parse().unwrap());
+            assert!(
+                part_from_response(StatusCode::PARTIAL_CONTENT, &headers, true).is_none(),
+                "{bad}"
+            );
+        }
+        let mut other = part.clone();
+        other.etag = "\"other\"".into();
+        assert!(Shape::of(&meta(250, None), Some(&other), RangeRequest::Whole, false).is_none());
+    }
+
+    #[test]
+    fn checksums_go_on_whole_answers_only_and_only_when_known() {
+        let mut known = HeaderMap::new();
+        known.insert("x-amz-checksum-crc64nvme", "AAAAAAAAAAA=".parse().unwrap());
+        let whole = Shape::of(&meta(10, Some(known.clone())), None, RangeRequest::Whole, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(whole.headers, known);
+        let ranged = RangeRequest::One(range::ByteRange::From { start: 0, end: Some(9) });
+        let ranged = Shape::of(&meta(10, Some(known)), None, ranged, true).unwrap().unwrap();
+        assert!(ranged.headers.get("x-amz-checksum-crc64nvme").is_none());
+        assert!(
+            Shape::of(&meta(10, None), None, RangeRequest::Whole, true).is_none(),
+            "unknown checksums: the origin must answer"
+        );
+        assert!(Shape::of(&meta(10, None), None, RangeRequest::Whole, false).is_some());
     }
 }

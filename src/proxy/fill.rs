@@ -46,33 +46,40 @@ pub enum FillAuth {
     },
 }
 
+/// Headers a fill removes from the client's request or sets itself (`Range`,
+/// `If-Match`): a client signature that covers any of them cannot sign a fill.
+const FILL_CHANGES: [header::HeaderName; 5] = [
+    header::RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+];
+
 /// Why a fill can be made, or why not: the reason is a bypass counter's label.
+/// `part` says the target names a part, which a fill (a range of the object) must
+/// not: only an unsigned request's target can lose its `partNumber`.
 pub fn fill_auth(
     method: &Method,
     target: &PathAndQuery,
     headers: &HeaderMap,
     object_target: PathAndQuery,
+    part: bool,
     credentials: Option<&Arc<ProxyCredentials>>,
     signing_region: Option<&str>,
 ) -> Result<FillAuth, &'static str> {
     let auth = ClientAuth::of(headers, target.query());
-    // The signature covers the method: a HEAD's can only be reused when there is none.
-    let reusable = (*method == Method::GET || auth.is_anonymous()) && !auth.covers("range") && !auth.covers("if-match");
+    // The signature covers the method (a HEAD's can only be reused when there is
+    // none), the query, and every header it lists.
+    let reusable = auth.is_anonymous()
+        || (*method == Method::GET && !part && !FILL_CHANGES.iter().any(|name| auth.covers(name.as_str())));
     if reusable {
         let mut headers = headers.clone();
-        for name in [
-            header::RANGE,
-            header::IF_MATCH,
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_UNMODIFIED_SINCE,
-        ] {
+        for name in FILL_CHANGES {
             headers.remove(name);
         }
-        return Ok(FillAuth::Client {
-            target: target.clone(),
-            headers,
-        });
+        let target = if part { object_target } else { target.clone() };
+        return Ok(FillAuth::Client { target, headers });
     }
     match credentials {
         Some(credentials) => {

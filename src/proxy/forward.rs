@@ -88,6 +88,16 @@ pub fn origin_request<B>(
     Ok(request)
 }
 
+/// A second copy of an origin request (bodies are empty: nothing to share).
+pub fn copy(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
+    let mut copy = Request::new(Empty::new());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
 /// The origin's response as the client gets it: status, headers and body unchanged
 /// but for hop-by-hop headers, streamed. (`Proxy::handle` adds a request id when the
 /// origin sent none.)

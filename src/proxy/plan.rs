@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::Request;
@@ -18,13 +20,18 @@ use crate::s3::{self, ObjectRequest};
 
 /// A request the cache may serve.
 pub struct Plan {
+    /// The object version's chunks and metadata (never a part's number).
     pub object: ObjectId,
+    /// `?partNumber=N`: a range of the object whose bounds the origin gives.
+    pub part: Option<u16>,
     pub range: RangeRequest,
     pub overrides: Vec<(HeaderName, HeaderValue)>,
     pub auth: FillAuth,
     /// The client sent If-None-Match or If-Modified-Since: a 304 is its own verdict,
     /// and the proxy adds no condition of its own.
     pub client_conditionals: bool,
+    /// The client asked for checksums: a whole-object or part answer carries them.
+    pub checksum_mode: bool,
     /// Whether the origin's answer describes the object (no `response-*` overrides).
     pub learns: bool,
 }
@@ -40,19 +47,13 @@ pub fn plan<B>(
     if s3::is_sse_c(headers) {
         return Err("sse_c");
     }
-    if headers
-        .get("x-amz-checksum-mode")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enabled"))
-    {
-        return Err("checksum_mode");
-    }
     let range = range::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
-    if range == RangeRequest::Multiple {
-        return Err("multi_range");
-    }
-    if object.part_number.is_some() {
-        // Parts are ranges of the object whose bounds only the origin knows.
-        return Err("part_number");
+    match range {
+        RangeRequest::Multiple => return Err("multi_range"),
+        RangeRequest::Unparsed => return Err("unparsed_range"),
+        // S3 refuses a Range with a partNumber: that refusal is the origin's to give.
+        RangeRequest::One(_) if object.part_number.is_some() => return Err("range_with_part"),
+        RangeRequest::Whole | RangeRequest::One(_) => {}
     }
     let uri = request.uri();
     let target = uri
@@ -70,6 +71,7 @@ pub fn plan<B>(
         &target,
         headers,
         object_target,
+        object.part_number.is_some(),
         credentials,
         region.signing_region.as_deref(),
     )?;
@@ -79,13 +81,15 @@ pub fn plan<B>(
             bucket: object.bucket.clone(),
             key: object_key(uri.path(), route.bucket_from_host.is_some()),
             version_id: object.version_id.clone(),
-            part_number: object.part_number,
+            part_number: None,
         },
+        part: object.part_number,
         range,
         overrides: s3::response_overrides(uri.query()),
         auth,
         client_conditionals: headers.contains_key(header::IF_NONE_MATCH)
             || headers.contains_key(header::IF_MODIFIED_SINCE),
+        checksum_mode: s3::checksum_mode(headers),
         learns: !object.has_response_overrides,
     })
 }
@@ -102,52 +106,103 @@ fn object_key(path: &str, bucket_in_host: bool) -> String {
 
 /// Lets one cold request per object ask the origin first, so that the others wait
 /// for its metadata and then probe cheaply (a 304) instead of each starting a body.
+/// The first releases the others with a status (pingora's cache lock), so that a
+/// herd of requests that will never be cached is not made to probe one at a time.
 #[derive(Default)]
 pub struct ColdGate {
-    probes: Mutex<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
+    probes: Mutex<HashMap<ObjectId, watch::Receiver<Option<Release>>>>,
+}
+
+/// How the request holding the turn let go of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The metadata is in the cache: read it and probe with a condition.
+    Done,
+    /// The origin's answer is not cacheable (a denial, `no-store`, overrides...):
+    /// everyone probes at once, as they would without a cache.
+    GiveUp,
+    /// The holder went away without an answer (an error, a cancelled request):
+    /// one waiter takes the turn.
+    Dangling,
+}
+
+/// Where a cold request stands after the gate.
+pub enum Entry<'a> {
+    /// This request probes first; the others wait until the turn is released.
+    Turn(ColdTurn<'a>),
+    /// Another request probed first and released the turn so (or this one ran out
+    /// of patience: `None`).
+    Waited(Option<Release>),
 }
 
 pub struct ColdTurn<'a> {
     gate: &'a ColdGate,
     object: ObjectId,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    /// Another request held the turn before this one.
-    pub waited: bool,
+    release: watch::Sender<Option<Release>>,
 }
 
 impl ColdGate {
-    /// Waits (at most `patience`) for the cold requests ahead of this one.
-    pub async fn enter(&self, object: &ObjectId, patience: Duration) -> ColdTurn<'_> {
-        let lock = self
-            .probes
-            .lock()
-            .expect("cold gate")
-            .entry(object.clone())
-            .or_default()
-            .clone();
-        let (guard, waited) = match lock.clone().try_lock_owned() {
-            Ok(guard) => (Some(guard), false),
-            Err(_) => (tokio::time::timeout(patience, lock.lock_owned()).await.ok(), true),
-        };
-        ColdTurn {
-            gate: self,
-            object: object.clone(),
-            guard,
-            waited,
+    /// Takes the turn for `object`, or waits (at most `patience`) for whoever holds it.
+    pub async fn enter(&self, object: &ObjectId, patience: Duration) -> Entry<'_> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let mut waiting = {
+                let mut probes = self.probes.lock().expect("cold gate");
+                match probes.get(object) {
+                    Some(receiver) => receiver.clone(),
+                    None => {
+                        let (release, receiver) = watch::channel(None);
+                        probes.insert(object.clone(), receiver);
+                        return Entry::Turn(ColdTurn {
+                            gate: self,
+                            object: object.clone(),
+                            release,
+                        });
+                    }
+                }
+            };
+            let status = match tokio::time::timeout_at(deadline, waiting.wait_for(Option::is_some)).await {
+                Err(_) => return Entry::Waited(None),
+                Ok(Ok(status)) => *status,
+                Ok(Err(_)) => None,
+            };
+            match status {
+                // The holder went away without an answer: try for the turn again.
+                Some(Release::Dangling) | None => continue,
+                released => return Entry::Waited(released),
+            }
         }
+    }
+}
+
+impl ColdTurn<'_> {
+    /// Lets the waiters go with `status`.
+    pub fn release(self, status: Release) {
+        self.finish(status);
+    }
+
+    fn finish(&self, status: Release) {
+        let mut probes = self.gate.probes.lock().expect("cold gate");
+        if probes
+            .get(&self.object)
+            .is_some_and(|receiver| receiver.same_channel(&self.release.subscribe()))
+        {
+            probes.remove(&self.object);
+        }
+        drop(probes);
+        self.release.send_if_modified(|current| {
+            let first = current.is_none();
+            if first {
+                *current = Some(status);
+            }
+            first
+        });
     }
 }
 
 impl Drop for ColdTurn<'_> {
     fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut probes = self.gate.probes.lock().expect("cold gate");
-        if probes
-            .get(&self.object)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
-        {
-            probes.remove(&self.object);
-        }
+        self.finish(Release::Dangling);
     }
 }
 
@@ -162,24 +217,72 @@ mod tests {
         assert_eq!(object_key("/dir/a+b", true), "dir/a+b");
     }
 
-    #[tokio::test]
-    async fn one_cold_probe_at_a_time_per_object() {
-        let gate = ColdGate::default();
-        let object = ObjectId {
+    fn object() -> ObjectId {
+        ObjectId {
             origin: "o".into(),
             bucket: "b".into(),
             key: "k".into(),
             version_id: None,
             part_number: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_cold_probe_at_a_time_per_object() {
+        let gate = ColdGate::default();
+        let patience = Duration::from_secs(5);
+        let Entry::Turn(first) = gate.enter(&object(), patience).await else {
+            panic!("the first request takes the turn");
         };
-        let first = gate.enter(&object, Duration::from_secs(5)).await;
-        assert!(!first.waited);
-        let second = tokio::time::timeout(Duration::from_millis(50), gate.enter(&object, Duration::from_secs(5))).await;
+        let second = tokio::time::timeout(Duration::from_millis(50), gate.enter(&object(), patience)).await;
         assert!(second.is_err(), "the second cold request waits for the first");
         drop(first);
-        let third = gate.enter(&object, Duration::from_secs(5)).await;
-        assert!(!third.waited);
-        drop(third);
+        let Entry::Turn(third) = gate.enter(&object(), patience).await else {
+            panic!("a dangling turn is taken again");
+        };
+        third.release(Release::Done);
         assert!(gate.probes.lock().unwrap().is_empty(), "no entry left behind");
+    }
+
+    #[tokio::test]
+    async fn waiters_are_released_with_the_status() {
+        for status in [Release::Done, Release::GiveUp] {
+            let gate = ColdGate::default();
+            let patience = Duration::from_secs(5);
+            let Entry::Turn(turn) = gate.enter(&object(), patience).await else {
+                panic!("first");
+            };
+            let object = object();
+            let waiters = futures_util::future::join_all((0..8).map(|_| gate.enter(&object, patience)));
+            let release = async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                turn.release(status);
+            };
+            let (entries, ()) = tokio::join!(waiters, release);
+            for entry in entries {
+                assert!(matches!(entry, Entry::Waited(Some(s)) if s == status), "{status:?}");
+            }
+            assert!(gate.probes.lock().unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dangling_turn_passes_to_one_waiter() {
+        let gate = ColdGate::default();
+        let patience = Duration::from_secs(5);
+        let Entry::Turn(turn) = gate.enter(&object(), patience).await else {
+            panic!("first");
+        };
+        let object = object();
+        let waiters = futures_util::future::join_all((0..4).map(|_| gate.enter(&object, Duration::from_millis(300))));
+        let drop_it = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(turn);
+        };
+        let (entries, ()) = tokio::join!(waiters, drop_it);
+        let turns = entries.iter().filter(|e| matches!(e, Entry::Turn(_))).count();
+        assert_eq!(turns, 1, "exactly one waiter takes the turn over");
+        // The others wait for the new holder, which never releases: they run out of patience.
+        assert_eq!(entries.iter().filter(|e| matches!(e, Entry::Waited(None))).count(), 3);
     }
 }

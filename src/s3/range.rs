@@ -1,4 +1,5 @@
-//! The `Range` header as S3 reads it: one `bytes=` range, or none.
+//! The `Range` header: one well-formed `bytes=` range is served from the cache;
+//! anything else is the origin's to interpret.
 
 /// One requested byte range, before the object's size is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,23 +23,30 @@ impl std::fmt::Display for ByteRange {
 /// What a Range header asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeRequest {
-    /// No header, or one S3 ignores (malformed, another unit): the whole object.
+    /// No Range header: the whole object.
     Whole,
     One(ByteRange),
     /// Several ranges: origins differ on these, so they pass through.
     Multiple,
+    /// A header that is not one well-formed `bytes=` range (another unit, junk,
+    /// `bytes=5-1`): AWS ignores it and answers 200, Garage answers 416, so the
+    /// client must see its own origin's answer.
+    Unparsed,
 }
 
-/// Parses a Range header value.
+/// Parses a Range header value (`None`: no header).
 pub fn parse(value: Option<&str>) -> RangeRequest {
-    let Some(spec) = value.map(str::trim).and_then(|v| v.strip_prefix("bytes=")) else {
+    let Some(value) = value else {
         return RangeRequest::Whole;
+    };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Unparsed;
     };
     if spec.contains(',') {
         return RangeRequest::Multiple;
     }
     let Some((first, last)) = spec.trim().split_once('-') else {
-        return RangeRequest::Whole;
+        return RangeRequest::Unparsed;
     };
     let number = |s: &str| {
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
@@ -48,13 +56,13 @@ pub fn parse(value: Option<&str>) -> RangeRequest {
         }
     };
     match (first.trim(), last.trim()) {
-        ("", suffix) => number(suffix).map_or(RangeRequest::Whole, |n| RangeRequest::One(ByteRange::Suffix(n))),
-        (start, "") => number(start).map_or(RangeRequest::Whole, |start| {
+        ("", suffix) => number(suffix).map_or(RangeRequest::Unparsed, |n| RangeRequest::One(ByteRange::Suffix(n))),
+        (start, "") => number(start).map_or(RangeRequest::Unparsed, |start| {
             RangeRequest::One(ByteRange::From { start, end: None })
         }),
         (start, end) => match (number(start), number(end)) {
             (Some(start), Some(end)) if start <= end => RangeRequest::One(ByteRange::From { start, end: Some(end) }),
-            _ => RangeRequest::Whole,
+            _ => RangeRequest::Unparsed,
         },
     }
 }
@@ -93,15 +101,16 @@ mod tests {
         );
         assert_eq!(parse(Some("bytes=-500")), RangeRequest::One(ByteRange::Suffix(500)));
         assert_eq!(parse(Some("bytes=0-1,4-5")), RangeRequest::Multiple);
-        for ignored in [
+        for unparsed in [
             "bytes=junk",
             "items=0-1",
             "bytes=5-1",
             "bytes=-",
             "bytes=1-2-3",
             "bytes=+1-2",
+            "",
         ] {
-            assert_eq!(parse(Some(ignored)), RangeRequest::Whole, "{ignored}");
+            assert_eq!(parse(Some(unparsed)), RangeRequest::Unparsed, "{unparsed}");
         }
         assert_eq!(parse(None), RangeRequest::Whole);
     }

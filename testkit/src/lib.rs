@@ -18,3 +18,14 @@ pub fn object_bytes(seed: u64, len: usize) -> Vec<u8> {
     rng.fill(&mut data);
     data
 }
+
+/// The CRC32 of `data` as S3 writes it in `x-amz-checksum-crc32`: base64 of the
+/// big-endian digest.
+pub fn crc32_base64(data: &[u8]) -> String {
+    let mut hasher = s3s::checksum::ChecksumHasher {
+        crc32: Some(Default::default()),
+        ..Default::default()
+    };
+    hasher.update(data);
+    hasher.finalize().checksum_crc32.expect("crc32 was asked for")
+}

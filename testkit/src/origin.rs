@@ -41,6 +41,9 @@ pub struct OriginStats {
     pub cut_fills: AtomicU64,
     /// `METHOD target` of every request, in arrival order.
     pub log: Mutex<Vec<String>>,
+    /// Part sizes of objects stored "in parts", by raw path (`/bucket/key`): s3s-fs
+    /// ignores `partNumber`, so this layer answers part reads as S3 does.
+    pub parts: Mutex<std::collections::HashMap<String, Vec<u64>>>,
 }
 
 impl OriginStats {
@@ -133,6 +136,16 @@ impl Origin {
 
     pub fn credentials() -> Credentials {
         Credentials::new(ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// Answers `?partNumber=N` reads of `bucket/raw_key` as if it had been uploaded
+    /// in parts of these sizes (which must add up to the object's size).
+    pub fn set_parts(&self, bucket: &str, raw_key: &str, sizes: &[u64]) {
+        self.stats
+            .parts
+            .lock()
+            .unwrap()
+            .insert(format!("/{bucket}/{raw_key}"), sizes.to_vec());
     }
 
     pub fn signing() -> Signing {
@@ -274,6 +287,15 @@ async fn answer(
             .map(str::to_owned)
     };
     let (if_match, if_none_match) = (header("if-match"), header("if-none-match"));
+    let checksum_mode = header("x-amz-checksum-mode").is_some_and(|v| v.eq_ignore_ascii_case("enabled"));
+    let part_number: Option<u64> = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("partNumber="))
+            .and_then(|n| n.parse().ok())
+    });
+    let part_of =
+        (part_number.is_some() && request.method() == http::Method::GET).then(|| request.uri().path().to_owned());
     let object_file = match (options.read_block, request.method()) {
         (Some(_), &http::Method::GET) => object_file(root, request.uri().path()),
         _ => None,
@@ -295,6 +317,16 @@ async fn answer(
     let response = Service::call(s3, request)
         .await
         .unwrap_or_else(|e| panic!("s3s failed: {e:?}"));
+    let (response, part_answered) = match (part_of, part_number) {
+        (Some(path), Some(number)) if response.status() == StatusCode::OK => {
+            let layout = stats.parts.lock().unwrap().get(&path).cloned();
+            match answer_part(response, root, &path, number, layout, checksum_mode).await {
+                Ok(part) => (part, true),
+                Err(whole) => (whole, false),
+            }
+        }
+        _ => (response, false),
+    };
     let response = if options.honor_conditionals {
         apply_conditionals(response, if_match, if_none_match)
     } else {
@@ -302,7 +334,9 @@ async fn answer(
     };
     let block = options.read_block.unwrap_or(0);
     let response = match object_file {
-        Some(path) if matches!(response.status().as_u16(), 200 | 206) => read_in_blocks(response, &path, block).await,
+        Some(path) if !part_answered && matches!(response.status().as_u16(), 200 | 206) => {
+            read_in_blocks(response, &path, block).await
+        }
         _ => response.map(http_body_util::BodyExt::boxed_unsync),
     };
     response.map(|inner| OriginBody {
@@ -366,6 +400,73 @@ fn futures_frames(
 
 type BoxedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, s3s::StdError>;
 
+/// S3's answer to `?partNumber=number` (s3s-fs answered with the whole object):
+/// for an object stored in parts, 206 with the part's bytes, Content-Range,
+/// `x-amz-mp-parts-count` and, in checksum mode, the part's CRC32; for any other
+/// object part 1 is the whole object (s3s-fs's answer, `Err`); past the last part,
+/// 416 InvalidPartNumber.
+async fn answer_part(
+    whole: Response<s3s::Body>,
+    root: &std::path::Path,
+    path: &str,
+    number: u64,
+    layout: Option<Vec<u64>>,
+    checksum_mode: bool,
+) -> Result<Response<s3s::Body>, Response<s3s::Body>> {
+    let layout = match layout {
+        Some(layout) => layout,
+        None if number == 1 => return Err(whole),
+        None => vec![],
+    };
+    let Some(size) = layout.get(number as usize - 1).copied() else {
+        let mut refused = Response::new(s3s::Body::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InvalidPartNumber</Code><Message>The requested partnumber is not satisfiable</Message></Error>".to_owned(),
+        ));
+        *refused.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+        refused
+            .headers_mut()
+            .insert("content-type", "application/xml".parse().unwrap());
+        return Ok(refused);
+    };
+    let first: u64 = layout[..number as usize - 1].iter().sum();
+    let total: u64 = layout.iter().sum();
+    let Some(file) = object_file(root, path) else {
+        return Err(whole);
+    };
+    let data = std::fs::read(file).expect("the object's file");
+    assert_eq!(data.len() as u64, total, "set_parts sizes add up to the object's");
+    let bytes = &data[first as usize..(first + size) as usize];
+    let (mut parts, _) = whole.into_parts();
+    parts.status = StatusCode::PARTIAL_CONTENT;
+    let headers = &mut parts.headers;
+    let checksums: Vec<_> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-amz-checksum-"))
+        .cloned()
+        .collect();
+    for name in checksums {
+        headers.remove(name);
+    }
+    headers.insert("content-length", size.into());
+    let range = format!("bytes {first}-{}/{total}", first + size - 1);
+    headers.insert("content-range", range.parse().unwrap());
+    headers.insert("x-amz-mp-parts-count", layout.len().into());
+    if checksum_mode {
+        let mut hasher = s3s::checksum::ChecksumHasher {
+            crc32: Some(Default::default()),
+            ..Default::default()
+        };
+        hasher.update(bytes);
+        let crc32 = hasher.finalize().checksum_crc32.expect("crc32");
+        headers.insert("x-amz-checksum-crc32", crc32.parse().unwrap());
+        headers.insert("x-amz-checksum-type", "COMPOSITE".parse().unwrap());
+    }
+    Ok(Response::from_parts(
+        parts,
+        s3s::Body::from(Bytes::copy_from_slice(bytes)),
+    ))
+}
+
 /// S3's order: If-Match false → 412; else If-None-Match matching → 304. Applied
 /// after s3s has authenticated the request, so denials stay denials.
 fn apply_conditionals(
@@ -388,9 +489,14 @@ fn apply_conditionals(
         (_, Some(condition)) if matches(&condition) => StatusCode::NOT_MODIFIED,
         _ => return response,
     };
+    // A 304 carries the ETag and Last-Modified, as S3's does.
+    let last_modified = response.headers().get("last-modified").cloned();
     let mut answer = Response::new(s3s::Body::empty());
     *answer.status_mut() = status;
     answer.headers_mut().insert("etag", etag.parse().unwrap());
+    if let (StatusCode::NOT_MODIFIED, Some(last_modified)) = (status, last_modified) {
+        answer.headers_mut().insert("last-modified", last_modified);
+    }
     answer
 }
 

@@ -38,7 +38,8 @@ impl TestOrigin {
         .await
     }
 
-    async fn start_with(options: OriginOptions) -> Self {
+    /// An origin with any options (shaping, conditionals, domains).
+    pub async fn start_with(options: OriginOptions) -> Self {
         let origin = Origin::start(options, None).await.unwrap();
         Self {
             address: origin.address,
@@ -73,6 +74,11 @@ impl TestOrigin {
             .put(bucket, raw_key, Bytes::copy_from_slice(data), headers)
             .await
             .unwrap_or_else(|e| panic!("put {bucket}/{raw_key}: {e}"));
+    }
+
+    /// Part reads of `bucket/raw_key` answer as if it was uploaded in these parts.
+    pub fn set_parts(&self, bucket: &str, raw_key: &str, sizes: &[u64]) {
+        self.origin.set_parts(bucket, raw_key, sizes);
     }
 
     pub async fn send(&self, call: &Call) -> Reply {

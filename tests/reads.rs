@@ -1,0 +1,386 @@
+//! What real clients send: checksum mode, part reads, ranges s3-accel does not
+//! parse, signed conditionals, metadata-only changes, and herds that will never be
+//! cacheable.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use s3_accel_testkit::{OriginOptions, Shaping};
+
+use crate::support::client::Call;
+use crate::support::origin::ACCESS_KEY;
+use crate::support::proxy::SMALL_CACHE;
+use crate::support::{object_bytes, sha256_hex, Credentials, Reply, Signing, TestOrigin, TestProxy};
+use s3_accel_testkit::crc32_base64;
+
+const BUCKET: &str = "models";
+const CHUNK: usize = 1 << 20;
+
+async fn proxy_for(origin: &TestOrigin, toml: &str) -> TestProxy {
+    TestProxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &format!("origin = \"{}\"\n{toml}", origin.url()),
+        SMALL_CACHE,
+    )
+    .await
+}
+
+async fn get(proxy: &TestProxy, call: Call) -> Reply {
+    tokio::time::timeout(Duration::from_secs(60), proxy.send(&call))
+        .await
+        .expect("no hang")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn outcome(reply: &Reply) -> &str {
+    reply.header("x-s3-accel-cache").unwrap_or("<none>")
+}
+
+#[tokio::test]
+async fn a_herd_that_will_never_be_cached_probes_at_once() {
+    let rtt = Duration::from_millis(250);
+    let origin = TestOrigin::start_with(OriginOptions {
+        honor_conditionals: true,
+        shaping: Shaping {
+            rtt,
+            ..Shaping::default()
+        },
+        ..OriginOptions::default()
+    })
+    .await;
+    origin.create_bucket(BUCKET).await;
+    origin.put(BUCKET, "secret.bin", &object_bytes(1, 1000), &[]).await;
+    let proxy = proxy_for(&origin, "").await;
+    // 32 clients with a wrong secret (403), then 32 asking for a missing key (404).
+    let denied = Signing::Header(Credentials::new(ACCESS_KEY, "not-the-secret"));
+    for (target, signing, status) in [
+        (format!("/{BUCKET}/secret.bin"), denied, StatusCode::FORBIDDEN),
+        (
+            format!("/{BUCKET}/missing.bin"),
+            TestOrigin::signing(),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let started = Instant::now();
+        let clients: Vec<_> = (0..32)
+            .map(|_| {
+                let (client, address) = (proxy.client.clone(), proxy.address);
+                let call = Call::get(&target, &signing);
+                tokio::spawn(async move { client.send(address, &call).await })
+            })
+            .collect();
+        for client in clients {
+            let reply = client.await.unwrap().unwrap();
+            assert_eq!(reply.status, status, "{target}");
+            assert_eq!(outcome(&reply), "origin");
+        }
+        let elapsed = started.elapsed();
+        println!("denied herd: 32 GETs of {target} ({status}) in {elapsed:?}, origin rtt {rtt:?}");
+        // One round trip to connect and one to answer, for all of them at once; a herd
+        // probing one at a time would take at least 32 round trips (8 s).
+        assert!(elapsed < rtt * 12, "the herd took {elapsed:?}: it was serialized");
+    }
+}
+
+fn presigned() -> Signing {
+    Signing::Presigned(TestOrigin::credentials())
+}
+
+fn with_credentials(toml: &str) -> String {
+    format!(
+        "{toml}\n[credentials]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{}\"\n",
+        crate::support::origin::SECRET_KEY
+    )
+}
+
+/// An honoring origin with `models/<key>` of `size` bytes, stored with headers.
+async fn origin_with(key: &str, size: usize, headers: &[(&str, &str)]) -> (TestOrigin, Vec<u8>) {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    let data = object_bytes(size as u64 + 7, size);
+    origin.put(BUCKET, key, &data, headers).await;
+    (origin, data)
+}
+
+/// What botocore does with a checksum it is sent: the body must match it.
+fn verify_crc32(reply: &Reply) {
+    if let Some(sent) = reply.header("x-amz-checksum-crc32") {
+        assert_eq!(
+            sent,
+            crc32_base64(&reply.body),
+            "the client's own checksum validation fails"
+        );
+    }
+}
+
+#[tokio::test]
+async fn checksum_mode_reads_are_cached_and_carry_the_origins_checksums() {
+    let size = 3 * CHUNK + 5;
+    let data = object_bytes(5, size);
+    let crc = crc32_base64(&data);
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    origin
+        .put(BUCKET, "weights.bin", &data, &[("x-amz-checksum-crc32", &crc)])
+        .await;
+    let proxy = proxy_for(&origin, &with_credentials("")).await;
+    let target = format!("/{BUCKET}/weights.bin");
+    // botocore's get_object: header-signed, checksum mode signed, no Range.
+    let boto3 = Call::get(&target, &TestOrigin::signing()).header("x-amz-checksum-mode", "ENABLED");
+    let direct = origin.send(&boto3).await;
+    assert_eq!(direct.header("x-amz-checksum-crc32"), Some(crc.as_str()));
+
+    let cold = get(&proxy, boto3.clone()).await;
+    assert_eq!(outcome(&cold), "miss");
+    assert_eq!(sha256_hex(&cold.body), sha256_hex(&data));
+    assert_eq!(cold.header("x-amz-checksum-crc32"), Some(crc.as_str()));
+    verify_crc32(&cold);
+
+    let bytes = origin.stats.body_bytes();
+    let warm = get(&proxy, boto3.clone()).await;
+    assert_eq!(outcome(&warm), "hit");
+    assert_eq!(sha256_hex(&warm.body), sha256_hex(&data));
+    assert_eq!(warm.header("x-amz-checksum-crc32"), Some(crc.as_str()));
+    verify_crc32(&warm);
+    assert_eq!(
+        origin.stats.body_bytes(),
+        bytes,
+        "a checksum-mode re-read costs no origin body"
+    );
+
+    // A range carries no checksum; a read that did not ask for checksums gets none.
+    let ranged = get(&proxy, boto3.clone().header("range", "bytes=0-99")).await;
+    assert_eq!((outcome(&ranged), ranged.status), ("hit", StatusCode::PARTIAL_CONTENT));
+    assert!(ranged.header("x-amz-checksum-crc32").is_none());
+    assert_eq!(&ranged.body[..], &data[..100]);
+    let plain = get(&proxy, Call::get(&target, &presigned())).await;
+    assert_eq!(outcome(&plain), "hit");
+    assert!(plain.header("x-amz-checksum-crc32").is_none());
+    assert_eq!(origin.stats.body_bytes(), bytes);
+}
+
+#[tokio::test]
+async fn checksums_not_yet_seen_are_learned_before_a_whole_object_is_served() {
+    let size = 2 * CHUNK;
+    let data = object_bytes(6, size);
+    let crc = crc32_base64(&data);
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    origin
+        .put(BUCKET, "weights.bin", &data, &[("x-amz-checksum-crc32", &crc)])
+        .await;
+    let proxy = proxy_for(&origin, "").await;
+    let target = format!("/{BUCKET}/weights.bin");
+    // A ranged read first: the cache holds the object, but not its checksums.
+    let whole_range = format!("bytes=0-{}", size - 1);
+    let first = get(
+        &proxy,
+        Call::get(&target, &presigned()).unsigned_header("range", &whole_range),
+    )
+    .await;
+    assert_eq!(outcome(&first), "miss");
+    let checked = Call::get(&target, &presigned()).unsigned_header("x-amz-checksum-mode", "ENABLED");
+    let learned = get(&proxy, checked.clone()).await;
+    assert_eq!(
+        learned.header("x-amz-checksum-crc32"),
+        Some(crc.as_str()),
+        "never answered without it"
+    );
+    verify_crc32(&learned);
+    assert_eq!(
+        outcome(&learned),
+        "hit",
+        "the chunks were cached; only the checksum was learned"
+    );
+    let bytes = origin.stats.body_bytes();
+    let warm = get(&proxy, checked).await;
+    assert_eq!(warm.header("x-amz-checksum-crc32"), Some(crc.as_str()));
+    assert_eq!(sha256_hex(&warm.body), sha256_hex(&data));
+    assert_eq!(origin.stats.body_bytes(), bytes, "once learned, a 304 is enough");
+
+    // An object stored without checksums: in checksum mode the origin says there are
+    // none, and the cache answers so.
+    origin.put(BUCKET, "plain.bin", &data, &[]).await;
+    let plain = format!("/{BUCKET}/plain.bin");
+    let call = Call::get(&plain, &presigned()).unsigned_header("x-amz-checksum-mode", "ENABLED");
+    assert_eq!(outcome(&get(&proxy, call.clone()).await), "miss");
+    let bytes = origin.stats.body_bytes();
+    let warm = get(&proxy, call).await;
+    assert_eq!(outcome(&warm), "hit");
+    assert!(warm.headers.keys().all(|k| !k.as_str().starts_with("x-amz-checksum-")));
+    assert_eq!(origin.stats.body_bytes(), bytes);
+}
+
+#[tokio::test]
+async fn part_reads_are_ranges_of_the_cached_object() {
+    let parts = [(3 * CHUNK / 2) as u64, (3 * CHUNK / 2) as u64, (CHUNK / 3) as u64];
+    let size = parts.iter().sum::<u64>() as usize;
+    let (origin, data) = origin_with("model.bin", size, &[]).await;
+    origin.set_parts(BUCKET, "model.bin", &parts);
+    // The CRT signs its part reads in headers: fills need the proxy's credentials.
+    let proxy = proxy_for(&origin, &with_credentials("")).await;
+    let part = |n: u32| {
+        Call::get(&format!("/{BUCKET}/model.bin?partNumber={n}"), &TestOrigin::signing())
+            .header("x-amz-checksum-mode", "ENABLED")
+    };
+    for n in 1..=3 {
+        let direct = origin.send(&part(n)).await;
+        assert_eq!(direct.status, StatusCode::PARTIAL_CONTENT);
+        for expected in ["miss", "hit"] {
+            let bytes = origin.stats.body_bytes();
+            let reply = get(&proxy, part(n)).await;
+            assert_eq!(reply.status, StatusCode::PARTIAL_CONTENT, "part {n}: {}", reply.text());
+            if n == 1 || expected == "hit" {
+                // (Part 2's first chunk was filled for part 1: its first read may hit.)
+                assert_eq!(outcome(&reply), expected, "part {n}");
+            }
+            for name in [
+                "content-range",
+                "content-length",
+                "x-amz-mp-parts-count",
+                "x-amz-checksum-crc32",
+                "etag",
+            ] {
+                assert_eq!(reply.header(name), direct.header(name), "part {n}: {name}");
+            }
+            assert_eq!(sha256_hex(&reply.body), sha256_hex(&direct.body), "part {n}");
+            verify_crc32(&reply);
+            if expected == "hit" {
+                assert_eq!(
+                    origin.stats.body_bytes(),
+                    bytes,
+                    "part {n}: a re-read costs no origin body"
+                );
+            }
+        }
+    }
+    // The object's own length was never taken from a part's.
+    let whole = get(&proxy, Call::get(&format!("/{BUCKET}/model.bin"), &presigned())).await;
+    assert_eq!(outcome(&whole), "hit");
+    assert_eq!(whole.header("content-length"), Some(size.to_string().as_str()));
+    assert_eq!(sha256_hex(&whole.body), sha256_hex(&data));
+    // Past the last part: the origin's answer, unchanged.
+    let past = get(&proxy, part(4)).await;
+    assert_eq!(
+        (past.status, outcome(&past)),
+        (StatusCode::RANGE_NOT_SATISFIABLE, "origin")
+    );
+    // A part of an object not stored in parts: part 1 is the whole object.
+    origin.put(BUCKET, "single.bin", &data[..CHUNK], &[]).await;
+    let single = |n: u32| Call::get(&format!("/{BUCKET}/single.bin?partNumber={n}"), &TestOrigin::signing());
+    for expected in ["miss", "hit"] {
+        let reply = get(&proxy, single(1)).await;
+        assert_eq!(
+            (reply.status, outcome(&reply)),
+            (origin.send(&single(1)).await.status, expected)
+        );
+        assert_eq!(&reply.body[..], &data[..CHUNK]);
+    }
+}
+
+#[tokio::test]
+async fn ranges_s3_accel_does_not_parse_get_the_origins_answer() {
+    let (origin, _) = origin_with("weights.bin", CHUNK, &[]).await;
+    let proxy = proxy_for(&origin, "").await;
+    let target = format!("/{BUCKET}/weights.bin");
+    get(&proxy, Call::get(&target, &presigned())).await;
+    for range in ["bytes=5-1", "items=0-1", "bytes=abc", "bytes=--1", "bytes 0-1"] {
+        let call = Call::get(&target, &presigned()).unsigned_header("range", range);
+        let direct = origin.send(&call).await;
+        let proxied = get(&proxy, call).await;
+        assert_eq!(outcome(&proxied), "bypass; reason=unparsed_range", "{range}");
+        assert_eq!(proxied.status, direct.status, "{range}");
+        assert_eq!(sha256_hex(&proxied.body), sha256_hex(&direct.body), "{range}");
+    }
+}
+
+#[tokio::test]
+async fn a_metadata_only_change_is_seen_on_the_next_get() {
+    for honor in [true, false] {
+        let origin = if honor {
+            TestOrigin::honoring().await
+        } else {
+            TestOrigin::start(&[]).await
+        };
+        origin.create_bucket(BUCKET).await;
+        let data = object_bytes(9, 2 * CHUNK);
+        let old = [("content-type", "text/plain"), ("x-amz-meta-owner", "team-a")];
+        origin.put(BUCKET, "weights.bin", &data, &old).await;
+        let proxy = proxy_for(&origin, "").await;
+        let target = format!("/{BUCKET}/weights.bin");
+        let first = get(&proxy, Call::get(&target, &presigned())).await;
+        assert_eq!(first.header("x-amz-meta-owner"), Some("team-a"));
+        // Same bytes (same ETag), new metadata, a second later (Last-Modified has seconds).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let new = [("content-type", "application/json"), ("x-amz-meta-owner", "team-b")];
+        origin.put(BUCKET, "weights.bin", &data, &new).await;
+        let direct = origin.send(&Call::get(&target, &presigned())).await;
+        assert_eq!(direct.header("etag"), first.header("etag"), "same bytes, same ETag");
+        for _ in 0..2 {
+            let after = get(&proxy, Call::get(&target, &presigned())).await;
+            assert_eq!(outcome(&after), "hit", "honor={honor}: the chunks are still good");
+            for name in ["x-amz-meta-owner", "content-type", "last-modified"] {
+                assert_eq!(after.header(name), direct.header(name), "honor={honor}: {name}");
+            }
+            assert_eq!(sha256_hex(&after.body), sha256_hex(&data));
+        }
+    }
+}
+
+#[tokio::test]
+async fn signed_conditionals_never_break_a_fill() {
+    let (origin, data) = origin_with("weights.bin", 3 * CHUNK, &[]).await;
+    let target = format!("/{BUCKET}/weights.bin");
+    // Conditions the origin answers 200 to, signed as boto3 signs every header.
+    let conditions = [
+        ("if-none-match", "\"00000000000000000000000000000000\""),
+        ("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+        ("if-unmodified-since", "Fri, 01 Jan 2100 00:00:00 GMT"),
+    ];
+    for (toml, expected) in [
+        ("", "bypass; reason=no_fill_credentials"),
+        (&with_credentials("")[..], ""),
+    ] {
+        let proxy = proxy_for(&origin, toml).await;
+        for (round, (name, value)) in conditions.iter().enumerate() {
+            if round == 1 {
+                // Partly cached: the first chunk is in, the rest must be filled.
+                get(
+                    &proxy,
+                    Call::get(&target, &presigned()).unsigned_header("range", "bytes=0-0"),
+                )
+                .await;
+            }
+            let call = Call::get(&target, &TestOrigin::signing()).header(name, value);
+            let reply = get(&proxy, call).await;
+            assert_eq!(reply.status, StatusCode::OK, "{name}: {}", reply.text());
+            assert_eq!(sha256_hex(&reply.body), sha256_hex(&data), "{name}");
+            if !expected.is_empty() {
+                assert_eq!(outcome(&reply), expected, "{name}");
+            } else {
+                assert!(matches!(outcome(&reply), "hit" | "miss"), "{name}: {}", outcome(&reply));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn outcomes_say_where_the_bytes_came_from() {
+    let (origin, data) = origin_with("weights.bin", 2 * CHUNK, &[]).await;
+    let proxy = proxy_for(&origin, &with_credentials("")).await;
+    let target = format!("/{BUCKET}/weights.bin");
+    // A HEAD teaches the metadata, not the bytes: the next GET is a miss.
+    let head = get(&proxy, Call::head(&target, &presigned())).await;
+    assert_eq!(outcome(&head), "origin");
+    let first = get(&proxy, Call::get(&target, &presigned())).await;
+    assert_eq!(outcome(&first), "miss");
+    let second = get(&proxy, Call::get(&target, &presigned())).await;
+    assert_eq!(outcome(&second), "hit");
+    assert_eq!(sha256_hex(&second.body), sha256_hex(&data));
+    // s3-accel's own errors say so too.
+    origin.stats.cut_fills.store(1000, std::sync::atomic::Ordering::SeqCst);
+    origin.put(BUCKET, "other.bin", &data, &[]).await;
+    let failed = get(&proxy, Call::get(&format!("/{BUCKET}/other.bin"), &presigned())).await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(outcome(&failed), "error");
+}
