@@ -25,7 +25,7 @@ use crate::s3::{self, Operation};
 use crate::telemetry;
 use crate::ProxyBody;
 use access::{AccessLog, LoggedBody};
-use cached::{meta_from_response, part_from_response, CachedObject, Shape};
+use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudget, Shape};
 use fill::Fill;
 use plan::{ColdGate, Entry, Plan, Release};
 
@@ -63,8 +63,7 @@ pub struct Proxy {
     credentials: Option<Arc<ProxyCredentials>>,
     fill_permits: Arc<Semaphore>,
     read_ahead: usize,
-    /// Chunk bytes held for responses, in KiB, all responses together.
-    read_ahead_budget: Arc<Semaphore>,
+    read_ahead_budget: Arc<ReadAheadBudget>,
     cold: ColdGate,
     cold_patience: Duration,
 }
@@ -78,7 +77,10 @@ impl Proxy {
             credentials: config.credentials.clone().map(Arc::new),
             fill_permits: Arc::new(Semaphore::new(fill_permits)),
             read_ahead: config.cache.read_ahead,
-            read_ahead_budget: Arc::new(Semaphore::new((config.cache.read_ahead_memory / 1024) as usize)),
+            read_ahead_budget: Arc::new(ReadAheadBudget::new(
+                config.cache.read_ahead_memory,
+                config.cache.chunk_size,
+            )),
             cold: ColdGate::default(),
             cold_patience: config.origin_client.first_byte_timeout,
         })

@@ -74,6 +74,9 @@ pub struct Args {
     /// s3-accel's `cache.read_ahead` (its default when unset).
     #[arg(long)]
     pub read_ahead: Option<usize>,
+    /// s3-accel's `cache.read_ahead_memory` (its default when unset).
+    #[arg(long, value_parser = parse_size)]
+    pub read_ahead_memory: Option<u64>,
     /// Where the Markdown tables and SVG charts go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     pub results: PathBuf,
@@ -93,6 +96,7 @@ pub enum ScenarioName {
     WarmLarge,
     SmallZipf,
     ModelLoad,
+    ManyClients,
     All,
     Demo,
 }

@@ -80,6 +80,7 @@ impl Bench {
             disk_cache: self.args.disk_cache,
             direct_io: self.args.direct_io,
             read_ahead: self.args.read_ahead,
+            read_ahead_memory: self.args.read_ahead_memory,
             dir,
         }
     }
@@ -106,6 +107,11 @@ impl Bench {
                     clients: 1,
                     part,
                     parallel,
+                },
+                // Every object once, by one client: the working set is cached.
+                Workload::Fleet { .. } => Workload::Fleet {
+                    workers: 1,
+                    reads: usize::MAX,
                 },
                 ref other => other.clone(),
             };
@@ -174,6 +180,7 @@ pub async fn all(mut args: Args) -> anyhow::Result<()> {
             ScenarioName::WarmLarge,
             ScenarioName::SmallZipf,
             ScenarioName::ModelLoad,
+            ScenarioName::ManyClients,
         ],
         name => vec![name],
     };
@@ -285,7 +292,10 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
         name: "demo",
         summary: String::new(),
         objects: specs,
-        workload: Workload::Fleet { workers: 1 },
+        workload: Workload::Fleet {
+            workers: 1,
+            reads: usize::MAX,
+        },
         total_bandwidth: 0,
     };
     let left = || deadline.saturating_duration_since(Instant::now());

@@ -47,9 +47,9 @@ pub enum Workload {
         requests: usize,
         exponent: f64,
     },
-    /// Every worker GETs every object (a model's shards) in turn, each worker
-    /// starting at a different shard.
-    Fleet { workers: usize },
+    /// Every worker GETs `reads` objects (a model's shards) in turn, each worker
+    /// starting at a different one.
+    Fleet { workers: usize, reads: usize },
 }
 
 impl Scenario {
@@ -147,7 +147,28 @@ impl Scenario {
                             )
                         })
                         .collect(),
-                    workload: Workload::Fleet { workers },
+                    workload: Workload::Fleet { workers, reads: shards },
+                    total_bandwidth: LINK,
+                }
+            }
+            ScenarioName::ManyClients => {
+                let (clients, size) = (clients(256), size(64 * MIB));
+                let count = args.objects.unwrap_or(48).max(1);
+                let reads = 2;
+                Self {
+                    name: "many-clients",
+                    summary: format!(
+                        "{clients} clients each GET {reads} of {count} objects of {} ({} in all, more than the \
+                         memory tier), starting at different objects, after one unmeasured read of every object to warm the \
+                         target: memory stays bounded by configuration",
+                        format_size(size),
+                        format_size(size * count as u64)
+                    ),
+                    objects: (0..count).map(|i| (format!("many-clients/{i:04}"), size)).collect(),
+                    workload: Workload::Fleet {
+                        workers: clients,
+                        reads,
+                    },
                     total_bandwidth: LINK,
                 }
             }
@@ -166,13 +187,16 @@ impl Scenario {
         match self.workload {
             Workload::Herd { clients } | Workload::Boto3 { clients, .. } => Some(first * clients as u64),
             Workload::Single => Some(first),
-            Workload::Fleet { workers } => Some(self.unique_bytes() * workers as u64),
+            Workload::Fleet { workers, reads } => {
+                let reads = reads.min(self.objects.len());
+                Some(self.objects.iter().take(reads).map(|(_, s)| s).sum::<u64>() * workers as u64)
+            }
             Workload::Zipf { .. } => None,
         }
     }
 
     pub fn warms_first(&self) -> bool {
-        matches!(self.workload, Workload::Boto3 { .. })
+        matches!(self.workload, Workload::Boto3 { .. }) || self.name == "many-clients"
     }
 }
 
@@ -231,9 +255,9 @@ pub async fn drive(
                 })
             })
         }
-        Workload::Fleet { workers } => spawn_each(workers, &|w| {
+        Workload::Fleet { workers, reads } => spawn_each(workers, &|w| {
             let (client, recorder) = (client.clone(), recorder.clone());
-            let shards: Vec<Arc<Object>> = (0..objects.len())
+            let shards: Vec<Arc<Object>> = (0..reads.min(objects.len()))
                 .map(|j| objects[(w + j) % objects.len()].clone())
                 .collect();
             tokio::spawn(async move {
@@ -317,6 +341,7 @@ mod tests {
             ScenarioName::WarmLarge,
             ScenarioName::SmallZipf,
             ScenarioName::ModelLoad,
+            ScenarioName::ManyClients,
         ] {
             let scenario = Scenario::build(name, &args(&[]));
             assert!(!scenario.objects.is_empty(), "{}", scenario.name);

@@ -46,6 +46,7 @@ pub struct ProxySettings<'a> {
     pub disk_cache: u64,
     pub direct_io: Option<bool>,
     pub read_ahead: Option<usize>,
+    pub read_ahead_memory: Option<u64>,
     /// A fresh directory of this run, deleted with it.
     pub dir: &'a Path,
 }
@@ -109,7 +110,7 @@ impl S3Accel {
              memory = \"{}\"\n\
              disk = \"{}\"\n\
              chunk_size = \"{}\"\n\
-             {}{}\
+             {}{}{}\
              [credentials]\n\
              access_key_id = \"{ACCESS_KEY}\"\n\
              secret_access_key = \"{SECRET_KEY}\"\n",
@@ -124,6 +125,10 @@ impl S3Accel {
             settings
                 .read_ahead
                 .map_or(String::new(), |r| format!("read_ahead = {r}\n")),
+            settings.read_ahead_memory.map_or(String::new(), |m| format!(
+                "read_ahead_memory = \"{}\"\n",
+                format_size(m)
+            )),
         );
         let config_path = settings.dir.join("s3-accel.toml");
         std::fs::write(&config_path, config)?;

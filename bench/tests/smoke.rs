@@ -42,7 +42,14 @@ fn every_scenario_runs_and_every_response_is_byte_exact() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
-    for scenario in ["cold-herd", "cold-single", "warm-large", "small-zipf", "model-load"] {
+    for scenario in [
+        "cold-herd",
+        "cold-single",
+        "warm-large",
+        "small-zipf",
+        "model-load",
+        "many-clients",
+    ] {
         let table = std::fs::read_to_string(results.path().join(format!("{scenario}.md"))).unwrap();
         let svg = std::fs::read_to_string(results.path().join(format!("{scenario}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("s3-accel"), "{scenario}: chart");

@@ -192,11 +192,49 @@ impl Shape {
     }
 }
 
+/// Chunk bytes held for responses, all responses together, in KiB: memory stays
+/// bounded by configuration however many clients read, or how slowly. A response's
+/// first chunk is taken from the whole budget; the chunks it reads ahead must also
+/// fit in half of it, so that a crowd reading ahead never keeps a new response from
+/// its first byte.
+pub struct ReadAheadBudget {
+    total: Arc<Semaphore>,
+    ahead: Arc<Semaphore>,
+}
+
+impl ReadAheadBudget {
+    /// `bytes` of budget for chunks of `chunk_size` (which it must hold at least once).
+    pub fn new(bytes: u64, chunk_size: u64) -> Self {
+        let kib = |bytes: u64| bytes.div_ceil(1024) as usize;
+        Self {
+            total: Arc::new(Semaphore::new(kib(bytes.max(chunk_size)))),
+            ahead: Arc::new(Semaphore::new(kib((bytes / 2).max(chunk_size)))),
+        }
+    }
+
+    /// Room for one chunk of `chunk_size` bytes; `ahead` for a chunk read ahead of
+    /// the one the client waits for.
+    async fn reserve(&self, chunk_size: u64, ahead: bool) -> Vec<OwnedSemaphorePermit> {
+        let kib = chunk_size.div_ceil(1024) as u32;
+        let mut permits = Vec::with_capacity(2);
+        let semaphores = if ahead {
+            [Some(&self.ahead), Some(&self.total)]
+        } else {
+            [Some(&self.total), None]
+        };
+        for semaphore in semaphores.into_iter().flatten() {
+            let permit = semaphore.clone().acquire_many_owned(kib).await;
+            permits.push(permit.expect("the read-ahead budget is never closed"));
+        }
+        permits
+    }
+}
+
 /// A chunk slice handed to a client, holding its share of the read-ahead budget
 /// until the last reference to it (hyper's, once written) is gone.
 struct Budgeted {
     bytes: Bytes,
-    _permit: OwnedSemaphorePermit,
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl AsRef<[u8]> for Budgeted {
@@ -212,8 +250,7 @@ pub struct CachedObject {
     pub meta: ObjectMeta,
     pub fill: Arc<Fill>,
     pub read_ahead: usize,
-    /// Chunk bytes held for responses, in KiB, over all responses.
-    pub budget: Arc<Semaphore>,
+    pub budget: Arc<ReadAheadBudget>,
 }
 
 impl CachedObject {
@@ -289,18 +326,14 @@ impl CachedObject {
     async fn body(self: Arc<Self>, first: u64, last: u64) -> Result<(ProxyBody, ChunkSource), ProxyError> {
         let chunk_size = self.cache.chunk_size();
         let this = self.clone();
-        let mut chunks = stream::iter(first / chunk_size..=last / chunk_size)
+        let head = first / chunk_size;
+        let mut chunks = stream::iter(head..=last / chunk_size)
             .map(move |index| {
                 let this = this.clone();
                 async move {
-                    // Taken in order (the semaphore is fair), so the chunk the client
+                    // Taken in order (the semaphores are fair), so the chunk the client
                     // waits for is never behind its own read-ahead.
-                    let permit = this
-                        .budget
-                        .clone()
-                        .acquire_many_owned(chunk_size.div_ceil(1024) as u32)
-                        .await
-                        .expect("the read-ahead budget is never closed");
+                    let permits = this.budget.reserve(chunk_size, index != head).await;
                     let (bytes, source) = this.chunk(index).await?;
                     // The part of chunk `index` inside [first, last].
                     let start = index * chunk_size;
@@ -308,7 +341,7 @@ impl CachedObject {
                     let to = ((last - start + 1).min(bytes.len() as u64)) as usize;
                     let bytes = Bytes::from_owner(Budgeted {
                         bytes: bytes.slice(from..to),
-                        _permit: permit,
+                        _permits: permits,
                     });
                     Ok::<_, ChunkError>((bytes, source))
                 }
