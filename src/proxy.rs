@@ -338,14 +338,18 @@ impl Proxy {
                         self.cache.insert_meta(&plan.object, new.clone());
                         (new, "cold")
                     }
-                    (_, learned) => {
-                        // Changed: relay the new version; the next read caches it.
-                        match learned {
-                            Some(new) => self.cache.insert_meta(&plan.object, new),
-                            None if plan.learns => self.cache.remove_meta(&plan.object),
-                            None => {}
-                        }
+                    // Changed: relay the new version; the next read caches it.
+                    (_, Some(new)) => {
+                        self.cache.insert_meta(&plan.object, new);
                         return relay("changed");
+                    }
+                    // Not cacheable (SSE-C, `no-store`, no ETag or size): relayed,
+                    // and nothing older is served in its place.
+                    (_, None) => {
+                        if !cold {
+                            self.cache.remove_meta(&plan.object);
+                        }
+                        return relay("uncacheable");
                     }
                 };
                 let part = match plan.part {

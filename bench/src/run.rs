@@ -71,6 +71,15 @@ impl Bench {
         Ok(objects)
     }
 
+    /// What s3-accel's peak RSS should stay under: memory tier + fill memory +
+    /// read-ahead budget + 256 MiB, from the configuration it is started with.
+    fn rss_bound(&self) -> anyhow::Result<u64> {
+        let config = s3_accel::Config::from_toml(&self.proxy_settings(self.work.path()).s3_accel_config())
+            .map_err(|e| anyhow::anyhow!("s3-accel's configuration: {e}"))?;
+        let cache = &config.cache;
+        Ok(cache.memory + cache.fill_memory + cache.read_ahead_memory + (256 << 20))
+    }
+
     /// How a proxy of this run starts, in its own fresh directory `dir`.
     fn proxy_settings<'a>(&self, dir: &'a Path) -> ProxySettings<'a> {
         ProxySettings {
@@ -225,7 +234,7 @@ async fn run_scenario(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::
     );
     let mut report = Report::new(scenario.name, &scenario.summary, setting, scenario.unique_bytes());
     report.rounds = args.rounds;
-    report.memory_cache = args.memory_cache;
+    report.rss_bound = bench.rss_bound()?;
     for round in 1..=args.rounds {
         for &kind in &args.targets {
             let label = match args.rounds {

@@ -51,6 +51,42 @@ pub struct ProxySettings<'a> {
     pub dir: &'a Path,
 }
 
+impl ProxySettings<'_> {
+    /// s3-accel's configuration file for these settings.
+    pub fn s3_accel_config(&self) -> String {
+        let cache_dir = self.dir.join("cache");
+        format!(
+            "listen = \"127.0.0.1:0\"\n\
+         admin_listen = \"127.0.0.1:0\"\n\
+         origin = \"http://{}\"\n\
+         [cache]\n\
+         dir = \"{}\"\n\
+         memory = \"{}\"\n\
+         disk = \"{}\"\n\
+         chunk_size = \"{}\"\n\
+         {}{}{}\
+         [credentials]\n\
+         access_key_id = \"{ACCESS_KEY}\"\n\
+         secret_access_key = \"{SECRET_KEY}\"\n",
+            self.origin,
+            cache_dir.display(),
+            format_size(self.memory_cache),
+            format_size(self.disk_cache),
+            format_size(self.chunk_size),
+            settings
+                .direct_io
+                .map_or(String::new(), |d| format!("direct_io = {d}\n")),
+            settings
+                .read_ahead
+                .map_or(String::new(), |r| format!("read_ahead = {r}\n")),
+            self.read_ahead_memory.map_or(String::new(), |m| format!(
+                "read_ahead_memory = \"{}\"\n",
+                format_size(m)
+            )),
+        )
+    }
+}
+
 pub enum Target {
     Direct(SocketAddr),
     S3Accel(S3Accel),
@@ -100,36 +136,7 @@ pub struct S3Accel {
 
 impl S3Accel {
     async fn start(settings: &ProxySettings<'_>) -> anyhow::Result<Self> {
-        let cache_dir = settings.dir.join("cache");
-        let config = format!(
-            "listen = \"127.0.0.1:0\"\n\
-             admin_listen = \"127.0.0.1:0\"\n\
-             origin = \"http://{}\"\n\
-             [cache]\n\
-             dir = \"{}\"\n\
-             memory = \"{}\"\n\
-             disk = \"{}\"\n\
-             chunk_size = \"{}\"\n\
-             {}{}{}\
-             [credentials]\n\
-             access_key_id = \"{ACCESS_KEY}\"\n\
-             secret_access_key = \"{SECRET_KEY}\"\n",
-            settings.origin,
-            cache_dir.display(),
-            format_size(settings.memory_cache),
-            format_size(settings.disk_cache),
-            format_size(settings.chunk_size),
-            settings
-                .direct_io
-                .map_or(String::new(), |d| format!("direct_io = {d}\n")),
-            settings
-                .read_ahead
-                .map_or(String::new(), |r| format!("read_ahead = {r}\n")),
-            settings.read_ahead_memory.map_or(String::new(), |m| format!(
-                "read_ahead_memory = \"{}\"\n",
-                format_size(m)
-            )),
-        );
+        let config = settings.s3_accel_config();
         let config_path = settings.dir.join("s3-accel.toml");
         std::fs::write(&config_path, config)?;
         let mut child = Command::new(std::env::current_exe()?)
