@@ -73,12 +73,8 @@ impl ProxySettings<'_> {
             format_size(self.memory_cache),
             format_size(self.disk_cache),
             format_size(self.chunk_size),
-            settings
-                .direct_io
-                .map_or(String::new(), |d| format!("direct_io = {d}\n")),
-            settings
-                .read_ahead
-                .map_or(String::new(), |r| format!("read_ahead = {r}\n")),
+            self.direct_io.map_or(String::new(), |d| format!("direct_io = {d}\n")),
+            self.read_ahead.map_or(String::new(), |r| format!("read_ahead = {r}\n")),
             self.read_ahead_memory.map_or(String::new(), |m| format!(
                 "read_ahead_memory = \"{}\"\n",
                 format_size(m)
