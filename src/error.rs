@@ -18,6 +18,10 @@ pub enum ProxyError {
     /// 400 InvalidRequest: the Host names no configured region
     #[error(transparent)]
     UnknownHost(#[from] UnknownHost),
+    /// 400 InvalidRequest: two Host headers, a Host with userinfo, a Host that
+    /// disagrees with an absolute-form target
+    #[error("invalid Host: {0}")]
+    BadHost(&'static str),
     /// 400 InvalidRequest: a GET or HEAD that carries a body
     #[error("a {0} request must not carry a body")]
     UnexpectedBody(Method),
@@ -45,6 +49,7 @@ impl ProxyError {
             Self::Request(RequestError::InvalidArgument { .. }) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
             Self::UnknownHost(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
             Self::UnexpectedBody(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
+            Self::BadHost(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
             Self::Origin(OriginError::Unreachable { .. } | OriginError::Timeout { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }

@@ -143,7 +143,11 @@ impl Proxy {
         log.request_id = header(s3::REQUEST_ID).unwrap_or(request_id);
         log.cache = header(CACHE_HEADER).unwrap_or_else(|| "error".into());
         log.status = response.status().as_u16();
-        response.map(|body| LoggedBody::new(body, log).boxed_unsync())
+        let declared = match (method == Method::HEAD, response.status()) {
+            (true, _) | (_, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) => Some(0),
+            _ => header(header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok()),
+        };
+        response.map(|body| LoggedBody::new(body, log, declared).boxed_unsync())
     }
 
     async fn forward<B: Body>(
@@ -152,7 +156,9 @@ impl Proxy {
         request_id: &str,
         log: &mut AccessLog,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        // Route first: the Host decides whether the bucket is in the name or the path.
+        // Route first: the Host decides whether the bucket is in the name or the path
+        // (and a Host two readers could read two ways goes no further).
+        forward::check_host(&request)?;
         let authority = forward::client_authority(&request).unwrap_or_default();
         let route = self.router.route(&authority)?;
         log.region.clone_from(&route.region.config.name);

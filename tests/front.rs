@@ -487,3 +487,57 @@ async fn every_shipped_config_file_loads() {
         "no config file in config/"
     );
 }
+
+/// Sends `head` (a request head, CRLF-terminated) as raw bytes and reads the answer
+/// until the server closes.
+async fn raw_exchange(address: std::net::SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn ambiguous_hosts_are_refused_before_the_origin() {
+    let origin = TestOrigin::start(&[]).await;
+    origin.create_bucket(BUCKET).await;
+    origin.put(BUCKET, "k", &object_bytes(1, 100), &[]).await;
+    let proxy = TestProxy::for_origin(&origin.url()).await;
+    let host = proxy.address.to_string();
+    let before = origin.stats.requests();
+    for (what, head) in [
+        (
+            "two Host headers",
+            format!("GET /{BUCKET}/k HTTP/1.1\r\nHost: {host}\r\nHost: evil.test\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            "userinfo",
+            format!("GET /{BUCKET}/k HTTP/1.1\r\nHost: user@{host}\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            "an absolute target naming another host",
+            format!("GET http://other.test/{BUCKET}/k HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        ),
+    ] {
+        let answer = raw_exchange(proxy.address, &head).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+        assert!(answer.contains("<Code>InvalidRequest</Code>"), "{what}: {answer}");
+        assert!(answer.contains("x-s3-accel-cache: error"), "{what}: {answer}");
+    }
+    assert_eq!(origin.stats.requests(), before, "nothing reached the origin");
+    // One plain Host still works, as does an absolute target that agrees with it.
+    let answer = raw_exchange(
+        proxy.address,
+        &format!("GET http://{host}/{BUCKET}/k HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "an unsigned read, the origin's answer: {answer}"
+    );
+}

@@ -318,3 +318,88 @@ mod tls {
         assert_eq!(sha256_hex(&body), sha256_hex(&data));
     }
 }
+
+/// The access-log line of the request whose key (unique to the test) is `key`.
+fn access_line(logs: &Arc<Mutex<Vec<u8>>>, key: &str, request_id: Option<&str>) -> String {
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    logs.lines()
+        .filter(|l| l.contains("\"target\":\"access\"") && l.contains(&format!("\"key\":\"{key}\"")))
+        .find(|l| request_id.is_none_or(|id| l.contains(id)))
+        .unwrap_or_else(|| panic!("no access line for {key} {request_id:?}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_access_log_says_how_each_body_ended() {
+    let logs = captured_logs();
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket("bodies").await;
+    for key in ["cached", "cut", "left"] {
+        origin.put("bodies", key, &object_bytes(3, 16 * MIB), &[]).await;
+    }
+    let proxy = TestProxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &format!("origin = \"{}\"", origin.url()),
+        SMALL_CACHE,
+    )
+    .await;
+    let presigned = Signing::Presigned(TestOrigin::credentials());
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(200));
+
+    // Complete: a miss, a hit, and the origin's own answer relayed.
+    for expected in ["miss", "hit"] {
+        let reply = proxy.send(&Call::get("/bodies/cached", &presigned)).await.unwrap();
+        assert_eq!(reply.header("x-s3-accel-cache"), Some(expected));
+        settle().await;
+        let line = access_line(&logs, "cached", reply.header("x-amz-request-id"));
+        assert!(line.contains("\"body\":\"complete\""), "{expected}: {line}");
+    }
+    let missing = proxy.send(&Call::get("/bodies/missing", &presigned)).await.unwrap();
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    settle().await;
+    assert!(access_line(&logs, "missing", None).contains("\"body\":\"complete\""));
+
+    // Cut: the first chunk is cached, every later fill dies.
+    proxy
+        .send(&Call::get("/bodies/cut", &presigned).unsigned_header("range", "bytes=0-0"))
+        .await
+        .unwrap();
+    origin.stats.cut_fills.store(1000, std::sync::atomic::Ordering::SeqCst);
+    assert!(proxy.send(&Call::get("/bodies/cut", &presigned)).await.is_err());
+    origin.stats.cut_fills.store(0, std::sync::atomic::Ordering::SeqCst);
+    settle().await;
+    let line = access_line(&logs, "cut", None);
+    let cut = String::from_utf8_lossy(&logs.lock().unwrap())
+        .lines()
+        .filter(|l| l.contains("\"key\":\"cut\""))
+        .any(|l| l.contains("\"body\":\"cut\""));
+    assert!(cut, "{line}");
+
+    // Abandoned: the client reads the head and goes away.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut request = http::Request::get(format!("http://{}/bodies/left", proxy.address))
+        .header("host", proxy.address.to_string())
+        .body(())
+        .unwrap();
+    s3_accel_testkit::sign_request(&mut request, &TestOrigin::signing());
+    let response = client
+        .request(request.map(|()| http_body_util::Empty::new()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    drop(client);
+    for _ in 0..50 {
+        settle().await;
+        let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        if logs
+            .lines()
+            .any(|l| l.contains("\"key\":\"left\"") && l.contains("\"target\":\"access\""))
+        {
+            break;
+        }
+    }
+    let line = access_line(&logs, "left", None);
+    assert!(line.contains("\"body\":\"abandoned\""), "{line}");
+}

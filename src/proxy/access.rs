@@ -32,14 +32,19 @@ pub struct LoggedBody {
     inner: ProxyBody,
     log: Option<AccessLog>,
     bytes: u64,
+    /// The body's declared length: hyper stops polling a body once it has sent
+    /// that many bytes, so a body that reached it is complete even if it never
+    /// said it had ended.
+    declared: Option<u64>,
 }
 
 impl LoggedBody {
-    pub fn new(inner: ProxyBody, log: AccessLog) -> Self {
+    pub fn new(inner: ProxyBody, log: AccessLog, declared: Option<u64>) -> Self {
         Self {
             inner,
             log: Some(log),
             bytes: 0,
+            declared,
         }
     }
 
@@ -106,7 +111,7 @@ impl Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        let outcome = if self.inner.is_end_stream() {
+        let outcome = if self.inner.is_end_stream() || self.declared == Some(self.bytes) {
             "complete"
         } else {
             "abandoned"

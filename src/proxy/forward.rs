@@ -39,6 +39,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Refuses a request whose Host is ambiguous (RFC 9112 §3.2: two Host headers, a
+/// Host with userinfo, a Host that disagrees with an absolute-form target), before
+/// it can be routed by one reading and signed or answered by another.
+pub fn check_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadHost("more than one Host header"));
+    }
+    let host = host.map(|h| h.to_str().map_err(|_| ProxyError::BadHost("a Host that is not ASCII")));
+    let host = host.transpose()?;
+    if host.is_some_and(|h| h.contains('@')) || request.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(ProxyError::BadHost("a Host with userinfo"));
+    }
+    if let (Some(host), Some(authority)) = (host, request.uri().authority()) {
+        if !host.eq_ignore_ascii_case(authority.as_str()) {
+            return Err(ProxyError::BadHost(
+                "a Host that differs from the request-target's authority",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The authority the client addressed: `:authority` for h2 and absolute-form
 /// targets, else the Host header.
 pub fn client_authority<B>(request: &Request<B>) -> Option<String> {
