@@ -29,6 +29,11 @@ pub enum ProxyError {
     /// breaks off the exchange
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// 502 BadGateway: the origin's answer is not the answer to the request sent
+    /// (another range, a 206 to a whole read, a 304 for another version): a stray
+    /// response, whose connection is never reused
+    #[error("the origin's answer does not match the request: {0}")]
+    OriginMismatch(&'static str),
     /// 416 InvalidRange: the range starts past the end of the (cached) object
     #[error("the range {requested} is not satisfiable for an object of {size} bytes")]
     InvalidRange { requested: String, size: u64 },
@@ -54,6 +59,7 @@ impl ProxyError {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
             Self::Origin(OriginError::Protocol { .. }) => (StatusCode::BAD_GATEWAY, "BadGateway"),
+            Self::OriginMismatch(_) => (StatusCode::BAD_GATEWAY, "BadGateway"),
             Self::InvalidRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange"),
             Self::Fill(_) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
         }

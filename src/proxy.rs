@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use crate::cache::{ChunkCache, ChunkSource, ObjectMeta, PartMeta};
 use crate::config::{Config, ProxyCredentials};
 use crate::error::{error_chain, ProxyError};
-use crate::origin::{OriginBody, Route, Router};
+use crate::origin::{self, OriginBody, Route, Router};
 use crate::s3::range::RangeRequest;
 use crate::s3::{self, Operation};
 use crate::telemetry;
@@ -198,7 +198,13 @@ impl Proxy {
         probe: Request<Empty<Bytes>>,
         outcome: Outcome,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
+        let range = s3::range::parse(probe.headers().get(header::RANGE).and_then(|v| v.to_str().ok()));
+        let part = probe.uri().query().is_some_and(|q| q.contains("partNumber="));
         let response = route.region.client.send(probe, "relay").await?;
+        if let Err(mismatch) = forward::answers(&response, range, part, None) {
+            origin::poison(&response);
+            return Err(mismatch);
+        }
         Ok((forward::client_response(response), outcome))
     }
 
@@ -243,6 +249,12 @@ impl Proxy {
             // with new metadata. Ask again without the condition to learn it.
             response = self.probe(route, unconditional, None).await?;
             condition_added = false;
+        }
+        // A stray answer is neither trusted nor relayed, and its connection never reused.
+        let sent = condition.as_ref().filter(|_| condition_added);
+        if let Err(mismatch) = forward::answers(&response, plan.range, plan.part.is_some(), sent) {
+            origin::poison(&response);
+            return Err(mismatch);
         }
         let origin_id = response
             .headers()

@@ -12,6 +12,7 @@ use http::{Request, Response};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -22,6 +23,23 @@ use crate::telemetry;
 
 /// The body of an origin response as the proxy relays it.
 pub type OriginBody = IdleTimeoutBody<Incoming>;
+
+/// The connection an origin response came on, kept in the response's extensions so
+/// that a caller who finds the answer is not the one it asked for can make sure the
+/// connection is never used again: an origin that sent bytes past a response's end
+/// has the next request on that connection answered by them.
+#[derive(Clone)]
+struct OriginConnection(CaptureConnection);
+
+/// Never reuses the connection `response` came on (its framing cannot be trusted);
+/// the response itself should be dropped, which closes it.
+pub fn poison<B>(response: &Response<B>) {
+    if let Some(OriginConnection(capture)) = response.extensions().get() {
+        if let Some(connected) = capture.connection_metadata().as_ref() {
+            connected.poison();
+        }
+    }
+}
 
 /// Why the origin gave no usable response head.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +111,10 @@ impl OriginClient {
     /// and waits for the response head. `kind` labels the metrics: probe, fill, relay.
     pub async fn send(
         &self,
-        request: Request<Empty<Bytes>>,
+        mut request: Request<Empty<Bytes>>,
         kind: &'static str,
     ) -> Result<Response<OriginBody>, OriginError> {
+        let capture = capture_connection(&mut request);
         let started = Instant::now();
         let origin = || self.origin.to_string();
         let result = match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await {
@@ -132,7 +151,9 @@ impl OriginClient {
                     .increment(1);
             }
         }
-        Ok(result?.map(|body| IdleTimeoutBody::new(body, self.body_idle_timeout)))
+        let mut response = result?.map(|body| IdleTimeoutBody::new(body, self.body_idle_timeout));
+        response.extensions_mut().insert(OriginConnection(capture));
+        Ok(response)
     }
 }
 

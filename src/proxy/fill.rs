@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
 use crate::config::ProxyCredentials;
-use crate::origin::{sign_s3, OriginError, Region, SignError};
+use crate::origin::{poison, sign_s3, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
 use crate::{telemetry, BoxError};
 
@@ -102,6 +102,13 @@ pub enum FillError {
     Status(StatusCode),
     #[error("the origin sent {got} bytes for a {expected}-byte chunk")]
     Length { got: u64, expected: u64 },
+    #[error("the origin answered a fill of bytes {first}-{last}/{size} with Content-Range {got:?}")]
+    Range {
+        first: u64,
+        last: u64,
+        size: u64,
+        got: Option<String>,
+    },
     #[error(transparent)]
     Origin(#[from] OriginError),
     #[error("reading a chunk from the origin")]
@@ -149,22 +156,13 @@ impl Fill {
             let (first, last) = fill.chunk_range(index);
             let request = fill.request(first, last)?;
             let response = fill.region.client.send(request, "fill").await?;
-            let expected = last - first + 1;
-            match response.status() {
-                StatusCode::PARTIAL_CONTENT => {}
-                // An origin may answer a range covering the whole object with 200.
-                StatusCode::OK if first == 0 && expected == fill.size => {}
-                StatusCode::PRECONDITION_FAILED => return Err(FillError::Changed),
-                status => return Err(FillError::Status(status)),
+            let checked = fill.check(&response, first, last);
+            if checked.is_err() {
+                poison(&response);
             }
-            if response
-                .headers()
-                .get(header::ETAG)
-                .is_some_and(|etag| etag.as_bytes() != fill.etag.as_bytes())
-            {
-                return Err(FillError::Changed);
-            }
+            checked?;
             let mut body = response.into_body();
+            let expected = last - first + 1;
             let mut chunk = BytesMut::with_capacity(expected as usize);
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(FillError::Body)?;
@@ -188,6 +186,45 @@ impl Fill {
             metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(expected);
             Ok(chunk.freeze())
         }
+    }
+
+    /// Whether `response` is the answer to a fill of bytes `first..=last` of this
+    /// object version: the status, the range, the length and the ETag.
+    fn check<B>(&self, response: &http::Response<B>, first: u64, last: u64) -> Result<(), FillError> {
+        let expected = last - first + 1;
+        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+        match response.status() {
+            // The bytes asked for, of the object of the size the cache knows:
+            // anything else (a stray response, another chunk's) is not stored.
+            StatusCode::PARTIAL_CONTENT => {
+                let asked = format!("bytes {first}-{last}/{}", self.size);
+                if header(header::CONTENT_RANGE) != Some(asked.as_str()) {
+                    return Err(FillError::Range {
+                        first,
+                        last,
+                        size: self.size,
+                        got: header(header::CONTENT_RANGE).map(str::to_owned),
+                    });
+                }
+            }
+            // An origin may answer a range covering the whole object with 200.
+            StatusCode::OK if first == 0 && expected == self.size => {}
+            StatusCode::PRECONDITION_FAILED => return Err(FillError::Changed),
+            status => return Err(FillError::Status(status)),
+        }
+        if let Some(length) = header(header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()) {
+            if length != expected {
+                return Err(FillError::Length { got: length, expected });
+            }
+        }
+        if response
+            .headers()
+            .get(header::ETAG)
+            .is_some_and(|etag| etag.as_bytes() != self.etag.as_bytes())
+        {
+            return Err(FillError::Changed);
+        }
+        Ok(())
     }
 
     fn request(&self, first: u64, last: u64) -> Result<Request<Empty<Bytes>>, FillError> {

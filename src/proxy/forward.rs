@@ -4,12 +4,13 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 
 use crate::config::OriginUrl;
 use crate::error::ProxyError;
 use crate::origin::OriginBody;
+use crate::s3::range::{self, RangeRequest};
 use crate::s3::RequestError;
 use crate::ProxyBody;
 
@@ -110,6 +111,51 @@ pub fn origin_request<B>(
         }
     }
     Ok(request)
+}
+
+/// Whether `response` can be the origin's answer to a GET of `range` (of a part,
+/// when `part`): a 206 must carry the range asked for, a 304 the ETag it was asked
+/// about. Anything else is a stray answer (another request's, read from a
+/// connection whose framing went wrong), not to be trusted or relayed.
+pub fn answers<B>(
+    response: &Response<B>,
+    range: RangeRequest,
+    part: bool,
+    condition: Option<&HeaderValue>,
+) -> Result<(), ProxyError> {
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let length: Option<u64> = header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+    match response.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            let content_range = header(header::CONTENT_RANGE).and_then(parse_content_range);
+            let Some((first, last, size)) = content_range else {
+                return Err(ProxyError::OriginMismatch("a 206 without a readable Content-Range"));
+            };
+            if length.is_some_and(|length| length != last - first + 1) {
+                return Err(ProxyError::OriginMismatch("a Content-Length that is not its Content-Range's"));
+            }
+            match range {
+                RangeRequest::Whole if !part => Err(ProxyError::OriginMismatch("a 206 to a read of the whole object")),
+                RangeRequest::One(asked) if range::resolve(asked, size) != Some((first, last)) => {
+                    Err(ProxyError::OriginMismatch("a Content-Range that is not the range asked for"))
+                }
+                _ => Ok(()),
+            }
+        }
+        StatusCode::NOT_MODIFIED => match (condition, response.headers().get(header::ETAG)) {
+            (Some(asked), Some(etag)) if asked != etag => Err(ProxyError::OriginMismatch("a 304 for another ETag")),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// `bytes first-last/size`.
+fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let (span, size) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last, size) = (first.parse().ok()?, last.parse().ok()?, size.parse().ok()?);
+    (first <= last && last < size).then_some((first, last, size))
 }
 
 /// A second copy of an origin request (bodies are empty: nothing to share).
