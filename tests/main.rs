@@ -2,6 +2,7 @@
 //! in-process on loopback ports.
 
 mod cache;
+mod faults;
 mod front;
 mod ops;
 mod reads;

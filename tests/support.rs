@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod fault;
+pub mod framing;
 pub mod origin;
 pub mod proxy;
 

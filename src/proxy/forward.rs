@@ -132,13 +132,15 @@ pub fn answers<B>(
                 return Err(ProxyError::OriginMismatch("a 206 without a readable Content-Range"));
             };
             if length.is_some_and(|length| length != last - first + 1) {
-                return Err(ProxyError::OriginMismatch("a Content-Length that is not its Content-Range's"));
+                return Err(ProxyError::OriginMismatch(
+                    "a Content-Length that is not its Content-Range's",
+                ));
             }
             match range {
                 RangeRequest::Whole if !part => Err(ProxyError::OriginMismatch("a 206 to a read of the whole object")),
-                RangeRequest::One(asked) if range::resolve(asked, size) != Some((first, last)) => {
-                    Err(ProxyError::OriginMismatch("a Content-Range that is not the range asked for"))
-                }
+                RangeRequest::One(asked) if range::resolve(asked, size) != Some((first, last)) => Err(
+                    ProxyError::OriginMismatch("a Content-Range that is not the range asked for"),
+                ),
                 _ => Ok(()),
             }
         }
