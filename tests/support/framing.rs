@@ -4,7 +4,6 @@
 //! right length, change the ETag mid-object, or fail with 500.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +30,6 @@ pub enum Fault {
 
 pub struct FramingOrigin {
     pub address: SocketAddr,
-    pub requests: Arc<AtomicU64>,
     fault: Arc<Mutex<Fault>>,
 }
 
@@ -46,19 +44,14 @@ impl FramingOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let fault = Arc::new(Mutex::new(Fault::None));
-        let requests = Arc::new(AtomicU64::new(0));
         let object = Arc::new(data);
-        let (f, r) = (fault.clone(), requests.clone());
+        let f = fault.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, object.clone(), f.clone(), r.clone()));
+                tokio::spawn(serve(stream, object.clone(), f.clone()));
             }
         });
-        Self {
-            address,
-            requests,
-            fault,
-        }
+        Self { address, fault }
     }
 
     pub fn url(&self) -> String {
@@ -84,13 +77,12 @@ fn object(data: &[u8], fault: Fault, conditional: bool) -> Object {
     }
 }
 
-async fn serve(mut stream: TcpStream, data: Arc<Vec<u8>>, fault: Arc<Mutex<Fault>>, requests: Arc<AtomicU64>) {
+async fn serve(mut stream: TcpStream, data: Arc<Vec<u8>>, fault: Arc<Mutex<Fault>>) {
     let mut buffer = Vec::new();
     loop {
         let Some(head) = next_head(&mut stream, &mut buffer).await else {
             return;
         };
-        requests.fetch_add(1, Ordering::SeqCst);
         let fault = *fault.lock().unwrap();
         let conditional = head.lines().any(|l| l.to_ascii_lowercase().starts_with("if-match:"));
         let object = object(&data, fault, conditional);
