@@ -24,20 +24,15 @@ const RECENT: Duration = Duration::from_secs(30);
 pub struct AdminServer {
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    disk_capacity: u64,
 }
 
 impl AdminServer {
-    pub async fn bind(address: SocketAddr, proxy: Arc<Proxy>, disk_capacity: u64) -> io::Result<Self> {
+    pub async fn bind(address: SocketAddr, proxy: Arc<Proxy>) -> io::Result<Self> {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("binding the admin listener {address}: {e}")))?;
         telemetry::prometheus();
-        Ok(Self {
-            listener,
-            proxy,
-            disk_capacity,
-        })
+        Ok(Self { listener, proxy })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -71,7 +66,7 @@ impl AdminServer {
         }
         match request.uri().path() {
             "/metrics" => {
-                self.proxy.cache().publish_gauges(self.disk_capacity);
+                self.proxy.cache().publish_gauges();
                 let mut response = text(StatusCode::OK, telemetry::prometheus().render());
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -111,12 +106,17 @@ impl AdminServer {
         }
         let regions = self.proxy.regions().len();
         let list = unreachable.join(", ");
+        // A disk tier out of service is a slower node, not one to take out of rotation.
+        let disk = match self.proxy.cache().disk_health().degraded() {
+            Some(reason) => format!("disk: degraded ({reason})\n"),
+            None => String::new(),
+        };
         match unreachable.len() {
-            0 => text(StatusCode::OK, "ready\n".into()),
-            n if n < regions => text(StatusCode::OK, format!("ready; origins not reachable: {list}\n")),
+            0 => text(StatusCode::OK, format!("ready\n{disk}")),
+            n if n < regions => text(StatusCode::OK, format!("ready; origins not reachable: {list}\n{disk}")),
             _ => text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("origins not reachable: {list}\n"),
+                format!("origins not reachable: {list}\n{disk}"),
             ),
         }
     }

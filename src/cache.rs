@@ -1,6 +1,7 @@
 //! The chunk cache: a foyer hybrid cache (memory, then NVMe) of object chunks and
 //! object metadata. The only module that names foyer.
 
+mod disk;
 mod key;
 mod value;
 
@@ -10,9 +11,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
-    PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
+    PsyncIoEngineConfig, RecoverMode, S3FifoConfig, StorageFilter,
 };
 
+use disk::DiskGate;
+pub use disk::DiskHealth;
 pub use key::{CacheKey, ObjectId};
 pub use value::{CacheValue, ObjectMeta, PartMeta};
 
@@ -20,12 +23,6 @@ use crate::config::CacheConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cannot create the cache directory {dir}")]
-    CreateDir {
-        dir: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot open the cache in {dir}")]
     Open {
         dir: String,
@@ -110,6 +107,10 @@ impl ChunkSource {
 pub struct ChunkCache {
     inner: HybridCache<CacheKey, CacheValue>,
     chunk_size: u64,
+    /// The disk tier's size as opened (0: none), after clamping to its filesystem.
+    disk_capacity: u64,
+    disk: Arc<DiskHealth>,
+    watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ChunkCache {
@@ -127,18 +128,30 @@ impl ChunkCache {
             .with_eviction_config(S3FifoConfig::default())
             .with_weighter(|key: &CacheKey, value: &CacheValue| key.len() + value.weight())
             .storage();
-        let builder = if config.disk == 0 {
+        let health = Arc::new(DiskHealth::default());
+        let layout = DiskLayout::for_chunk_size(config.chunk_size);
+        // A cache directory that cannot be written is a disk tier out of service, not
+        // a process that cannot start (a pod would crash-loop instead of serving).
+        let writable = config.disk != 0
+            && std::fs::create_dir_all(&config.dir)
+                .and_then(|()| disk::probe_write(&config.dir))
+                .map_err(|e| health.fail(format!("cache.dir {dir} cannot be written: {e}")))
+                .is_ok();
+        let capacity = match writable {
+            true => disk::fitting(&config.dir, config.disk, layout.block_size as u64),
+            false => 0,
+        };
+        if writable && capacity < 16 * config.chunk_size {
+            health.fail(format!("the filesystem of cache.dir {dir} has no room for a disk tier"));
+        }
+        let disk_capacity = if health.is_out() { 0 } else { capacity };
+        let builder = if disk_capacity == 0 {
             builder
         } else {
-            std::fs::create_dir_all(&config.dir).map_err(|source| CacheError::CreateDir {
-                dir: dir.clone(),
-                source,
-            })?;
-            let layout = DiskLayout::for_chunk_size(config.chunk_size);
             let direct = config.direct_io.unwrap_or_else(|| takes_direct_io(&config.dir));
             tracing::info!(dir, direct_io = direct, "disk tier");
             let device = FsDeviceBuilder::new(&config.dir)
-                .with_capacity(config.disk as usize)
+                .with_capacity(disk_capacity as usize)
                 .with_direct(direct)
                 .build()
                 .map_err(|source| CacheError::Open {
@@ -152,7 +165,9 @@ impl ChunkCache {
                         .with_block_size(layout.block_size)
                         .with_flushers(layout.flushers)
                         .with_buffer_pool_size(layout.buffer_pool_size)
-                        .with_submit_queue_size_threshold(layout.submit_queue_threshold),
+                        .with_submit_queue_size_threshold(layout.submit_queue_threshold)
+                        .with_admission_filter(StorageFilter::new().with_condition(DiskGate(health.clone())))
+                        .with_reinsertion_filter(StorageFilter::new().with_condition(DiskGate(health.clone()))),
                 )
                 .with_recover_mode(RecoverMode::Quiet)
         };
@@ -160,10 +175,24 @@ impl ChunkCache {
             .build()
             .await
             .map_err(|source| CacheError::Open { dir, source })?;
+        let watch = (disk_capacity > 0).then(|| disk::watch(config.dir.clone(), disk_capacity, health.clone()));
+        metrics::gauge!(crate::telemetry::DISK_DEGRADED).set(if health.is_out() { 1.0 } else { 0.0 });
         Ok(Self {
             inner,
             chunk_size: config.chunk_size,
+            disk_capacity,
+            disk: health,
+            watch,
         })
+    }
+
+    /// Whether the disk tier is in service.
+    pub fn disk_health(&self) -> &DiskHealth {
+        &self.disk
+    }
+
+    pub fn disk_capacity(&self) -> u64 {
+        self.disk_capacity
     }
 
     pub fn chunk_size(&self) -> u64 {
@@ -246,17 +275,25 @@ impl ChunkCache {
     }
 
     /// Publishes tier usage and capacity gauges (called when metrics are scraped).
-    pub fn publish_gauges(&self, disk_capacity: u64) {
+    pub fn publish_gauges(&self) {
         let memory = self.inner.memory();
         metrics::gauge!(crate::telemetry::CACHE_USAGE, "tier" => "memory").set(memory.usage() as f64);
         metrics::gauge!(crate::telemetry::CACHE_CAPACITY, "tier" => "memory").set(memory.capacity() as f64);
-        metrics::gauge!(crate::telemetry::CACHE_CAPACITY, "tier" => "disk").set(disk_capacity as f64);
+        metrics::gauge!(crate::telemetry::CACHE_CAPACITY, "tier" => "disk").set(self.disk_capacity as f64);
     }
 
-    /// Flushes pending disk writes and closes the disk tier.
+    /// Flushes pending disk writes and closes the disk tier. A disk tier that failed
+    /// may panic as it closes (foyer 0.22 poisons its block manager on a write
+    /// error): that panic is contained here, so that shutdown still ends cleanly.
     pub async fn close(&self) {
-        if let Err(error) = self.inner.close().await {
-            tracing::warn!(error = %error, "closing the cache");
+        if let Some(watch) = &self.watch {
+            watch.abort();
+        }
+        let inner = self.inner.clone();
+        match tokio::spawn(async move { inner.close().await }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(error = %error, "closing the cache"),
+            Err(panicked) => tracing::error!(error = %panicked, "the disk tier failed as it closed"),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! validation into a [`Config`] whose errors name the offending key.
 
 mod file;
-mod machine;
+pub mod machine;
 pub mod units;
 
 use std::net::SocketAddr;

@@ -46,7 +46,7 @@ impl App {
         let cache = Arc::new(cache);
         let router = origin::Router::new(config)?;
         let proxy = proxy::Proxy::new(router, cache.clone(), config);
-        let admin = admin::AdminServer::bind(config.admin_listen, proxy.clone(), config.cache.disk).await?;
+        let admin = admin::AdminServer::bind(config.admin_listen, proxy.clone()).await?;
         let (acceptor, certificate) = match &config.tls {
             Some(tls) => {
                 let certificate = tls::ReloadableCert::load(tls)?;

@@ -23,6 +23,7 @@ pub const PROBES: &str = "s3accel_probes_total";
 pub const PROBE_SECONDS: &str = "s3accel_probe_seconds";
 pub const CACHE_USAGE: &str = "s3accel_cache_usage_bytes";
 pub const CACHE_CAPACITY: &str = "s3accel_cache_capacity_bytes";
+pub const DISK_DEGRADED: &str = "s3accel_disk_degraded";
 
 /// The process-wide Prometheus recorder (installed once, however many proxies a
 /// test process starts).

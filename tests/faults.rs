@@ -208,3 +208,134 @@ async fn a_process_killed_under_load_restarts_byte_exact() {
     );
     child.start_kill().unwrap();
 }
+
+/// A small tmpfs at a fresh directory, unmounted on drop; `None` where this test
+/// cannot mount (not root, no CAP_SYS_ADMIN).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    fn remount(&self, mode: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(self.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {mode}");
+    }
+
+    /// Writes a file until the filesystem is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![7u8; 1 << 20];
+        while file.write_all(&block).is_ok() {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: a proxy of the test may still hold its files open.
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+async fn wait_degraded(proxy: &TestProxy) -> String {
+    for _ in 0..50 {
+        let (status, body) = crate::ops::admin_get(proxy, "/readyz").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a degraded disk tier keeps the node ready: {body}"
+        );
+        if body.contains("disk: degraded") {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the disk tier was never reported degraded");
+}
+
+#[tokio::test]
+async fn a_full_or_read_only_disk_degrades_and_never_breaks() {
+    // Linux refuses to remount a filesystem read-only while a file on it is open for
+    // writing, so a tier that turns read-only mid-run is not reproduced here; a full
+    // one is, and a start on a read-only one.
+    let Some(tmpfs) = Tmpfs::mount("64m") else {
+        println!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket("bucket").await;
+    let objects: Vec<Vec<u8>> = (0..4).map(|i| object_bytes(20 + i, 12 * CHUNK + 5)).collect();
+    for (i, data) in objects.iter().enumerate() {
+        origin.put("bucket", &format!("o{i}"), data, &[]).await;
+    }
+    let read = |proxy: &TestProxy, i: usize| {
+        let call = Call::get(&format!("/bucket/o{i}"), &Signing::Presigned(TestOrigin::credentials()));
+        let (client, address, expected) = (proxy.client.clone(), proxy.address, sha256_hex(&objects[i]));
+        async move {
+            let reply = client.send(address, &call).await.unwrap();
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(sha256_hex(&reply.body), expected, "o{i}");
+        }
+    };
+    let config = format!("origin = \"{}\"", origin.url());
+    // 2 GiB asked of a 64 MiB filesystem: clamped, and said so.
+    let cache = "memory = \"16MiB\"\ndisk = \"2GiB\"\nchunk_size = \"1MiB\"";
+    let dir = tempfile::TempDir::new_in(tmpfs.path()).unwrap();
+    let proxy = TestProxy::start_in(dir, &config, cache).await;
+    let (_, metrics) = crate::ops::admin_get(&proxy, "/metrics").await;
+    let disk = crate::ops::sample(&metrics, "s3accel_cache_capacity_bytes", "tier=\"disk\"").unwrap();
+    assert!(
+        disk > 0.0 && disk <= 64.0 * CHUNK as f64,
+        "clamped to the filesystem: {disk}"
+    );
+    read(&proxy, 0).await;
+
+    // The filesystem fills up under it: out of service, serving goes on.
+    tmpfs.fill();
+    let body = wait_degraded(&proxy).await;
+    println!("full: {body}");
+    for i in [1, 0, 2] {
+        read(&proxy, i).await;
+    }
+    // (Its value is the process's, shared by every in-process proxy of the suite.)
+    let (_, metrics) = crate::ops::admin_get(&proxy, "/metrics").await;
+    assert!(metrics.contains("s3accel_disk_degraded"), "a metric says so");
+    proxy.stop().await; // drains and closes without a panic
+
+    // Started on a read-only filesystem (a cache that was written before): it
+    // starts, without the disk tier. (A second tmpfs: Linux will not remount one
+    // read-only while the first proxy's files may still be open.)
+    let read_only = Tmpfs::mount("16m").unwrap();
+    std::fs::create_dir(read_only.path().join("cache")).unwrap();
+    read_only.remount("ro");
+    let dir = tempfile::TempDir::new_in(read_only.path()).err().map(|_| ());
+    assert!(dir.is_some(), "the filesystem is read-only");
+    let toml = format!("{config}\n");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{toml}[cache]\ndir = \"{}\"\n{cache}\n",
+        read_only.path().join("cache").display()
+    );
+    let proxy = TestProxy::from_config(&text).await;
+    let body = wait_degraded(&proxy).await;
+    assert!(body.contains("cannot be written"), "{body}");
+    for i in 0..4 {
+        read(&proxy, i).await;
+    }
+    proxy.stop().await;
+}

@@ -13,7 +13,7 @@ use crate::support::{fault, object_bytes, sha256_hex, Credentials, Signing, Test
 
 const MIB: usize = 1 << 20;
 
-async fn admin_get(proxy: &TestProxy, path: &str) -> (StatusCode, String) {
+pub(crate) async fn admin_get(proxy: &TestProxy, path: &str) -> (StatusCode, String) {
     let reply = TestClient::default()
         .send(proxy.admin, &Call::get(path, &Signing::Anonymous))
         .await
@@ -22,7 +22,7 @@ async fn admin_get(proxy: &TestProxy, path: &str) -> (StatusCode, String) {
 }
 
 /// The value of the sample `name{labels}` (labels in Prometheus' sorted order).
-fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
     let prefix = format!("{name}{{{labels}}} ");
     metrics
         .lines()

@@ -44,7 +44,9 @@ fn usable_memory() -> u64 {
     cgroup.map_or(physical, |limit| limit.min(physical))
 }
 
-fn free_space(dir: &Path) -> Option<u64> {
+/// Free bytes (for unprivileged users) of the filesystem holding `dir`, or of its
+/// nearest existing ancestor.
+pub fn free_space(dir: &Path) -> Option<u64> {
     let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("."));
     let existing = if existing.as_os_str().is_empty() {
         Path::new(".")

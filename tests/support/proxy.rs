@@ -34,7 +34,11 @@ impl TestProxy {
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{toml}\n[cache]\ndir = \"{}\"\n{cache}\n",
             cache_dir.path().display()
         );
-        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"));
+        Self::start_config(cache_dir, &text).await
+    }
+
+    async fn start_config(cache_dir: tempfile::TempDir, text: &str) -> Self {
+        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"));
         let app = App::bind(&config).await.unwrap();
         let address = app.local_addr().unwrap();
         let admin = app.admin_addr().unwrap();
@@ -50,6 +54,11 @@ impl TestProxy {
             task,
             _cache_dir: cache_dir,
         }
+    }
+
+    /// A proxy from a whole configuration text (its cache directory is the caller's).
+    pub async fn from_config(text: &str) -> Self {
+        Self::start_config(tempfile::tempdir().unwrap(), text).await
     }
 
     /// A proxy that sends every Host to `origin_url`.
