@@ -113,7 +113,15 @@ impl foyer::Code for CacheKey {
     fn decode(reader: &mut impl Read) -> foyer::Result<Self> {
         let mut len = [0u8; 4];
         reader.read_exact(&mut len).map_err(foyer::Error::io_error)?;
-        let mut bytes = vec![0u8; u32::from_be_bytes(len) as usize];
+        // Keys are a few hundred bytes (a key is at most 1024): a longer length is corrupt.
+        let len = u32::from_be_bytes(len) as usize;
+        if len > 64 << 10 {
+            return Err(foyer::Error::io_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "cache key: length",
+            )));
+        }
+        let mut bytes = vec![0u8; len];
         reader.read_exact(&mut bytes).map_err(foyer::Error::io_error)?;
         Ok(Self(bytes.into()))
     }

@@ -68,6 +68,9 @@ fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
 
 fn read_headers(reader: &mut impl Read) -> foyer::Result<HeaderMap> {
     let count = read_u32(reader)?;
+    if count > MAX_HEADERS {
+        return Err(corrupt("header count"));
+    }
     let mut headers = HeaderMap::with_capacity(count as usize);
     for _ in 0..count {
         let name = HeaderName::from_bytes(&read_bytes(reader)?).map_err(|_| corrupt("header name"))?;
@@ -128,8 +131,18 @@ fn read_u32(reader: &mut impl Read) -> foyer::Result<u32> {
     Ok(u32::from_be_bytes(buf))
 }
 
+/// Longest name, value or ETag a metadata entry holds; a longer length is corrupt.
+const MAX_FIELD: usize = 1 << 20;
+/// Largest chunk (the largest chunk size, 256 MiB); a larger length is corrupt.
+const MAX_CHUNK: u64 = 256 << 20;
+/// Most headers a metadata entry holds.
+const MAX_HEADERS: u32 = 4096;
+
 fn read_bytes(reader: &mut impl Read) -> foyer::Result<Vec<u8>> {
     let len = read_u32(reader)? as usize;
+    if len > MAX_FIELD {
+        return Err(corrupt("field length"));
+    }
     let mut buf = vec![0u8; len];
     reader.read_exact(&mut buf).map_err(io)?;
     Ok(buf)
@@ -178,6 +191,10 @@ impl foyer::Code for CacheValue {
         let size = u64::from_be_bytes(size);
         match head[1] {
             TAG_CHUNK => {
+                // A corrupt length must not become a huge allocation.
+                if size > MAX_CHUNK {
+                    return Err(corrupt("chunk length"));
+                }
                 let mut bytes = vec![0u8; size as usize];
                 reader.read_exact(&mut bytes).map_err(io)?;
                 Ok(Self::Chunk(bytes.into()))
