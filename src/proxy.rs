@@ -439,6 +439,7 @@ impl Proxy {
             size: meta.size,
             chunk_size: self.cache.chunk_size(),
             permits: self.fill_permits.clone(),
+            crc: meta.checksums.as_ref().and_then(s3::full_object_crc),
         };
         Arc::new(CachedObject {
             cache: self.cache.clone(),

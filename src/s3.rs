@@ -104,6 +104,39 @@ pub fn checksums(headers: &HeaderMap) -> Result<HeaderMap, UnreadableChecksum> {
     Ok(found)
 }
 
+/// The object's own CRC, from stored checksums, when one can check the whole
+/// object's bytes: a full-object CRC32, CRC32C or CRC64NVME (not a composite of parts).
+pub fn full_object_crc(checksums: &HeaderMap) -> Option<(crc_fast::CrcAlgorithm, String)> {
+    use crc_fast::CrcAlgorithm;
+    if checksums
+        .get(CHECKSUM_TYPE)
+        .is_some_and(|t| t.as_bytes() != b"FULL_OBJECT")
+    {
+        return None;
+    }
+    [
+        ("x-amz-checksum-crc32", CrcAlgorithm::Crc32IsoHdlc),
+        ("x-amz-checksum-crc32c", CrcAlgorithm::Crc32Iscsi),
+        ("x-amz-checksum-crc64nvme", CrcAlgorithm::Crc64Nvme),
+    ]
+    .into_iter()
+    .find_map(|(name, algorithm)| {
+        let value = checksums.get(name)?.to_str().ok()?;
+        (!value.contains('-')).then(|| (algorithm, value.to_owned()))
+    })
+}
+
+/// `data`'s CRC as S3 writes it: base64 of the big-endian digest.
+pub fn crc_of(algorithm: crc_fast::CrcAlgorithm, data: &[u8]) -> String {
+    use base64::Engine;
+    let digest = crc_fast::checksum(algorithm, data);
+    let bytes = match algorithm {
+        crc_fast::CrcAlgorithm::Crc64Nvme => digest.to_be_bytes().to_vec(),
+        _ => (digest as u32).to_be_bytes().to_vec(),
+    };
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Base64 (padded) of `digest` bytes, optionally followed by `-<parts>`.
 fn is_checksum_value(value: &str, digest: usize) -> bool {
     let (encoded, parts) = match value.split_once('-') {
@@ -198,6 +231,23 @@ mod tests {
             assert!(checksums(&bad).is_err(), "{name}: {value}");
         }
         assert!(checksums(&HeaderMap::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn crcs_are_written_as_s3_writes_them() {
+        // Known values of "123456789" (the CRC check string).
+        let check = b"123456789";
+        assert_eq!(crc_of(crc_fast::CrcAlgorithm::Crc32IsoHdlc, check), "y/Q5Jg==");
+        assert_eq!(crc_of(crc_fast::CrcAlgorithm::Crc32Iscsi, check), "4waSgw==");
+        let mut checksums = HeaderMap::new();
+        checksums.insert("x-amz-checksum-crc32", "y/Q5Jg==".parse().unwrap());
+        let (algorithm, value) = full_object_crc(&checksums).unwrap();
+        assert_eq!(crc_of(algorithm, check), value);
+        checksums.insert("x-amz-checksum-type", "COMPOSITE".parse().unwrap());
+        assert!(
+            full_object_crc(&checksums).is_none(),
+            "a composite checks parts, not the bytes"
+        );
     }
 
     #[test]

@@ -77,6 +77,31 @@ async fn read_all(proxy: &TestProxy, fault: Fault, data: &[u8]) -> usize {
     complete
 }
 
+/// Bytes flipped with framing, length and ETag intact can only be told by a checksum
+/// of those bytes: the object's full-object CRC checks a one-chunk object's fill.
+/// (A chunk of a larger object has no checksum of its own to be checked against.)
+#[tokio::test]
+async fn a_corrupt_fill_of_a_one_chunk_object_is_caught_by_its_checksum() {
+    let data = object_bytes(12, CHUNK / 2);
+    let origin = FramingOrigin::start(data.clone()).await;
+    let config = format!("origin = \"{}\"\n{}", origin.url(), credentials());
+    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, DISK_CACHE).await;
+    let call = Call::get("/bucket/small.bin", &TestOrigin::signing()).header("x-amz-checksum-mode", "ENABLED");
+    origin.set(Fault::Corrupt);
+    let reply = proxy.send(&call).await;
+    assert!(
+        !judge(Fault::Corrupt, reply, &data, 0, data.len()),
+        "a corrupt fill never completes"
+    );
+    origin.set(Fault::None);
+    let healed = proxy.send(&call).await.unwrap();
+    assert!(judge(Fault::None, Ok(healed.clone()), &data, 0, data.len()));
+    assert_eq!(
+        healed.header("x-amz-checksum-crc32").map(str::to_owned),
+        Some(s3_accel_testkit::crc32_base64(&data))
+    );
+}
+
 #[tokio::test]
 async fn origin_faults_never_complete_or_cache_wrong_bytes() {
     let data = object_bytes(10, SIZE);

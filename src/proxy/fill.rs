@@ -102,6 +102,8 @@ pub enum FillError {
     Status(StatusCode),
     #[error("the origin sent {got} bytes for a {expected}-byte chunk")]
     Length { got: u64, expected: u64 },
+    #[error("the object's bytes do not match its stored checksum {expected}")]
+    Checksum { expected: String },
     #[error("the origin answered a fill of bytes {first}-{last}/{size} with Content-Range {got:?}")]
     Range {
         first: u64,
@@ -129,6 +131,9 @@ pub struct Fill {
     pub chunk_size: u64,
     /// Bounds the bytes being downloaded at once, over all requests.
     pub permits: Arc<Semaphore>,
+    /// The object's full-object CRC, when the object is one chunk: its fill is
+    /// checked against it before it is stored.
+    pub crc: Option<(crc_fast::CrcAlgorithm, String)>,
 }
 
 impl Fill {
@@ -181,6 +186,14 @@ impl Fill {
                     got: chunk.len() as u64,
                     expected,
                 });
+            }
+            // A one-chunk object is checked whole against its stored CRC.
+            if let Some((algorithm, stored)) = fill.crc.as_ref().filter(|_| expected == fill.size) {
+                if crate::s3::crc_of(*algorithm, &chunk) != *stored {
+                    return Err(FillError::Checksum {
+                        expected: stored.clone(),
+                    });
+                }
             }
             let region = fill.region.config.name.clone();
             metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(expected);

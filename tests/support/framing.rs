@@ -26,6 +26,9 @@ pub enum Fault {
     NewVersion,
     /// 500 InternalError to every request.
     ServerError,
+    /// Ranged answers (fills, parts) carry one flipped byte: framing, length and
+    /// ETag all as they should be; only the object's checksum can tell.
+    Corrupt,
 }
 
 pub struct FramingOrigin {
@@ -159,10 +162,12 @@ fn respond(head: &str, object: &Object, fault: Fault) -> (Vec<u8>, Option<(u64, 
     let head_only = method == "HEAD";
     match range {
         None => {
+            // Whole-object answers carry the object's CRC32, as S3 does in checksum mode.
+            let crc = [("x-amz-checksum-crc32", s3_accel_testkit::crc32_base64(&object.data))];
             let body = if head_only { &[][..] } else { &object.data[..] };
-            let mut answer = response_bytes("200 OK", &object.etag, &[], body);
+            let mut answer = response_bytes("200 OK", &object.etag, &crc, body);
             if head_only {
-                answer = head_bytes("200 OK", &object.etag, &[], size);
+                answer = head_bytes("200 OK", &object.etag, &crc, size);
             }
             (answer, Some((0, size - 1)))
         }
@@ -175,7 +180,11 @@ fn respond(head: &str, object: &Object, fault: Fault) -> (Vec<u8>, Option<(u64, 
                 }
             }
             let extra = [("Content-Range", format!("bytes {first}-{last}/{size}"))];
-            let body = &object.data[first as usize..=last as usize];
+            let mut body = object.data[first as usize..=last as usize].to_vec();
+            if fault == Fault::Corrupt {
+                body[0] ^= 1;
+            }
+            let body = &body[..];
             if head_only {
                 return (
                     head_bytes("206 Partial Content", &object.etag, &extra, body.len() as u64),
