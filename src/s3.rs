@@ -143,12 +143,10 @@ fn is_checksum_value(value: &str, digest: usize) -> bool {
         Some((encoded, parts)) => (encoded, Some(parts)),
         None => (value, None),
     };
-    let padding = (3 - digest % 3) % 3;
-    let body_ok = encoded.len() == digest.div_ceil(3) * 4
-        && encoded[..encoded.len() - padding]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-        && encoded[encoded.len() - padding..].bytes().all(|b| b == b'=');
+    use base64::Engine;
+    let body_ok = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .is_ok_and(|decoded| decoded.len() == digest);
     let parts_ok = parts.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     body_ok && parts_ok
 }
