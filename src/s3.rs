@@ -198,7 +198,7 @@ mod tests {
     fn checksums_are_read_strictly() {
         let mut headers = HeaderMap::new();
         headers.insert("x-amz-checksum-crc32", "AAAAAA==".parse().unwrap());
-        headers.insert("x-amz-checksum-crc64nvme", "ABCDEFGHIJK=".parse().unwrap());
+        headers.insert("x-amz-checksum-crc64nvme", "ABCDEFGHIJI=".parse().unwrap());
         headers.insert(
             "x-amz-checksum-sha256",
             "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".parse().unwrap(),
