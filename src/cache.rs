@@ -5,14 +5,16 @@ mod disk;
 mod key;
 mod value;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
     PsyncIoEngineConfig, RecoverMode, S3FifoConfig, StorageFilter,
 };
+use tokio::sync::watch;
 
 use disk::DiskGate;
 pub use disk::DiskHealth;
@@ -106,6 +108,9 @@ impl ChunkSource {
 
 pub struct ChunkCache {
     inner: HybridCache<CacheKey, CacheValue>,
+    /// Chunks arriving outside a fill (in a cold probe's body): a lookup of one of
+    /// them waits for it rather than fetching it a second time.
+    arriving: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
     chunk_size: u64,
     /// The disk tier's size as opened (0: none), after clamping to its filesystem.
     disk_capacity: u64,
@@ -179,6 +184,7 @@ impl ChunkCache {
         metrics::gauge!(crate::telemetry::DISK_DEGRADED).set(if health.is_out() { 1.0 } else { 0.0 });
         Ok(Self {
             inner,
+            arriving: Mutex::default(),
             chunk_size: config.chunk_size,
             disk_capacity,
             disk: health,
@@ -240,6 +246,26 @@ impl ChunkCache {
         self.inner.remove(&CacheKey::meta(object));
     }
 
+    /// Announces that chunk `key` is arriving by another way than a fill (a cold
+    /// probe's body); `None` if it is already cached or arriving. Lookups of it wait
+    /// until the returned guard is dropped, stored or not.
+    pub fn arriving(self: &Arc<Self>, key: &CacheKey) -> Option<Arriving> {
+        if self.inner.contains(key) {
+            return None;
+        }
+        let mut arriving = self.arriving.lock().expect("arriving chunks");
+        if arriving.contains_key(key) {
+            return None;
+        }
+        let (done, receiver) = watch::channel(());
+        arriving.insert(key.clone(), receiver);
+        Some(Arriving {
+            cache: self.clone(),
+            key: key.clone(),
+            _done: done,
+        })
+    }
+
     /// The chunk under `key`, from memory, from disk, or from `fill`. Concurrent
     /// callers for one key share one fill; a failed fill is not cached.
     pub async fn chunk<F, Fut, E>(&self, key: CacheKey, fill: F) -> Result<(Bytes, ChunkSource), ChunkError>
@@ -248,6 +274,12 @@ impl ChunkCache {
         Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
+        let arriving = self.arriving.lock().expect("arriving chunks").get(&key).cloned();
+        if let Some(mut arriving) = arriving {
+            // Resolves when the guard is dropped: the chunk is cached, or will be
+            // filled. A client reading that body slowly holds no one up for long.
+            let _ = tokio::time::timeout(ARRIVING_PATIENCE, arriving.changed()).await;
+        }
         let filled = Arc::new(AtomicBool::new(false));
         let fetch = || {
             let fut = fill();
@@ -295,6 +327,32 @@ impl ChunkCache {
             Ok(Err(error)) => tracing::warn!(error = %error, "closing the cache"),
             Err(panicked) => tracing::error!(error = %panicked, "the disk tier failed as it closed"),
         }
+    }
+}
+
+/// How long a lookup waits for a chunk arriving in a probe's body before it fills
+/// the chunk itself.
+const ARRIVING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A chunk arriving outside a fill: stored with [`Arriving::store`], and no longer
+/// awaited once dropped.
+pub struct Arriving {
+    cache: Arc<ChunkCache>,
+    key: CacheKey,
+    _done: watch::Sender<()>,
+}
+
+impl Arriving {
+    /// Stores the chunk, whole and checked by the caller.
+    pub fn store(self, chunk: Bytes) {
+        metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => ChunkSource::Filled.as_str()).increment(1);
+        self.cache.inner.insert(self.key.clone(), CacheValue::Chunk(chunk));
+    }
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.cache.arriving.lock().expect("arriving chunks").remove(&self.key);
     }
 }
 

@@ -6,6 +6,7 @@ mod cached;
 mod fill;
 mod forward;
 mod plan;
+mod tee;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
-use crate::cache::{ChunkCache, ChunkSource, ObjectMeta, PartMeta};
+use crate::cache::{CacheKey, ChunkCache, ChunkSource, ObjectMeta, PartMeta};
 use crate::config::{Config, ProxyCredentials};
 use crate::error::{error_chain, ProxyError};
 use crate::origin::{self, OriginBody, Route, Router};
@@ -28,6 +29,7 @@ use access::{AccessLog, LoggedBody};
 use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudget, Shape};
 use fill::Fill;
 use plan::{ColdGate, Entry, Plan, Release};
+use tee::{Keep, TeeBody};
 
 /// How a request was answered, for the `x-s3-accel-cache` header and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +275,16 @@ impl Proxy {
         let Some((meta, part)) = verdict.serve else {
             return Ok((forward::client_response(response), Outcome::Origin));
         };
+        // A cold probe's body that is exactly one chunk is the data itself: relayed as
+        // it arrives and kept, instead of dropped and fetched again.
+        if verdict.probe == "cold" {
+            if let Some(keep) = self.keep(route, &plan, &meta, &response) {
+                let (mut parts, body) = response.into_parts();
+                forward::strip_hop_by_hop(&mut parts.headers);
+                let response = Response::from_parts(parts, TeeBody::new(body, keep).boxed_unsync());
+                return Ok((response, Outcome::Miss));
+            }
+        }
         let shape = match Shape::of(&meta, part.as_ref(), plan.range, plan.checksum_mode) {
             Some(shape) => shape?,
             // The cache cannot answer as the origin would (checksums it could not
@@ -287,6 +299,37 @@ impl Proxy {
             ChunkSource::Filled | ChunkSource::Coalesced => Outcome::Miss,
         };
         Ok((response, outcome))
+    }
+
+    /// What it takes to keep a cold probe's body as a chunk, when that body is exactly
+    /// one chunk of the object and fill memory has room for it.
+    fn keep(&self, route: &Route, plan: &Plan, meta: &ObjectMeta, response: &Response<OriginBody>) -> Option<Keep> {
+        let chunk_size = self.cache.chunk_size();
+        let (first, last) = match response.status() {
+            StatusCode::OK if plan.part.is_none() && plan.range == RangeRequest::Whole => {
+                (0, meta.size.checked_sub(1)?)
+            }
+            StatusCode::PARTIAL_CONTENT => {
+                let range = response.headers().get(header::CONTENT_RANGE)?.to_str().ok()?;
+                let (first, last, _) = forward::parse_content_range(range)?;
+                (first, last)
+            }
+            _ => return None,
+        };
+        if first % chunk_size != 0 || last + 1 != (first + chunk_size).min(meta.size) {
+            return None;
+        }
+        let permit = self.fill_permits.clone().try_acquire_owned().ok()?;
+        let key = CacheKey::chunk(&plan.object, &meta.etag, chunk_size, first / chunk_size);
+        Some(Keep {
+            arriving: self.cache.arriving(&key)?,
+            length: last - first + 1,
+            crc: (meta.size <= chunk_size)
+                .then(|| meta.checksums.as_ref().and_then(s3::full_object_crc))
+                .flatten(),
+            region: route.region.config.name.clone(),
+            _permit: permit,
+        })
     }
 
     /// Sends the client's request to the origin, with `If-None-Match: condition`.

@@ -8,7 +8,7 @@ use http::StatusCode;
 
 use crate::support::client::Call;
 use crate::support::origin::{ACCESS_KEY, SECRET_KEY};
-use crate::support::{object_bytes, sha256_hex, Credentials, Reply, Signing, TestOrigin, TestProxy};
+use crate::support::{get, object_bytes, outcome, sha256_hex, Credentials, Signing, TestOrigin, TestProxy};
 
 const BUCKET: &str = "models";
 const CHUNK: usize = 1 << 20;
@@ -49,17 +49,6 @@ async fn proxy_for(origin: &TestOrigin, toml: &str, cache: &str) -> TestProxy {
 
 fn target() -> String {
     format!("/{BUCKET}/weights.bin")
-}
-
-async fn get(proxy: &TestProxy, call: Call) -> Reply {
-    tokio::time::timeout(Duration::from_secs(60), proxy.send(&call))
-        .await
-        .expect("no hang")
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn outcome(reply: &Reply) -> &str {
-    reply.header("x-s3-accel-cache").unwrap_or("<none>")
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use http::StatusCode;
 use crate::support::client::Call;
 use crate::support::framing::{Fault, FramingOrigin};
 use crate::support::origin::{ACCESS_KEY, SECRET_KEY};
-use crate::support::{object_bytes, sha256_hex, Reply, Signing, TestOrigin, TestProxy};
+use crate::support::{get, object_bytes, sha256_hex, Reply, Signing, TestOrigin, TestProxy};
 
 const CHUNK: usize = 1 << 20;
 const SIZE: usize = 6 * CHUNK + 1234;
@@ -87,6 +87,10 @@ async fn a_corrupt_fill_of_a_one_chunk_object_is_caught_by_its_checksum() {
     let config = format!("origin = \"{}\"\n{}", origin.url(), credentials());
     let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, DISK_CACHE).await;
     let call = Call::get("/bucket/small.bin", &TestOrigin::signing()).header("x-amz-checksum-mode", "ENABLED");
+    // A HEAD first: the cache knows the object and its CRC, not its bytes (a cold
+    // whole read would keep the probe's own body and need no fill).
+    let head = get(&proxy, Call::head("/bucket/small.bin", &TestOrigin::signing())).await;
+    assert_eq!(head.status, StatusCode::OK);
     origin.set(Fault::Corrupt);
     let reply = proxy.send(&call).await;
     assert!(

@@ -10,7 +10,7 @@ use s3_accel_testkit::{OriginOptions, Shaping};
 use crate::support::client::Call;
 use crate::support::origin::ACCESS_KEY;
 use crate::support::proxy::SMALL_CACHE;
-use crate::support::{object_bytes, sha256_hex, Credentials, Reply, Signing, TestOrigin, TestProxy};
+use crate::support::{get, object_bytes, outcome, sha256_hex, Credentials, Reply, Signing, TestOrigin, TestProxy};
 use s3_accel_testkit::crc32_base64;
 
 const BUCKET: &str = "models";
@@ -23,17 +23,6 @@ async fn proxy_for(origin: &TestOrigin, toml: &str) -> TestProxy {
         SMALL_CACHE,
     )
     .await
-}
-
-async fn get(proxy: &TestProxy, call: Call) -> Reply {
-    tokio::time::timeout(Duration::from_secs(60), proxy.send(&call))
-        .await
-        .expect("no hang")
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn outcome(reply: &Reply) -> &str {
-    reply.header("x-s3-accel-cache").unwrap_or("<none>")
 }
 
 #[tokio::test]
@@ -113,16 +102,21 @@ fn verify_crc32(reply: &Reply) {
     }
 }
 
-#[tokio::test]
-async fn checksum_mode_reads_are_cached_and_carry_the_origins_checksums() {
-    let size = 3 * CHUNK + 5;
-    let data = object_bytes(5, size);
+/// An honoring origin with `models/weights.bin` of `size` bytes, stored with its CRC32.
+async fn origin_with_crc(size: usize, seed: u64) -> (TestOrigin, Vec<u8>, String) {
+    let data = object_bytes(seed, size);
     let crc = crc32_base64(&data);
     let origin = TestOrigin::honoring().await;
     origin.create_bucket(BUCKET).await;
     origin
         .put(BUCKET, "weights.bin", &data, &[("x-amz-checksum-crc32", &crc)])
         .await;
+    (origin, data, crc)
+}
+
+#[tokio::test]
+async fn checksum_mode_reads_are_cached_and_carry_the_origins_checksums() {
+    let (origin, data, crc) = origin_with_crc(3 * CHUNK + 5, 5).await;
     let proxy = proxy_for(&origin, &with_credentials("")).await;
     let target = format!("/{BUCKET}/weights.bin");
     // botocore's get_object: header-signed, checksum mode signed, no Range.
@@ -162,13 +156,7 @@ async fn checksum_mode_reads_are_cached_and_carry_the_origins_checksums() {
 #[tokio::test]
 async fn checksums_not_yet_seen_are_learned_before_a_whole_object_is_served() {
     let size = 2 * CHUNK;
-    let data = object_bytes(6, size);
-    let crc = crc32_base64(&data);
-    let origin = TestOrigin::honoring().await;
-    origin.create_bucket(BUCKET).await;
-    origin
-        .put(BUCKET, "weights.bin", &data, &[("x-amz-checksum-crc32", &crc)])
-        .await;
+    let (origin, data, crc) = origin_with_crc(size, 6).await;
     let proxy = proxy_for(&origin, "").await;
     let target = format!("/{BUCKET}/weights.bin");
     // A ranged read first: the cache holds the object, but not its checksums.
@@ -383,4 +371,81 @@ async fn outcomes_say_where_the_bytes_came_from() {
     let failed = get(&proxy, Call::get(&format!("/{BUCKET}/other.bin"), &presigned())).await;
     assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(outcome(&failed), "error");
+}
+
+#[tokio::test]
+async fn a_small_miss_costs_one_round_trip_and_one_body() {
+    let size = CHUNK / 3;
+    let (origin, data) = origin_with("small.bin", size, &[]).await;
+    origin.put(BUCKET, "herd.bin", &data, &[]).await;
+    let proxy = proxy_for(&origin, "").await;
+    let call = |key: &str| Call::get(&format!("/{BUCKET}/{key}"), &presigned());
+
+    let (requests, bytes) = (origin.stats.requests(), origin.stats.body_bytes());
+    let cold = get(&proxy, call("small.bin")).await;
+    assert_eq!((cold.status, outcome(&cold)), (StatusCode::OK, "miss"));
+    assert_eq!(sha256_hex(&cold.body), sha256_hex(&data));
+    assert_eq!(origin.stats.requests() - requests, 1, "one round trip");
+    assert_eq!(origin.stats.body_bytes() - bytes, size as u64, "one body");
+    let bytes = origin.stats.body_bytes();
+    let warm = get(&proxy, call("small.bin")).await;
+    assert_eq!(outcome(&warm), "hit", "the probe's body was kept");
+    assert_eq!(sha256_hex(&warm.body), sha256_hex(&data));
+    assert_eq!(origin.stats.body_bytes(), bytes);
+
+    // A herd of a cold small object: one body, no fill.
+    let (bytes, fills) = (origin.stats.body_bytes(), origin.stats.fills());
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, address, call) = (proxy.client.clone(), proxy.address, call("herd.bin"));
+            tokio::spawn(async move { client.send(address, &call).await })
+        })
+        .collect();
+    for client in clients {
+        let reply = client.await.unwrap().unwrap();
+        assert_eq!(sha256_hex(&reply.body), sha256_hex(&data));
+    }
+    assert_eq!(origin.stats.fills(), fills, "no fill: the probe's body was the chunk");
+    assert_eq!(origin.stats.body_bytes() - bytes, size as u64, "one body for the herd");
+}
+
+#[tokio::test]
+async fn a_chunk_aligned_cold_range_is_kept_and_a_cut_one_is_not() {
+    let (origin, data) = origin_with("parts.bin", 3 * CHUNK + 100, &[]).await;
+    let proxy = proxy_for(&origin, &with_credentials("")).await;
+    let etag = origin
+        .send(&Call::head(&format!("/{BUCKET}/parts.bin"), &TestOrigin::signing()))
+        .await
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    // boto3's part: Range and If-Match, signed.
+    let part = |first: usize, last: usize| {
+        Call::get(&format!("/{BUCKET}/parts.bin"), &TestOrigin::signing())
+            .header("range", &format!("bytes={first}-{last}"))
+            .header("if-match", &etag)
+    };
+    let bytes = origin.stats.body_bytes();
+    let cold = get(&proxy, part(CHUNK, 2 * CHUNK - 1)).await;
+    assert_eq!((cold.status, outcome(&cold)), (StatusCode::PARTIAL_CONTENT, "miss"));
+    assert_eq!(&cold.body[..], &data[CHUNK..2 * CHUNK]);
+    assert_eq!(origin.stats.body_bytes() - bytes, CHUNK as u64, "the part's body, once");
+    let warm = get(&proxy, part(CHUNK, 2 * CHUNK - 1)).await;
+    assert_eq!(outcome(&warm), "hit");
+    assert_eq!(origin.stats.body_bytes() - bytes, CHUNK as u64);
+
+    // The origin cuts a cold probe's body: the client's response is cut, nothing is
+    // kept, and the next read is whole.
+    origin.put(BUCKET, "cut.bin", &data, &[]).await;
+    let cut_part = Call::get(&format!("/{BUCKET}/cut.bin"), &TestOrigin::signing())
+        .header("range", &format!("bytes=0-{}", CHUNK - 1))
+        .header("if-match", &etag);
+    origin.stats.cut_fills.store(1, std::sync::atomic::Ordering::SeqCst);
+    let cut = tokio::time::timeout(Duration::from_secs(30), proxy.send(&cut_part))
+        .await
+        .expect("no hang");
+    assert!(cut.is_err(), "a cut probe body is a cut response");
+    let healed = get(&proxy, cut_part).await;
+    assert_eq!(&healed.body[..], &data[..CHUNK]);
+    assert_eq!(outcome(&healed), "miss", "nothing was kept from the cut body");
 }

@@ -11,6 +11,19 @@ pub use origin::TestOrigin;
 pub use proxy::TestProxy;
 pub use s3_accel_testkit::{object_bytes, signing, Credentials, Signing};
 
+/// Sends `call` to the proxy and waits (at most a minute) for the whole reply.
+pub async fn get(proxy: &TestProxy, call: client::Call) -> Reply {
+    tokio::time::timeout(std::time::Duration::from_secs(60), proxy.send(&call))
+        .await
+        .expect("no hang")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The reply's `x-s3-accel-cache`.
+pub fn outcome(reply: &Reply) -> &str {
+    reply.header("x-s3-accel-cache").unwrap_or("<none>")
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))

@@ -153,7 +153,7 @@ pub fn answers<B>(
 }
 
 /// `bytes first-last/size`.
-fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
+pub fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
     let (span, size) = value.strip_prefix("bytes ")?.split_once('/')?;
     let (first, last) = span.split_once('-')?;
     let (first, last, size) = (first.parse().ok()?, last.parse().ok()?, size.parse().ok()?);
