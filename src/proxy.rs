@@ -27,7 +27,7 @@ use crate::telemetry;
 use crate::ProxyBody;
 use access::{AccessLog, LoggedBody};
 use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudget, Shape};
-use fill::Fill;
+use fill::{Fill, FillAuth};
 use plan::{ColdGate, Entry, Plan, Release};
 use tee::{Keep, TeeBody};
 
@@ -187,9 +187,10 @@ impl Proxy {
             Ok(plan) => plan,
             Err(reason) => return self.relay(&route, probe, Outcome::Bypass(reason)).await,
         };
-        match object.operation {
-            Operation::HeadObject => self.head(&route, &authority, probe, plan).await,
-            Operation::GetObject => self.get(&route, &authority, probe, plan, request_id).await,
+        match (object.operation, plan.auth.clone()) {
+            (Operation::HeadObject, _) => self.head(&route, &authority, probe, plan).await,
+            (Operation::GetObject, Ok(auth)) => self.get(&route, &authority, probe, plan, auth, request_id).await,
+            (Operation::GetObject, Err(reason)) => self.relay(&route, probe, Outcome::Bypass(reason)).await,
         }
     }
 
@@ -218,6 +219,7 @@ impl Proxy {
         authority: &str,
         probe: Request<Empty<Bytes>>,
         plan: Plan,
+        auth: FillAuth,
         request_id: &str,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         let mut cached = self.cache.meta(&plan.object).await;
@@ -292,7 +294,7 @@ impl Proxy {
             None => return Ok((forward::client_response(response), Outcome::Origin)),
         };
         drop(response);
-        let object = self.cached_object(route, authority, &plan, meta);
+        let object = self.cached_object(route, authority, &plan, auth, meta);
         let (response, source) = object.respond(shape, plan.overrides, &origin_id).await?;
         let outcome = match source {
             ChunkSource::Memory | ChunkSource::Disk => Outcome::Hit,
@@ -466,18 +468,27 @@ impl Proxy {
             };
             self.cache.insert_meta(&plan.object, meta.clone());
             let warm = plan.range == RangeRequest::One(s3::range::ByteRange::From { start: 0, end: Some(0) });
-            if warm {
-                self.warm(self.cached_object(route, authority, &plan, meta));
+            match (warm, plan.auth.clone()) {
+                (true, Ok(auth)) => self.warm(self.cached_object(route, authority, &plan, auth, meta)),
+                (true, Err(reason)) => tracing::debug!(reason, "not warming: no one can sign its fills"),
+                (false, _) => {}
             }
         }
         Ok((forward::client_response(response), Outcome::Origin))
     }
 
-    fn cached_object(&self, route: &Route, authority: &str, plan: &Plan, meta: ObjectMeta) -> Arc<CachedObject> {
+    fn cached_object(
+        &self,
+        route: &Route,
+        authority: &str,
+        plan: &Plan,
+        auth: FillAuth,
+        meta: ObjectMeta,
+    ) -> Arc<CachedObject> {
         let fill = Fill {
             region: route.region.clone(),
             authority: authority.to_owned(),
-            auth: plan.auth.clone(),
+            auth,
             etag: meta.etag.clone(),
             size: meta.size,
             chunk_size: self.cache.chunk_size(),

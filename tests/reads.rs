@@ -449,3 +449,23 @@ async fn a_chunk_aligned_cold_range_is_kept_and_a_cut_one_is_not() {
     assert_eq!(&healed.body[..], &data[..CHUNK]);
     assert_eq!(outcome(&healed), "miss", "nothing was kept from the cut body");
 }
+
+#[tokio::test]
+async fn a_head_refreshes_the_metadata_without_fill_credentials() {
+    let (origin, data) = origin_with("weights.bin", 2 * CHUNK, &[]).await;
+    let proxy = proxy_for(&origin, "").await;
+    let target = format!("/{BUCKET}/weights.bin");
+    // boto3's HEAD: header-signed, and the proxy has no credentials of its own.
+    let head = get(&proxy, Call::head(&target, &TestOrigin::signing())).await;
+    assert_eq!((head.status, outcome(&head)), (StatusCode::OK, "origin"));
+    // The GET after it probes with the learned ETag (a 304, no body) and fills.
+    let bytes = origin.stats.body_bytes();
+    let read = get(&proxy, Call::get(&target, &presigned())).await;
+    assert_eq!(outcome(&read), "miss");
+    assert_eq!(sha256_hex(&read.body), sha256_hex(&data));
+    assert_eq!(
+        origin.stats.body_bytes() - bytes,
+        data.len() as u64,
+        "no probe body to drop"
+    );
+}

@@ -26,7 +26,9 @@ pub struct Plan {
     pub part: Option<u16>,
     pub range: RangeRequest,
     pub overrides: Vec<(HeaderName, HeaderValue)>,
-    pub auth: FillAuth,
+    /// Who signs fills, or why no one can (a GET is then relayed; a HEAD still
+    /// refreshes the metadata, and only warming needs fills).
+    pub auth: Result<FillAuth, &'static str>,
     /// The client sent If-None-Match or If-Modified-Since: a 304 is its own verdict,
     /// and the proxy adds no condition of its own.
     pub client_conditionals: bool,
@@ -74,7 +76,7 @@ pub fn plan<B>(
         object.part_number.is_some(),
         credentials,
         region.signing_region.as_deref(),
-    )?;
+    );
     Ok(Plan {
         object: ObjectId {
             origin: route.region.client.origin().to_string(),
