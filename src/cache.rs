@@ -266,6 +266,24 @@ impl ChunkCache {
         })
     }
 
+    /// The chunk under `key` if a tier holds it; never a fill (a hit's first chunk is
+    /// read this way while the origin is still deciding whether the client may have it).
+    pub async fn peek(&self, key: &CacheKey) -> Option<(Bytes, ChunkSource)> {
+        let entry = self.inner.get(key).await.ok()??;
+        let source = match entry.source() {
+            foyer::Source::Memory => ChunkSource::Memory,
+            foyer::Source::Disk => ChunkSource::Disk,
+            foyer::Source::Outer => return None,
+        };
+        match entry.value() {
+            CacheValue::Chunk(bytes) => {
+                metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => source.as_str()).increment(1);
+                Some((bytes.clone(), source))
+            }
+            CacheValue::Meta(_) | CacheValue::Part(_) => None,
+        }
+    }
+
     /// The chunk under `key`, from memory, from disk, or from `fill`. Concurrent
     /// callers for one key share one fill; a failed fill is not cached.
     pub async fn chunk<F, Fut, E>(&self, key: CacheKey, fill: F) -> Result<(Bytes, ChunkSource), ChunkError>

@@ -245,6 +245,15 @@ impl Proxy {
                 !plan.client_conditionals && Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode).is_some()
             })
             .and_then(|meta| HeaderValue::from_str(&meta.etag).ok());
+        // A likely hit reads its first chunk from the tiers while the origin decides:
+        // nothing is sent before the origin's answer, and it is dropped on a refusal.
+        let early = condition.as_ref().and(cached.as_ref()).and_then(|meta| {
+            let shape = Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode)?.ok()?;
+            let chunk_size = self.cache.chunk_size();
+            let key = CacheKey::chunk(&plan.object, &meta.etag, chunk_size, shape.span?.0 / chunk_size);
+            let cache = self.cache.clone();
+            Some(EarlyRead(tokio::spawn(async move { cache.peek(&key).await })))
+        });
         let unconditional = forward::copy(&probe);
         let mut response = self.probe(route, probe, condition.clone()).await?;
         let mut condition_added = condition.is_some();
@@ -294,8 +303,12 @@ impl Proxy {
             None => return Ok((forward::client_response(response), Outcome::Origin)),
         };
         drop(response);
+        let early = match (early, verdict.probe) {
+            (Some(early), "not_modified") => early.take().await,
+            _ => None,
+        };
         let object = self.cached_object(route, authority, &plan, auth, meta);
-        let (response, source) = object.respond(shape, plan.overrides, &origin_id).await?;
+        let (response, source) = object.respond(shape, plan.overrides, &origin_id, early).await?;
         let outcome = match source {
             ChunkSource::Memory | ChunkSource::Disk => Outcome::Hit,
             ChunkSource::Filled | ChunkSource::Coalesced => Outcome::Miss,
@@ -519,6 +532,22 @@ impl Proxy {
                 Err(error) => tracing::warn!(key = object.object.key, error = error_chain(&error), "warming failed"),
             }
         });
+    }
+}
+
+/// A read of a hit's first chunk from the tiers, started before the origin answers;
+/// stopped if it is not wanted.
+struct EarlyRead(tokio::task::JoinHandle<Option<(Bytes, ChunkSource)>>);
+
+impl EarlyRead {
+    async fn take(mut self) -> Option<(Bytes, ChunkSource)> {
+        (&mut self.0).await.ok().flatten()
+    }
+}
+
+impl Drop for EarlyRead {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

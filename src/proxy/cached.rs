@@ -277,11 +277,14 @@ impl CachedObject {
     /// The response `shape` describes. Waits for the first chunk, so that a fill
     /// that fails outright is a clean 503 rather than a cut body; says where that
     /// first chunk came from (a hit is a response whose first bytes were cached).
+    /// `early` is the first chunk, when it was read from a tier while the origin
+    /// decided.
     pub async fn respond(
         self: Arc<Self>,
         shape: Shape,
         overrides: Vec<(HeaderName, HeaderValue)>,
         request_id: &str,
+        early: Option<(Bytes, ChunkSource)>,
     ) -> Result<(Response<ProxyBody>, ChunkSource), ProxyError> {
         let (body, source) = match shape.span {
             None => (
@@ -290,7 +293,7 @@ impl CachedObject {
                     .boxed_unsync(),
                 ChunkSource::Memory,
             ),
-            Some((first, last)) => self.clone().body(first, last).await?,
+            Some((first, last)) => self.clone().body(first, last, early).await?,
         };
         let mut response = Response::new(body);
         *response.status_mut() = shape.status;
@@ -323,18 +326,28 @@ impl CachedObject {
         Ok(())
     }
 
-    async fn body(self: Arc<Self>, first: u64, last: u64) -> Result<(ProxyBody, ChunkSource), ProxyError> {
+    async fn body(
+        self: Arc<Self>,
+        first: u64,
+        last: u64,
+        early: Option<(Bytes, ChunkSource)>,
+    ) -> Result<(ProxyBody, ChunkSource), ProxyError> {
         let chunk_size = self.cache.chunk_size();
         let this = self.clone();
         let head = first / chunk_size;
+        let early = Arc::new(std::sync::Mutex::new(early));
         let mut chunks = stream::iter(head..=last / chunk_size)
             .map(move |index| {
-                let this = this.clone();
+                let (this, early) = (this.clone(), early.clone());
                 async move {
                     // Taken in order (the semaphores are fair), so the chunk the client
                     // waits for is never behind its own read-ahead.
                     let permits = this.budget.reserve(chunk_size, index != head).await;
-                    let (bytes, source) = this.chunk(index).await?;
+                    let early = early.lock().expect("early chunk").take().filter(|_| index == head);
+                    let (bytes, source) = match early {
+                        Some(found) => found,
+                        None => this.chunk(index).await?,
+                    };
                     // The part of chunk `index` inside [first, last].
                     let start = index * chunk_size;
                     let from = first.saturating_sub(start) as usize;
