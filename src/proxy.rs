@@ -282,13 +282,13 @@ impl Proxy {
                 false => Release::GiveUp,
             });
         }
-        metrics::counter!(telemetry::PROBES, "outcome" => verdict.probe).increment(1);
+        metrics::counter!(telemetry::PROBES, "outcome" => verdict.probe.label()).increment(1);
         let Some((meta, part)) = verdict.serve else {
             return Ok((forward::client_response(response), Outcome::Origin));
         };
         // A cold probe's body that is exactly one chunk is the data itself: relayed as
         // it arrives and kept, instead of dropped and fetched again.
-        if verdict.probe == "cold" {
+        if verdict.probe == Probe::Cold {
             if let Some(keep) = self.keep(route, &plan, &meta, &response) {
                 let (mut parts, body) = response.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
@@ -304,7 +304,7 @@ impl Proxy {
         };
         drop(response);
         let early = match (early, verdict.probe) {
-            (Some(early), "not_modified") => early.take().await,
+            (Some(early), Probe::NotModified) => early.take().await,
             _ => None,
         };
         let object = self.cached_object(route, authority, &plan, auth, meta);
@@ -386,7 +386,7 @@ impl Proxy {
             StatusCode::NOT_MODIFIED if condition_added => Verdict {
                 serve: cached.map(|meta| (meta, part)),
                 learned: true,
-                probe: "not_modified",
+                probe: Probe::NotModified,
             },
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
                 let whole = plan.part.is_none() && plan.range == RangeRequest::Whole;
@@ -405,19 +405,19 @@ impl Proxy {
                         if meta != old {
                             self.cache.insert_meta(&plan.object, meta.clone());
                         }
-                        (meta, "same_etag")
+                        (meta, Probe::SameEtag)
                     }
-                    (Some(old), None) if !plan.learns => (old, "same_etag"),
+                    (Some(old), None) if !plan.learns => (old, Probe::SameEtag),
                     // Cold: the origin said yes; chunks are filled once for every
                     // client reading this object now.
                     (None, Some(new)) if cold => {
                         self.cache.insert_meta(&plan.object, new.clone());
-                        (new, "cold")
+                        (new, Probe::Cold)
                     }
                     // Changed: relay the new version; the next read caches it.
                     (_, Some(new)) => {
                         self.cache.insert_meta(&plan.object, new);
-                        return relay("changed");
+                        return relay(Probe::Changed);
                     }
                     // Not cacheable (SSE-C, `no-store`, no ETag or size): relayed,
                     // and nothing older is served in its place.
@@ -425,7 +425,7 @@ impl Proxy {
                         if !cold {
                             self.cache.remove_meta(&plan.object);
                         }
-                        return relay("uncacheable");
+                        return relay(Probe::Uncacheable);
                     }
                 };
                 let part = match plan.part {
@@ -452,9 +452,9 @@ impl Proxy {
                 if cached.is_some() {
                     self.cache.remove_meta(&plan.object);
                 }
-                relay("refused")
+                relay(Probe::Refused)
             }
-            _ => relay("refused"),
+            _ => relay(Probe::Refused),
         }
     }
 
@@ -557,8 +557,37 @@ struct Verdict {
     serve: Option<(ObjectMeta, Option<PartMeta>)>,
     /// The cache now holds the object's metadata (cold waiters may read it).
     learned: bool,
-    /// `s3accel_probes_total{outcome}`.
-    probe: &'static str,
+    probe: Probe,
+}
+
+/// What the origin said to a probe: `s3accel_probes_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// 304 to the cache's condition: the cached version is current.
+    NotModified,
+    /// 200/206 of the cached version (its body dropped).
+    SameEtag,
+    /// The first answer about an object: its metadata is learned.
+    Cold,
+    /// Another version: relayed, and cached from the next read.
+    Changed,
+    /// An answer that must not be cached (SSE-C, `no-store`, no ETag or size).
+    Uncacheable,
+    /// A denial, an error, or any other status: relayed.
+    Refused,
+}
+
+impl Probe {
+    fn label(self) -> &'static str {
+        match self {
+            Self::NotModified => "not_modified",
+            Self::SameEtag => "same_etag",
+            Self::Cold => "cold",
+            Self::Changed => "changed",
+            Self::Uncacheable => "uncacheable",
+            Self::Refused => "refused",
+        }
+    }
 }
 
 /// The metadata of the same object version, refreshed by a newer answer: its
