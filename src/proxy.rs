@@ -181,28 +181,31 @@ impl Proxy {
 
         // The client's own signed request, unchanged: the origin authorizes it.
         let probe = forward::origin_request(&request, route.region.client.origin(), &authority)?;
+        // Parsed once: the plan serves it, and a relayed answer is checked against it.
+        let range = s3::range::parse(request.headers().get(header::RANGE).and_then(|v| v.to_str().ok()));
+        let asked = (range, object.part_number.is_some());
 
         // What must never be cached passes through before the cache is consulted.
-        let plan = match plan::plan(&request, &object, &route, self.credentials.as_ref()) {
+        let plan = match plan::plan(&request, &object, range, &route, self.credentials.as_ref()) {
             Ok(plan) => plan,
-            Err(reason) => return self.relay(&route, probe, Outcome::Bypass(reason)).await,
+            Err(reason) => return self.relay(&route, probe, asked, Outcome::Bypass(reason)).await,
         };
         match (object.operation, plan.auth.clone()) {
             (Operation::HeadObject, _) => self.head(&route, &authority, probe, plan).await,
             (Operation::GetObject, Ok(auth)) => self.get(&route, &authority, probe, plan, auth, request_id).await,
-            (Operation::GetObject, Err(reason)) => self.relay(&route, probe, Outcome::Bypass(reason)).await,
+            (Operation::GetObject, Err(reason)) => self.relay(&route, probe, asked, Outcome::Bypass(reason)).await,
         }
     }
 
-    /// Sends the client's request to the origin and relays the answer.
+    /// Sends the client's request to the origin and relays the answer, once it is
+    /// known to answer what was `asked` (a range, of a part or not).
     async fn relay(
         &self,
         route: &Route,
         probe: Request<Empty<Bytes>>,
+        (range, part): (RangeRequest, bool),
         outcome: Outcome,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        let range = s3::range::parse(probe.headers().get(header::RANGE).and_then(|v| v.to_str().ok()));
-        let part = probe.uri().query().is_some_and(|q| q.contains("partNumber="));
         let response = route.region.client.send(probe, "relay").await?;
         if let Err(mismatch) = forward::answers(&response, range, part, None) {
             origin::poison(&response);
@@ -237,27 +240,30 @@ impl Proxy {
             (Some(number), Some(_)) => self.cache.part(&plan.object, number).await,
             _ => None,
         };
-        // Ask for a 304 only when the cache could answer all of it: a part it has the
-        // bounds of, checksums it has seen.
-        let condition = cached
+        // Ask for a 304 only when the cache could answer all of it (a part it has the
+        // bounds of, checksums it has seen), and the client asked for no 304 itself.
+        let answerable = cached
             .as_ref()
-            .filter(|meta| {
-                !plan.client_conditionals && Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode).is_some()
-            })
-            .and_then(|meta| HeaderValue::from_str(&meta.etag).ok());
+            .filter(|_| !plan.client_conditionals)
+            .and_then(|meta| Some((meta, Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode)?)));
+        let condition = answerable
+            .as_ref()
+            .and_then(|(meta, _)| HeaderValue::from_str(&meta.etag).ok());
         // A likely hit reads its first chunk from the tiers while the origin decides:
         // nothing is sent before the origin's answer, and it is dropped on a refusal.
-        let early = condition.as_ref().and(cached.as_ref()).and_then(|meta| {
-            let shape = Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode)?.ok()?;
+        let early = answerable.and_then(|(meta, shape)| {
+            let first = shape.as_ref().ok()?.span?.0;
             let chunk_size = self.cache.chunk_size();
-            let key = CacheKey::chunk(&plan.object, &meta.etag, chunk_size, shape.span?.0 / chunk_size);
+            let key = CacheKey::chunk(&plan.object, &meta.etag, chunk_size, first / chunk_size);
             let cache = self.cache.clone();
             Some(EarlyRead(tokio::spawn(async move { cache.peek(&key).await })))
         });
-        let unconditional = forward::copy(&probe);
+        let unconditional = condition.is_some().then(|| forward::copy(&probe));
         let mut response = self.probe(route, probe, condition.clone()).await?;
         let mut condition_added = condition.is_some();
-        if condition_added && response.status() == StatusCode::NOT_MODIFIED && rewritten(&response, cached.as_ref()) {
+        if let Some(unconditional) = unconditional
+            .filter(|_| response.status() == StatusCode::NOT_MODIFIED && rewritten(&response, cached.as_ref()))
+        {
             // Same ETag, another Last-Modified: rewritten with the same bytes, perhaps
             // with new metadata. Ask again without the condition to learn it.
             response = self.probe(route, unconditional, None).await?;
@@ -303,8 +309,9 @@ impl Proxy {
             None => return Ok((forward::client_response(response), Outcome::Origin)),
         };
         drop(response);
+        // The early read was of the version the cache held: good for that version only.
         let early = match (early, verdict.probe) {
-            (Some(early), Probe::NotModified) => early.take().await,
+            (Some(early), Probe::NotModified | Probe::SameEtag) => early.take().await,
             _ => None,
         };
         let object = self.cached_object(route, authority, &plan, auth, meta);

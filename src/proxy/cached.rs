@@ -216,16 +216,12 @@ impl ReadAheadBudget {
     /// the one the client waits for.
     async fn reserve(&self, chunk_size: u64, ahead: bool) -> Vec<OwnedSemaphorePermit> {
         let kib = chunk_size.div_ceil(1024) as u32;
+        let take = |semaphore: &Arc<Semaphore>| semaphore.clone().acquire_many_owned(kib);
         let mut permits = Vec::with_capacity(2);
-        let semaphores = if ahead {
-            [Some(&self.ahead), Some(&self.total)]
-        } else {
-            [Some(&self.total), None]
-        };
-        for semaphore in semaphores.into_iter().flatten() {
-            let permit = semaphore.clone().acquire_many_owned(kib).await;
-            permits.push(permit.expect("the read-ahead budget is never closed"));
+        if ahead {
+            permits.push(take(&self.ahead).await.expect("the read-ahead budget is never closed"));
         }
+        permits.push(take(&self.total).await.expect("the read-ahead budget is never closed"));
         permits
     }
 }

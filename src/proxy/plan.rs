@@ -15,7 +15,7 @@ use super::fill::{fill_auth, FillAuth};
 use crate::cache::ObjectId;
 use crate::config::ProxyCredentials;
 use crate::origin::Route;
-use crate::s3::range::{self, RangeRequest};
+use crate::s3::range::RangeRequest;
 use crate::s3::{self, ObjectRequest};
 
 /// A request the cache may serve.
@@ -42,6 +42,7 @@ pub struct Plan {
 pub fn plan<B>(
     request: &Request<B>,
     object: &ObjectRequest,
+    range: RangeRequest,
     route: &Route,
     credentials: Option<&Arc<ProxyCredentials>>,
 ) -> Result<Plan, &'static str> {
@@ -49,7 +50,6 @@ pub fn plan<B>(
     if s3::is_sse_c(headers) {
         return Err("sse_c");
     }
-    let range = range::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
     match range {
         RangeRequest::Multiple => return Err("multi_range"),
         RangeRequest::Unparsed => return Err("unparsed_range"),

@@ -29,17 +29,18 @@ pub struct Keep {
 pub struct TeeBody {
     inner: OriginBody,
     keep: Option<(Keep, BytesMut)>,
-    region: String,
+    /// `s3accel_response_bytes_total{source="origin"}` of the region.
+    sent: metrics::Counter,
 }
 
 impl TeeBody {
     pub fn new(inner: OriginBody, keep: Keep) -> Self {
         let buffer = BytesMut::with_capacity(keep.length as usize);
-        let region = keep.region.clone();
+        let sent = metrics::counter!(telemetry::RESPONSE_BYTES, "region" => keep.region.clone(), "source" => "origin");
         Self {
             inner,
             keep: Some((keep, buffer)),
-            region,
+            sent,
         }
     }
 
@@ -69,8 +70,7 @@ impl Body for TeeBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    metrics::counter!(telemetry::RESPONSE_BYTES, "region" => self.region.clone(), "source" => "origin")
-                        .increment(data.len() as u64);
+                    self.sent.increment(data.len() as u64);
                     let overflow = self
                         .keep
                         .as_ref()
