@@ -2,22 +2,21 @@
 //! object metadata. The only module that names foyer.
 
 mod disk;
+mod filling;
 mod key;
 mod value;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
     PsyncIoEngineConfig, RecoverMode, S3FifoConfig, StorageFilter,
 };
-use tokio::sync::watch;
-
 use disk::DiskGate;
 pub use disk::DiskHealth;
+use filling::{Destination, Filling, Table};
+pub use filling::{ChunkRead, ChunkSink, ChunkWriter, Dangling};
 pub use key::{CacheKey, ObjectId};
 pub use value::{CacheValue, ObjectMeta, PartMeta};
 
@@ -33,14 +32,18 @@ pub enum CacheError {
     },
 }
 
-/// A fill that failed: its own error when it produced one, else foyer's.
-#[derive(Debug, thiserror::Error)]
+/// A fill that failed: its own error, shared by every reader of the chunk.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("chunk fill failed")]
-pub struct ChunkError(#[source] foyer::Error);
+pub struct ChunkError(#[source] Arc<dyn std::error::Error + Send + Sync>);
 
 impl ChunkError {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(error))
+    }
+
     /// The fill's own error, when the fill returned an `E`.
-    pub fn fill_error<E: std::error::Error + Send + Sync + 'static>(&self) -> Option<&E> {
+    pub fn fill_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
         self.0.downcast_ref::<E>()
     }
 }
@@ -108,9 +111,9 @@ impl ChunkSource {
 
 pub struct ChunkCache {
     inner: HybridCache<CacheKey, CacheValue>,
-    /// Chunks arriving outside a fill (in a cold probe's body): a lookup of one of
-    /// them waits for it rather than fetching it a second time.
-    arriving: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
+    /// Chunks on their way in (filled, or in a cold probe's body): a lookup of one
+    /// of them streams it rather than fetching it a second time.
+    filling: Table,
     chunk_size: u64,
     /// The disk tier's size as opened (0: none), after clamping to its filesystem.
     disk_capacity: u64,
@@ -184,7 +187,7 @@ impl ChunkCache {
         metrics::gauge!(crate::telemetry::DISK_DEGRADED).set(if health.is_out() { 1.0 } else { 0.0 });
         Ok(Self {
             inner,
-            arriving: Mutex::default(),
+            filling: Table::default(),
             chunk_size: config.chunk_size,
             disk_capacity,
             disk: health,
@@ -205,15 +208,27 @@ impl ChunkCache {
         self.chunk_size
     }
 
-    /// A small entry, if cached. A read error is a miss: the origin is there.
+    /// A small entry, if cached.
     async fn entry(&self, key: &CacheKey) -> Option<CacheValue> {
-        match self.inner.get(key).await {
-            Ok(entry) => entry.map(|entry| entry.value().clone()),
+        self.entry_with_source(key).await.map(|(value, _)| value)
+    }
+
+    /// An entry and the tier it came from, if a tier holds it. A read error is a
+    /// miss: the origin is there.
+    async fn entry_with_source(&self, key: &CacheKey) -> Option<(CacheValue, ChunkSource)> {
+        let entry = match self.inner.get(key).await {
+            Ok(entry) => entry?,
             Err(error) => {
                 tracing::warn!(error = %error, "cache read failed; treating as a miss");
-                None
+                return None;
             }
-        }
+        };
+        let source = match entry.source() {
+            foyer::Source::Memory => ChunkSource::Memory,
+            foyer::Source::Disk => ChunkSource::Disk,
+            foyer::Source::Outer => ChunkSource::Coalesced,
+        };
+        Some((entry.value().clone(), source))
     }
 
     /// The object's metadata, if cached.
@@ -246,82 +261,87 @@ impl ChunkCache {
         self.inner.remove(&CacheKey::meta(object));
     }
 
-    /// Announces that chunk `key` is arriving by another way than a fill (a cold
-    /// probe's body); `None` if it is already cached or arriving. Lookups of it wait
-    /// until the returned guard is dropped, stored or not.
-    pub fn arriving(self: &Arc<Self>, key: &CacheKey) -> Option<Arriving> {
-        if self.inner.contains(key) {
+    /// Claims chunk `key`, arriving by another way than a fill (a cold probe's
+    /// body): lookups of it stream what the writer pushes. `None` if it is already
+    /// cached or arriving.
+    pub fn claim(&self, key: &CacheKey) -> Option<ChunkWriter> {
+        let mut filling = self.filling.lock().expect("filling chunks");
+        if filling.contains_key(key) || self.inner.contains(key) {
             return None;
         }
-        let mut arriving = self.arriving.lock().expect("arriving chunks");
-        if arriving.contains_key(key) {
-            return None;
-        }
-        let (done, receiver) = watch::channel(());
-        arriving.insert(key.clone(), receiver);
-        Some(Arriving {
-            cache: self.clone(),
+        let entry = Filling::new();
+        filling.insert(key.clone(), entry.clone());
+        Some(ChunkWriter::new(entry, Some(self.destination(key))))
+    }
+
+    fn destination(&self, key: &CacheKey) -> Destination {
+        Destination {
             key: key.clone(),
-            _done: done,
-        })
+            table: self.filling.clone(),
+            inner: self.inner.clone(),
+        }
     }
 
     /// The chunk under `key` if a tier holds it; never a fill (a hit's first chunk is
     /// read this way while the origin is still deciding whether the client may have it).
-    pub async fn peek(&self, key: &CacheKey) -> Option<(Bytes, ChunkSource)> {
-        let entry = self.inner.get(key).await.ok()??;
-        let source = match entry.source() {
-            foyer::Source::Memory => ChunkSource::Memory,
-            foyer::Source::Disk => ChunkSource::Disk,
-            foyer::Source::Outer => return None,
-        };
-        match entry.value() {
-            CacheValue::Chunk(bytes) => {
-                metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => source.as_str()).increment(1);
-                Some((bytes.clone(), source))
-            }
-            CacheValue::Meta(_) | CacheValue::Part(_) => None,
+    pub async fn peek(&self, key: &CacheKey) -> Option<ChunkRead> {
+        let found = self.stored(key).await?;
+        metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => found.source.as_str()).increment(1);
+        Some(found)
+    }
+
+    async fn stored(&self, key: &CacheKey) -> Option<ChunkRead> {
+        let entry = self.entry_with_source(key).await?;
+        match entry {
+            (CacheValue::Chunk(bytes), source) => Some(ChunkRead::whole(bytes, source)),
+            (CacheValue::Meta(_) | CacheValue::Part(_), _) => None,
         }
     }
 
-    /// The chunk under `key`, from memory, from disk, or from `fill`. Concurrent
-    /// callers for one key share one fill; a failed fill is not cached.
-    pub async fn chunk<F, Fut, E>(&self, key: CacheKey, fill: F) -> Result<(Bytes, ChunkSource), ChunkError>
+    /// The chunk under `key`: from memory, from disk, streamed from the fill that
+    /// brings it in, or from a new `fill` run in a task of its own (a client that goes
+    /// away does not cancel it). `fill` pushes the bytes to the sink as they arrive
+    /// and returns the whole chunk, checked; a failed fill is not cached, and its
+    /// readers' streams fail.
+    pub async fn chunk<F, Fut, E>(&self, key: CacheKey, fill: F) -> ChunkRead
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(ChunkSink) -> Fut,
         Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let arriving = self.arriving.lock().expect("arriving chunks").get(&key).cloned();
-        if let Some(mut arriving) = arriving {
-            // Resolves when the guard is dropped: the chunk is cached, or will be
-            // filled. A client reading that body slowly holds no one up for long.
-            let _ = tokio::time::timeout(ARRIVING_PATIENCE, arriving.changed()).await;
-        }
-        let filled = Arc::new(AtomicBool::new(false));
-        let fetch = || {
-            let fut = fill();
-            let filled = filled.clone();
-            async move {
-                filled.store(true, Ordering::Relaxed);
-                fut.await.map(CacheValue::Chunk)
+        let mut attempts = 0;
+        let read = loop {
+            attempts += 1;
+            if let Some(arriving) = self.arriving(&key) {
+                break ChunkRead::streaming(arriving.reader(), ChunkSource::Coalesced);
             }
+            if let Some(found) = self.stored(&key).await {
+                break found;
+            }
+            // Claimed under the table's lock, so that one lookup fills; one that finds
+            // the chunk stored since its miss reads it from the tiers. An index that
+            // says "stored" twice for a chunk that cannot be read is not believed.
+            let writer = match self.claim(&key) {
+                Some(writer) => writer,
+                None if attempts < 3 => continue,
+                None => ChunkWriter::new(Filling::new(), Some(self.destination(&key))),
+            };
+            let read = ChunkRead::streaming(writer.reader(), ChunkSource::Filled);
+            let fetch = fill(writer.sink().clone());
+            tokio::spawn(async move {
+                match fetch.await {
+                    Ok(whole) => writer.finish(whole),
+                    Err(error) => writer.fail(Arc::new(error)),
+                }
+            });
+            break read;
         };
-        let entry = self.inner.get_or_fetch(&key, fetch).await.map_err(ChunkError)?;
-        let source = match entry.source() {
-            foyer::Source::Memory => ChunkSource::Memory,
-            foyer::Source::Disk => ChunkSource::Disk,
-            foyer::Source::Outer if filled.load(Ordering::Relaxed) => ChunkSource::Filled,
-            foyer::Source::Outer => ChunkSource::Coalesced,
-        };
-        metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => source.as_str()).increment(1);
-        match entry.value() {
-            CacheValue::Chunk(bytes) => Ok((bytes.clone(), source)),
-            CacheValue::Meta(_) | CacheValue::Part(_) => Err(ChunkError(foyer::Error::new(
-                foyer::ErrorKind::External,
-                "a metadata entry under a chunk key",
-            ))),
-        }
+        metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => read.source.as_str()).increment(1);
+        read
+    }
+
+    fn arriving(&self, key: &CacheKey) -> Option<Arc<Filling>> {
+        self.filling.lock().expect("filling chunks").get(key).cloned()
     }
 
     /// Publishes tier usage and capacity gauges (called when metrics are scraped).
@@ -345,32 +365,6 @@ impl ChunkCache {
             Ok(Err(error)) => tracing::warn!(error = %error, "closing the cache"),
             Err(panicked) => tracing::error!(error = %panicked, "the disk tier failed as it closed"),
         }
-    }
-}
-
-/// How long a lookup waits for a chunk arriving in a probe's body before it fills
-/// the chunk itself.
-const ARRIVING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A chunk arriving outside a fill: stored with [`Arriving::store`], and no longer
-/// awaited once dropped.
-pub struct Arriving {
-    cache: Arc<ChunkCache>,
-    key: CacheKey,
-    _done: watch::Sender<()>,
-}
-
-impl Arriving {
-    /// Stores the chunk, whole and checked by the caller.
-    pub fn store(self, chunk: Bytes) {
-        metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => ChunkSource::Filled.as_str()).increment(1);
-        self.cache.inner.insert(self.key.clone(), CacheValue::Chunk(chunk));
-    }
-}
-
-impl Drop for Arriving {
-    fn drop(&mut self) {
-        self.cache.arriving.lock().expect("arriving chunks").remove(&self.key);
     }
 }
 

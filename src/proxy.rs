@@ -5,8 +5,8 @@ mod access;
 mod cached;
 mod fill;
 mod forward;
+mod lead;
 mod plan;
-mod tee;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
-use crate::cache::{CacheKey, ChunkCache, ChunkSource, ObjectMeta, PartMeta};
+use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkSource, ChunkWriter, ObjectMeta, PartMeta};
 use crate::config::{Config, ProxyCredentials};
 use crate::error::{error_chain, ProxyError};
 use crate::origin::{self, OriginBody, Route, Router};
@@ -29,7 +29,7 @@ use access::{AccessLog, LoggedBody};
 use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudget, Shape};
 use fill::{Fill, FillAuth};
 use plan::{ColdGate, Entry, Plan, Release};
-use tee::{Keep, TeeBody};
+use lead::Lead;
 
 /// How a request was answered, for the `x-s3-accel-cache` header and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,30 +292,27 @@ impl Proxy {
         let Some((meta, part)) = verdict.serve else {
             return Ok((forward::client_response(response), Outcome::Origin));
         };
-        // A cold probe's body that is exactly one chunk is the data itself: relayed as
-        // it arrives and kept, instead of dropped and fetched again.
-        if verdict.probe == Probe::Cold {
-            if let Some(keep) = self.keep(route, &plan, &meta, &response) {
-                let (mut parts, body) = response.into_parts();
-                forward::strip_hop_by_hop(&mut parts.headers);
-                let response = Response::from_parts(parts, TeeBody::new(body, keep).boxed_unsync());
-                return Ok((response, Outcome::Miss));
-            }
-        }
         let shape = match Shape::of(&meta, part.as_ref(), plan.range, plan.checksum_mode) {
             Some(shape) => shape?,
             // The cache cannot answer as the origin would (checksums it could not
             // read): the origin's own answer goes.
             None => return Ok((forward::client_response(response), Outcome::Origin)),
         };
-        drop(response);
-        // The early read was of the version the cache held: good for that version only.
-        let early = match (early, verdict.probe) {
-            (Some(early), Probe::NotModified | Probe::SameEtag) => early.take().await,
-            _ => None,
+        let head = match verdict.probe {
+            // A cold probe's body is the data: its first chunk streams to the client.
+            Probe::Cold => self.lead(route, &plan, &meta, &shape, response),
+            // The early read was of the version the cache held: good for that version only.
+            Probe::NotModified | Probe::SameEtag => {
+                drop(response);
+                match early {
+                    Some(early) => early.take().await,
+                    None => None,
+                }
+            }
+            Probe::Changed | Probe::Uncacheable | Probe::Refused => None,
         };
         let object = self.cached_object(route, authority, &plan, auth, meta);
-        let (response, source) = object.respond(shape, plan.overrides, &origin_id, early).await?;
+        let (response, source) = object.respond(shape, plan.overrides, &origin_id, head).await?;
         let outcome = match source {
             ChunkSource::Memory | ChunkSource::Disk => Outcome::Hit,
             ChunkSource::Filled | ChunkSource::Coalesced => Outcome::Miss,
@@ -323,35 +320,53 @@ impl Proxy {
         Ok((response, outcome))
     }
 
-    /// What it takes to keep a cold probe's body as a chunk, when that body is exactly
-    /// one chunk of the object and fill memory has room for it.
-    fn keep(&self, route: &Route, plan: &Plan, meta: &ObjectMeta, response: &Response<OriginBody>) -> Option<Keep> {
-        let chunk_size = self.cache.chunk_size();
-        let (first, last) = match response.status() {
-            StatusCode::OK if plan.part.is_none() && plan.range == RangeRequest::Whole => {
-                (0, meta.size.checked_sub(1)?)
-            }
-            StatusCode::PARTIAL_CONTENT => {
+    /// The first chunk of a cold answer, streamed from the probe's own body: kept
+    /// when the body carries that chunk whole, read once when it carries only part
+    /// of it. `None` (the cache answers alone) when the body starts elsewhere than
+    /// the answer, the chunk is already cached or arriving, or fill memory is full.
+    fn lead(
+        &self,
+        route: &Route,
+        plan: &Plan,
+        meta: &ObjectMeta,
+        shape: &Shape,
+        response: Response<OriginBody>,
+    ) -> Option<ChunkRead> {
+        let (first, last) = shape.span?;
+        let starts = match response.status() {
+            StatusCode::OK => 0,
+            _ => {
                 let range = response.headers().get(header::CONTENT_RANGE)?.to_str().ok()?;
-                let (first, last, _) = forward::parse_content_range(range)?;
-                (first, last)
+                forward::parse_content_range(range)?.0
             }
-            _ => return None,
         };
-        if first % chunk_size != 0 || last + 1 != (first + chunk_size).min(meta.size) {
+        if starts != first {
             return None;
         }
+        let chunk_size = self.cache.chunk_size();
+        let index = first / chunk_size;
+        let chunk_last = ((index + 1) * chunk_size).min(meta.size) - 1;
+        let end = last.min(chunk_last);
         let permit = self.fill_permits.clone().try_acquire_owned().ok()?;
-        let key = CacheKey::chunk(&plan.object, &meta.etag, chunk_size, first / chunk_size);
-        Some(Keep {
-            arriving: self.cache.arriving(&key)?,
-            length: last - first + 1,
+        let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
+            let writer = self.cache.claim(&CacheKey::chunk(&plan.object, &meta.etag, chunk_size, index))?;
+            let read = writer.read();
+            (writer, read)
+        } else {
+            let (writer, read) = ChunkWriter::unkept();
+            (writer, read.starting_at(first - index * chunk_size))
+        };
+        let lead = Lead {
+            writer,
+            length: end - first + 1,
             crc: (meta.size <= chunk_size)
                 .then(|| meta.checksums.as_ref().and_then(s3::full_object_crc))
                 .flatten(),
             region: route.region.config.name.clone(),
-            _permit: permit,
-        })
+            permit,
+        };
+        tokio::spawn(lead.feed(response.into_body()));
+        Some(read)
     }
 
     /// Sends the client's request to the origin, with `If-None-Match: condition`.
@@ -544,10 +559,10 @@ impl Proxy {
 
 /// A read of a hit's first chunk from the tiers, started before the origin answers;
 /// stopped if it is not wanted.
-struct EarlyRead(tokio::task::JoinHandle<Option<(Bytes, ChunkSource)>>);
+struct EarlyRead(tokio::task::JoinHandle<Option<ChunkRead>>);
 
 impl EarlyRead {
-    async fn take(mut self) -> Option<(Bytes, ChunkSource)> {
+    async fn take(mut self) -> Option<ChunkRead> {
         (&mut self.0).await.ok().flatten()
     }
 }

@@ -65,7 +65,11 @@ async fn miss_then_hit_is_byte_exact_and_the_hit_costs_no_origin_body() {
     assert_eq!(cold.status, StatusCode::OK);
     assert_eq!(outcome(&cold), "miss");
     assert_eq!(sha256_hex(&cold.body), sha256_hex(&data));
-    assert_eq!(origin.stats.fills(), 6, "one fill per chunk");
+    assert_eq!(
+        origin.stats.fills(),
+        5,
+        "one fill per chunk after the first, which came in the probe's body"
+    );
     assert_eq!(cold.header("content-type"), Some("application/x-safetensors"));
 
     let bytes_before = origin.stats.body_bytes();
@@ -77,7 +81,7 @@ async fn miss_then_hit_is_byte_exact_and_the_hit_costs_no_origin_body() {
     assert_eq!(outcome(&warm), "hit");
     assert_eq!(sha256_hex(&warm.body), sha256_hex(&data));
     assert_eq!(origin.stats.body_bytes(), bytes_before, "a hit sends no origin body");
-    assert_eq!(origin.stats.fills(), 6);
+    assert_eq!(origin.stats.fills(), 5);
 
     // Ranges across chunk boundaries, open, suffix and clamped, from the chunks.
     for range in [
@@ -105,7 +109,7 @@ async fn miss_then_hit_is_byte_exact_and_the_hit_costs_no_origin_body() {
         );
         assert_eq!(sha256_hex(&proxied.body), sha256_hex(&direct.body), "{range}");
     }
-    assert_eq!(origin.stats.fills(), 6);
+    assert_eq!(origin.stats.fills(), 5, "ranges are read from the cached chunks");
 }
 
 #[tokio::test]
@@ -158,7 +162,7 @@ async fn a_cold_herd_fetches_the_object_once() {
         origin_bytes <= (size + (8 << 20)) as u64,
         "origin sent {origin_bytes} bytes for a {size}-byte object"
     );
-    assert_eq!(origin.stats.fills(), 8);
+    assert_eq!(origin.stats.fills(), 7, "the first chunk came in the probe's body");
 }
 
 #[tokio::test]
@@ -302,13 +306,22 @@ async fn a_fill_killed_midway_leaves_no_waiter_hanging_and_nothing_poisoned() {
         assert_eq!(sha256_hex(&reply.body), expected);
     }
 
-    // Every fill dies: a clean 503 SlowDown before any byte, or a cut body after.
+    // Every fill dies before its first byte: a clean 503 SlowDown. (A HEAD first: a
+    // cold GET's first chunk would come in its probe's body.)
     let (other, other_data) = origin_with_object(true, 4 * CHUNK).await;
     let proxy = proxy_for(&other, "", MEMORY_ONLY).await;
-    other.stats.cut_fills.store(1000, Ordering::SeqCst);
+    get(&proxy, Call::head(&target(), &Signing::Presigned(TestOrigin::credentials()))).await;
+    other.stats.fail_fills.store(1000, Ordering::SeqCst);
     let reply = get(&proxy, call.clone()).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.xml("Code").as_deref(), Some("SlowDown"));
+    other.stats.fail_fills.store(0, Ordering::SeqCst);
+    // Every fill dies mid-chunk, with the first bytes streamed: the response is cut.
+    other.stats.cut_fills.store(1000, Ordering::SeqCst);
+    let cut = tokio::time::timeout(Duration::from_secs(30), proxy.send(&call))
+        .await
+        .expect("no hang");
+    assert!(cut.is_err(), "a fill that dies mid-chunk cuts its readers");
     // With the first chunk cached, the failure comes mid-body: the response is cut.
     other.stats.cut_fills.store(0, Ordering::SeqCst);
     get(&proxy, call.clone().unsigned_header("range", "bytes=0-0")).await;

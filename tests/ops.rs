@@ -71,7 +71,8 @@ async fn metrics_count_a_miss_and_a_hit_with_their_bytes() {
             "s3accel_origin_requests_total",
             "region=\"metrics-test\",kind=\"fill\",status=\"206\""
         ),
-        Some(3.0)
+        Some(2.0),
+        "the first of three chunks came in the cold probe's body"
     );
     assert_eq!(
         sample(

@@ -215,6 +215,7 @@ async fn part_reads_are_ranges_of_the_cached_object() {
         let direct = origin.send(&part(n)).await;
         assert_eq!(direct.status, StatusCode::PARTIAL_CONTENT);
         for expected in ["miss", "hit"] {
+            origin.stats.settled().await;
             let bytes = origin.stats.body_bytes();
             let reply = get(&proxy, part(n)).await;
             assert_eq!(reply.status, StatusCode::PARTIAL_CONTENT, "part {n}: {}", reply.text());
@@ -366,8 +367,10 @@ async fn outcomes_say_where_the_bytes_came_from() {
     assert_eq!(outcome(&second), "hit");
     assert_eq!(sha256_hex(&second.body), sha256_hex(&data));
     // s3-accel's own errors say so too.
-    origin.stats.cut_fills.store(1000, std::sync::atomic::Ordering::SeqCst);
+    origin.stats.fail_fills.store(1000, std::sync::atomic::Ordering::SeqCst);
     origin.put(BUCKET, "other.bin", &data, &[]).await;
+    // (A HEAD first: a cold GET's first chunk would come in its probe's body.)
+    get(&proxy, Call::head(&format!("/{BUCKET}/other.bin"), &presigned())).await;
     let failed = get(&proxy, Call::get(&format!("/{BUCKET}/other.bin"), &presigned())).await;
     assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(outcome(&failed), "error");
@@ -434,20 +437,37 @@ async fn a_chunk_aligned_cold_range_is_kept_and_a_cut_one_is_not() {
     assert_eq!(outcome(&warm), "hit");
     assert_eq!(origin.stats.body_bytes() - bytes, CHUNK as u64);
 
-    // The origin cuts a cold probe's body: the client's response is cut, nothing is
-    // kept, and the next read is whole.
+    // The origin cuts a cold probe's body: the response goes on from a fill of the
+    // chunk (the same version: If-Match), which is what is kept.
     origin.put(BUCKET, "cut.bin", &data, &[]).await;
     let cut_part = Call::get(&format!("/{BUCKET}/cut.bin"), &TestOrigin::signing())
         .header("range", &format!("bytes=0-{}", CHUNK - 1))
         .header("if-match", &etag);
     origin.stats.cut_fills.store(1, std::sync::atomic::Ordering::SeqCst);
-    let cut = tokio::time::timeout(Duration::from_secs(30), proxy.send(&cut_part))
+    let (requests, fills) = (origin.stats.requests(), origin.stats.fills());
+    let resumed = get(&proxy, cut_part.clone()).await;
+    assert_eq!(&resumed.body[..], &data[..CHUNK]);
+    assert_eq!(
+        (origin.stats.requests() - requests, origin.stats.fills() - fills),
+        (2, 2),
+        "the probe (cut) and one fill"
+    );
+    let warm = get(&proxy, cut_part.clone()).await;
+    assert_eq!((outcome(&warm), &warm.body[..]), ("hit", &data[..CHUNK]));
+    // Cut again where it resumes: the response is cut, nothing is kept, and the next
+    // read is whole.
+    origin.put(BUCKET, "cut-twice.bin", &data, &[]).await;
+    let cut_twice = Call::get(&format!("/{BUCKET}/cut-twice.bin"), &TestOrigin::signing())
+        .header("range", &format!("bytes=0-{}", CHUNK - 1))
+        .header("if-match", &etag);
+    origin.stats.cut_fills.store(2, std::sync::atomic::Ordering::SeqCst);
+    let cut = tokio::time::timeout(Duration::from_secs(30), proxy.send(&cut_twice))
         .await
         .expect("no hang");
-    assert!(cut.is_err(), "a cut probe body is a cut response");
-    let healed = get(&proxy, cut_part).await;
+    assert!(cut.is_err(), "a probe and a fill cut: a cut response");
+    let healed = get(&proxy, cut_twice).await;
     assert_eq!(&healed.body[..], &data[..CHUNK]);
-    assert_eq!(outcome(&healed), "miss", "nothing was kept from the cut body");
+    assert_eq!(outcome(&healed), "miss", "nothing was kept from the cut bodies");
 }
 
 #[tokio::test]

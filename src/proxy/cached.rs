@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::fill::{Fill, FillError};
-use crate::cache::{CacheKey, ChunkCache, ChunkError, ChunkSource, ObjectId, ObjectMeta, PartMeta};
+use crate::cache::{CacheKey, ChunkCache, ChunkError, ChunkRead, ChunkSource, ObjectId, ObjectMeta, PartMeta};
 use crate::error::ProxyError;
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::{self, REQUEST_ID};
@@ -226,11 +226,11 @@ impl ReadAheadBudget {
     }
 }
 
-/// A chunk slice handed to a client, holding its share of the read-ahead budget
-/// until the last reference to it (hyper's, once written) is gone.
+/// A chunk slice handed to a client, holding its chunk's share of the read-ahead
+/// budget until the last reference to it (hyper's, once written) is gone.
 struct Budgeted {
     bytes: Bytes,
-    _permits: Vec<OwnedSemaphorePermit>,
+    _permits: Arc<Vec<OwnedSemaphorePermit>>,
 }
 
 impl AsRef<[u8]> for Budgeted {
@@ -250,37 +250,29 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
-    /// Chunk `index`, from the cache or one coalesced fill. A failed fill fails its
-    /// waiters once; they try once more, then give up.
-    async fn chunk(self: Arc<Self>, index: u64) -> Result<(Bytes, ChunkSource), ChunkError> {
-        let key = CacheKey::chunk(&self.object, &self.meta.etag, self.cache.chunk_size(), index);
-        match self.cache.chunk(key.clone(), || self.fill.fetch(index)).await {
-            Ok(found) => Ok(found),
-            Err(error)
-                if error
-                    .fill_error::<FillError>()
-                    .is_some_and(|e| matches!(e, FillError::Changed)) =>
-            {
-                Err(error)
-            }
-            Err(error) => {
-                tracing::debug!(error = %crate::error::error_chain(&error), index, "chunk fill failed; retrying once");
-                self.cache.chunk(key, || self.fill.fetch(index)).await
-            }
-        }
+    pub fn key(&self, index: u64) -> CacheKey {
+        CacheKey::chunk(&self.object, &self.meta.etag, self.cache.chunk_size(), index)
     }
 
-    /// The response `shape` describes. Waits for the first chunk, so that a fill
-    /// that fails outright is a clean 503 rather than a cut body; says where that
+    /// Chunk `index`, from the tiers or the one fill bringing it in.
+    async fn read(self: Arc<Self>, index: u64) -> ChunkRead {
+        let fill = self.fill.clone();
+        self.cache
+            .chunk(self.key(index), move |sink| fill.fetch(index, sink))
+            .await
+    }
+
+    /// The response `shape` describes. Waits for the first bytes, so that a fill
+    /// that fails outright is a clean 503 rather than a cut body; says where the
     /// first chunk came from (a hit is a response whose first bytes were cached).
-    /// `early` is the first chunk, when it was read from a tier while the origin
-    /// decided.
+    /// `head` is the first chunk when it is already at hand: read from a tier while
+    /// the origin decided, or arriving in a cold probe's body.
     pub async fn respond(
         self: Arc<Self>,
         shape: Shape,
         overrides: Vec<(HeaderName, HeaderValue)>,
         request_id: &str,
-        early: Option<(Bytes, ChunkSource)>,
+        head: Option<ChunkRead>,
     ) -> Result<(Response<ProxyBody>, ChunkSource), ProxyError> {
         let (body, source) = match shape.span {
             None => (
@@ -289,7 +281,7 @@ impl CachedObject {
                     .boxed_unsync(),
                 ChunkSource::Memory,
             ),
-            Some((first, last)) => self.clone().body(first, last, early).await?,
+            Some((first, last)) => self.clone().body(first, last, head).await?,
         };
         let mut response = Response::new(body);
         *response.status_mut() = shape.status;
@@ -311,10 +303,19 @@ impl CachedObject {
 
     /// Fills every chunk of the object, `read_ahead` at a time (warming).
     pub async fn warm_all(self: Arc<Self>) -> Result<(), ChunkError> {
-        let count = self.meta.size.div_ceil(self.cache.chunk_size());
+        let (chunk_size, size) = (self.cache.chunk_size(), self.meta.size);
         let this = self.clone();
-        let mut chunks = stream::iter(0..count)
-            .map(move |index| this.clone().chunk(index))
+        let mut chunks = stream::iter(0..size.div_ceil(chunk_size))
+            .map(move |index| {
+                let this = this.clone();
+                async move {
+                    let read = this.clone().read(index).await;
+                    let length = (size - index * chunk_size).min(chunk_size);
+                    let mut bytes = this.bytes(index, 0, length, read, Arc::default());
+                    while bytes.next().await.transpose()?.is_some() {}
+                    Ok::<_, ChunkError>(())
+                }
+            })
             .buffer_unordered(self.read_ahead);
         while let Some(chunk) = chunks.next().await {
             chunk?;
@@ -322,58 +323,174 @@ impl CachedObject {
         Ok(())
     }
 
+    /// Bytes `from..to` of chunk `index` as they arrive, each holding `permits`. A
+    /// read that fails is resumed once from a new fill (unless the object changed);
+    /// one that fails again ends in an error, never short.
+    fn bytes(
+        self: Arc<Self>,
+        index: u64,
+        from: u64,
+        to: u64,
+        read: ChunkRead,
+        permits: Arc<Vec<OwnedSemaphorePermit>>,
+    ) -> stream::BoxStream<'static, Result<Bytes, ChunkError>> {
+        let labels = [
+            ("region", self.fill.region.config.name.clone()),
+            ("source", read.source.tier().to_owned()),
+        ];
+        let piece = Piece {
+            sent: metrics::counter!(telemetry::RESPONSE_BYTES, &labels),
+            object: self,
+            index,
+            at: from,
+            to,
+            read,
+            retried: false,
+            permits,
+        };
+        stream::unfold(Some(piece), |piece| async move {
+            let mut piece = piece?;
+            match piece.next().await? {
+                Ok(bytes) => Some((Ok(bytes), Some(piece))),
+                Err(error) => Some((Err(error), None)),
+            }
+        })
+        .boxed()
+    }
+
     async fn body(
         self: Arc<Self>,
         first: u64,
         last: u64,
-        early: Option<(Bytes, ChunkSource)>,
+        head: Option<ChunkRead>,
     ) -> Result<(ProxyBody, ChunkSource), ProxyError> {
         let chunk_size = self.cache.chunk_size();
         let this = self.clone();
-        let head = first / chunk_size;
-        let early = Arc::new(std::sync::Mutex::new(early));
-        let mut chunks = stream::iter(head..=last / chunk_size)
+        let head_index = first / chunk_size;
+        let head = Arc::new(std::sync::Mutex::new(head));
+        let mut chunks = stream::iter(head_index..=last / chunk_size)
             .map(move |index| {
-                let (this, early) = (this.clone(), early.clone());
+                let (this, head) = (this.clone(), head.clone());
                 async move {
                     // Taken in order (the semaphores are fair), so the chunk the client
                     // waits for is never behind its own read-ahead.
-                    let permits = this.budget.reserve(chunk_size, index != head).await;
-                    let early = early.lock().expect("early chunk").take().filter(|_| index == head);
-                    let (bytes, source) = match early {
-                        Some(found) => found,
-                        None => this.chunk(index).await?,
+                    let permits = this.budget.reserve(chunk_size, index != head_index).await;
+                    let at_hand = match index == head_index {
+                        true => head.lock().expect("the head chunk").take(),
+                        false => None,
+                    };
+                    let read = match at_hand {
+                        Some(read) => read,
+                        None => this.clone().read(index).await,
                     };
                     // The part of chunk `index` inside [first, last].
                     let start = index * chunk_size;
-                    let from = first.saturating_sub(start) as usize;
-                    let to = ((last - start + 1).min(bytes.len() as u64)) as usize;
-                    let bytes = Bytes::from_owner(Budgeted {
-                        bytes: bytes.slice(from..to),
-                        _permits: permits,
-                    });
-                    Ok::<_, ChunkError>((bytes, source))
+                    let (from, to) = (first.saturating_sub(start), (last - start + 1).min(chunk_size));
+                    let source = read.source;
+                    (source, this.bytes(index, from, to, read, Arc::new(permits)))
                 }
             })
             // Polled together: the chunks after the first are filled while it is.
             .buffered(self.read_ahead);
-        let head = match chunks.next().await {
-            Some(Ok(head)) => head,
-            Some(Err(error)) => return Err(ProxyError::Fill(error)),
-            None => (Bytes::new(), ChunkSource::Memory),
+        let Some((source, mut head)) = chunks.next().await else {
+            unreachable!("a span has at least one chunk")
         };
-        let head_source = head.1;
-        let region = self.fill.region.config.name.clone();
-        let frames = stream::once(async move { Ok(head) })
-            .chain(chunks)
-            .map_ok(move |(bytes, source)| {
-                let labels = [("region", region.clone()), ("source", source.tier().to_owned())];
-                metrics::counter!(telemetry::RESPONSE_BYTES, &labels).increment(bytes.len() as u64);
-                Frame::data(bytes)
-            })
+        let first_bytes = match head.next().await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(error)) => return Err(ProxyError::Fill(error)),
+            None => Bytes::new(),
+        };
+        let frames = stream::once(async move { Ok(first_bytes) })
+            .chain(head)
+            .chain(chunks.flat_map(|(_, bytes)| bytes))
+            .map_ok(Frame::data)
             .map_err(|error| -> BoxError { Box::new(error) });
-        Ok((StreamBody::new(frames).boxed_unsync(), head_source))
+        Ok((StreamBody::new(frames).boxed_unsync(), source))
     }
+}
+
+/// Where one response is in one chunk.
+struct Piece {
+    object: Arc<CachedObject>,
+    index: u64,
+    /// Offsets in the chunk: the next byte wanted, and the end (exclusive).
+    at: u64,
+    to: u64,
+    read: ChunkRead,
+    retried: bool,
+    permits: Arc<Vec<OwnedSemaphorePermit>>,
+    /// `s3accel_response_bytes_total` of the region and tier.
+    sent: metrics::Counter,
+}
+
+impl Piece {
+    async fn next(&mut self) -> Option<Result<Bytes, ChunkError>> {
+        while self.at < self.to {
+            let error = match self.read.next().await {
+                Some(Ok((start, bytes))) => {
+                    let end = (start + bytes.len() as u64).min(self.to);
+                    if start > self.at {
+                        break;
+                    }
+                    if end <= self.at {
+                        continue;
+                    }
+                    // A chunk checked whole against the object's checksum is known good
+                    // only once it is all in: its last bytes wait for that, so that a
+                    // bad one ends in a cut response, never a complete one.
+                    let checked = match end == self.to && self.object.fill.checks(self.index) {
+                        true => self.read.finished().await,
+                        false => Ok(()),
+                    };
+                    match checked {
+                        Ok(()) => {
+                            let piece = bytes.slice((self.at - start) as usize..(end - start) as usize);
+                            self.at = end;
+                            self.sent.increment(piece.len() as u64);
+                            return Some(Ok(Bytes::from_owner(Budgeted {
+                                bytes: piece,
+                                _permits: self.permits.clone(),
+                            })));
+                        }
+                        Err(error) => error,
+                    }
+                }
+                Some(Err(error)) => error,
+                None => break,
+            };
+            // A fill that failed is tried once more, from where this response is:
+            // every fill of a chunk is of one version (If-Match), so the bytes agree.
+            if self.retried || changed(&error) {
+                return Some(Err(error));
+            }
+            tracing::debug!(error = %crate::error::error_chain(&error), index = self.index, at = self.at, "chunk fill failed; retrying once");
+            self.retried = true;
+            self.read = self.object.clone().read(self.index).await;
+        }
+        (self.at < self.to).then(|| {
+            Err(ChunkError::new(ShortChunk {
+                index: self.index,
+                at: self.at,
+                to: self.to,
+            }))
+        })
+    }
+}
+
+fn changed(error: &ChunkError) -> bool {
+    error
+        .fill_error::<FillError>()
+        .is_some_and(|e| matches!(e, FillError::Changed))
+}
+
+/// A chunk's bytes that stopped before the end a response needs (never expected:
+/// fills check their length).
+#[derive(Debug, thiserror::Error)]
+#[error("chunk {index} ended at byte {at}, before byte {to}")]
+struct ShortChunk {
+    index: u64,
+    at: u64,
+    to: u64,
 }
 
 #[cfg(test)]

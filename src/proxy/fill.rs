@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
+use crate::cache::ChunkSink;
 use crate::config::ProxyCredentials;
 use crate::origin::{poison, sign_s3, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
@@ -143,11 +144,19 @@ impl Fill {
         (start, (start + self.chunk_size).min(self.size) - 1)
     }
 
-    /// Fetches chunk `index`. The future owns what it needs: the cache runs it in a
-    /// task of its own, so a client that goes away does not cancel it.
+    /// Whether chunk `index` is checked against the object's CRC before it is kept:
+    /// when it is the whole object and its full-object CRC is known.
+    pub fn checks(&self, index: u64) -> bool {
+        index == 0 && self.size <= self.chunk_size && self.crc.is_some()
+    }
+
+    /// Fetches chunk `index`, pushing its bytes to `sink` as they arrive, and
+    /// returns it whole once it is checked. The future owns what it needs: the cache
+    /// runs it in a task of its own, so a client that goes away does not cancel it.
     pub fn fetch(
         self: &Arc<Self>,
         index: u64,
+        sink: ChunkSink,
     ) -> impl std::future::Future<Output = Result<Bytes, FillError>> + Send + 'static {
         let fill = self.clone();
         async move {
@@ -168,27 +177,23 @@ impl Fill {
             checked?;
             let mut body = response.into_body();
             let expected = last - first + 1;
-            let mut chunk = BytesMut::with_capacity(expected as usize);
+            let mut got = 0;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(FillError::Body)?;
                 if let Ok(data) = frame.into_data() {
-                    if chunk.len() as u64 + data.len() as u64 > expected {
-                        return Err(FillError::Length {
-                            got: chunk.len() as u64 + data.len() as u64,
-                            expected,
-                        });
+                    got += data.len() as u64;
+                    if got > expected {
+                        return Err(FillError::Length { got, expected });
                     }
-                    chunk.extend_from_slice(&data);
+                    sink.push(data);
                 }
             }
-            if chunk.len() as u64 != expected {
-                return Err(FillError::Length {
-                    got: chunk.len() as u64,
-                    expected,
-                });
+            if got != expected {
+                return Err(FillError::Length { got, expected });
             }
+            let chunk = sink.assemble();
             // A one-chunk object is checked whole against its stored CRC.
-            if let Some((algorithm, stored)) = fill.crc.as_ref().filter(|_| expected == fill.size) {
+            if let Some((algorithm, stored)) = fill.crc.as_ref().filter(|_| fill.checks(index)) {
                 if crate::s3::crc_of(*algorithm, &chunk) != *stored {
                     return Err(FillError::Checksum {
                         expected: stored.clone(),
@@ -197,7 +202,7 @@ impl Fill {
             }
             let region = fill.region.config.name.clone();
             metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(expected);
-            Ok(chunk.freeze())
+            Ok(chunk)
         }
     }
 

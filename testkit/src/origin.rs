@@ -35,10 +35,14 @@ pub const CUT_AFTER: usize = 100 << 10;
 pub struct OriginStats {
     pub requests: AtomicU64,
     pub body_bytes: AtomicU64,
+    /// Response bodies being sent.
+    pub open_bodies: AtomicU64,
     /// Ranged GETs with If-Match: the proxy's chunk fills.
     pub fills: AtomicU64,
     /// The next this-many fills are cut after `CUT_AFTER` body bytes.
     pub cut_fills: AtomicU64,
+    /// The next this-many fills fail before their first body byte.
+    pub fail_fills: AtomicU64,
     /// `METHOD target` of every request, in arrival order.
     pub log: Mutex<Vec<String>>,
     /// Part sizes of objects stored "in parts", by raw path (`/bucket/key`): s3s-fs
@@ -57,6 +61,16 @@ impl OriginStats {
 
     pub fn fills(&self) -> u64 {
         self.fills.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to 10 s) until no response body is being sent: a body the proxy cut
+    /// off (a cold probe's, past its first chunk) is counted until its connection
+    /// closes, which a byte count taken before a re-read must not see.
+    pub async fn settled(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.open_bodies.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -309,6 +323,12 @@ async fn answer(
             .is_ok()
         {
             cut_after = Some(CUT_AFTER);
+        } else if stats
+            .fail_fills
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            cut_after = Some(0);
         }
     }
     if !options.shaping.rtt.is_zero() {
@@ -339,6 +359,7 @@ async fn answer(
         }
         _ => response.map(http_body_util::BodyExt::boxed_unsync),
     };
+    stats.open_bodies.fetch_add(1, Ordering::SeqCst);
     response.map(|inner| OriginBody {
         inner,
         stats,
@@ -510,6 +531,12 @@ pub struct OriginBody {
     pacers: Pacers,
     /// A frame waiting for its pacing delay.
     held: Option<(Pin<Box<Sleep>>, Frame<Bytes>)>,
+}
+
+impl Drop for OriginBody {
+    fn drop(&mut self) {
+        self.stats.open_bodies.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Body for OriginBody {
