@@ -9,14 +9,14 @@ mod value;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use disk::DiskGate;
+pub use disk::DiskHealth;
+pub use filling::{ChunkRead, ChunkSink, ChunkWriter, Dangling};
+use filling::{Destination, Filling, Table};
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
     PsyncIoEngineConfig, RecoverMode, S3FifoConfig, StorageFilter,
 };
-use disk::DiskGate;
-pub use disk::DiskHealth;
-use filling::{Destination, Filling, Table};
-pub use filling::{ChunkRead, ChunkSink, ChunkWriter, Dangling};
 pub use key::{CacheKey, ObjectId};
 pub use value::{CacheValue, ObjectMeta, PartMeta};
 

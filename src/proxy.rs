@@ -28,8 +28,8 @@ use crate::ProxyBody;
 use access::{AccessLog, LoggedBody};
 use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudget, Shape};
 use fill::{Fill, FillAuth};
-use plan::{ColdGate, Entry, Plan, Release};
 use lead::Lead;
+use plan::{ColdGate, Entry, Plan, Release};
 
 /// How a request was answered, for the `x-s3-accel-cache` header and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,7 +349,9 @@ impl Proxy {
         let end = last.min(chunk_last);
         let permit = self.fill_permits.clone().try_acquire_owned().ok()?;
         let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
-            let writer = self.cache.claim(&CacheKey::chunk(&plan.object, &meta.etag, chunk_size, index))?;
+            let writer = self
+                .cache
+                .claim(&CacheKey::chunk(&plan.object, &meta.etag, chunk_size, index))?;
             let read = writer.read();
             (writer, read)
         } else {

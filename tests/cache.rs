@@ -310,7 +310,11 @@ async fn a_fill_killed_midway_leaves_no_waiter_hanging_and_nothing_poisoned() {
     // cold GET's first chunk would come in its probe's body.)
     let (other, other_data) = origin_with_object(true, 4 * CHUNK).await;
     let proxy = proxy_for(&other, "", MEMORY_ONLY).await;
-    get(&proxy, Call::head(&target(), &Signing::Presigned(TestOrigin::credentials()))).await;
+    get(
+        &proxy,
+        Call::head(&target(), &Signing::Presigned(TestOrigin::credentials())),
+    )
+    .await;
     other.stats.fail_fills.store(1000, Ordering::SeqCst);
     let reply = get(&proxy, call.clone()).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -6,4 +6,5 @@ mod faults;
 mod front;
 mod ops;
 mod reads;
+mod streaming;
 mod support;

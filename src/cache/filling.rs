@@ -190,7 +190,10 @@ impl Drop for ChunkWriter {
 
 fn release(destination: &Destination, filling: &Arc<Filling>) {
     let mut table = destination.table.lock().expect("filling chunks");
-    if table.get(&destination.key).is_some_and(|entry| Arc::ptr_eq(entry, filling)) {
+    if table
+        .get(&destination.key)
+        .is_some_and(|entry| Arc::ptr_eq(entry, filling))
+    {
         table.remove(&destination.key);
     }
 }

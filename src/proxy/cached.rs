@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, FutureExt, StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{HeaderName, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::fill::{Fill, FillError};
 use crate::cache::{CacheKey, ChunkCache, ChunkError, ChunkRead, ChunkSource, ObjectId, ObjectMeta, PartMeta};
@@ -365,20 +365,23 @@ impl CachedObject {
         head: Option<ChunkRead>,
     ) -> Result<(ProxyBody, ChunkSource), ProxyError> {
         let chunk_size = self.cache.chunk_size();
-        let this = self.clone();
         let head_index = first / chunk_size;
-        let head = Arc::new(std::sync::Mutex::new(head));
-        let mut chunks = stream::iter(head_index..=last / chunk_size)
-            .map(move |index| {
-                let (this, head) = (this.clone(), head.clone());
-                async move {
-                    // Taken in order (the semaphores are fair), so the chunk the client
-                    // waits for is never behind its own read-ahead.
-                    let permits = this.budget.reserve(chunk_size, index != head_index).await;
-                    let at_hand = match index == head_index {
-                        true => head.lock().expect("the head chunk").take(),
-                        false => None,
-                    };
+        // The read-ahead runs on its own, not when the client's connection asks for
+        // more: a task takes each chunk's budget in order (the semaphores are fair, so
+        // the chunk the client waits for is never behind its own read-ahead) and
+        // starts its read, `read_ahead` chunks at most ahead of the client.
+        let (ahead, mut chunks) = mpsc::channel(self.read_ahead);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut head = head;
+            for index in head_index..=last / chunk_size {
+                let permits = tokio::select! {
+                    permits = this.budget.reserve(chunk_size, index != head_index) => permits,
+                    () = ahead.closed() => return,
+                };
+                let at_hand = head.take();
+                let this = this.clone();
+                let chunk = tokio::spawn(async move {
                     let read = match at_hand {
                         Some(read) => read,
                         None => this.clone().read(index).await,
@@ -386,12 +389,16 @@ impl CachedObject {
                     // The part of chunk `index` inside [first, last].
                     let start = index * chunk_size;
                     let (from, to) = (first.saturating_sub(start), (last - start + 1).min(chunk_size));
-                    let source = read.source;
-                    (source, this.bytes(index, from, to, read, Arc::new(permits)))
+                    (read.source, this.bytes(index, from, to, read, Arc::new(permits)))
+                });
+                if ahead.send(chunk).await.is_err() {
+                    return;
                 }
-            })
-            // Polled together: the chunks after the first are filled while it is.
-            .buffered(self.read_ahead);
+            }
+        });
+        let mut chunks = stream::poll_fn(move |cx| chunks.poll_recv(cx)).then(|chunk| {
+            chunk.map(|joined| joined.unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic())))
+        });
         let Some((source, mut head)) = chunks.next().await else {
             unreachable!("a span has at least one chunk")
         };

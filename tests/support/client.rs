@@ -109,6 +109,25 @@ impl Call {
 impl TestClient {
     /// Sends `call` to the server at `address`, signed for the Host that server sees.
     pub async fn send(&self, address: SocketAddr, call: &Call) -> Result<Reply, String> {
+        let (parts, body) = self.open(address, call).await?.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body failed: {e:?}"))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Sends `call` and returns the response as it arrives, its body unread.
+    pub async fn open(
+        &self,
+        address: SocketAddr,
+        call: &Call,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
         let host = call.host.clone().unwrap_or_else(|| address.to_string());
         let mut builder = Request::builder()
             .method(call.method.clone())
@@ -144,20 +163,9 @@ impl TestClient {
         }
         let request = Request::from_parts(parts, Empty::new());
         let client = if call.h2 { &self.h2c } else { &self.http1 };
-        let response = client
+        client
             .request(request)
             .await
-            .map_err(|e| format!("request failed: {e:?}"))?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("body failed: {e:?}"))?
-            .to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+            .map_err(|e| format!("request failed: {e:?}"))
     }
 }
