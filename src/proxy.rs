@@ -7,6 +7,7 @@ mod fill;
 mod forward;
 mod lead;
 mod plan;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -536,7 +537,8 @@ impl Proxy {
             cache: self.cache.clone(),
             object: plan.object.clone(),
             meta,
-            fill: Arc::new(fill),
+            upstream: Arc::new(fill),
+            region: route.region.config.name.clone(),
             read_ahead: self.read_ahead,
             budget: self.read_ahead_budget.clone(),
         })

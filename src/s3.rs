@@ -6,7 +6,7 @@ pub mod classify;
 pub mod range;
 pub mod xml;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
 
 pub use classify::{classify, ObjectRequest, Operation, RequestError, ResourceType};
 
@@ -151,48 +151,9 @@ fn is_checksum_value(value: &str, digest: usize) -> bool {
     body_ok && parts_ok
 }
 
-/// The `response-*` overrides of a query, as the headers they set on this response.
-pub fn response_overrides(query: Option<&str>) -> Vec<(HeaderName, HeaderValue)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .filter_map(|(name, value)| {
-            let header = name.strip_prefix("response-")?;
-            if !matches!(
-                header,
-                "cache-control"
-                    | "content-disposition"
-                    | "content-encoding"
-                    | "content-language"
-                    | "content-type"
-                    | "expires"
-            ) {
-                return None;
-            }
-            let value = classify::decode(&value.replace('+', "%20")).ok()?;
-            Some((
-                HeaderName::from_bytes(header.as_bytes()).ok()?,
-                HeaderValue::from_str(&value).ok()?,
-            ))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn overrides_are_decoded_headers() {
-        let overrides = response_overrides(Some("versionId=1&response-content-type=text%2Fplain&response-content-disposition=attachment%3B+filename%3Da.txt&response-x=1"));
-        assert_eq!(overrides.len(), 2);
-        assert_eq!(
-            overrides[0],
-            (http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))
-        );
-        assert_eq!(overrides[1].1, "attachment; filename=a.txt");
-    }
 
     #[test]
     fn checksums_are_read_strictly() {

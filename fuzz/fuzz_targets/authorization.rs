@@ -2,7 +2,7 @@
 //! signature covers never panics, and only a SigV4 signature covers anything.
 #![no_main]
 
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use s3_accel::s3::auth::ClientAuth;
 
@@ -12,7 +12,11 @@ fuzz_target!(|input: (&[u8], Option<&str>)| {
     if let Ok(value) = HeaderValue::from_bytes(authorization) {
         headers.insert(header::AUTHORIZATION, value);
     }
-    let auth = ClientAuth::of(&headers, query);
+    // The presign parameters as classification hands them over.
+    let presign = s3_accel::s3::classify(&Method::GET, "/bucket/key", query, None)
+        .map(|request| request.presign)
+        .unwrap_or_default();
+    let auth = ClientAuth::of(&headers, &presign);
     for name in ["host", "range", "if-match", "x-amz-date"] {
         if auth.covers(name) {
             assert!(matches!(auth, ClientAuth::V4 { .. }));

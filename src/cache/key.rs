@@ -13,9 +13,8 @@ const KIND_META: u8 = 0;
 const KIND_CHUNK: u8 = 1;
 
 /// What selects an object's bytes at the origin. Names are raw, as the client
-/// encoded them: `+` means different things to different origins. Chunks and the
-/// object's metadata are keyed with `part_number: None`; a part's bounds with the
-/// part's number (a part is a range of the object's chunks, never chunks of its own).
+/// encoded them: `+` means different things to different origins. A part is a range
+/// of the object's chunks, never chunks of its own: only its bounds have a key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectId {
     /// The origin, as `scheme://host:port`.
@@ -23,7 +22,6 @@ pub struct ObjectId {
     pub bucket: String,
     pub key: String,
     pub version_id: Option<String>,
-    pub part_number: Option<u16>,
 }
 
 /// A cache entry's key: an object's metadata, or one chunk of one version of it.
@@ -38,18 +36,17 @@ impl Hash for CacheKey {
 
 impl CacheKey {
     pub fn meta(object: &ObjectId) -> Self {
+        Self::part(object, 0)
+    }
+
+    /// Where the bounds of part `number` of `object` are kept (0: the object's own
+    /// metadata).
+    pub fn part(object: &ObjectId, number: u16) -> Self {
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(&[KEY_VERSION, KIND_META]);
         encode_object(&mut out, object);
+        out.extend_from_slice(&number.to_be_bytes());
         Self(out.into())
-    }
-
-    /// Where the bounds of part `number` of `object` are kept.
-    pub fn part(object: &ObjectId, number: u16) -> Self {
-        Self::meta(&ObjectId {
-            part_number: Some(number),
-            ..object.clone()
-        })
     }
 
     /// Chunk `index` of the version `etag`, cut at `chunk_size`: the ETag makes a
@@ -58,6 +55,8 @@ impl CacheKey {
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(&[KEY_VERSION, KIND_CHUNK]);
         encode_object(&mut out, object);
+        // (Where a part number once was: chunks are the object's.)
+        out.extend_from_slice(&0u16.to_be_bytes());
         put_str(&mut out, etag);
         out.extend_from_slice(&chunk_size.to_be_bytes());
         out.extend_from_slice(&index.to_be_bytes());
@@ -89,7 +88,6 @@ fn encode_object(out: &mut Vec<u8>, object: &ObjectId) {
         }
         None => out.push(0),
     }
-    out.extend_from_slice(&object.part_number.unwrap_or(0).to_be_bytes());
 }
 
 /// Length-prefixed (u32, big-endian) bytes.
@@ -143,7 +141,6 @@ mod tests {
             bucket: "models".into(),
             key: "llama/weights-00001.safetensors".into(),
             version_id: None,
-            part_number: None,
         }
     }
 
@@ -163,13 +160,11 @@ mod tests {
         let mut other = object();
         other.version_id = Some("v1".into());
         assert_ne!(base, CacheKey::chunk(&other, "\"e\"", 8 << 20, 0));
-        let mut other = object();
-        other.part_number = Some(1);
-        assert_ne!(base, CacheKey::chunk(&other, "\"e\"", 8 << 20, 0));
         assert_ne!(base, CacheKey::chunk(&object(), "\"f\"", 8 << 20, 0));
         assert_ne!(base, CacheKey::chunk(&object(), "\"e\"", 16 << 20, 0));
         assert_ne!(base, CacheKey::chunk(&object(), "\"e\"", 8 << 20, 1));
         assert_ne!(CacheKey::meta(&object()), base);
+        assert_ne!(CacheKey::meta(&object()), CacheKey::part(&object(), 1));
     }
 
     proptest! {
@@ -177,7 +172,7 @@ mod tests {
         fn keys_round_trip_and_never_collide_by_concatenation(
             bucket in ".{0,20}", key in ".{0,40}", etag in ".{0,20}", index in any::<u64>()
         ) {
-            let object = ObjectId { origin: "o".into(), bucket: bucket.clone(), key: key.clone(), version_id: None, part_number: None };
+            let object = ObjectId { origin: "o".into(), bucket: bucket.clone(), key: key.clone(), version_id: None };
             let chunk = CacheKey::chunk(&object, &etag, 1 << 20, index);
             let mut buf = Vec::new();
             chunk.encode(&mut buf).unwrap();

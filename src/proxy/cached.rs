@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, StreamBody};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::fill::{Fill, FillError};
+use super::fill::FillError;
+use super::upstream::Upstream;
 use crate::cache::{CacheKey, ChunkCache, ChunkError, ChunkRead, ChunkSource, ObjectId, ObjectMeta, PartMeta};
 use crate::error::ProxyError;
 use crate::s3::range::{self, RangeRequest};
@@ -244,7 +245,10 @@ pub struct CachedObject {
     pub cache: Arc<ChunkCache>,
     pub object: ObjectId,
     pub meta: ObjectMeta,
-    pub fill: Arc<Fill>,
+    /// Where chunks the tiers do not hold come from.
+    pub upstream: Arc<dyn Upstream>,
+    /// The region's name, for metrics.
+    pub region: String,
     pub read_ahead: usize,
     pub budget: Arc<ReadAheadBudget>,
 }
@@ -256,9 +260,9 @@ impl CachedObject {
 
     /// Chunk `index`, from the tiers or the one fill bringing it in.
     async fn read(self: Arc<Self>, index: u64) -> ChunkRead {
-        let fill = self.fill.clone();
+        let upstream = self.upstream.clone();
         self.cache
-            .chunk(self.key(index), move |sink| fill.fetch(index, sink))
+            .chunk(self.key(index), move |sink| upstream.fetch(index, sink))
             .await
     }
 
@@ -335,7 +339,7 @@ impl CachedObject {
         permits: Arc<Vec<OwnedSemaphorePermit>>,
     ) -> stream::BoxStream<'static, Result<Bytes, ChunkError>> {
         let labels = [
-            ("region", self.fill.region.config.name.clone()),
+            ("region", self.region.clone()),
             ("source", read.source.tier().to_owned()),
         ];
         let piece = Piece {
@@ -445,7 +449,7 @@ impl Piece {
                     // A chunk checked whole against the object's checksum is known good
                     // only once it is all in: its last bytes wait for that, so that a
                     // bad one ends in a cut response, never a complete one.
-                    let checked = match end == self.to && self.object.fill.checks(self.index) {
+                    let checked = match end == self.to && self.object.upstream.checks(self.index) {
                         true => self.read.finished().await,
                         false => Ok(()),
                     };

@@ -70,7 +70,7 @@ pub fn plan<B>(
     let region = &route.region.config;
     let auth = fill_auth(
         request.method(),
-        &target,
+        (&target, &object.presign),
         headers,
         object_target,
         object.part_number.is_some(),
@@ -81,29 +81,18 @@ pub fn plan<B>(
         object: ObjectId {
             origin: route.region.client.origin().to_string(),
             bucket: object.bucket.clone(),
-            key: object_key(uri.path(), route.bucket_from_host.is_some()),
+            key: object.raw_key.clone(),
             version_id: object.version_id.clone(),
-            part_number: None,
         },
         part: object.part_number,
         range,
-        overrides: s3::response_overrides(uri.query()),
+        overrides: object.overrides.clone(),
         auth,
         client_conditionals: headers.contains_key(header::IF_NONE_MATCH)
             || headers.contains_key(header::IF_MODIFIED_SINCE),
         checksum_mode: s3::checksum_mode(headers),
-        learns: !object.has_response_overrides,
+        learns: object.overrides.is_empty(),
     })
-}
-
-/// The raw key as the client encoded it: what follows the bucket in the path.
-fn object_key(path: &str, bucket_in_host: bool) -> String {
-    let path = path.strip_prefix('/').unwrap_or(path);
-    if bucket_in_host {
-        path.to_owned()
-    } else {
-        path.split_once('/').map_or("", |(_, key)| key).to_owned()
-    }
 }
 
 /// Lets one cold request per object ask the origin first, so that the others wait
@@ -212,20 +201,12 @@ impl Drop for ColdTurn<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn raw_keys_follow_the_bucket() {
-        assert_eq!(object_key("/b/dir/a%20b", false), "dir/a%20b");
-        assert_eq!(object_key("/b//k", false), "/k");
-        assert_eq!(object_key("/dir/a+b", true), "dir/a+b");
-    }
-
     fn object() -> ObjectId {
         ObjectId {
             origin: "o".into(),
             bucket: "b".into(),
             key: "k".into(),
             version_id: None,
-            part_number: None,
         }
     }
 

@@ -3,8 +3,6 @@
 
 use http::{header, HeaderMap};
 
-use super::classify::decode;
-
 /// How a request is authenticated, as far as the proxy needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -19,7 +17,8 @@ pub enum ClientAuth {
 }
 
 impl ClientAuth {
-    pub fn of(headers: &HeaderMap, query: Option<&str>) -> Self {
+    /// From the Authorization header, else the presign parameters `classify` found.
+    pub fn of(headers: &HeaderMap, presign: &[(String, String)]) -> Self {
         if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
             if let Some(rest) = value.strip_prefix("AWS4-HMAC-SHA256") {
                 let field = |name: &str| {
@@ -32,13 +31,7 @@ impl ClientAuth {
             }
             return Self::V2;
         }
-        let params: Vec<(String, String)> = query
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .filter_map(|(k, v)| Some((decode(k).ok()?, decode(v).ok()?)))
-            .collect();
-        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let param = |name: &str| presign.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         if param("X-Amz-Signature").is_some() {
             return Self::v4(param("X-Amz-SignedHeaders"), param("X-Amz-Credential"));
         }
@@ -96,21 +89,26 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let auth = ClientAuth::of(&headers, None);
+        let auth = ClientAuth::of(&headers, &[]);
         assert!(auth.covers("range") && auth.covers("host") && !auth.covers("if-match"));
         assert_eq!(auth.region(), Some("default"));
     }
 
     #[test]
     fn presigned_urls_sign_only_host() {
+        let presign = |query: &str| {
+            crate::s3::classify(&http::Method::GET, "/b/k", Some(query), None)
+                .unwrap()
+                .presign
+        };
         let query = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKID%2F20261123%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-SignedHeaders=host&X-Amz-Signature=ff";
-        let auth = ClientAuth::of(&HeaderMap::new(), Some(query));
+        let auth = ClientAuth::of(&HeaderMap::new(), &presign(query));
         assert!(auth.covers("host") && !auth.covers("range"));
         assert_eq!(auth.region(), Some("us-east-1"));
         assert_eq!(
-            ClientAuth::of(&HeaderMap::new(), Some("AWSAccessKeyId=a&Signature=s&Expires=1")),
+            ClientAuth::of(&HeaderMap::new(), &presign("AWSAccessKeyId=a&Signature=s&Expires=1")),
             ClientAuth::V2
         );
-        assert!(ClientAuth::of(&HeaderMap::new(), Some("versionId=1")).is_anonymous());
+        assert!(ClientAuth::of(&HeaderMap::new(), &presign("versionId=1")).is_anonymous());
     }
 }

@@ -1,7 +1,7 @@
 //! Which requests are object reads: an allow-list of methods and query parameters.
 //! Everything else is refused before the origin sees it.
 
-use http::Method;
+use http::{HeaderName, HeaderValue, Method};
 
 /// The two operations s3-accel serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,18 +50,26 @@ pub enum RequestError {
     InvalidArgument { name: String, message: String },
 }
 
-/// An accepted object read. Names are decoded for checks and logs; the raw
-/// request-target is what travels to the origin.
+/// An accepted object read, the one parse of its path and query that the rest of the
+/// request path uses. Names are decoded for checks and logs; the raw request-target
+/// is what travels to the origin, and the raw key what names the cached object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRequest {
     pub operation: Operation,
     pub bucket: String,
     pub key: String,
+    /// The key as the client encoded it: `+` means different things to different
+    /// origins, so the cache keeps it raw.
+    pub raw_key: String,
     /// The raw `versionId` value, as the client encoded it.
     pub version_id: Option<String>,
     pub part_number: Option<u16>,
-    /// `response-*` overrides present: the response differs from the stored object's.
-    pub has_response_overrides: bool,
+    /// The `response-*` overrides, as the headers they set on this response (which
+    /// then differs from the stored object's).
+    pub overrides: Vec<(HeaderName, HeaderValue)>,
+    /// The presign parameters (`X-Amz-*`, SigV2's), decoded: what a presigned
+    /// signature covers is read from them.
+    pub presign: Vec<(String, String)>,
 }
 
 const RESPONSE_OVERRIDES: [&str; 6] = [
@@ -81,7 +89,7 @@ pub fn classify(
     query: Option<&str>,
     bucket_from_host: Option<&str>,
 ) -> Result<ObjectRequest, RequestError> {
-    let (bucket, key) = split_path(path, bucket_from_host)?;
+    let (bucket, key, raw_key) = split_path(path, bucket_from_host)?;
     let resource = match (bucket.is_empty(), key.is_empty()) {
         (true, _) => ResourceType::Service,
         (false, true) => ResourceType::Bucket,
@@ -107,9 +115,11 @@ pub fn classify(
         operation,
         bucket,
         key,
+        raw_key,
         version_id: None,
         part_number: None,
-        has_response_overrides: false,
+        overrides: Vec::new(),
+        presign: Vec::new(),
     };
     let mut seen: Vec<String> = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -130,10 +140,11 @@ pub fn classify(
                     return Err(not_allowed());
                 }
             }
+            n if RESPONSE_OVERRIDES.contains(&n) => request.overrides.push(response_override(n, raw_value)?),
             // Presign parameters; `s3::auth` reads what they sign.
-            "Signature" => {}
-            n if RESPONSE_OVERRIDES.contains(&n) => request.has_response_overrides = true,
-            n if is_presign_parameter(n) => {}
+            n if n == "Signature" || is_presign_parameter(n) => {
+                request.presign.push((name.clone(), decode(raw_value)?))
+            }
             // A listing, a subresource (?acl, ?tagging, ?uploads...) or anything unknown.
             _ => return Err(not_allowed()),
         }
@@ -148,6 +159,19 @@ fn is_presign_parameter(name: &str) -> bool {
         || matches!(name, "AWSAccessKeyId" | "Expires")
 }
 
+/// `response-content-type=...` as the header it sets. A query encodes a space as `+`.
+fn response_override(name: &str, raw_value: &str) -> Result<(HeaderName, HeaderValue), RequestError> {
+    let value = decode(&raw_value.replace('+', "%20"))?;
+    let header = name.strip_prefix("response-").expect("a response override");
+    match (HeaderName::from_bytes(header.as_bytes()), HeaderValue::from_str(&value)) {
+        (Ok(header), Ok(value)) => Ok((header, value)),
+        _ => Err(RequestError::InvalidArgument {
+            name: name.to_owned(),
+            message: format!("`{name}` is not a valid header value"),
+        }),
+    }
+}
+
 fn parse_part_number(value: &str) -> Result<u16, RequestError> {
     match value.parse::<u16>() {
         Ok(n @ 1..=10000) => Ok(n),
@@ -158,18 +182,20 @@ fn parse_part_number(value: &str) -> Result<u16, RequestError> {
     }
 }
 
-/// Splits a raw path into decoded (bucket, key). Empty segments are kept: `/b//k` is key `/k`.
-fn split_path(path: &str, bucket_from_host: Option<&str>) -> Result<(String, String), RequestError> {
+/// Splits a raw path into decoded bucket and key, and the raw key. Empty segments
+/// are kept: `/b//k` is key `/k`.
+fn split_path(path: &str, bucket_from_host: Option<&str>) -> Result<(String, String, String), RequestError> {
     let path = path.strip_prefix('/').ok_or(RequestError::InvalidUri {
         reason: "the path does not start with `/`",
     })?;
-    match bucket_from_host {
-        Some(bucket) => Ok((bucket.to_owned(), decode(path)?)),
+    let (bucket, raw_key) = match bucket_from_host {
+        Some(bucket) => (bucket.to_owned(), path),
         None => {
             let (bucket, key) = path.split_once('/').unwrap_or((path, ""));
-            Ok((decode(bucket)?, decode(key)?))
+            (decode(bucket)?, key)
         }
-    }
+    };
+    Ok((bucket, decode(raw_key)?, raw_key.to_owned()))
 }
 
 /// Strict percent-decoding: every `%` must start a two-digit hex escape, and the
@@ -217,6 +243,14 @@ mod tests {
     }
 
     #[test]
+    fn raw_keys_follow_the_bucket() {
+        let raw = |path: &str, bucket: Option<&str>| classify(&Method::GET, path, None, bucket).unwrap().raw_key;
+        assert_eq!(raw("/b/dir/a%20b", None), "dir/a%20b");
+        assert_eq!(raw("/b//k", None), "/k");
+        assert_eq!(raw("/dir/a+b", Some("b")), "dir/a+b");
+    }
+
+    #[test]
     fn path_style_object_reads() {
         let r = get("/bucket/dir/a%20b+c.bin", None).unwrap();
         assert_eq!((r.bucket.as_str(), r.key.as_str()), ("bucket", "dir/a b+c.bin"));
@@ -228,6 +262,25 @@ mod tests {
         );
         let r = get("/b/%E2%9C%93", None).unwrap();
         assert_eq!(r.key, "✓");
+    }
+
+    #[test]
+    fn overrides_are_decoded_headers_and_presign_parameters_kept() {
+        let query = "versionId=1&response-content-type=text%2Fplain&response-content-disposition=attachment%3B+filename%3Da.txt&X-Amz-Expires=60";
+        let r = get("/b/k%2Bx", Some(query)).unwrap();
+        assert_eq!(r.overrides.len(), 2);
+        assert_eq!(
+            r.overrides[0],
+            (http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))
+        );
+        assert_eq!(r.overrides[1].1, "attachment; filename=a.txt");
+        assert_eq!(r.presign, [("X-Amz-Expires".to_owned(), "60".to_owned())]);
+        assert_eq!((r.key.as_str(), r.raw_key.as_str()), ("k+x", "k%2Bx"));
+        assert!(get("/b/k", Some("response-x=1")).is_err(), "not an override S3 knows");
+        assert!(matches!(
+            get("/b/k", Some("response-content-type=a%0Ab")),
+            Err(RequestError::InvalidArgument { .. })
+        ));
     }
 
     #[test]
@@ -246,7 +299,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.version_id.as_deref(), Some("v%2B1"));
         assert_eq!(r.part_number, Some(3));
-        assert!(r.has_response_overrides);
+        assert_eq!(r.overrides.len(), 1);
         let presigned = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a%2Fb&X-Amz-Date=20261123T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Signature=ff";
         assert!(get("/b/k", Some(presigned)).is_ok());
         assert!(get("/b/k", Some("AWSAccessKeyId=a&Expires=1&Signature=s")).is_ok());
