@@ -369,51 +369,60 @@ impl CachedObject {
         head: Option<ChunkRead>,
     ) -> Result<(ProxyBody, ChunkSource), ProxyError> {
         let chunk_size = self.cache.chunk_size();
-        let head_index = first / chunk_size;
-        // The read-ahead runs on its own, not when the client's connection asks for
-        // more: a task takes each chunk's budget in order (the semaphores are fair, so
-        // the chunk the client waits for is never behind its own read-ahead) and
-        // starts its read, `read_ahead` chunks at most ahead of the client.
-        let (ahead, mut chunks) = mpsc::channel(self.read_ahead);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut head = head;
-            for index in head_index..=last / chunk_size {
-                let permits = tokio::select! {
-                    permits = this.budget.reserve(chunk_size, index != head_index) => permits,
-                    () = ahead.closed() => return,
-                };
-                let at_hand = head.take();
-                let this = this.clone();
-                let chunk = tokio::spawn(async move {
-                    let read = match at_hand {
-                        Some(read) => read,
-                        None => this.clone().read(index).await,
-                    };
-                    // The part of chunk `index` inside [first, last].
-                    let start = index * chunk_size;
-                    let (from, to) = (first.saturating_sub(start), (last - start + 1).min(chunk_size));
-                    (read.source, this.bytes(index, from, to, read, Arc::new(permits)))
-                });
-                if ahead.send(chunk).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let mut chunks = stream::poll_fn(move |cx| chunks.poll_recv(cx)).then(|chunk| {
-            chunk.map(|joined| joined.unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic())))
-        });
-        let Some((source, mut head)) = chunks.next().await else {
-            unreachable!("a span has at least one chunk")
+        let (head_index, tail_index) = (first / chunk_size, last / chunk_size);
+        // The part of chunk `index` inside [first, last].
+        let span = move |index: u64| {
+            let start = index * chunk_size;
+            (first.saturating_sub(start), (last - start + 1).min(chunk_size))
         };
+        // The chunk the client waits for first takes its budget before any read-ahead
+        // does (the semaphores are fair), and is read in this task: no hop before the
+        // first byte.
+        let permits = self.budget.reserve(chunk_size, false).await;
+        // The read-ahead runs on its own, not when the client's connection asks for
+        // more: a task takes each later chunk's budget in order and starts its read,
+        // `read_ahead` chunks at most ahead of the client.
+        let (ahead, mut chunks) = mpsc::channel(self.read_ahead);
+        if tail_index > head_index {
+            let this = self.clone();
+            tokio::spawn(async move {
+                for index in head_index + 1..=tail_index {
+                    let permits = tokio::select! {
+                        permits = this.budget.reserve(chunk_size, true) => permits,
+                        () = ahead.closed() => return,
+                    };
+                    let this = this.clone();
+                    let chunk = tokio::spawn(async move {
+                        let read = this.clone().read(index).await;
+                        let (from, to) = span(index);
+                        this.bytes(index, from, to, read, Arc::new(permits))
+                    });
+                    if ahead.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let read = match head {
+            Some(read) => read,
+            None => self.clone().read(head_index).await,
+        };
+        let source = read.source;
+        let (from, to) = span(head_index);
+        let mut head = self.bytes(head_index, from, to, read, Arc::new(permits));
         let first_bytes = match head.next().await {
             Some(Ok(bytes)) => bytes,
             Some(Err(error)) => return Err(ProxyError::Fill(error)),
             None => Bytes::new(),
         };
+        let rest = stream::poll_fn(move |cx| chunks.poll_recv(cx))
+            .then(|chunk| {
+                chunk.map(|joined| joined.unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic())))
+            })
+            .flatten();
         let frames = stream::once(async move { Ok(first_bytes) })
             .chain(head)
-            .chain(chunks.flat_map(|(_, bytes)| bytes))
+            .chain(rest)
             .map_ok(Frame::data)
             .map_err(|error| -> BoxError { Box::new(error) });
         Ok((StreamBody::new(frames).boxed_unsync(), source))
