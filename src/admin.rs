@@ -111,6 +111,18 @@ impl AdminServer {
             Some(reason) => format!("disk: degraded ({reason})\n"),
             None => String::new(),
         };
+        // The region as this node sees it (a node alone still serves).
+        let disk = match self.proxy.peers() {
+            Some(peers) => {
+                let members = peers.members();
+                format!(
+                    "{disk}peers: {} members, ring {:016x}\n",
+                    members.members.len(),
+                    members.fingerprint
+                )
+            }
+            None => disk,
+        };
         match unreachable.len() {
             0 => text(StatusCode::OK, format!("ready\n{disk}")),
             n if n < regions => text(StatusCode::OK, format!("ready; origins not reachable: {list}\n{disk}")),

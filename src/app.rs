@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::{admin, cache, error, origin, proxy, server, telemetry, tls};
+use crate::server::Front;
+use crate::{admin, cache, error, origin, peers, proxy, server, telemetry, tls};
 
 /// A bound, not yet running s3-accel.
 pub struct App {
     server: server::Server,
+    peer_server: Option<server::Server>,
     admin: admin::AdminServer,
     cache: Arc<cache::ChunkCache>,
     certificate: Option<(Arc<tls::ReloadableCert>, std::time::Duration)>,
@@ -27,7 +29,20 @@ impl App {
             .map_err(|e| io::Error::other(error::error_chain(&e)))?;
         let cache = Arc::new(cache);
         let router = origin::Router::new(config)?;
-        let proxy = proxy::Proxy::new(router, cache.clone(), config);
+        let peers = match &config.peers {
+            Some(peers) => Some(
+                peers::Peers::start(peers, cache.disk_capacity())
+                    .map_err(|e| io::Error::other(error::error_chain(&e)))?,
+            ),
+            None => None,
+        };
+        let proxy = proxy::Proxy::new(router, cache.clone(), config, peers);
+        let peer_server = match &config.peers {
+            Some(peers) => Some(
+                server::Server::bind(peers.listen, proxy.clone(), config.server.clone(), None, Front::Peers).await?,
+            ),
+            None => None,
+        };
         let admin = admin::AdminServer::bind(config.admin_listen, proxy.clone()).await?;
         let (acceptor, certificate) = match &config.tls {
             Some(tls) => {
@@ -39,9 +54,11 @@ impl App {
             }
             None => (None, None),
         };
-        let server = server::Server::bind(config.listen, proxy, config.server.clone(), acceptor).await?;
+        let server =
+            server::Server::bind(config.listen, proxy, config.server.clone(), acceptor, Front::Clients).await?;
         Ok(Self {
             server,
+            peer_server,
             admin,
             cache,
             certificate,
@@ -56,16 +73,28 @@ impl App {
         self.admin.local_addr()
     }
 
+    /// The peer listener's address, when the node has peers.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_server.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then drains, then flushes and closes the
     /// cache so that what was written survives a restart.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let admin = tokio::spawn(self.admin.run());
+        // Peers keep being answered while clients drain.
+        let peer_server = self
+            .peer_server
+            .map(|server| tokio::spawn(server.run(std::future::pending())));
         let watch = self
             .certificate
             .map(|(certificate, interval)| tokio::spawn(certificate.watch(interval)));
         self.server.run(shutdown).await;
         self.cache.close().await;
         admin.abort();
+        if let Some(peer_server) = peer_server {
+            peer_server.abort();
+        }
         if let Some(watch) = watch {
             watch.abort();
         }

@@ -3,6 +3,7 @@
 
 mod file;
 pub mod machine;
+mod peers;
 pub mod units;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use file::ConfigFile;
+pub use peers::{Discovery, PeersConfig};
 use units::{parse_duration, parse_size};
 
 /// Command-line flags. Each overrides the config file key named in its help.
@@ -74,6 +76,8 @@ pub struct Config {
     pub credentials: Option<ProxyCredentials>,
     /// TLS on the S3 listener; plain HTTP (and h2c) without it.
     pub tls: Option<TlsConfig>,
+    /// The region's other nodes, one cache with this one; `None`: caches alone.
+    pub peers: Option<PeersConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +331,7 @@ impl Config {
         let regions = Self::regions(&file, cli)?;
         let credentials = Self::credentials(&file)?;
         let tls = Self::tls(&file, cli)?;
+        let peers = file.peers.as_ref().map(peers::peers_config).transpose()?;
         Ok(Self {
             listen,
             admin_listen,
@@ -336,6 +341,7 @@ impl Config {
             regions,
             credentials,
             tls,
+            peers,
         })
     }
 

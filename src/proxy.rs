@@ -6,6 +6,7 @@ mod cached;
 mod fill;
 mod forward;
 mod lead;
+mod peer;
 mod plan;
 mod upstream;
 
@@ -22,6 +23,8 @@ use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkSource, ChunkWriter, Ob
 use crate::config::{Config, ProxyCredentials};
 use crate::error::{error_chain, ProxyError};
 use crate::origin::{self, OriginBody, Route, Router};
+use crate::peers::protocol::ChunkRequest;
+use crate::peers::Peers;
 use crate::s3::range::RangeRequest;
 use crate::s3::{self, Operation};
 use crate::telemetry;
@@ -31,6 +34,7 @@ use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudg
 use fill::{Fill, FillAuth};
 use lead::Lead;
 use plan::{ColdGate, Entry, Plan, Release};
+use upstream::{Regional, Upstream};
 
 /// How a request was answered, for the `x-s3-accel-cache` header and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,10 +73,12 @@ pub struct Proxy {
     read_ahead_budget: Arc<ReadAheadBudget>,
     cold: ColdGate,
     cold_patience: Duration,
+    /// The region's other nodes, when this one is not alone.
+    peers: Option<Arc<Peers>>,
 }
 
 impl Proxy {
-    pub fn new(router: Router, cache: Arc<ChunkCache>, config: &Config) -> Arc<Self> {
+    pub fn new(router: Router, cache: Arc<ChunkCache>, config: &Config, peers: Option<Arc<Peers>>) -> Arc<Self> {
         let fill_permits = (config.cache.fill_memory / config.cache.chunk_size).max(1) as usize;
         Arc::new(Self {
             router,
@@ -86,11 +92,16 @@ impl Proxy {
             )),
             cold: ColdGate::default(),
             cold_patience: config.origin_client.first_byte_timeout,
+            peers,
         })
     }
 
     pub fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache
+    }
+
+    pub fn peers(&self) -> Option<&Arc<Peers>> {
+        self.peers.as_ref()
     }
 
     pub fn regions(&self) -> &[Arc<crate::origin::Region>] {
@@ -350,9 +361,13 @@ impl Proxy {
         let end = last.min(chunk_last);
         let permit = self.fill_permits.clone().try_acquire_owned().ok()?;
         let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
-            let writer = self
-                .cache
-                .claim(&CacheKey::chunk(&plan.object, &meta.etag, chunk_size, index))?;
+            let key = CacheKey::chunk(&plan.object, &meta.etag, chunk_size, index);
+            // In a region, the chunk is its owner's to fetch: another node drops the
+            // probe's body (what was in flight is all it costs) and asks the owner.
+            if self.peers.as_ref().is_some_and(|peers| !peers.owns(key.stable_hash())) {
+                return None;
+            }
+            let writer = self.cache.claim(&key)?;
             let read = writer.read();
             (writer, read)
         } else {
@@ -533,11 +548,30 @@ impl Proxy {
             permits: self.fill_permits.clone(),
             crc: meta.checksums.as_ref().and_then(s3::full_object_crc),
         };
+        let fill = Arc::new(fill);
+        // With peers, chunks come from their owners; the request path does not know.
+        let upstream: Arc<dyn Upstream> = match (&self.peers, peer::signer(&fill.auth)) {
+            (Some(peers), Some(signer)) => Arc::new(Regional {
+                template: ChunkRequest {
+                    object: plan.object.clone(),
+                    etag: meta.etag.clone(),
+                    size: meta.size,
+                    chunk_size: self.cache.chunk_size(),
+                    index: 0,
+                    authority: authority.to_owned(),
+                    signer,
+                    checksums: checksum_pairs(meta.checksums.as_ref()),
+                },
+                fill,
+                peers: peers.clone(),
+            }),
+            _ => fill,
+        };
         Arc::new(CachedObject {
             cache: self.cache.clone(),
             object: plan.object.clone(),
             meta,
-            upstream: Arc::new(fill),
+            upstream,
             region: route.region.config.name.clone(),
             read_ahead: self.read_ahead,
             budget: self.read_ahead_budget.clone(),
@@ -559,6 +593,15 @@ impl Proxy {
             }
         });
     }
+}
+
+/// The object's checksum headers, as text pairs for a peer.
+fn checksum_pairs(checksums: Option<&http::HeaderMap>) -> Vec<(String, String)> {
+    checksums
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect()
 }
 
 /// A read of a hit's first chunk from the tiers, started before the origin answers;

@@ -24,6 +24,16 @@ pub struct Server {
     proxy: Arc<Proxy>,
     config: ServerConfig,
     tls: Option<TlsAcceptor>,
+    front: Front,
+}
+
+/// Whom a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// S3 clients.
+    Clients,
+    /// The region's other nodes (signed peer requests only).
+    Peers,
 }
 
 impl Server {
@@ -32,6 +42,7 @@ impl Server {
         proxy: Arc<Proxy>,
         config: ServerConfig,
         tls: Option<TlsAcceptor>,
+        front: Front,
     ) -> io::Result<Self> {
         let listener = TcpListener::bind(address)
             .await
@@ -41,6 +52,7 @@ impl Server {
             proxy,
             config,
             tls,
+            front,
         })
     }
 
@@ -83,6 +95,7 @@ impl Server {
                 builder: builder.clone(),
                 tls: self.tls.clone(),
                 handshake_timeout: self.config.header_read_timeout,
+                front: self.front,
             };
             tokio::spawn(connection.serve(stream, peer, graceful.watcher()));
         }
@@ -103,14 +116,20 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    front: Front,
 }
 
 impl Connection {
     async fn serve(self, stream: TcpStream, peer: SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
-        let proxy = self.proxy.clone();
+        let (proxy, front) = (self.proxy.clone(), self.front);
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+            async move {
+                Ok::<_, Infallible>(match front {
+                    Front::Clients => proxy.handle(request).await,
+                    Front::Peers => proxy.handle_peer(request).await,
+                })
+            }
         });
         let result = match &self.tls {
             None => {

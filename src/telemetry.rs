@@ -24,6 +24,28 @@ pub const PROBE_SECONDS: &str = "s3accel_probe_seconds";
 pub const CACHE_USAGE: &str = "s3accel_cache_usage_bytes";
 pub const CACHE_CAPACITY: &str = "s3accel_cache_capacity_bytes";
 pub const DISK_DEGRADED: &str = "s3accel_disk_degraded";
+pub const PEER_REQUESTS: &str = "s3accel_peer_requests_total";
+pub const PEER_BYTES: &str = "s3accel_peer_bytes_total";
+pub const PEER_MEMBERS: &str = "s3accel_peer_members";
+pub const PEER_RING: &str = "s3accel_peer_ring_fingerprint";
+
+/// A chunk request between peers: `role` is `reader` (asked) or `owner` (answered).
+pub fn peer_request(role: &'static str, outcome: &'static str) {
+    metrics::counter!(PEER_REQUESTS, "role" => role, "outcome" => outcome).increment(1);
+}
+
+/// Chunk bytes received from (`in`) or sent to (`out`) peers.
+pub fn peer_bytes(direction: &'static str, bytes: u64) {
+    metrics::counter!(PEER_BYTES, "direction" => direction).increment(bytes);
+}
+
+/// The region as this node sees it: how many members, and a fingerprint of the
+/// list (nodes that show different fingerprints place keys differently).
+pub fn peer_members(count: usize, fingerprint: u64) {
+    metrics::gauge!(PEER_MEMBERS).set(count as f64);
+    // The low 52 bits fit a float exactly.
+    metrics::gauge!(PEER_RING).set((fingerprint & ((1 << 52) - 1)) as f64);
+}
 
 /// The process-wide Prometheus recorder (installed once, however many proxies a
 /// test process starts).
@@ -47,6 +69,23 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    describe_counter!(
+        PEER_REQUESTS,
+        "Chunk requests between peers, by role (reader, owner) and outcome."
+    );
+    describe_counter!(
+        PEER_BYTES,
+        Unit::Bytes,
+        "Chunk bytes received from (in) or sent to (out) peers."
+    );
+    describe_gauge!(
+        PEER_MEMBERS,
+        "Members of the region as this node sees them, itself included."
+    );
+    describe_gauge!(
+        PEER_RING,
+        "A fingerprint of the member list: nodes that disagree place keys differently."
+    );
     describe_counter!(
         REQUESTS,
         "Client requests by region, operation, status and cache outcome (hit, miss, origin, bypass; reason=...)."

@@ -5,6 +5,7 @@ mod cache;
 mod faults;
 mod front;
 mod ops;
+mod peers;
 mod reads;
 mod streaming;
 mod support;

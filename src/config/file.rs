@@ -24,6 +24,22 @@ pub struct ConfigFile {
     pub tls: TlsSection,
     #[serde(default)]
     pub regions: Vec<RegionSection>,
+    /// Absent: this node caches alone.
+    pub peers: Option<PeersSection>,
+}
+
+/// The DaemonSet peers of a region, one cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersSection {
+    pub node_name: Option<String>,
+    pub listen: Option<String>,
+    /// `host:port` of each peer (tests, bare metal).
+    pub addresses: Option<Vec<String>>,
+    /// The headless Service whose A records are the peers, `name:port`.
+    pub service: Option<String>,
+    pub secret_file: Option<String>,
+    pub refresh: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

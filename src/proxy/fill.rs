@@ -150,13 +150,25 @@ impl Fill {
         index == 0 && self.size <= self.chunk_size && self.crc.is_some()
     }
 
-    /// Fetches chunk `index`, pushing its bytes to `sink` as they arrive, and
-    /// returns it whole once it is checked. The future owns what it needs: the cache
-    /// runs it in a task of its own, so a client that goes away does not cancel it.
+    /// A one-chunk object is checked whole against its stored CRC.
+    pub fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError> {
+        match self.crc.as_ref().filter(|_| self.checks(index)) {
+            Some((algorithm, stored)) if crate::s3::crc_of(*algorithm, chunk) != *stored => Err(FillError::Checksum {
+                expected: stored.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Fetches chunk `index`, pushing its bytes past the first `skip` (already
+    /// pushed, by a peer that failed midway) to `sink` as they arrive, and returns it
+    /// whole once it is checked. The future owns what it needs: the cache runs it in
+    /// a task of its own, so a client that goes away does not cancel it.
     pub fn fetch(
         self: &Arc<Self>,
         index: u64,
         sink: ChunkSink,
+        skip: u64,
     ) -> impl std::future::Future<Output = Result<Bytes, FillError>> + Send + 'static {
         let fill = self.clone();
         async move {
@@ -181,25 +193,21 @@ impl Fill {
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(FillError::Body)?;
                 if let Ok(data) = frame.into_data() {
+                    let at = got;
                     got += data.len() as u64;
                     if got > expected {
                         return Err(FillError::Length { got, expected });
                     }
-                    sink.push(data);
+                    if got > skip {
+                        sink.push(data.slice(skip.saturating_sub(at) as usize..));
+                    }
                 }
             }
             if got != expected {
                 return Err(FillError::Length { got, expected });
             }
             let chunk = sink.assemble();
-            // A one-chunk object is checked whole against its stored CRC.
-            if let Some((algorithm, stored)) = fill.crc.as_ref().filter(|_| fill.checks(index)) {
-                if crate::s3::crc_of(*algorithm, &chunk) != *stored {
-                    return Err(FillError::Checksum {
-                        expected: stored.clone(),
-                    });
-                }
-            }
+            fill.verify(index, &chunk)?;
             let region = fill.region.config.name.clone();
             metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(expected);
             Ok(chunk)

@@ -3,13 +3,18 @@
 //! request path asks for chunks and never learns which.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use http_body_util::BodyExt;
 
 use super::fill::{Fill, FillError};
 use crate::cache::ChunkSink;
+use crate::peers::protocol::ChunkRequest;
+use crate::peers::Peers;
+use crate::{telemetry, BoxError};
 
 pub trait Upstream: Send + Sync {
     /// Fetches chunk `index` of the object version, pushing its bytes to `sink` as
@@ -24,10 +29,121 @@ pub trait Upstream: Send + Sync {
 
 impl Upstream for Fill {
     fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<Bytes, FillError>> {
-        Fill::fetch(&self, index, sink).boxed()
+        Fill::fetch(&self, index, sink, 0).boxed()
     }
 
     fn checks(&self, index: u64) -> bool {
         Fill::checks(self, index)
     }
+}
+
+/// Chunks from the region: the owner first (which serves from its tiers or fills
+/// once for the whole region), then the next node in line, then the origin from
+/// where they left off. A peer that fails is ejected for a while; a client never
+/// sees a peer's failure, only, at worst, a chunk filled twice.
+pub struct Regional {
+    pub fill: Arc<Fill>,
+    pub peers: Arc<Peers>,
+    /// The chunk requests of this object version, but for their index.
+    pub template: ChunkRequest,
+}
+
+/// How long an owner may take to start answering (it may be filling from the origin).
+const PEER_FIRST_BYTE: Duration = Duration::from_secs(10);
+/// Longest silence in the middle of a peer's answer.
+const PEER_IDLE: Duration = Duration::from_secs(10);
+/// Owner, then the next in line: a third would be a fill anyway.
+const PEERS_TRIED: usize = 2;
+
+impl Upstream for Regional {
+    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<Bytes, FillError>> {
+        async move {
+            let request = ChunkRequest {
+                index,
+                ..self.template.clone()
+            };
+            let members = self.peers.members();
+            let mut pushed = 0;
+            let mut tried = 0;
+            for member in members.ranked(request.key().stable_hash()) {
+                // This node is next in line: it fills.
+                let Some(address) = member.address else { break };
+                if tried == PEERS_TRIED {
+                    break;
+                }
+                let node = &member.hello.node;
+                if self.peers.is_ejected(node) {
+                    continue;
+                }
+                tried += 1;
+                match from_peer(&self.peers, address, &request, &sink, &mut pushed).await {
+                    Ok(()) => {
+                        let chunk = sink.assemble();
+                        match self.fill.verify(index, &chunk) {
+                            Ok(()) => {
+                                telemetry::peer_request("reader", "ok");
+                                return Ok(chunk);
+                            }
+                            // Bytes that are not the object's: the origin decides.
+                            Err(error) => return Err(error),
+                        }
+                    }
+                    Err(error) => {
+                        telemetry::peer_request("reader", "failed");
+                        tracing::warn!(node, error = %crate::error::error_chain(&*error), "a peer failed a chunk; trying the next");
+                        self.peers.eject(node);
+                    }
+                }
+            }
+            Fill::fetch(&self.fill, index, sink, pushed).await
+        }
+        .boxed()
+    }
+
+    fn checks(&self, index: u64) -> bool {
+        self.fill.checks(index)
+    }
+}
+
+/// Streams the chunk from a peer into `sink`, past the `pushed` bytes already there.
+async fn from_peer(
+    peers: &Peers,
+    address: std::net::SocketAddr,
+    request: &ChunkRequest,
+    sink: &ChunkSink,
+    pushed: &mut u64,
+) -> Result<(), BoxError> {
+    let response = peers.client.chunk(address, request, PEER_FIRST_BYTE).await?;
+    let expected = request.length();
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared != Some(expected) {
+        return Err(format!("the peer declared {declared:?} bytes for a {expected}-byte chunk").into());
+    }
+    let mut body = response.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = tokio::time::timeout(PEER_IDLE, body.frame())
+        .await
+        .map_err(|_| "the peer went silent")?
+    {
+        if let Ok(data) = frame?.into_data() {
+            let at = got;
+            got += data.len() as u64;
+            if got > expected {
+                return Err("the peer sent more than the chunk".into());
+            }
+            if got > *pushed {
+                sink.push(data.slice((*pushed).saturating_sub(at) as usize..));
+                *pushed = got;
+            }
+            telemetry::peer_bytes("in", data.len() as u64);
+        }
+    }
+    if got != expected {
+        return Err(format!("the peer sent {got} of {expected} bytes").into());
+    }
+    Ok(())
 }

@@ -15,6 +15,8 @@ pub struct TestProxy {
     pub address: SocketAddr,
     /// The admin listener: /metrics, /healthz, /readyz.
     pub admin: SocketAddr,
+    /// The peer listener, when the proxy has peers.
+    pub peer: Option<SocketAddr>,
     pub client: TestClient,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -42,6 +44,7 @@ impl TestProxy {
         let app = App::bind(&config).await.unwrap();
         let address = app.local_addr().unwrap();
         let admin = app.admin_addr().unwrap();
+        let peer = app.peer_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = rx.await;
@@ -49,6 +52,7 @@ impl TestProxy {
         Self {
             address,
             admin,
+            peer,
             client: TestClient::default(),
             shutdown: Some(tx),
             task,

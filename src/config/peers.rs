@@ -1,0 +1,113 @@
+//! `[peers]`: this node's name, the peer listener, where the other peers are, and
+//! the secret their requests are signed with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::PeersSection;
+use super::{duration_or, invalid, ConfigError};
+use crate::peers::auth::PeerKeys;
+
+#[derive(Debug, Clone)]
+pub struct PeersConfig {
+    /// This node's identity in placement: `peers.node_name`, else `$NODE_NAME` (the
+    /// Kubernetes node, from the downward API), else the host name.
+    pub node_name: String,
+    /// The peer listener: peer requests only, never client requests.
+    pub listen: SocketAddr,
+    pub discovery: Discovery,
+    /// One or two keys, one per line (the signing key first).
+    pub secret_file: PathBuf,
+    /// How often the members are looked up again.
+    pub refresh: Duration,
+}
+
+/// Where the peers are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// A fixed list (tests, bare metal).
+    Addresses(Vec<SocketAddr>),
+    /// The A records of a headless Service: its ready endpoints.
+    Service { name: String, port: u16 },
+}
+
+pub(super) fn peers_config(section: &PeersSection) -> Result<PeersConfig, ConfigError> {
+    let node_name = match &section.node_name {
+        Some(name) => name.trim().to_owned(),
+        None => std::env::var("NODE_NAME")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(host_name)
+            .unwrap_or_default(),
+    };
+    if node_name.is_empty() {
+        return Err(invalid("peers.node_name", "must not be empty (set it, or $NODE_NAME)"));
+    }
+    let listen = match &section.listen {
+        Some(text) => text.parse().map_err(|e| {
+            invalid(
+                "peers.listen",
+                format!("`{text}` is not an address like 0.0.0.0:9091: {e}"),
+            )
+        })?,
+        None => SocketAddr::from(([0, 0, 0, 0], 9091)),
+    };
+    let discovery = match (&section.addresses, &section.service) {
+        (Some(addresses), None) => Discovery::Addresses(
+            addresses
+                .iter()
+                .map(|a| {
+                    a.parse().map_err(|e| {
+                        invalid(
+                            "peers.addresses",
+                            format!("`{a}` is not an address like 10.0.0.2:9091: {e}"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        (None, Some(service)) => {
+            let (name, port) = service
+                .rsplit_once(':')
+                .and_then(|(name, port)| Some((name, port.parse::<u16>().ok()?)))
+                .filter(|(name, _)| !name.is_empty())
+                .ok_or_else(|| invalid("peers.service", format!("`{service}` is not `name:port`")))?;
+            Discovery::Service {
+                name: name.to_owned(),
+                port,
+            }
+        }
+        _ => {
+            return Err(invalid(
+                "peers.service",
+                "set either peers.service (a headless Service) or peers.addresses, not both",
+            ))
+        }
+    };
+    let secret_file = PathBuf::from(
+        section
+            .secret_file
+            .as_deref()
+            .ok_or_else(|| invalid("peers.secret_file", "peer requests are signed: a secret is required"))?,
+    );
+    let secret = std::fs::read_to_string(&secret_file).map_err(|e| {
+        invalid(
+            "peers.secret_file",
+            format!("cannot read {}: {e}", secret_file.display()),
+        )
+    })?;
+    PeerKeys::from_text(&secret).map_err(|e| invalid("peers.secret_file", e.to_string()))?;
+    Ok(PeersConfig {
+        node_name,
+        listen,
+        discovery,
+        secret_file,
+        refresh: duration_or(section.refresh.as_deref(), "peers.refresh", Duration::from_secs(5))?,
+    })
+}
+
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_owned()).filter(|n| !n.is_empty())
+}

@@ -1,0 +1,120 @@
+//! The DaemonSet peers of a region as one cache: who they are, which of them owns
+//! each key, how they ask each other for chunks, and how they trust those requests.
+
+pub mod auth;
+pub mod client;
+pub mod membership;
+pub mod placement;
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{Discovery, PeersConfig};
+use auth::PeerKeys;
+use client::PeerClient;
+use membership::{Discover, Fixed, Hello, Members};
+
+/// How long a peer that failed is left alone.
+const EJECTION: Duration = Duration::from_secs(10);
+
+/// This node's view of its region, shared by the request path and the peer listener.
+pub struct Peers {
+    pub hello: Hello,
+    pub keys: Arc<PeerKeys>,
+    pub client: PeerClient,
+    members: watch::Receiver<Arc<Members>>,
+    /// Peers that failed a request lately, by node name, and until when.
+    ejected: Mutex<HashMap<String, Instant>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeersError {
+    #[error("cannot read peers.secret_file {path}")]
+    Secret {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] auth::PeerKeyError),
+    #[error("peers.service: DNS discovery is not built yet; list the peers in peers.addresses")]
+    NoDns,
+}
+
+impl Peers {
+    /// Reads the keys and starts keeping the member list current.
+    pub fn start(config: &PeersConfig, disk_capacity: u64) -> Result<Arc<Self>, PeersError> {
+        let secret = std::fs::read_to_string(&config.secret_file).map_err(|source| PeersError::Secret {
+            path: config.secret_file.display().to_string(),
+            source,
+        })?;
+        let keys = Arc::new(PeerKeys::from_text(&secret)?);
+        let client = PeerClient::new(keys.clone());
+        let hello = Hello {
+            node: config.node_name.clone(),
+            boot_id: format!("{:016x}", fastrand::u64(..)),
+            disk_capacity,
+        };
+        let discover: Arc<dyn Discover> = match &config.discovery {
+            Discovery::Addresses(addresses) => Arc::new(Fixed(addresses.clone())),
+            Discovery::Service { .. } => return Err(PeersError::NoDns),
+        };
+        let alone = Members::new(vec![membership::Member {
+            address: None,
+            hello: hello.clone(),
+        }]);
+        let (sender, members) = watch::channel(Arc::new(alone));
+        tokio::spawn(membership::watch_members(
+            discover,
+            client.clone(),
+            hello.clone(),
+            config.refresh,
+            sender,
+        ));
+        Ok(Arc::new(Self {
+            hello,
+            keys,
+            client,
+            members,
+            ejected: Mutex::default(),
+        }))
+    }
+
+    pub fn members(&self) -> Arc<Members> {
+        self.members.borrow().clone()
+    }
+
+    /// Whether this node owns the key of this stable hash.
+    pub fn owns(&self, key_hash: u64) -> bool {
+        let members = self.members();
+        members
+            .ranked(key_hash)
+            .first()
+            .is_none_or(|owner| owner.address.is_none())
+    }
+
+    /// Leaves `node` alone for a while: a client must not wait on a dead peer twice.
+    pub fn eject(&self, node: &str) {
+        tracing::warn!(node, seconds = EJECTION.as_secs(), "peer ejected");
+        self.ejected
+            .lock()
+            .expect("ejected peers")
+            .insert(node.to_owned(), Instant::now() + EJECTION);
+    }
+
+    pub fn is_ejected(&self, node: &str) -> bool {
+        let mut ejected = self.ejected.lock().expect("ejected peers");
+        match ejected.get(node) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                ejected.remove(node);
+                false
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Requests to peers: signed, over plain HTTP/1.1 on the peer port, with short
+//! timeouts (a dead peer must cost a client little: the next in line, or the
+//! origin, serves instead).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
+use super::membership::Hello;
+use super::protocol::{ChunkRequest, CHUNK_PATH, HELLO_PATH};
+
+/// How long a peer may take to connect: peers are in one region, a few hops away.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a peer may take to answer a hello, or to start answering a chunk (an
+/// owner filling from the origin answers once the origin's first bytes are in).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("the peer could not be reached")]
+    Unreachable(#[source] hyper_util::client::legacy::Error),
+    #[error("the peer did not answer in time")]
+    Timeout,
+    #[error("the peer answered {0}")]
+    Status(StatusCode),
+    #[error("the peer's hello does not read")]
+    BadHello,
+    #[error("reading the peer's answer")]
+    Body(#[source] hyper::Error),
+}
+
+#[derive(Clone)]
+pub struct PeerClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    keys: Arc<PeerKeys>,
+}
+
+impl PeerClient {
+    pub fn new(keys: Arc<PeerKeys>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self { http, keys }
+    }
+
+    fn request(&self, method: Method, address: SocketAddr, path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let signature = self.keys.sign(method.as_str(), path, &body, now);
+        Request::builder()
+            .method(method)
+            .uri(format!("http://{address}{path}"))
+            .header(PEER_DATE, now)
+            .header(PEER_SIGNATURE, signature)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid peer request")
+    }
+
+    /// Who the peer at `address` is.
+    pub async fn hello(&self, address: SocketAddr) -> Result<Hello, PeerError> {
+        let request = self.request(Method::GET, address, HELLO_PATH, Vec::new());
+        let answer = async {
+            let response = self.http.request(request).await.map_err(PeerError::Unreachable)?;
+            if response.status() != StatusCode::OK {
+                return Err(PeerError::Status(response.status()));
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(PeerError::Body)?
+                .to_bytes();
+            Hello::decode(std::str::from_utf8(&body).map_err(|_| PeerError::BadHello)?).ok_or(PeerError::BadHello)
+        };
+        tokio::time::timeout(HELLO_TIMEOUT, answer)
+            .await
+            .map_err(|_| PeerError::Timeout)?
+    }
+
+    /// Asks the peer at `address` for a chunk; its answer's head, once it comes
+    /// (within `first_byte`).
+    pub async fn chunk(
+        &self,
+        address: SocketAddr,
+        chunk: &ChunkRequest,
+        first_byte: Duration,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let request = self.request(Method::POST, address, CHUNK_PATH, chunk.encode());
+        let response = tokio::time::timeout(first_byte, self.http.request(request))
+            .await
+            .map_err(|_| PeerError::Timeout)?
+            .map_err(PeerError::Unreachable)?;
+        match response.status() {
+            StatusCode::OK => Ok(response),
+            status => Err(PeerError::Status(status)),
+        }
+    }
+}

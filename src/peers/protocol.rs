@@ -1,0 +1,209 @@
+//! What travels between peers: a reader asks a chunk's owner for it with a
+//! [`ChunkRequest`], which says which chunk of which object version, and who may sign
+//! the owner's fill should it have to fetch the chunk. Encoded as text lines, bounded.
+
+use crate::cache::{CacheKey, ObjectId};
+
+/// `GET`-like, but with a body: the chunk's description.
+pub const CHUNK_PATH: &str = "/peer/v1/chunk";
+pub const HELLO_PATH: &str = "/peer/v1/hello";
+/// Response header: where the owner found the chunk (`memory`, `disk`, `fill`, `coalesced`).
+pub const PEER_SOURCE: &str = "x-s3-accel-peer-source";
+
+/// A description longer than this is refused.
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+
+/// Who signs the owner's fill, if it has to make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signer {
+    /// The owner's own read credentials, signing for `region`.
+    Proxy { target: String, region: String },
+    /// The client's reusable request (a presigned URL, an anonymous request): its
+    /// target and headers, minus those a fill sets.
+    Client {
+        target: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// One chunk of one object version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRequest {
+    pub object: ObjectId,
+    pub etag: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub index: u64,
+    /// The Host the fill is sent with.
+    pub authority: String,
+    pub signer: Signer,
+    /// The object's checksum headers, when known (a one-chunk object is checked
+    /// against its CRC).
+    pub checksums: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a peer's chunk request does not decode: {0}")]
+pub struct DecodeError(&'static str);
+
+impl ChunkRequest {
+    pub fn key(&self) -> CacheKey {
+        CacheKey::chunk(&self.object, &self.etag, self.chunk_size, self.index)
+    }
+
+    /// Bytes in the chunk.
+    pub fn length(&self) -> u64 {
+        let start = self.index * self.chunk_size;
+        (start + self.chunk_size).min(self.size).saturating_sub(start)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut lines = vec![
+            format!("origin\t{}", self.object.origin),
+            format!("bucket\t{}", self.object.bucket),
+            format!("key\t{}", self.object.key),
+            format!("etag\t{}", self.etag),
+            format!("size\t{}", self.size),
+            format!("chunk_size\t{}", self.chunk_size),
+            format!("index\t{}", self.index),
+            format!("authority\t{}", self.authority),
+        ];
+        if let Some(version) = &self.object.version_id {
+            lines.push(format!("version\t{version}"));
+        }
+        match &self.signer {
+            Signer::Proxy { target, region } => {
+                lines.push(format!("proxy_target\t{target}"));
+                lines.push(format!("proxy_region\t{region}"));
+            }
+            Signer::Client { target, headers } => {
+                lines.push(format!("client_target\t{target}"));
+                lines.extend(headers.iter().map(|(n, v)| format!("header\t{n}\t{v}")));
+            }
+        }
+        lines.extend(self.checksums.iter().map(|(n, v)| format!("checksum\t{n}\t{v}")));
+        let mut out = lines.join("\n");
+        out.push('\n');
+        out.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(DecodeError("too long"));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError("not UTF-8"))?;
+        let mut fields = std::collections::HashMap::new();
+        let (mut headers, mut checksums) = (Vec::new(), Vec::new());
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once('\t').ok_or(DecodeError("a line without a tab"))?;
+            match name {
+                "header" | "checksum" => {
+                    let (n, v) = value.split_once('\t').ok_or(DecodeError("a header without a value"))?;
+                    let list = if name == "header" { &mut headers } else { &mut checksums };
+                    list.push((n.to_owned(), v.to_owned()));
+                }
+                _ => {
+                    if fields.insert(name, value).is_some() {
+                        return Err(DecodeError("a field given twice"));
+                    }
+                }
+            }
+        }
+        let text = |name: &'static str| fields.get(name).map(|v| v.to_string()).ok_or(DecodeError(name));
+        let number = |name: &'static str| text(name)?.parse::<u64>().map_err(|_| DecodeError(name));
+        let signer = match (fields.get("proxy_target"), fields.get("client_target")) {
+            (Some(target), None) => Signer::Proxy {
+                target: target.to_string(),
+                region: text("proxy_region")?,
+            },
+            (None, Some(target)) => Signer::Client {
+                target: target.to_string(),
+                headers,
+            },
+            _ => return Err(DecodeError("one signer")),
+        };
+        let request = Self {
+            object: ObjectId {
+                origin: text("origin")?,
+                bucket: text("bucket")?,
+                key: text("key")?,
+                version_id: fields.get("version").map(|v| v.to_string()),
+            },
+            etag: text("etag")?,
+            size: number("size")?,
+            chunk_size: number("chunk_size")?,
+            index: number("index")?,
+            authority: text("authority")?,
+            signer,
+            checksums,
+        };
+        if request.chunk_size == 0 || request.length() == 0 {
+            return Err(DecodeError("no such chunk"));
+        }
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(signer: Signer) -> ChunkRequest {
+        ChunkRequest {
+            object: ObjectId {
+                origin: "https://object.ord1.example.com:443".into(),
+                bucket: "models".into(),
+                key: "llama/a%20b+c.bin".into(),
+                version_id: Some("v%2B1".into()),
+            },
+            etag: "\"abc-3\"".into(),
+            size: (16 << 20) + 5,
+            chunk_size: 8 << 20,
+            index: 2,
+            authority: "accel-object.ord1.example.com".into(),
+            signer,
+            checksums: vec![("x-amz-checksum-crc32".into(), "AAAAAA==".into())],
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for signer in [
+            Signer::Proxy {
+                target: "/models/llama/a%20b+c.bin?versionId=v%2B1".into(),
+                region: "default".into(),
+            },
+            Signer::Client {
+                target: "/models/k?X-Amz-Signature=ff".into(),
+                headers: vec![("x-amz-date".into(), "20261123T000000Z".into())],
+            },
+        ] {
+            let request = request(signer);
+            assert_eq!(ChunkRequest::decode(&request.encode()).unwrap(), request);
+            assert_eq!(request.length(), 5);
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let good = String::from_utf8(
+            request(Signer::Proxy {
+                target: "/t".into(),
+                region: "r".into(),
+            })
+            .encode(),
+        )
+        .unwrap();
+        for bad in [
+            good.replace("index\t2", "index\t3"),
+            good.replace("size\t", "size\tx"),
+            good.replace("etag\t", "etag"),
+            format!("{good}etag\tagain\n"),
+            good.replace("proxy_target", "nothing"),
+            format!("{good}client_target\t/t\n"),
+            "x".repeat(MAX_REQUEST_BYTES + 1),
+        ] {
+            assert!(ChunkRequest::decode(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The peer listener's requests: who this node is, and the chunks it owns, served
+//! from its tiers or filled from the origin once for the whole region. A peer's
+//! request is never passed on to another peer.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
+
+use super::fill::{Fill, FillAuth};
+use super::Proxy;
+use crate::peers::auth::{PEER_DATE, PEER_SIGNATURE};
+use crate::peers::protocol::{ChunkRequest, Signer, CHUNK_PATH, HELLO_PATH, MAX_REQUEST_BYTES, PEER_SOURCE};
+use crate::{s3, telemetry, BoxError, ProxyBody};
+
+fn status(status: StatusCode) -> Response<ProxyBody> {
+    let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+}
+
+impl Proxy {
+    /// Answers one request on the peer listener. Every request must be signed with
+    /// the region's key; an unsigned or stale one gets 403 and nothing else.
+    pub async fn handle_peer<B>(&self, request: Request<B>) -> Response<ProxyBody>
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(peers) = &self.peers else {
+            return status(StatusCode::NOT_FOUND);
+        };
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return status(StatusCode::PAYLOAD_TOO_LARGE),
+        };
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let path = parts.uri.path();
+        let signed = (parts.method.as_str(), path, &body[..]);
+        if let Err(refused) = peers
+            .keys
+            .verify(signed, header(PEER_DATE), header(PEER_SIGNATURE), now)
+        {
+            tracing::warn!(path, reason = %refused, "peer request refused");
+            telemetry::peer_request("owner", "refused");
+            return status(StatusCode::FORBIDDEN);
+        }
+        match (&parts.method, path) {
+            (&Method::GET, HELLO_PATH) => Response::new(
+                Full::new(Bytes::from(peers.hello.encode()))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            ),
+            (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
+                Ok(chunk) => self.serve_chunk(chunk).await,
+                Err(error) => {
+                    tracing::warn!(%error, "a peer's chunk request");
+                    status(StatusCode::BAD_REQUEST)
+                }
+            },
+            _ => status(StatusCode::NOT_FOUND),
+        }
+    }
+
+    /// A chunk this node owns (or is next in line for), from its tiers or one fill.
+    async fn serve_chunk(&self, chunk: ChunkRequest) -> Response<ProxyBody> {
+        if chunk.chunk_size != self.cache.chunk_size() {
+            // Another chunk size makes other keys: the reader fills for itself.
+            return status(StatusCode::CONFLICT);
+        }
+        let Some(region) = self
+            .router
+            .regions()
+            .iter()
+            .find(|region| region.client.origin().to_string() == chunk.object.origin)
+        else {
+            return status(StatusCode::NOT_FOUND);
+        };
+        let auth = match &chunk.signer {
+            Signer::Proxy { target, region } => match (&self.credentials, PathAndQuery::try_from(target.as_str())) {
+                (Some(credentials), Ok(target)) => FillAuth::Proxy {
+                    target,
+                    credentials: credentials.clone(),
+                    region: region.clone(),
+                },
+                _ => return status(StatusCode::FORBIDDEN),
+            },
+            Signer::Client { target, headers } => {
+                match (PathAndQuery::try_from(target.as_str()), header_map(headers)) {
+                    (Ok(target), Some(headers)) => FillAuth::Client { target, headers },
+                    _ => return status(StatusCode::BAD_REQUEST),
+                }
+            }
+        };
+        let checksums = header_map(&chunk.checksums).unwrap_or_default();
+        let fill = Arc::new(Fill {
+            region: region.clone(),
+            authority: chunk.authority.clone(),
+            auth,
+            etag: chunk.etag.clone(),
+            size: chunk.size,
+            chunk_size: chunk.chunk_size,
+            permits: self.fill_permits.clone(),
+            crc: s3::full_object_crc(&checksums),
+        });
+        let index = chunk.index;
+        let mut read = self
+            .cache
+            .chunk(chunk.key(), move |sink| fill.fetch(index, sink, 0))
+            .await;
+        let source = read.source;
+        // The first bytes before the head: a fill that fails outright is a clean 502,
+        // and the reader goes on to the next in line.
+        let first = match read.next().await {
+            Some(Ok((0, first))) => first,
+            _ => {
+                telemetry::peer_request("owner", "failed");
+                return status(StatusCode::BAD_GATEWAY);
+            }
+        };
+        telemetry::peer_request("owner", "ok");
+        let length = chunk.length();
+        let body = stream::once(async move { Ok::<_, BoxError>((0, first)) })
+            .chain(stream::unfold(read, |mut read| async move {
+                let next = read.next().await?;
+                Some((next.map_err(|e| -> BoxError { Box::new(e) }), read))
+            }))
+            .scan(0u64, move |sent, piece| {
+                // The pieces of one read are contiguous and end at the chunk's end; a
+                // gap or an overrun would be a bug, and is a cut, never wrong bytes.
+                let piece = piece.and_then(|(at, bytes): (u64, Bytes)| {
+                    if at != *sent || at + bytes.len() as u64 > length {
+                        return Err("a peer chunk's pieces do not line up".into());
+                    }
+                    *sent += bytes.len() as u64;
+                    telemetry::peer_bytes("out", bytes.len() as u64);
+                    Ok(Frame::data(bytes))
+                });
+                std::future::ready(Some(piece))
+            });
+        let mut response = Response::new(StreamBody::new(body).boxed_unsync());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        response
+            .headers_mut()
+            .insert(PEER_SOURCE, HeaderValue::from_static(source.as_str()));
+        response
+    }
+}
+
+fn header_map(pairs: &[(String, String)]) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_str(value).ok()?,
+        );
+    }
+    Some(headers)
+}
+
+/// What a reader tells an owner about who may sign its fill: `None` when the
+/// signer cannot travel (a header value that is not text).
+pub fn signer(auth: &FillAuth) -> Option<Signer> {
+    match auth {
+        FillAuth::Proxy { target, region, .. } => Some(Signer::Proxy {
+            target: target.as_str().to_owned(),
+            region: region.clone(),
+        }),
+        FillAuth::Client { target, headers } => Some(Signer::Client {
+            target: target.as_str().to_owned(),
+            headers: headers
+                .iter()
+                .filter(|(name, _)| *name != header::HOST)
+                .map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+                .collect::<Option<_>>()?,
+        }),
+    }
+}
