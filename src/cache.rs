@@ -265,20 +265,26 @@ impl ChunkCache {
     /// body): lookups of it stream what the writer pushes. `None` if it is already
     /// cached or arriving.
     pub fn claim(&self, key: &CacheKey) -> Option<ChunkWriter> {
+        self.claim_to(key, false)
+    }
+
+    /// Claims chunk `key`, to be kept in memory only when `memory_only`.
+    fn claim_to(&self, key: &CacheKey, memory_only: bool) -> Option<ChunkWriter> {
         let mut filling = self.filling.lock().expect("filling chunks");
         if filling.contains_key(key) || self.inner.contains(key) {
             return None;
         }
         let entry = Filling::new();
         filling.insert(key.clone(), entry.clone());
-        Some(ChunkWriter::new(entry, Some(self.destination(key))))
+        Some(ChunkWriter::new(entry, Some(self.destination(key, memory_only))))
     }
 
-    fn destination(&self, key: &CacheKey) -> Destination {
+    fn destination(&self, key: &CacheKey, memory_only: bool) -> Destination {
         Destination {
             key: key.clone(),
             table: self.filling.clone(),
             inner: self.inner.clone(),
+            memory_only,
         }
     }
 
@@ -302,8 +308,9 @@ impl ChunkCache {
     /// brings it in, or from a new `fill` run in a task of its own (a client that goes
     /// away does not cancel it). `fill` pushes the bytes to the sink as they arrive
     /// and returns the whole chunk, checked; a failed fill is not cached, and its
-    /// readers' streams fail.
-    pub async fn chunk<F, Fut, E>(&self, key: CacheKey, fill: F) -> ChunkRead
+    /// readers' streams fail. A chunk filled here is kept in memory only when
+    /// `memory_only` (a copy of a chunk another node owns).
+    pub async fn chunk<F, Fut, E>(&self, key: CacheKey, memory_only: bool, fill: F) -> ChunkRead
     where
         F: FnOnce(ChunkSink) -> Fut,
         Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
@@ -321,10 +328,10 @@ impl ChunkCache {
             // Claimed under the table's lock, so that one lookup fills; one that finds
             // the chunk stored since its miss reads it from the tiers. An index that
             // says "stored" twice for a chunk that cannot be read is not believed.
-            let writer = match self.claim(&key) {
+            let writer = match self.claim_to(&key, memory_only) {
                 Some(writer) => writer,
                 None if attempts < 3 => continue,
-                None => ChunkWriter::new(Filling::new(), Some(self.destination(&key))),
+                None => ChunkWriter::new(Filling::new(), Some(self.destination(&key, memory_only))),
             };
             let read = ChunkRead::streaming(writer.reader(), ChunkSource::Filled);
             let fetch = fill(writer.sink().clone());

@@ -754,6 +754,40 @@ mod tests {
     }
 
     #[test]
+    fn peers_are_configured_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("keys");
+        std::fs::write(&secret, "a-region-secret-of-at-least-32-bytes\n").unwrap();
+        let with = |peers: &str| {
+            Config::from_toml(&format!(
+                "origin = \"http://a\"\n[peers]\nnode_name = \"n1\"\nsecret_file = \"{}\"\n{peers}",
+                secret.display()
+            ))
+        };
+        let config = with("addresses = [\"127.0.0.2:9091\"]").unwrap().peers.unwrap();
+        assert_eq!(config.node_name, "n1");
+        assert_eq!(config.listen, "0.0.0.0:9091".parse().unwrap());
+        assert_eq!(
+            config.discovery,
+            Discovery::Addresses(vec!["127.0.0.2:9091".parse().unwrap()])
+        );
+        let config = with("service = \"s3-accel-peers.ns.svc:9091\"").unwrap().peers.unwrap();
+        assert_eq!(
+            config.discovery,
+            Discovery::Service {
+                name: "s3-accel-peers.ns.svc".into(),
+                port: 9091
+            }
+        );
+        assert_eq!(error_key(with("service = \"no-port\"")), "peers.service");
+        assert_eq!(error_key(with("")), "peers.service", "one way to find the peers");
+        assert_eq!(error_key(with("addresses = [\"nowhere\"]")), "peers.addresses");
+        std::fs::write(&secret, "short\n").unwrap();
+        assert_eq!(error_key(with("addresses = []")), "peers.secret_file");
+        assert!(Config::from_toml("origin = \"http://a\"").unwrap().peers.is_none());
+    }
+
+    #[test]
     fn unknown_keys_are_refused_by_name() {
         let err = Config::from_toml("origin = \"http://a\"\n[cache]\nchunksize = \"8MiB\"").unwrap_err();
         let text = format!("{:#}", anyhow::Error::from(err));

@@ -41,8 +41,8 @@ pub enum PeersError {
     },
     #[error(transparent)]
     Keys(#[from] auth::PeerKeyError),
-    #[error("peers.service: DNS discovery is not built yet; list the peers in peers.addresses")]
-    NoDns,
+    #[error("peers.service: cannot start DNS discovery")]
+    Dns(#[source] std::io::Error),
 }
 
 impl Peers {
@@ -61,7 +61,9 @@ impl Peers {
         };
         let discover: Arc<dyn Discover> = match &config.discovery {
             Discovery::Addresses(addresses) => Arc::new(Fixed(addresses.clone())),
-            Discovery::Service { .. } => return Err(PeersError::NoDns),
+            Discovery::Service { name, port } => {
+                Arc::new(membership::ServiceRecords::new(name, *port).map_err(PeersError::Dns)?)
+            }
         };
         let alone = Members::new(vec![membership::Member {
             address: None,

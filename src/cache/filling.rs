@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use foyer::HybridCache;
+use foyer::{HybridCache, HybridCacheProperties, Location};
 use tokio::sync::watch;
 
 use super::{CacheKey, CacheValue, ChunkError, ChunkSource};
@@ -99,6 +99,9 @@ pub(super) struct Destination {
     pub key: CacheKey,
     pub table: Table,
     pub inner: HybridCache<CacheKey, CacheValue>,
+    /// Kept in memory only, never written to this node's disk (a copy of a chunk
+    /// another node of the region owns).
+    pub memory_only: bool,
 }
 
 /// The one writer of an arriving chunk: [`finish`](Self::finish) stores it and ends
@@ -151,9 +154,15 @@ impl ChunkWriter {
         match self.destination.take() {
             Some(destination) => {
                 // Stored before it leaves the table: a lookup finds it in one or the other.
-                destination
-                    .inner
-                    .insert(destination.key.clone(), CacheValue::Chunk(whole.clone()));
+                let location = match destination.memory_only {
+                    true => Location::InMem,
+                    false => Location::Default,
+                };
+                destination.inner.insert_with_properties(
+                    destination.key.clone(),
+                    CacheValue::Chunk(whole.clone()),
+                    HybridCacheProperties::default().with_location(location),
+                );
                 release(&destination, &self.sink.0);
                 self.sink.0.end(End::Whole(whole));
             }

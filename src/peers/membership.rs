@@ -103,6 +103,50 @@ impl Discover for Fixed {
     }
 }
 
+/// The ready endpoints of a headless Service: its A records, looked up afresh each
+/// time (the resolver keeps no cache; a truncated answer is asked again over TCP).
+pub struct ServiceRecords {
+    resolver: hickory_resolver::TokioResolver,
+    name: String,
+    port: u16,
+}
+
+impl ServiceRecords {
+    pub fn new(name: &str, port: u16) -> std::io::Result<Self> {
+        let mut builder = hickory_resolver::TokioResolver::builder_tokio()
+            .map_err(|e| std::io::Error::other(format!("reading the system DNS configuration: {e}")))?;
+        builder.options_mut().cache_size = 0;
+        let resolver = builder
+            .build()
+            .map_err(|e| std::io::Error::other(format!("starting the DNS resolver: {e}")))?;
+        Ok(Self {
+            resolver,
+            name: name.to_owned(),
+            port,
+        })
+    }
+}
+
+impl Discover for ServiceRecords {
+    fn addresses(&self) -> BoxFuture<'_, std::io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move {
+            let found = self
+                .resolver
+                .lookup_ip(self.name.as_str())
+                .await
+                .map_err(|e| std::io::Error::other(format!("looking up {}: {e}", self.name)))?;
+            let mut addresses: Vec<SocketAddr> = found
+                .iter()
+                .filter(|ip| ip.is_ipv4())
+                .map(|ip| SocketAddr::new(ip, self.port))
+                .collect();
+            addresses.sort_unstable();
+            addresses.dedup();
+            Ok(addresses)
+        })
+    }
+}
+
 /// Keeps `members` current: every `refresh`, the addresses are discovered and each
 /// is asked who it is; a peer that does not answer is not a member until it does.
 pub async fn watch_members(
@@ -169,6 +213,14 @@ mod tests {
         assert_eq!(Hello::decode(&hello.encode()), Some(hello));
         assert_eq!(Hello::decode("node\t\nboot_id\tx\ndisk_capacity\t1\n"), None);
         assert_eq!(Hello::decode("node\ta\nboot_id\tx\n"), None);
+    }
+
+    #[tokio::test]
+    async fn a_service_name_resolves_to_its_a_records() {
+        let records = ServiceRecords::new("localhost", 9091).unwrap();
+        let found = records.addresses().await.unwrap();
+        assert!(found.contains(&"127.0.0.1:9091".parse().unwrap()), "{found:?}");
+        assert!(found.iter().all(|a| a.is_ipv4() && a.port() == 9091));
     }
 
     #[test]

@@ -260,9 +260,10 @@ impl CachedObject {
 
     /// Chunk `index`, from the tiers or the one fill bringing it in.
     async fn read(self: Arc<Self>, index: u64) -> ChunkRead {
-        let upstream = self.upstream.clone();
+        let (key, upstream) = (self.key(index), self.upstream.clone());
+        let memory_only = !upstream.owns(&key);
         self.cache
-            .chunk(self.key(index), move |sink| upstream.fetch(index, sink))
+            .chunk(key, memory_only, move |sink| upstream.fetch(index, sink))
             .await
     }
 

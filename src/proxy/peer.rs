@@ -117,7 +117,7 @@ impl Proxy {
         let index = chunk.index;
         let mut read = self
             .cache
-            .chunk(chunk.key(), move |sink| fill.fetch(index, sink, 0))
+            .chunk(chunk.key(), false, move |sink| fill.fetch(index, sink, 0))
             .await;
         let source = read.source;
         // The first bytes before the head: a fill that fails outright is a clean 502,

@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use http_body_util::BodyExt;
 
 use super::fill::{Fill, FillError};
-use crate::cache::ChunkSink;
+use crate::cache::{CacheKey, ChunkSink};
 use crate::peers::protocol::ChunkRequest;
 use crate::peers::Peers;
 use crate::{telemetry, BoxError};
@@ -25,6 +25,11 @@ pub trait Upstream: Send + Sync {
     /// Whether chunk `index` is checked whole against the object's checksum before
     /// it is kept (its readers' last bytes then wait for the check).
     fn checks(&self, index: u64) -> bool;
+
+    /// Whether this node keeps chunk `key` on its disk too, or in memory only (a
+    /// copy of a chunk another node owns: repeated reads stay local, the region's
+    /// disks hold each chunk once).
+    fn owns(&self, key: &CacheKey) -> bool;
 }
 
 impl Upstream for Fill {
@@ -34,6 +39,10 @@ impl Upstream for Fill {
 
     fn checks(&self, index: u64) -> bool {
         Fill::checks(self, index)
+    }
+
+    fn owns(&self, _key: &CacheKey) -> bool {
+        true
     }
 }
 
@@ -102,6 +111,10 @@ impl Upstream for Regional {
 
     fn checks(&self, index: u64) -> bool {
         self.fill.checks(index)
+    }
+
+    fn owns(&self, key: &CacheKey) -> bool {
+        self.peers.owns(key.stable_hash())
     }
 }
 
