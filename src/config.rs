@@ -782,8 +782,12 @@ mod tests {
         assert_eq!(error_key(with("service = \"no-port\"")), "peers.service");
         assert_eq!(error_key(with("")), "peers.service", "one way to find the peers");
         assert_eq!(error_key(with("addresses = [\"nowhere\"]")), "peers.addresses");
-        std::fs::write(&secret, "short\n").unwrap();
-        assert_eq!(error_key(with("addresses = []")), "peers.secret_file");
+        assert_eq!(
+            error_key(Config::from_toml(
+                "origin = \"http://a\"\n[peers]\nnode_name = \"n\"\naddresses = []"
+            )),
+            "peers.secret_file"
+        );
         assert!(Config::from_toml("origin = \"http://a\"").unwrap().peers.is_none());
     }
 

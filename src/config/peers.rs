@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::file::PeersSection;
 use super::{duration_or, invalid, ConfigError};
-use crate::peers::auth::PeerKeys;
 
 #[derive(Debug, Clone)]
 pub struct PeersConfig {
@@ -17,7 +16,8 @@ pub struct PeersConfig {
     /// The peer listener: peer requests only, never client requests.
     pub listen: SocketAddr,
     pub discovery: Discovery,
-    /// One or two keys, one per line (the signing key first).
+    /// One or two keys, one per line (the signing key first); read when the node
+    /// starts.
     pub secret_file: PathBuf,
     /// How often the members are looked up again.
     pub refresh: Duration,
@@ -91,13 +91,9 @@ pub(super) fn peers_config(section: &PeersSection) -> Result<PeersConfig, Config
             .as_deref()
             .ok_or_else(|| invalid("peers.secret_file", "peer requests are signed: a secret is required"))?,
     );
-    let secret = std::fs::read_to_string(&secret_file).map_err(|e| {
-        invalid(
-            "peers.secret_file",
-            format!("cannot read {}: {e}", secret_file.display()),
-        )
-    })?;
-    PeerKeys::from_text(&secret).map_err(|e| invalid("peers.secret_file", e.to_string()))?;
+    if secret_file.as_os_str().is_empty() {
+        return Err(invalid("peers.secret_file", "must not be empty"));
+    }
     Ok(PeersConfig {
         node_name,
         listen,
