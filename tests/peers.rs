@@ -99,6 +99,15 @@ impl Region {
     }
 }
 
+/// An origin holding `model.bin`, `size` bytes.
+async fn origin_with_model(seed: u64, size: usize) -> (TestOrigin, Vec<u8>) {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    let data = object_bytes(seed, size);
+    origin.put(BUCKET, "model.bin", &data, &[]).await;
+    (origin, data)
+}
+
 fn read(key: &str) -> Call {
     Call::get(
         &format!("/{BUCKET}/{key}"),
@@ -108,11 +117,8 @@ fn read(key: &str) -> Call {
 
 #[tokio::test]
 async fn a_region_fetches_each_chunk_from_the_origin_once() {
-    let origin = TestOrigin::honoring().await;
-    origin.create_bucket(BUCKET).await;
     let size = 48 << 20;
-    let data = object_bytes(3, size);
-    origin.put(BUCKET, "model.bin", &data, &[]).await;
+    let (origin, data) = origin_with_model(3, size).await;
     let region = Region::start(&origin, 4).await;
 
     // Every node's clients read the same cold object at once.
@@ -159,11 +165,8 @@ async fn a_region_fetches_each_chunk_from_the_origin_once() {
 
 #[tokio::test]
 async fn a_node_restarted_under_its_name_serves_what_its_disk_holds() {
-    let origin = TestOrigin::honoring().await;
-    origin.create_bucket(BUCKET).await;
     let size = 24 << 20;
-    let data = object_bytes(7, size);
-    origin.put(BUCKET, "model.bin", &data, &[]).await;
+    let (origin, data) = origin_with_model(7, size).await;
     let disk = "memory = \"64MiB\"\ndisk = \"256MiB\"\nchunk_size = \"1MiB\"";
     let mut region = Region::start_with(&origin, 3, disk).await;
     // Node 0 reads the object: each chunk lands on its owner's disk.
@@ -186,11 +189,8 @@ async fn a_node_restarted_under_its_name_serves_what_its_disk_holds() {
 
 #[tokio::test]
 async fn a_dead_owner_costs_a_client_nothing() {
-    let origin = TestOrigin::honoring().await;
-    origin.create_bucket(BUCKET).await;
     let size = 16 << 20;
-    let data = object_bytes(5, size);
-    origin.put(BUCKET, "model.bin", &data, &[]).await;
+    let (origin, data) = origin_with_model(5, size).await;
     let mut region = Region::start(&origin, 3).await;
     // One node goes away without a word (its peer port stops answering).
     let dead = region.nodes.remove(2);
