@@ -85,9 +85,10 @@ impl ChunkSink {
 
     /// The bytes pushed so far, in one piece (the chunk to store).
     pub fn assemble(&self) -> Bytes {
-        let state = self.0.state.lock().expect("a filling chunk");
-        let mut whole = BytesMut::with_capacity(state.frames.iter().map(Bytes::len).sum());
-        for frame in &state.frames {
+        // Copied outside the lock: readers take frames meanwhile.
+        let frames = self.0.state.lock().expect("a filling chunk").frames.clone();
+        let mut whole = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+        for frame in &frames {
             whole.extend_from_slice(frame);
         }
         whole.freeze()

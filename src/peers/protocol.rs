@@ -137,7 +137,8 @@ impl ChunkRequest {
             signer,
             checksums,
         };
-        if request.chunk_size == 0 || request.length() == 0 {
+        let start = request.index.checked_mul(request.chunk_size);
+        if request.chunk_size == 0 || start.is_none_or(|start| start >= request.size) {
             return Err(DecodeError("no such chunk"));
         }
         Ok(request)
@@ -196,6 +197,7 @@ mod tests {
         .unwrap();
         for bad in [
             good.replace("index\t2", "index\t3"),
+            good.replace("index\t2", &format!("index\t{}", u64::MAX / 2)),
             good.replace("size\t", "size\tx"),
             good.replace("etag\t", "etag"),
             format!("{good}etag\tagain\n"),

@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::fill::FillError;
 use super::upstream::Upstream;
-use crate::cache::{CacheKey, ChunkCache, ChunkError, ChunkRead, ChunkSource, ObjectId, ObjectMeta, PartMeta};
+use crate::cache::{
+    CacheKey, ChunkCache, ChunkError, ChunkRead, ChunkSource, Dangling, ObjectId, ObjectMeta, PartMeta,
+};
 use crate::error::ProxyError;
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::{self, REQUEST_ID};
@@ -213,10 +215,10 @@ impl ReadAheadBudget {
         }
     }
 
-    /// Room for one chunk of `chunk_size` bytes; `ahead` for a chunk read ahead of
-    /// the one the client waits for.
-    async fn reserve(&self, chunk_size: u64, ahead: bool) -> Vec<OwnedSemaphorePermit> {
-        let kib = chunk_size.div_ceil(1024) as u32;
+    /// Room for one chunk of `bytes`; `ahead` for a chunk read ahead of the one the
+    /// client waits for.
+    async fn reserve(&self, bytes: u64, ahead: bool) -> Vec<OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024) as u32;
         let take = |semaphore: &Arc<Semaphore>| semaphore.clone().acquire_many_owned(kib);
         let mut permits = Vec::with_capacity(2);
         if ahead {
@@ -378,7 +380,9 @@ impl CachedObject {
         };
         // The chunk the client waits for first takes its budget before any read-ahead
         // does (the semaphores are fair), and is read in this task: no hop before the
-        // first byte.
+        // first byte. (A whole chunk's worth even for a few bytes of it: a slice keeps
+        // the whole chunk's memory alive.)
+        let (from, to) = span(head_index);
         let permits = self.budget.reserve(chunk_size, false).await;
         // The read-ahead runs on its own, not when the client's connection asks for
         // more: a task takes each later chunk's budget in order and starts its read,
@@ -388,6 +392,7 @@ impl CachedObject {
             let this = self.clone();
             tokio::spawn(async move {
                 for index in head_index + 1..=tail_index {
+                    let (from, to) = span(index);
                     let permits = tokio::select! {
                         permits = this.budget.reserve(chunk_size, true) => permits,
                         () = ahead.closed() => return,
@@ -395,7 +400,6 @@ impl CachedObject {
                     let this = this.clone();
                     let chunk = tokio::spawn(async move {
                         let read = this.clone().read(index).await;
-                        let (from, to) = span(index);
                         this.bytes(index, from, to, read, Arc::new(permits))
                     });
                     if ahead.send(chunk).await.is_err() {
@@ -409,7 +413,6 @@ impl CachedObject {
             None => self.clone().read(head_index).await,
         };
         let source = read.source;
-        let (from, to) = span(head_index);
         let mut head = self.bytes(head_index, from, to, read, Arc::new(permits));
         let first_bytes = match head.next().await {
             Some(Ok(bytes)) => bytes,
@@ -418,7 +421,12 @@ impl CachedObject {
         };
         let rest = stream::poll_fn(move |cx| chunks.poll_recv(cx))
             .then(|chunk| {
-                chunk.map(|joined| joined.unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic())))
+                chunk.map(|joined| match joined {
+                    Ok(bytes) => bytes,
+                    Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+                    // Cancelled (the runtime is shutting down): the response is cut.
+                    Err(_) => stream::once(async { Err(ChunkError::new(Dangling)) }).boxed(),
+                })
             })
             .flatten();
         let frames = stream::once(async move { Ok(first_bytes) })

@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 
-use super::fill::{Fill, FillAuth};
+use super::fill::{Fill, FillAuth, FillError};
 use super::Proxy;
 use crate::peers::auth::{PEER_DATE, PEER_SIGNATURE};
 use crate::peers::protocol::{ChunkRequest, Signer, CHUNK_PATH, HELLO_PATH, MAX_REQUEST_BYTES, PEER_SOURCE};
@@ -124,6 +124,14 @@ impl Proxy {
         // and the reader goes on to the next in line.
         let first = match read.next().await {
             Some(Ok((0, first))) => first,
+            // The object changed at the origin: the reader relays that verdict.
+            Some(Err(error))
+                if error
+                    .fill_error::<FillError>()
+                    .is_some_and(|e| matches!(e, FillError::Changed)) =>
+            {
+                return status(StatusCode::PRECONDITION_FAILED);
+            }
             _ => {
                 telemetry::peer_request("owner", "failed");
                 return status(StatusCode::BAD_GATEWAY);

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 
 use super::fill::{Fill, FillError};
 use crate::cache::{CacheKey, ChunkSink};
+use crate::peers::client::PeerError;
 use crate::peers::protocol::ChunkRequest;
 use crate::peers::Peers;
 use crate::{telemetry, BoxError};
@@ -57,10 +58,11 @@ pub struct Regional {
     pub template: ChunkRequest,
 }
 
-/// How long an owner may take to start answering (it may be filling from the origin).
-const PEER_FIRST_BYTE: Duration = Duration::from_secs(10);
-/// Longest silence in the middle of a peer's answer.
-const PEER_IDLE: Duration = Duration::from_secs(10);
+/// How long an owner may take to start answering: longer than its own wait for the
+/// origin's first byte (it may be filling), so that a slow origin does not eject it.
+const PEER_FIRST_BYTE: Duration = Duration::from_secs(35);
+/// Longest silence in the middle of a peer's answer: longer than the origin's.
+const PEER_IDLE: Duration = Duration::from_secs(65);
 /// Owner, then the next in line: a third would be a fill anyway.
 const PEERS_TRIED: usize = 2;
 
@@ -87,17 +89,24 @@ impl Upstream for Regional {
                 tried += 1;
                 match from_peer(&self.peers, address, &request, &sink, &mut pushed).await {
                     Ok(()) => {
+                        telemetry::peer_request("reader", "ok");
                         let chunk = sink.assemble();
-                        match self.fill.verify(index, &chunk) {
-                            Ok(()) => {
-                                telemetry::peer_request("reader", "ok");
-                                return Ok(chunk);
-                            }
-                            // Bytes that are not the object's: the origin decides.
-                            Err(error) => return Err(error),
+                        if let Err(error) = self.fill.verify(index, &chunk) {
+                            // Bytes that are not the object's: this read is cut, and
+                            // the retry goes elsewhere.
+                            self.peers.eject(node);
+                            return Err(error);
                         }
+                        return Ok(chunk);
                     }
-                    Err(error) => {
+                    Err(PeerFailure::Changed) => return Err(FillError::Changed),
+                    // The owner answered, but could not fill: the origin decides here.
+                    Err(PeerFailure::Refused(status)) => {
+                        telemetry::peer_request("reader", "refused");
+                        tracing::debug!(node, %status, "an owner could not serve a chunk; filling here");
+                        break;
+                    }
+                    Err(PeerFailure::Broken(error)) => {
                         telemetry::peer_request("reader", "failed");
                         tracing::warn!(node, error = %crate::error::error_chain(&*error), "a peer failed a chunk; trying the next");
                         self.peers.eject(node);
@@ -118,6 +127,17 @@ impl Upstream for Regional {
     }
 }
 
+/// Why a peer did not deliver a chunk.
+enum PeerFailure {
+    /// The object changed at the origin (the owner's fill got a 412).
+    Changed,
+    /// The owner answered and could not serve it (its fill failed, or it will not
+    /// fill for this object): not the peer's fault.
+    Refused(http::StatusCode),
+    /// The peer could not be reached, stalled, or broke the exchange: ejected.
+    Broken(BoxError),
+}
+
 /// Streams the chunk from a peer into `sink`, past the `pushed` bytes already there.
 async fn from_peer(
     peers: &Peers,
@@ -125,8 +145,14 @@ async fn from_peer(
     request: &ChunkRequest,
     sink: &ChunkSink,
     pushed: &mut u64,
-) -> Result<(), BoxError> {
-    let response = peers.client.chunk(address, request, PEER_FIRST_BYTE).await?;
+) -> Result<(), PeerFailure> {
+    let response = match peers.client.chunk(address, request, PEER_FIRST_BYTE).await {
+        Ok(response) => response,
+        Err(PeerError::Status(http::StatusCode::PRECONDITION_FAILED)) => return Err(PeerFailure::Changed),
+        Err(PeerError::Status(status)) => return Err(PeerFailure::Refused(status)),
+        Err(error) => return Err(PeerFailure::Broken(error.into())),
+    };
+    let broken = |error: BoxError| PeerFailure::Broken(error);
     let expected = request.length();
     let declared = response
         .headers()
@@ -134,19 +160,23 @@ async fn from_peer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared != Some(expected) {
-        return Err(format!("the peer declared {declared:?} bytes for a {expected}-byte chunk").into());
+        return Err(broken(
+            format!("the peer declared {declared:?} bytes for a {expected}-byte chunk").into(),
+        ));
     }
     let mut body = response.into_body();
     let mut got = 0u64;
-    while let Some(frame) = tokio::time::timeout(PEER_IDLE, body.frame())
-        .await
-        .map_err(|_| "the peer went silent")?
-    {
-        if let Ok(data) = frame?.into_data() {
+    loop {
+        let frame = match tokio::time::timeout(PEER_IDLE, body.frame()).await {
+            Err(_) => return Err(broken("the peer went silent".into())),
+            Ok(None) => break,
+            Ok(Some(frame)) => frame.map_err(|e| broken(e.into()))?,
+        };
+        if let Ok(data) = frame.into_data() {
             let at = got;
             got += data.len() as u64;
             if got > expected {
-                return Err("the peer sent more than the chunk".into());
+                return Err(broken("the peer sent more than the chunk".into()));
             }
             if got > *pushed {
                 sink.push(data.slice((*pushed).saturating_sub(at) as usize..));
@@ -156,7 +186,7 @@ async fn from_peer(
         }
     }
     if got != expected {
-        return Err(format!("the peer sent {got} of {expected} bytes").into());
+        return Err(broken(format!("the peer sent {got} of {expected} bytes").into()));
     }
     Ok(())
 }
