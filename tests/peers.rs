@@ -248,3 +248,35 @@ async fn peer_requests_must_be_signed_with_the_region_key_and_never_reach_the_cl
     let answer = region.nodes[0].send(&on_client_port).await.unwrap();
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn an_object_changed_mid_herd_is_never_served_mixed() {
+    let size = 32 << 20;
+    let (origin, old) = origin_with_model(11, size).await;
+    let new = object_bytes(12, size);
+    let region = Region::start(&origin, 3).await;
+    let readers: Vec<_> = region
+        .nodes
+        .iter()
+        .flat_map(|node| (0..2).map(move |_| (node.client.clone(), node.address)))
+        .map(|(client, address)| tokio::spawn(async move { client.send(address, &read("model.bin")).await }))
+        .collect();
+    // Overwritten while the region fills it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    origin.put(BUCKET, "model.bin", &new, &[]).await;
+    let (old_hash, new_hash) = (sha256_hex(&old), sha256_hex(&new));
+    for reader in readers {
+        // A cut response is allowed; a complete one is one version, whole.
+        if let Ok(reply) = reader.await.unwrap() {
+            if reply.status == StatusCode::OK {
+                let hash = sha256_hex(&reply.body);
+                assert!(hash == old_hash || hash == new_hash, "a response mixed two versions");
+            }
+        }
+    }
+    // Afterwards every node serves the new version.
+    for node in &region.nodes {
+        let reply = get(node, read("model.bin")).await;
+        assert_eq!(sha256_hex(&reply.body), new_hash);
+    }
+}
