@@ -14,9 +14,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::{Discovery, PeersConfig};
-use auth::PeerKeys;
+use auth::{KeyRing, PeerKeys};
 use client::PeerClient;
 use membership::{Discover, Fixed, Hello, Members};
+
+/// How often the peer key file is read again (a Secret's update reaches the pod
+/// within about a minute).
+const KEY_RELOAD: Duration = Duration::from_secs(10);
 
 /// How long a peer that failed is left alone.
 const EJECTION: Duration = Duration::from_secs(10);
@@ -24,7 +28,7 @@ const EJECTION: Duration = Duration::from_secs(10);
 /// This node's view of its region, shared by the request path and the peer listener.
 pub struct Peers {
     pub hello: Hello,
-    pub keys: Arc<PeerKeys>,
+    pub keys: Arc<KeyRing>,
     pub client: PeerClient,
     members: watch::Receiver<Arc<Members>>,
     /// Peers that failed a request lately, by node name, and until when.
@@ -52,7 +56,8 @@ impl Peers {
             path: config.secret_file.display().to_string(),
             source,
         })?;
-        let keys = Arc::new(PeerKeys::from_text(&secret)?);
+        let keys = Arc::new(KeyRing::new(PeerKeys::from_text(&secret)?));
+        tokio::spawn(keys.clone().watch(config.secret_file.clone(), KEY_RELOAD, secret));
         let client = PeerClient::new(keys.clone());
         let hello = Hello {
             node: config.node_name.clone(),
@@ -102,6 +107,7 @@ impl Peers {
     /// Leaves `node` alone for a while: a client must not wait on a dead peer twice.
     pub fn eject(&self, node: &str) {
         tracing::warn!(node, seconds = EJECTION.as_secs(), "peer ejected");
+        metrics::counter!(crate::telemetry::PEER_EJECTIONS).increment(1);
         self.ejected
             .lock()
             .expect("ejected peers")

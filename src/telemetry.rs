@@ -28,6 +28,7 @@ pub const PEER_REQUESTS: &str = "s3accel_peer_requests_total";
 pub const PEER_BYTES: &str = "s3accel_peer_bytes_total";
 pub const PEER_MEMBERS: &str = "s3accel_peer_members";
 pub const PEER_RING: &str = "s3accel_peer_ring_fingerprint";
+pub const PEER_EJECTIONS: &str = "s3accel_peer_ejections_total";
 
 /// A chunk request between peers: `role` is `reader` (asked) or `owner` (answered).
 pub fn peer_request(role: &'static str, outcome: &'static str) {

@@ -102,6 +102,61 @@ impl PeerKeys {
     }
 }
 
+/// The keys in force, replaced when the Secret's file changes (Kubernetes swaps a
+/// mounted Secret's files in place): every request signs and verifies with the set
+/// current when it is made.
+pub struct KeyRing {
+    current: std::sync::RwLock<std::sync::Arc<PeerKeys>>,
+}
+
+impl KeyRing {
+    pub fn new(keys: PeerKeys) -> Self {
+        Self {
+            current: std::sync::RwLock::new(std::sync::Arc::new(keys)),
+        }
+    }
+
+    pub fn current(&self) -> std::sync::Arc<PeerKeys> {
+        self.current.read().expect("peer keys").clone()
+    }
+
+    /// Takes the keys in `text` if they are valid; the last good set stays otherwise
+    /// (a Secret caught half-written, an empty file).
+    pub fn reload(&self, text: &str) -> Result<(), PeerKeyError> {
+        let keys = PeerKeys::from_text(text)?;
+        *self.current.write().expect("peer keys") = std::sync::Arc::new(keys);
+        Ok(())
+    }
+
+    /// Re-reads `path` every `interval` and takes its keys when its contents change
+    /// from `loaded` (the text the current keys came from): compared by contents,
+    /// not times, since a Secret's files are swapped by a symlink.
+    pub async fn watch(
+        self: std::sync::Arc<Self>,
+        path: std::path::PathBuf,
+        interval: std::time::Duration,
+        loaded: String,
+    ) {
+        let mut last = Some(loaded);
+        loop {
+            tokio::time::sleep(interval).await;
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            if last.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            match self.reload(&text) {
+                Ok(()) => tracing::info!(path = %path.display(), "peer keys reloaded"),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "peer keys not reloaded; keeping the last good ones")
+                }
+            }
+            last = Some(text);
+        }
+    }
+}
+
 /// Length-prefixed fields, so that no two requests sign the same bytes.
 fn signed_bytes(method: &str, path: &str, chunk_key: &[u8], at: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + path.len() + chunk_key.len());
@@ -207,6 +262,35 @@ mod tests {
         assert!(keys(OLD)
             .verify(("GET", "/p", b"k"), Some(&date), Some(&signed), at)
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn rotated_keys_are_taken_from_the_file_and_bad_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, OLD).unwrap();
+        let ring = std::sync::Arc::new(KeyRing::new(keys(OLD)));
+        let interval = std::time::Duration::from_millis(10);
+        let watcher = tokio::spawn(ring.clone().watch(path.clone(), interval, OLD.to_owned()));
+        let at = 1_795_000_000u64;
+        let signs_with = |ring: &KeyRing, text: &str| {
+            let signature = ring.current().sign("GET", "/p", b"k", at);
+            keys(text)
+                .verify(("GET", "/p", b"k"), Some(&at.to_string()), Some(&signature), at)
+                .is_ok()
+        };
+        assert!(signs_with(&ring, OLD));
+        std::fs::write(&path, format!("{NEW}\n{OLD}\n")).unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !signs_with(&ring, NEW) {
+            assert!(tokio::time::Instant::now() < deadline, "the new key was never taken");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // A file caught empty keeps the last good keys.
+        std::fs::write(&path, "").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(signs_with(&ring, NEW));
+        watcher.abort();
     }
 
     #[test]

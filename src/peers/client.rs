@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
+use super::auth::{KeyRing, PEER_DATE, PEER_SIGNATURE};
 use super::membership::Hello;
 use super::protocol::{ChunkRequest, CHUNK_PATH, HELLO_PATH};
 
@@ -41,11 +41,11 @@ pub enum PeerError {
 #[derive(Clone)]
 pub struct PeerClient {
     http: Client<HttpConnector, Full<Bytes>>,
-    keys: Arc<PeerKeys>,
+    keys: Arc<KeyRing>,
 }
 
 impl PeerClient {
-    pub fn new(keys: Arc<PeerKeys>) -> Self {
+    pub fn new(keys: Arc<KeyRing>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -60,7 +60,7 @@ impl PeerClient {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let signature = self.keys.sign(method.as_str(), path, &body, now);
+        let signature = self.keys.current().sign(method.as_str(), path, &body, now);
         Request::builder()
             .method(method)
             .uri(format!("http://{address}{path}"))

@@ -50,6 +50,7 @@ impl Proxy {
         let signed = (parts.method.as_str(), path, &body[..]);
         if let Err(refused) = peers
             .keys
+            .current()
             .verify(signed, header(PEER_DATE), header(PEER_SIGNATURE), now)
         {
             tracing::warn!(path, reason = %refused, "peer request refused");
