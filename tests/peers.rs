@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use s3_accel::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
-use s3_accel::peers::protocol::{CHUNK_PATH, HELLO_PATH};
+use s3_accel::peers::protocol::{CHUNK_PATH, HELLO_PATH, HELLO_REPLY};
 
 use crate::ops::admin_get;
 use crate::support::client::{Call, TestClient};
@@ -223,6 +223,11 @@ async fn peer_requests_must_be_signed_with_the_region_key_and_never_reach_the_cl
     let answer = client.send(peer, &hello(&ours, now)).await.unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     assert!(answer.text().contains("node\tnode-0"), "{}", answer.text());
+    // The answer is signed with the region's key, so no impostor can claim a node.
+    let reply = (HELLO_REPLY, HELLO_PATH, &answer.body[..]);
+    let (date, signature) = (answer.header(PEER_DATE), answer.header(PEER_SIGNATURE));
+    assert_eq!(ours.verify(reply, date, signature, now), Ok(()));
+    assert!(theirs.verify(reply, date, signature, now).is_err());
     for (refused, why) in [
         (hello(&theirs, now), "another key"),
         (hello(&ours, now - 120), "stale"),

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::auth::{KeyRing, PEER_DATE, PEER_SIGNATURE};
 use super::membership::Hello;
-use super::protocol::{ChunkRequest, CHUNK_PATH, HELLO_PATH};
+use super::protocol::{ChunkRequest, CHUNK_PATH, HELLO_PATH, HELLO_REPLY};
 
 /// How long a peer may take to connect: peers are in one region, a few hops away.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -32,7 +32,7 @@ pub enum PeerError {
     Timeout,
     #[error("the peer answered {0}")]
     Status(StatusCode),
-    #[error("the peer's hello does not read")]
+    #[error("the peer's hello does not read, or is not signed with the region's key")]
     BadHello,
     #[error("reading the peer's answer")]
     Body(#[source] hyper::Error),
@@ -78,12 +78,34 @@ impl PeerClient {
             if response.status() != StatusCode::OK {
                 return Err(PeerError::Status(response.status()));
             }
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let (date, signature) = (header(PEER_DATE), header(PEER_SIGNATURE));
             let body = response
                 .into_body()
                 .collect()
                 .await
                 .map_err(PeerError::Body)?
                 .to_bytes();
+            // Only a node holding the region's key may claim a name and a weight.
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            self.keys
+                .current()
+                .verify(
+                    (HELLO_REPLY, HELLO_PATH, &body),
+                    date.as_deref(),
+                    signature.as_deref(),
+                    now,
+                )
+                .map_err(|_| PeerError::BadHello)?;
             Hello::decode(std::str::from_utf8(&body).map_err(|_| PeerError::BadHello)?).ok_or(PeerError::BadHello)
         };
         tokio::time::timeout(HELLO_TIMEOUT, answer)

@@ -65,10 +65,11 @@ impl Members {
     pub fn new(mut members: Vec<Member>) -> Self {
         members.sort_by(|a, b| a.hello.node.cmp(&b.hello.node));
         members.dedup_by(|a, b| a.hello.node == b.hello.node);
-        // Weight: the disk tier; a node without one still owns a memory-sized share.
+        // Weight: the disk tier; a node without one still owns a small share, and
+        // none claims more than a petabyte's.
         let nodes: Vec<Node> = members
             .iter()
-            .map(|m| Node::new(m.hello.node.clone(), m.hello.disk_capacity.max(1 << 30)))
+            .map(|m| Node::new(m.hello.node.clone(), m.hello.disk_capacity.clamp(1 << 30, 1 << 50)))
             .collect();
         let fingerprint = placement::fingerprint(&nodes);
         Self {

@@ -7,6 +7,9 @@ use crate::cache::{CacheKey, ObjectId};
 /// `GET`-like, but with a body: the chunk's description.
 pub const CHUNK_PATH: &str = "/peer/v1/chunk";
 pub const HELLO_PATH: &str = "/peer/v1/hello";
+/// What a hello's answer is signed as (in place of a method): a reply can never be
+/// replayed as a request, nor a request as a reply.
+pub const HELLO_REPLY: &str = "HELLO-REPLY";
 /// Response header: where the owner found the chunk (`memory`, `disk`, `fill`, `coalesced`).
 pub const PEER_SOURCE: &str = "x-s3-accel-peer-source";
 

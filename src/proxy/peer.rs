@@ -16,7 +16,9 @@ use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use super::fill::{Fill, FillAuth, FillError};
 use super::Proxy;
 use crate::peers::auth::{PEER_DATE, PEER_SIGNATURE};
-use crate::peers::protocol::{ChunkRequest, Signer, CHUNK_PATH, HELLO_PATH, MAX_REQUEST_BYTES, PEER_SOURCE};
+use crate::peers::protocol::{
+    ChunkRequest, Signer, CHUNK_PATH, HELLO_PATH, HELLO_REPLY, MAX_REQUEST_BYTES, PEER_SOURCE,
+};
 use crate::{s3, telemetry, BoxError, ProxyBody};
 
 fn status(status: StatusCode) -> Response<ProxyBody> {
@@ -58,11 +60,26 @@ impl Proxy {
             return status(StatusCode::FORBIDDEN);
         }
         match (&parts.method, path) {
-            (&Method::GET, HELLO_PATH) => Response::new(
-                Full::new(Bytes::from(peers.hello.encode()))
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            ),
+            (&Method::GET, HELLO_PATH) => {
+                // The answer is signed too: only a node holding the region's key can
+                // claim a name and a share of the keys.
+                let hello = peers.hello.encode();
+                let signature = peers
+                    .keys
+                    .current()
+                    .sign(HELLO_REPLY, HELLO_PATH, hello.as_bytes(), now);
+                let mut response = Response::new(
+                    Full::new(Bytes::from(hello))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                let headers = response.headers_mut();
+                headers.insert(PEER_DATE, HeaderValue::from(now));
+                if let Ok(signature) = HeaderValue::from_str(&signature) {
+                    headers.insert(PEER_SIGNATURE, signature);
+                }
+                response
+            }
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
                 Ok(chunk) => self.serve_chunk(chunk).await,
                 Err(error) => {
