@@ -310,9 +310,10 @@ impl Proxy {
             // read): the origin's own answer goes.
             None => return Ok((forward::client_response(response), Outcome::Origin)),
         };
+        let object = self.cached_object(route, authority, &plan, auth, meta);
         let head = match verdict.probe {
             // A cold probe's body is the data: its first chunk streams to the client.
-            Probe::Cold => self.lead(route, &plan, &meta, &shape, response),
+            Probe::Cold => self.lead(&object, &shape, response),
             // The early read was of the version the cache held: good for that version only.
             Probe::NotModified | Probe::SameEtag => {
                 drop(response);
@@ -323,7 +324,6 @@ impl Proxy {
             }
             Probe::Changed | Probe::Uncacheable | Probe::Refused => None,
         };
-        let object = self.cached_object(route, authority, &plan, auth, meta);
         let (response, source) = object.respond(shape, plan.overrides, &origin_id, head).await?;
         let outcome = match source {
             ChunkSource::Memory | ChunkSource::Disk => Outcome::Hit,
@@ -336,14 +336,7 @@ impl Proxy {
     /// when the body carries that chunk whole, read once when it carries only part
     /// of it. `None` (the cache answers alone) when the body starts elsewhere than
     /// the answer, the chunk is already cached or arriving, or fill memory is full.
-    fn lead(
-        &self,
-        route: &Route,
-        plan: &Plan,
-        meta: &ObjectMeta,
-        shape: &Shape,
-        response: Response<OriginBody>,
-    ) -> Option<ChunkRead> {
+    fn lead(&self, object: &Arc<CachedObject>, shape: &Shape, response: Response<OriginBody>) -> Option<ChunkRead> {
         let (first, last) = shape.span?;
         let starts = match response.status() {
             StatusCode::OK => 0,
@@ -357,14 +350,14 @@ impl Proxy {
         }
         let chunk_size = self.cache.chunk_size();
         let index = first / chunk_size;
-        let chunk_last = ((index + 1) * chunk_size).min(meta.size) - 1;
+        let chunk_last = ((index + 1) * chunk_size).min(object.meta.size) - 1;
         let end = last.min(chunk_last);
         let permit = self.fill_permits.clone().try_acquire_owned().ok()?;
         let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
-            let key = CacheKey::chunk(&plan.object, &meta.etag, chunk_size, index);
-            // In a region, the chunk is its owner's to fetch: another node drops the
-            // probe's body (what was in flight is all it costs) and asks the owner.
-            if self.peers.as_ref().is_some_and(|peers| !peers.owns(key.stable_hash())) {
+            let key = object.key(index);
+            // A chunk another node owns is its to fetch: this node drops the probe's
+            // body (what was in flight is all it costs) and reads the chunk upstream.
+            if !object.upstream.owns(&key) {
                 return None;
             }
             let writer = self.cache.claim(&key)?;
@@ -376,11 +369,9 @@ impl Proxy {
         };
         let lead = Lead {
             writer,
+            object: object.clone(),
+            index,
             length: end - first + 1,
-            crc: (meta.size <= chunk_size)
-                .then(|| meta.checksums.as_ref().and_then(s3::full_object_crc))
-                .flatten(),
-            region: route.region.config.name.clone(),
             permit,
         };
         tokio::spawn(lead.feed(response.into_body()));

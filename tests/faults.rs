@@ -10,7 +10,7 @@ use http::StatusCode;
 use crate::support::client::Call;
 use crate::support::framing::{Fault, FramingOrigin};
 use crate::support::origin::{ACCESS_KEY, SECRET_KEY};
-use crate::support::{get, object_bytes, sha256_hex, Reply, Signing, TestOrigin, TestProxy};
+use crate::support::{get, object_bytes, outcome, sha256_hex, Reply, Signing, TestOrigin, TestProxy};
 
 const CHUNK: usize = 1 << 20;
 const SIZE: usize = 6 * CHUNK + 1234;
@@ -104,6 +104,26 @@ async fn a_corrupt_fill_of_a_one_chunk_object_is_caught_by_its_checksum() {
         healed.header("x-amz-checksum-crc32").map(str::to_owned),
         Some(s3_accel_testkit::crc32_base64(&data))
     );
+}
+
+#[tokio::test]
+async fn a_corrupt_cold_probe_body_is_cut_and_never_kept() {
+    let data = object_bytes(13, CHUNK / 2);
+    let origin = FramingOrigin::start(data.clone()).await;
+    let config = format!("origin = \"{}\"\n{}", origin.url(), credentials());
+    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, DISK_CACHE).await;
+    let call = Call::get("/bucket/small.bin", &TestOrigin::signing()).header("x-amz-checksum-mode", "ENABLED");
+    // Cold: the probe's own body is the chunk, and it does not match its CRC.
+    origin.set(Fault::Corrupt);
+    let reply = proxy.send(&call).await;
+    assert!(
+        !judge(Fault::Corrupt, reply, &data, 0, data.len()),
+        "a corrupt probe body never completes"
+    );
+    origin.set(Fault::None);
+    let healed = proxy.send(&call).await.unwrap();
+    assert!(judge(Fault::None, Ok(healed.clone()), &data, 0, data.len()));
+    assert_eq!(outcome(&healed), "miss", "nothing of the corrupt body was kept");
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::cached::CachedObject;
 use super::fill::FillError;
 use crate::cache::ChunkWriter;
 use crate::origin::OriginBody;
@@ -17,11 +18,11 @@ use crate::telemetry;
 /// What the probe's body is fed into.
 pub struct Lead {
     pub writer: ChunkWriter,
-    /// Bytes of the body the first chunk takes.
+    /// The object, and the chunk of it the body starts in.
+    pub object: Arc<CachedObject>,
+    pub index: u64,
+    /// Bytes of the body that chunk takes.
     pub length: u64,
-    /// The object's full-object CRC, checked when the chunk kept is the whole object.
-    pub crc: Option<(crc_fast::CrcAlgorithm, String)>,
-    pub region: String,
     /// Its share of the fill memory, held while the chunk arrives.
     pub permit: OwnedSemaphorePermit,
 }
@@ -33,9 +34,9 @@ impl Lead {
     pub async fn feed(self, mut body: OriginBody) {
         let Self {
             writer,
+            object,
+            index,
             length,
-            crc,
-            region,
             permit,
         } = self;
         let mut got = 0;
@@ -59,16 +60,13 @@ impl Lead {
         if !writer.keeps() {
             return writer.done();
         }
+        // Checked as a fill is, before it is kept.
         let whole = writer.sink().assemble();
-        if let Some((algorithm, stored)) = &crc {
-            if crate::s3::crc_of(*algorithm, &whole) != *stored {
-                tracing::warn!("a cold probe's body does not match the object's checksum; not cached");
-                return writer.fail(Arc::new(FillError::Checksum {
-                    expected: stored.clone(),
-                }));
-            }
+        if let Err(error) = object.upstream.verify(index, &whole) {
+            tracing::warn!(%error, "a cold probe's body is not the object's; not cached");
+            return writer.fail(Arc::new(error));
         }
-        metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(length);
+        metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => object.region.clone()).increment(length);
         writer.finish(whole);
         drop(permit);
     }

@@ -27,6 +27,10 @@ pub trait Upstream: Send + Sync {
     /// it is kept (its readers' last bytes then wait for the check).
     fn checks(&self, index: u64) -> bool;
 
+    /// Checks chunk `index`, whole, wherever its bytes came from (a fill, a peer, a
+    /// cold probe's body).
+    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError>;
+
     /// Whether this node keeps chunk `key` on its disk too, or in memory only (a
     /// copy of a chunk another node owns: repeated reads stay local, the region's
     /// disks hold each chunk once).
@@ -40,6 +44,10 @@ impl Upstream for Fill {
 
     fn checks(&self, index: u64) -> bool {
         Fill::checks(self, index)
+    }
+
+    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError> {
+        Fill::verify(self, index, chunk)
     }
 
     fn owns(&self, _key: &CacheKey) -> bool {
@@ -120,6 +128,10 @@ impl Upstream for Regional {
 
     fn checks(&self, index: u64) -> bool {
         self.fill.checks(index)
+    }
+
+    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError> {
+        self.fill.verify(index, chunk)
     }
 
     fn owns(&self, key: &CacheKey) -> bool {

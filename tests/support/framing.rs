@@ -164,8 +164,11 @@ fn respond(head: &str, object: &Object, fault: Fault) -> (Vec<u8>, Option<(u64, 
         None => {
             // Whole-object answers carry the object's CRC32, as S3 does in checksum mode.
             let crc = [("x-amz-checksum-crc32", s3_accel_testkit::crc32_base64(&object.data))];
-            let body = if head_only { &[][..] } else { &object.data[..] };
-            let mut answer = response_bytes("200 OK", &object.etag, &crc, body);
+            let mut body = if head_only { Vec::new() } else { object.data.clone() };
+            if fault == Fault::Corrupt && !body.is_empty() {
+                body[0] ^= 1;
+            }
+            let mut answer = response_bytes("200 OK", &object.etag, &crc, &body);
             if head_only {
                 answer = head_bytes("200 OK", &object.etag, &crc, size);
             }
