@@ -12,10 +12,10 @@ use bytes::Bytes;
 use disk::DiskGate;
 pub use disk::DiskHealth;
 pub use filling::{ChunkRead, ChunkSink, ChunkWriter, Dangling};
-use filling::{Destination, Filling, Table};
+use filling::{Destination, Filling, Store, Table};
 use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy,
-    PsyncIoEngineConfig, RecoverMode, S3FifoConfig, StorageFilter,
+    BlockEngineConfig, Cache, CacheBuilder, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCachePolicy, PsyncIoEngineConfig, RecoverMode, S3FifoConfig, StorageFilter,
 };
 pub use key::{CacheKey, ObjectId};
 pub use value::{CacheValue, ObjectMeta, PartMeta};
@@ -109,8 +109,16 @@ impl ChunkSource {
     }
 }
 
+/// Copies of chunks other nodes of the region own, in memory only and bounded apart
+/// from the tiers, so that a hot chunk's readers stay local without crowding out
+/// what this node owns.
+type Copies = Cache<CacheKey, Bytes>;
+
 pub struct ChunkCache {
     inner: HybridCache<CacheKey, CacheValue>,
+    /// `None` without peers (or with `cache.peer_copies = 0`: such chunks are read
+    /// and not kept).
+    copies: Option<Copies>,
     /// Chunks on their way in (filled, or in a cold probe's body): a lookup of one
     /// of them streams it rather than fetching it a second time.
     filling: Table,
@@ -126,12 +134,21 @@ impl ChunkCache {
     pub async fn open(config: &CacheConfig) -> Result<Self, CacheError> {
         let dir = config.dir.display().to_string();
         // Big chunks in many shards evict early: each shard gets memory / shards.
-        let shards = (config.memory / (config.chunk_size * 32)).clamp(1, 8) as usize;
+        let memory = config.memory - config.peer_copies;
+        let shards = (memory / (config.chunk_size * 32)).clamp(1, 8) as usize;
+        let copies = (config.peer_copies >= config.chunk_size).then(|| {
+            CacheBuilder::new(config.peer_copies as usize)
+                .with_name("s3-accel-peer-copies")
+                .with_shards((config.peer_copies / (config.chunk_size * 32)).clamp(1, 4) as usize)
+                .with_eviction_config(S3FifoConfig::default())
+                .with_weighter(|key: &CacheKey, value: &Bytes| key.len() + value.len())
+                .build()
+        });
         let builder = HybridCacheBuilder::new()
             .with_name("s3-accel")
             .with_metrics_registry(Box::new(crate::telemetry::FoyerMetrics))
             .with_policy(HybridCachePolicy::WriteOnInsertion)
-            .memory(config.memory as usize)
+            .memory(memory as usize)
             .with_shards(shards)
             .with_eviction_config(S3FifoConfig::default())
             .with_weighter(|key: &CacheKey, value: &CacheValue| key.len() + value.weight())
@@ -187,6 +204,7 @@ impl ChunkCache {
         metrics::gauge!(crate::telemetry::DISK_DEGRADED).set(if health.is_out() { 1.0 } else { 0.0 });
         Ok(Self {
             inner,
+            copies,
             filling: Table::default(),
             chunk_size: config.chunk_size,
             disk_capacity,
@@ -271,7 +289,10 @@ impl ChunkCache {
     /// Claims chunk `key`, to be kept in memory only when `memory_only`.
     fn claim_to(&self, key: &CacheKey, memory_only: bool) -> Option<ChunkWriter> {
         let mut filling = self.filling.lock().expect("filling chunks");
-        if filling.contains_key(key) || self.inner.contains(key) {
+        if filling.contains_key(key)
+            || self.inner.contains(key)
+            || self.copies.as_ref().is_some_and(|c| c.contains(key))
+        {
             return None;
         }
         let entry = Filling::new();
@@ -283,8 +304,13 @@ impl ChunkCache {
         Destination {
             key: key.clone(),
             table: self.filling.clone(),
-            inner: self.inner.clone(),
-            memory_only,
+            store: match memory_only {
+                false => Store::Tiers(self.inner.clone()),
+                true => match &self.copies {
+                    Some(copies) => Store::Copies(copies.clone()),
+                    None => Store::Nowhere,
+                },
+            },
         }
     }
 
@@ -297,6 +323,9 @@ impl ChunkCache {
     }
 
     async fn stored(&self, key: &CacheKey) -> Option<ChunkRead> {
+        if let Some(copy) = self.copies.as_ref().and_then(|copies| copies.get(key)) {
+            return Some(ChunkRead::whole(copy.value().clone(), ChunkSource::Memory));
+        }
         let entry = self.entry_with_source(key).await?;
         match entry {
             (CacheValue::Chunk(bytes), source) => Some(ChunkRead::whole(bytes, source)),
@@ -357,6 +386,10 @@ impl ChunkCache {
         metrics::gauge!(crate::telemetry::CACHE_USAGE, "tier" => "memory").set(memory.usage() as f64);
         metrics::gauge!(crate::telemetry::CACHE_CAPACITY, "tier" => "memory").set(memory.capacity() as f64);
         metrics::gauge!(crate::telemetry::CACHE_CAPACITY, "tier" => "disk").set(self.disk_capacity as f64);
+        if let Some(copies) = &self.copies {
+            metrics::gauge!(crate::telemetry::CACHE_USAGE, "tier" => "peer_copies").set(copies.usage() as f64);
+            metrics::gauge!(crate::telemetry::CACHE_CAPACITY, "tier" => "peer_copies").set(copies.capacity() as f64);
+        }
     }
 
     /// Flushes pending disk writes and closes the disk tier. A disk tier that failed

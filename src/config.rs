@@ -129,6 +129,9 @@ pub struct CacheConfig {
     /// Cap on chunk bytes held for responses (read ahead of the byte being sent, or
     /// waiting for a slow client), all responses together.
     pub read_ahead_memory: u64,
+    /// Memory for copies of chunks other nodes of the region own (hot chunks stay
+    /// local), taken from `memory`; 0 without peers.
+    pub peer_copies: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +427,19 @@ impl Config {
                 "must hold at least one chunk, and at most 1TiB",
             ));
         }
+        // An eighth of the memory tier for copies of chunks other nodes own: enough for
+        // a hot chunk's readers to stay local, never enough to crowd out what this
+        // node owns.
+        let peer_copies = match &file.peers {
+            None => 0,
+            Some(_) => size_or(
+                file.cache.peer_copies.as_deref().map(|v| (v, "cache.peer_copies")),
+                || memory / 8,
+            )?,
+        };
+        if peer_copies > memory / 2 {
+            return Err(invalid("cache.peer_copies", "must be at most half of cache.memory"));
+        }
         let direct_io = file.cache.direct_io;
         Ok(CacheConfig {
             dir,
@@ -434,6 +450,7 @@ impl Config {
             read_ahead,
             fill_memory,
             read_ahead_memory,
+            peer_copies,
         })
     }
 
@@ -789,6 +806,32 @@ mod tests {
             "peers.secret_file"
         );
         assert!(Config::from_toml("origin = \"http://a\"").unwrap().peers.is_none());
+    }
+
+    #[test]
+    fn copies_of_other_nodes_chunks_take_an_eighth_of_memory_only_with_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("keys");
+        std::fs::write(&secret, "a-region-secret-of-at-least-32-bytes\n").unwrap();
+        let with = |peers: bool, copies: &str| {
+            let peers = match peers {
+                true => format!(
+                    "[peers]\nnode_name = \"n1\"\nsecret_file = \"{}\"\naddresses = []\n",
+                    secret.display()
+                ),
+                false => String::new(),
+            };
+            Config::from_toml(&format!(
+                "origin = \"http://a\"\n{peers}[cache]\nmemory = \"1GiB\"\n{copies}"
+            ))
+        };
+        assert_eq!(with(true, "").unwrap().cache.peer_copies, 128 << 20);
+        assert_eq!(with(false, "").unwrap().cache.peer_copies, 0, "no peers, no copies");
+        assert_eq!(
+            with(true, "peer_copies = \"64MiB\"").unwrap().cache.peer_copies,
+            64 << 20
+        );
+        assert_eq!(error_key(with(true, "peer_copies = \"600MiB\"")), "cache.peer_copies");
     }
 
     #[test]

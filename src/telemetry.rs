@@ -29,10 +29,19 @@ pub const PEER_BYTES: &str = "s3accel_peer_bytes_total";
 pub const PEER_MEMBERS: &str = "s3accel_peer_members";
 pub const PEER_RING: &str = "s3accel_peer_ring_fingerprint";
 pub const PEER_EJECTIONS: &str = "s3accel_peer_ejections_total";
+pub const PEER_SECONDS: &str = "s3accel_peer_response_seconds";
+pub const PEER_FALLBACKS: &str = "s3accel_peer_fallbacks_total";
 
 /// A chunk request between peers: `role` is `reader` (asked) or `owner` (answered).
 pub fn peer_request(role: &'static str, outcome: &'static str) {
     metrics::counter!(PEER_REQUESTS, "role" => role, "outcome" => outcome).increment(1);
+}
+
+/// A chunk this node does not own, filled here from the origin because its owner
+/// (and the next in line) could not serve it: `refused` (an owner answered and could
+/// not fill), `failed` (unreachable or broken), `ejected` (left alone after failing).
+pub fn peer_fallback(reason: &'static str) {
+    metrics::counter!(PEER_FALLBACKS, "reason" => reason).increment(1);
 }
 
 /// Chunk bytes received from (`in`) or sent to (`out`) peers.
@@ -54,7 +63,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let latency = [
-            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
         let recorder = PrometheusBuilder::new()
             .set_buckets(&latency)
@@ -79,6 +88,16 @@ fn describe() {
         Unit::Bytes,
         "Chunk bytes received from (in) or sent to (out) peers."
     );
+    describe_histogram!(
+        PEER_SECONDS,
+        Unit::Seconds,
+        "Time to a peer's answer to a chunk request (its head), by outcome."
+    );
+    describe_counter!(
+        PEER_FALLBACKS,
+        "Chunks another node owns, filled here from the origin, by reason (refused, failed, ejected)."
+    );
+    describe_counter!(PEER_EJECTIONS, "Peers left alone for a while after a failed request.");
     describe_gauge!(
         PEER_MEMBERS,
         "Members of the region as this node sees them, itself included."

@@ -5,75 +5,121 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
+use s3_accel::cache::{CacheKey, ObjectId};
 use s3_accel::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
+use s3_accel::peers::placement::{self, Node};
 use s3_accel::peers::protocol::{CHUNK_PATH, HELLO_PATH, HELLO_REPLY};
 
 use crate::ops::admin_get;
 use crate::support::client::{Call, TestClient};
 use crate::support::{get, object_bytes, outcome, sha256_hex, Signing, TestOrigin, TestProxy};
+use s3_accel_testkit::origin::OriginOptions;
+use s3_accel_testkit::shaping::Shaping;
 
 const BUCKET: &str = "models";
 const SECRET: &str = "a-region-secret-of-at-least-32-bytes";
 const CACHE: &str = "memory = \"128MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"";
 
-/// `nodes` s3-accel instances that know each other as peers.
+/// How a test region is laid out.
+struct Layout {
+    count: u8,
+    /// The keys of each node's `[cache]` table.
+    cache: &'static str,
+    /// The last this-many nodes run as processes of the s3-accel binary (to be
+    /// killed); the others run in this test's process.
+    processes: u8,
+    /// The nodes each node is told about (default: all of them): forced split views.
+    views: Option<Vec<Vec<u8>>>,
+}
+
+impl Layout {
+    fn of(count: u8) -> Self {
+        Self {
+            count,
+            cache: CACHE,
+            processes: 0,
+            views: None,
+        }
+    }
+}
+
+/// s3-accel nodes that know each other as peers, on 127.0.0.1, 127.0.0.2, ...
 struct Region {
+    /// The nodes run in this process.
     nodes: Vec<TestProxy>,
-    /// Each node's configuration, to restart it as it was.
+    /// The nodes run as processes, after those in `nodes` in numbering.
+    processes: Vec<tokio::process::Child>,
+    /// Each in-process node's configuration, to restart it as it was.
     configs: Vec<String>,
+    /// How many members each in-process node should see.
+    expected: Vec<usize>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Region {
     async fn start(origin: &TestOrigin, count: u8) -> Self {
-        Self::start_with(origin, count, CACHE).await
+        Self::start_with(origin, Layout::of(count)).await
     }
 
-    async fn start_with(origin: &TestOrigin, count: u8, cache: &str) -> Self {
+    async fn start_with(origin: &TestOrigin, layout: Layout) -> Self {
         let secret = tempfile::tempdir().unwrap();
         let secret_file = secret.path().join("keys");
         std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
         // Free ports, one per node's address (the peers must be listed at start).
-        let peers: Vec<SocketAddr> = (0..count)
+        let peers: Vec<SocketAddr> = (0..layout.count)
             .map(|i| {
                 let listener = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 1 + i), 0)).unwrap();
                 listener.local_addr().unwrap()
             })
             .collect();
-        let list = peers.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ");
-        let (mut nodes, mut dirs, mut configs) = (Vec::new(), Vec::new(), Vec::new());
+        let all: Vec<u8> = (0..layout.count).collect();
+        let mut region = Self {
+            nodes: Vec::new(),
+            processes: Vec::new(),
+            configs: Vec::new(),
+            expected: Vec::new(),
+            _dirs: Vec::new(),
+        };
         for (i, peer) in peers.iter().enumerate() {
+            let view = layout.views.as_ref().map_or(&all, |views| &views[i]);
+            let list = view
+                .iter()
+                .map(|&p| format!("\"{}\"", peers[p as usize]))
+                .collect::<Vec<_>>();
             let cache_dir = tempfile::tempdir().unwrap();
             let text = format!(
                 "listen = \"127.0.0.{}:0\"\nadmin_listen = \"127.0.0.1:0\"\norigin = \"{}\"\n\
                  [credentials]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
-                 [peers]\nnode_name = \"node-{i}\"\nlisten = \"{peer}\"\naddresses = [{list}]\n\
-                 secret_file = \"{}\"\nrefresh = \"200ms\"\n[cache]\ndir = \"{}\"\n{cache}\n",
+                 [peers]\nnode_name = \"node-{i}\"\nlisten = \"{peer}\"\naddresses = [{}]\n\
+                 secret_file = \"{}\"\nrefresh = \"200ms\"\n[cache]\ndir = \"{}\"\n{}\n",
                 i + 1,
                 origin.url(),
                 crate::support::origin::ACCESS_KEY,
                 crate::support::origin::SECRET_KEY,
+                list.join(", "),
                 secret_file.display(),
                 cache_dir.path().display(),
+                layout.cache,
             );
-            dirs.push(cache_dir);
-            nodes.push(TestProxy::from_config(&text).await);
-            configs.push(text);
+            if i < usize::from(layout.count - layout.processes) {
+                region.nodes.push(TestProxy::from_config(&text).await);
+                region.configs.push(text);
+                region.expected.push(view.len().max(1));
+            } else {
+                let file = cache_dir.path().join("s3-accel.toml");
+                std::fs::write(&file, &text).unwrap();
+                region.processes.push(spawn_node(&file, *peer).await);
+            }
+            region._dirs.push(cache_dir);
         }
-        dirs.push(secret);
-        let region = Self {
-            nodes,
-            configs,
-            _dirs: dirs,
-        };
+        region._dirs.push(secret);
         region.formed().await;
         region
     }
 
-    /// Waits until every node sees every other.
+    /// Waits until every in-process node sees the members it was told about.
     async fn formed(&self) {
-        let count = self.nodes.len();
-        for node in &self.nodes {
+        for (node, count) in self.nodes.iter().zip(&self.expected) {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             loop {
                 let (_, ready) = admin_get(node, "/readyz").await;
@@ -99,6 +145,26 @@ impl Region {
     }
 }
 
+/// The s3-accel binary with the configuration in `file`, once its peer port answers.
+async fn spawn_node(file: &std::path::Path, peer: SocketAddr) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_s3-accel"))
+        .arg("--config")
+        .arg(file)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(peer).await.is_ok() {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("s3-accel did not listen on {peer}");
+}
+
 /// An origin holding `model.bin`, `size` bytes.
 async fn origin_with_model(seed: u64, size: usize) -> (TestOrigin, Vec<u8>) {
     let origin = TestOrigin::honoring().await;
@@ -115,52 +181,229 @@ fn read(key: &str) -> Call {
     )
 }
 
-#[tokio::test]
-async fn a_region_fetches_each_chunk_from_the_origin_once() {
-    let size = 48 << 20;
-    let (origin, data) = origin_with_model(3, size).await;
-    let region = Region::start(&origin, 4).await;
-
-    // Every node's clients read the same cold object at once.
-    let before = origin.stats.body_bytes();
+/// Every node's `clients` read `key` at once, each body hashed as it arrives: the
+/// status, hash and length of each response, node by node.
+async fn herd(region: &Region, clients: usize, key: &str) -> Vec<Result<(StatusCode, String, u64), String>> {
     let readers: Vec<_> = region
         .nodes
         .iter()
-        .flat_map(|node| (0..3).map(move |_| (node.client.clone(), node.address)))
-        .map(|(client, address)| tokio::spawn(async move { client.send(address, &read("model.bin")).await }))
+        .flat_map(|node| (0..clients).map(move |_| (node.client.clone(), node.address)))
+        .map(|(client, address)| {
+            let call = read(key);
+            tokio::spawn(async move { client.digest(address, &call).await })
+        })
         .collect();
+    let mut replies = Vec::new();
     for reader in readers {
-        let reply = reader.await.unwrap().unwrap();
-        assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(sha256_hex(&reply.body), sha256_hex(&data));
+        replies.push(reader.await.unwrap());
+    }
+    replies
+}
+
+/// The fills the origin saw, by `Range`: how many times each range was filled.
+fn fills_by_range(origin: &TestOrigin) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for range in origin.stats.fill_ranges.lock().unwrap().iter() {
+        *counts.entry(range.clone()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_region_fetches_each_chunk_from_the_origin_once() {
+    let size = 256 << 20;
+    let (origin, data) = origin_with_model(3, size).await;
+    let hash = sha256_hex(&data);
+    drop(data);
+    let region = Region::start(&origin, 5).await;
+
+    // Every node's clients read the same cold object at once.
+    let replies = herd(&region, 8, "model.bin").await;
+    for reply in replies {
+        assert_eq!(reply, Ok((StatusCode::OK, hash.clone(), size as u64)));
     }
     origin.stats.settled().await;
-    let sent = origin.stats.body_bytes() - before;
+    let sent = origin.stats.body_bytes();
+    let chunks = size >> 20;
     println!(
-        "region herd: 4 nodes x 3 clients, {size}-byte object: the origin sent {sent} body bytes ({:.3}x) in {} fills",
+        "region herd: 5 nodes x 8 clients, {size}-byte object: the origin sent {sent} body bytes ({:.4}x) in {} fills",
         sent as f64 / size as f64,
         origin.stats.fills()
     );
-    // Each chunk once, plus what four cold probes had in flight when they were cut.
     assert!(
-        sent <= size as u64 + 4 * (2 << 20),
+        sent as f64 <= 1.02 * size as f64,
         "the origin sent {sent} bytes for a {size}-byte object"
     );
+    let twice: Vec<_> = fills_by_range(&origin).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "chunks filled more than once: {twice:?}");
     assert!(
-        origin.stats.fills() <= 48 + 2,
-        "{} fills for 48 chunks",
+        origin.stats.fills() <= chunks as u64,
+        "{} fills for {chunks} chunks",
         origin.stats.fills()
     );
 
-    // A re-read on every node costs the origin no body: each node's misses were
+    // A re-read on every node costs the origin no body: each node's misses are
     // served by the chunks' owners.
     let before = origin.stats.body_bytes();
     for node in &region.nodes {
-        let reply = get(node, read("model.bin")).await;
-        assert_eq!(sha256_hex(&reply.body), sha256_hex(&data));
-        assert!(matches!(outcome(&reply), "hit" | "miss"));
+        let reply = node.client.digest(node.address, &read("model.bin")).await;
+        assert_eq!(reply, Ok((StatusCode::OK, hash.clone(), size as u64)));
     }
     assert_eq!(origin.stats.body_bytes(), before, "a re-read costs the origin nothing");
+}
+
+#[tokio::test]
+async fn a_hot_chunk_read_again_on_a_node_stays_on_that_node() {
+    let size = 6 << 20;
+    let (origin, data) = origin_with_model(17, size).await;
+    let region = Region::start(&origin, 3).await;
+    let node = &region.nodes[0];
+    let chunk = |i: usize| {
+        let range = format!("bytes={}-{}", i << 20, ((i + 1) << 20) - 1);
+        Call::get(
+            &format!("/{BUCKET}/model.bin"),
+            &Signing::Presigned(TestOrigin::credentials()),
+        )
+        .unsigned_header("range", &range)
+    };
+    let whole = get(node, read("model.bin")).await;
+    assert_eq!(sha256_hex(&whole.body), sha256_hex(&data));
+    origin.stats.settled().await;
+    // Each chunk again, on the same node: every one is a hit, the chunks other nodes
+    // own as much as its own (a copy kept in memory), and none costs the origin.
+    let before = origin.stats.body_bytes();
+    for i in 0..size >> 20 {
+        let reply = get(node, chunk(i)).await;
+        assert_eq!(reply.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(&reply.body[..], &data[i << 20..(i + 1) << 20]);
+        assert_eq!(outcome(&reply), "hit", "chunk {i} read again on the node that read it");
+    }
+    assert_eq!(origin.stats.body_bytes(), before);
+}
+
+#[tokio::test]
+async fn split_views_fill_a_chunk_at_most_twice_and_never_loop() {
+    let size = 24 << 20;
+    let (origin, data) = origin_with_model(19, size).await;
+    let hash = sha256_hex(&data);
+    // Three nodes that disagree on who is in the region (as while a node joins and
+    // not every node has seen it yet): each places the chunks over its own view.
+    let region = Region::start_with(
+        &origin,
+        Layout {
+            views: Some(vec![vec![0, 1, 2], vec![0, 1], vec![1, 2]]),
+            ..Layout::of(3)
+        },
+    )
+    .await;
+    let replies = tokio::time::timeout(Duration::from_secs(60), herd(&region, 2, "model.bin"))
+        .await
+        .expect("a herd over split views ends (no peer request loops)");
+    for reply in replies {
+        assert_eq!(reply, Ok((StatusCode::OK, hash.clone(), size as u64)));
+    }
+    let fills = fills_by_range(&origin);
+    println!(
+        "split views: {} fills over {} ranges",
+        origin.stats.fills(),
+        fills.len()
+    );
+    assert!(
+        fills.values().all(|&n| n <= 2),
+        "a chunk filled more than twice: {fills:?}"
+    );
+    origin.stats.settled().await;
+    assert!(origin.stats.body_bytes() <= 2 * size as u64);
+}
+
+#[tokio::test]
+async fn an_owner_killed_mid_herd_costs_no_client_an_error_and_the_origin_its_share() {
+    let size: usize = 64 << 20;
+    let chunk_size = 1 << 20;
+    // An origin slow enough (64 MB/s for the region) that the kill lands mid-herd.
+    let origin = TestOrigin::start_with(OriginOptions {
+        honor_conditionals: true,
+        shaping: Shaping {
+            rtt: Duration::from_millis(2),
+            per_connection: 0,
+            total: 64 << 20,
+        },
+        ..OriginOptions::default()
+    })
+    .await;
+    origin.create_bucket(BUCKET).await;
+    let data = object_bytes(23, size);
+    origin.put(BUCKET, "model.bin", &data, &[]).await;
+    let hash = sha256_hex(&data);
+    // Node 2 runs as a process of its own: the one killed.
+    let mut region = Region::start_with(
+        &origin,
+        Layout {
+            processes: 1,
+            ..Layout::of(3)
+        },
+    )
+    .await;
+    let herd = {
+        let (nodes, clients): (Vec<_>, Vec<_>) = region
+            .nodes
+            .iter()
+            .flat_map(|node| (0..4).map(move |_| (node.address, node.client.clone())))
+            .unzip();
+        tokio::spawn(async move {
+            let readers: Vec<_> = nodes
+                .into_iter()
+                .zip(clients)
+                .map(|(address, client)| tokio::spawn(async move { client.digest(address, &read("model.bin")).await }))
+                .collect();
+            futures_util::future::join_all(readers).await
+        })
+    };
+    // Killed without a word once a quarter of the object has come in.
+    while origin.stats.body_bytes() < size as u64 / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    region.processes[0].start_kill().unwrap();
+    let killed_at = origin.stats.body_bytes();
+    for reply in herd.await.unwrap() {
+        assert_eq!(
+            reply.unwrap(),
+            Ok((StatusCode::OK, hash.clone(), size as u64)),
+            "no client error because an owner died"
+        );
+    }
+    origin.stats.settled().await;
+    let sent = origin.stats.body_bytes();
+    // The dead node's share: the chunks it owned (equal weights: no disk tiers).
+    let head = origin
+        .send(&Call::head(&format!("/{BUCKET}/model.bin"), &TestOrigin::signing()))
+        .await;
+    let etag = head.header("etag").unwrap().to_owned();
+    let nodes: Vec<_> = (0..3).map(|i| Node::new(format!("node-{i}"), 1)).collect();
+    let object = ObjectId {
+        origin: origin.url(),
+        bucket: BUCKET.into(),
+        key: "model.bin".into(),
+        version_id: None,
+    };
+    let owned = (0..(size / chunk_size) as u64)
+        .filter(|&i| {
+            let key = CacheKey::chunk(&object, &etag, chunk_size as u64, i);
+            placement::owner(&nodes, key.stable_hash()).unwrap().name == "node-2"
+        })
+        .count();
+    let share = (owned * chunk_size) as u64;
+    println!(
+        "kill -9 of an owner mid-herd (after {killed_at} origin bytes): the origin sent {sent} bytes ({:.3}x) \
+         for a {size}-byte object; the dead node owned {owned} chunks ({share} bytes)",
+        sent as f64 / size as f64
+    );
+    // Each chunk once, the dead node's again at most, and what two cold probes had
+    // in flight when they were cut.
+    assert!(
+        sent <= size as u64 + share + 2 * (2 << 20),
+        "extra origin bytes beyond the dead node's share: {sent}"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +411,14 @@ async fn a_node_restarted_under_its_name_serves_what_its_disk_holds() {
     let size = 24 << 20;
     let (origin, data) = origin_with_model(7, size).await;
     let disk = "memory = \"64MiB\"\ndisk = \"256MiB\"\nchunk_size = \"1MiB\"";
-    let mut region = Region::start_with(&origin, 3, disk).await;
+    let mut region = Region::start_with(
+        &origin,
+        Layout {
+            cache: disk,
+            ..Layout::of(3)
+        },
+    )
+    .await;
     // Node 0 reads the object: each chunk lands on its owner's disk.
     let first = get(&region.nodes[0], read("model.bin")).await;
     assert_eq!(sha256_hex(&first.body), sha256_hex(&data));

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use foyer::{HybridCache, HybridCacheProperties, Location};
+use foyer::{Cache, HybridCache};
 use tokio::sync::watch;
 
 use super::{CacheKey, CacheValue, ChunkError, ChunkSource};
@@ -99,10 +99,18 @@ impl ChunkSink {
 pub(super) struct Destination {
     pub key: CacheKey,
     pub table: Table,
-    pub inner: HybridCache<CacheKey, CacheValue>,
-    /// Kept in memory only, never written to this node's disk (a copy of a chunk
-    /// another node of the region owns).
-    pub memory_only: bool,
+    pub store: Store,
+}
+
+/// Where a whole chunk is kept.
+pub(super) enum Store {
+    /// The memory and disk tiers: a chunk this node owns.
+    Tiers(HybridCache<CacheKey, CacheValue>),
+    /// Memory only, never this node's disk: a copy of a chunk another node of the
+    /// region owns.
+    Copies(Cache<CacheKey, Bytes>),
+    /// Read and not kept (no room set aside for copies).
+    Nowhere,
 }
 
 /// The one writer of an arriving chunk: [`finish`](Self::finish) stores it and ends
@@ -155,15 +163,15 @@ impl ChunkWriter {
         match self.destination.take() {
             Some(destination) => {
                 // Stored before it leaves the table: a lookup finds it in one or the other.
-                let location = match destination.memory_only {
-                    true => Location::InMem,
-                    false => Location::Default,
-                };
-                destination.inner.insert_with_properties(
-                    destination.key.clone(),
-                    CacheValue::Chunk(whole.clone()),
-                    HybridCacheProperties::default().with_location(location),
-                );
+                match &destination.store {
+                    Store::Tiers(tiers) => {
+                        tiers.insert(destination.key.clone(), CacheValue::Chunk(whole.clone()));
+                    }
+                    Store::Copies(copies) => {
+                        copies.insert(destination.key.clone(), whole.clone());
+                    }
+                    Store::Nowhere => {}
+                }
                 release(&destination, &self.sink.0);
                 self.sink.0.end(End::Whole(whole));
             }

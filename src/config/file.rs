@@ -62,6 +62,7 @@ pub struct CacheSection {
     pub read_ahead: Option<usize>,
     pub fill_memory: Option<String>,
     pub read_ahead_memory: Option<String>,
+    pub peer_copies: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -84,6 +84,8 @@ impl Upstream for Regional {
             let members = self.peers.members();
             let mut pushed = 0;
             let mut tried = 0;
+            // Why this node fills a chunk it does not own, if it comes to that.
+            let mut fallback = None;
             for member in members.ranked(request.key().stable_hash()) {
                 // This node is next in line: it fills.
                 let Some(address) = member.address else { break };
@@ -92,6 +94,7 @@ impl Upstream for Regional {
                 }
                 let node = &member.hello.node;
                 if self.peers.is_ejected(node) {
+                    fallback = fallback.or(Some("ejected"));
                     continue;
                 }
                 tried += 1;
@@ -111,15 +114,20 @@ impl Upstream for Regional {
                     // The owner answered, but could not fill: the origin decides here.
                     Err(PeerFailure::Refused(status)) => {
                         telemetry::peer_request("reader", "refused");
+                        fallback = Some("refused");
                         tracing::debug!(node, %status, "an owner could not serve a chunk; filling here");
                         break;
                     }
                     Err(PeerFailure::Broken(error)) => {
                         telemetry::peer_request("reader", "failed");
+                        fallback = Some("failed");
                         tracing::warn!(node, error = %crate::error::error_chain(&*error), "a peer failed a chunk; trying the next");
                         self.peers.eject(node);
                     }
                 }
+            }
+            if let Some(reason) = fallback {
+                telemetry::peer_fallback(reason);
             }
             Fill::fetch(&self.fill, index, sink, pushed).await
         }
@@ -158,7 +166,15 @@ async fn from_peer(
     sink: &ChunkSink,
     pushed: &mut u64,
 ) -> Result<(), PeerFailure> {
-    let response = match peers.client.chunk(address, request, PEER_FIRST_BYTE).await {
+    let asked = std::time::Instant::now();
+    let answer = peers.client.chunk(address, request, PEER_FIRST_BYTE).await;
+    let outcome = match &answer {
+        Ok(_) => "ok",
+        Err(PeerError::Status(_)) => "refused",
+        Err(_) => "failed",
+    };
+    metrics::histogram!(telemetry::PEER_SECONDS, "outcome" => outcome).record(asked.elapsed().as_secs_f64());
+    let response = match answer {
         Ok(response) => response,
         Err(PeerError::Status(http::StatusCode::PRECONDITION_FAILED)) => return Err(PeerFailure::Changed),
         Err(PeerError::Status(status)) => return Err(PeerFailure::Refused(status)),

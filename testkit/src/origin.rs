@@ -43,6 +43,8 @@ pub struct OriginStats {
     pub cut_fills: AtomicU64,
     /// The next this-many fills fail before their first body byte.
     pub fail_fills: AtomicU64,
+    /// The `Range` of every fill, in arrival order.
+    pub fill_ranges: Mutex<Vec<String>>,
     /// `METHOD target` of every request, in arrival order.
     pub log: Mutex<Vec<String>>,
     /// Part sizes of objects stored "in parts", by raw path (`/bucket/key`): s3s-fs
@@ -317,6 +319,9 @@ async fn answer(
     let mut cut_after = None;
     if if_match.is_some() && request.headers().contains_key("range") {
         stats.fills.fetch_add(1, Ordering::SeqCst);
+        if let Some(range) = header("range") {
+            stats.fill_ranges.lock().unwrap().push(range);
+        }
         if stats
             .cut_fills
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -122,6 +122,22 @@ impl TestClient {
         })
     }
 
+    /// Sends `call` and hashes the body as it arrives (a large body is never held
+    /// whole): the status, the body's SHA-256 and its length.
+    pub async fn digest(&self, address: SocketAddr, call: &Call) -> Result<(StatusCode, String, u64), String> {
+        use sha2::Digest;
+        let (parts, mut body) = self.open(address, call).await?.into_parts();
+        let (mut hasher, mut length) = (sha2::Sha256::new(), 0u64);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("body failed after {length} bytes: {e:?}"))?;
+            if let Ok(data) = frame.into_data() {
+                length += data.len() as u64;
+                hasher.update(&data);
+            }
+        }
+        Ok((parts.status, hex::encode(hasher.finalize()), length))
+    }
+
     /// Sends `call` and returns the response as it arrives, its body unread.
     pub async fn open(
         &self,
