@@ -3,6 +3,7 @@
 //! origin, and reports throughput, latency, origin traffic and memory.
 
 mod client;
+mod hop;
 mod nginx;
 mod proxy;
 mod report;
@@ -77,6 +78,9 @@ pub struct Args {
     /// s3-accel's `cache.read_ahead_memory` (its default when unset).
     #[arg(long, value_parser = parse_size)]
     pub read_ahead_memory: Option<u64>,
+    /// region-herd: how many s3-accel processes form the region.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
     /// Where the Markdown tables and SVG charts go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     pub results: PathBuf,
@@ -97,6 +101,8 @@ pub enum ScenarioName {
     SmallZipf,
     ModelLoad,
     ManyClients,
+    /// Several s3-accel nodes of one region (peers) against the same nodes alone.
+    RegionHerd,
     All,
     Demo,
 }

@@ -148,6 +148,8 @@ pub struct RunResult {
     pub origin_bytes: u64,
     pub peak_rss: Option<u64>,
     pub timed_out: bool,
+    /// A region's owners answering warm chunk requests (region-herd, with peers).
+    pub peer_hop: Option<crate::hop::PeerHop>,
 }
 
 impl RunResult {
@@ -158,6 +160,11 @@ impl RunResult {
         self.origin_bytes += other.origin_bytes;
         self.peak_rss = self.peak_rss.max(other.peak_rss);
         self.timed_out |= other.timed_out;
+        match (&mut self.peer_hop, &other.peer_hop) {
+            (Some(hop), Some(other)) => hop.merge(other),
+            (None, Some(other)) => self.peer_hop = Some(other.clone()),
+            _ => {}
+        }
     }
 
     pub fn gb_per_s(&self) -> f64 {
@@ -179,6 +186,8 @@ pub struct Report<'a> {
     pub rounds: usize,
     /// s3-accel's memory bound: memory tier + fill memory + read-ahead budget + 256 MiB.
     pub rss_bound: u64,
+    /// Processes of a region target (region-herd).
+    pub nodes: usize,
     pub results: Vec<(Kind, RunResult)>,
 }
 
@@ -191,6 +200,7 @@ impl<'a> Report<'a> {
             unique_bytes,
             rounds: 0,
             rss_bound: 0,
+            nodes: 1,
             results: Vec::new(),
         }
     }
@@ -274,9 +284,14 @@ impl<'a> Report<'a> {
     fn goals(&self) -> Vec<String> {
         let verdict = |met: bool| if met { "met" } else { "missed" };
         let mut goals = Vec::new();
-        let accel = self.get(Kind::S3Accel);
+        let accel = self.get(Kind::S3Accel).or(self.get(Kind::Region));
+        let origin_ratio =
+            |run: &RunResult| run.origin_bytes as f64 / (self.unique_bytes * self.rounds.max(1) as u64).max(1) as f64;
+        if self.scenario == "region-herd" {
+            goals.extend(self.region_goals(origin_ratio));
+        }
         if let Some(accel) = accel {
-            let ratio = accel.origin_bytes as f64 / (self.unique_bytes * self.rounds.max(1) as u64).max(1) as f64;
+            let ratio = origin_ratio(accel);
             if self.scenario == "cold-herd" {
                 goals.push(format!(
                     "origin bytes ≤ 1.01 × the object: {ratio:.4}× ({})",
@@ -324,6 +339,51 @@ impl<'a> Report<'a> {
             if let Some(r) = ratio(accel, self.get(Kind::Nginx)) {
                 goals.push(format!("s3-accel ≥ 1.2 × nginx: {r:.2}× ({})", verdict(r >= 1.2)));
             }
+        }
+        goals
+    }
+
+    /// Region-herd: one fetch per region with peers, per node without; throughput
+    /// per node; what a peer hop adds.
+    fn region_goals(&self, origin_ratio: impl Fn(&RunResult) -> f64) -> Vec<String> {
+        let verdict = |met: bool| if met { "met" } else { "missed" };
+        let mut goals = Vec::new();
+        let (region, alone) = (self.get(Kind::Region), self.get(Kind::Alone));
+        if let Some(region) = region {
+            let ratio = origin_ratio(region);
+            goals.push(format!(
+                "origin bytes ≤ 1.02 × the model with peers: {ratio:.4}× ({}){}",
+                verdict(ratio <= 1.02),
+                alone.map_or(String::new(), |alone| format!(
+                    ", against {:.3}× with {} nodes alone",
+                    origin_ratio(alone),
+                    self.nodes
+                ))
+            ));
+        }
+        let per_node = |run: &RunResult| run.gb_per_s() / self.nodes.max(1) as f64;
+        if let (Some(region), Some(alone)) = (region, alone) {
+            goals.push(format!(
+                "throughput per node: {:.3} GB/s with peers, {:.3} GB/s alone ({:.2}×)",
+                per_node(region),
+                per_node(alone),
+                per_node(region) / per_node(alone).max(1e-12)
+            ));
+        }
+        if let Some(hop) = region.and_then(|r| r.peer_hop.as_ref()) {
+            let ms = |q: f64| hop.ttfb.value_at_quantile(q) as f64 / 1000.0;
+            goals.push(format!(
+                "a peer hop's TTFB p50 ≤ 1 ms over loopback: p50 {:.3} ms, p99 {:.3} ms over {} warm chunk requests \
+                 to their owners ({}){}",
+                ms(0.5),
+                ms(0.99),
+                hop.ttfb.len(),
+                verdict(ms(0.5) <= 1.0),
+                match hop.filled {
+                    0 => String::new(),
+                    n => format!("; {n} more had to be filled and are not counted"),
+                }
+            ));
         }
         goals
     }
@@ -446,6 +506,49 @@ mod tests {
     }
 
     #[test]
+    fn a_region_report_compares_peers_with_nodes_alone_and_shows_the_hop() {
+        let run = |origin_bytes: u64, hop: Option<crate::hop::PeerHop>| {
+            let mut tally = Tally::default();
+            tally.add(&sample(Ok(()), 4_000_000_000, 5, None));
+            RunResult {
+                tally,
+                wall: Duration::from_secs(2),
+                origin_requests: 1,
+                origin_bytes,
+                peak_rss: None,
+                timed_out: false,
+                peer_hop: hop,
+            }
+        };
+        let mut ttfb = Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for micros in [300, 400, 500, 2000] {
+            ttfb.record(micros).unwrap();
+        }
+        let hop = crate::hop::PeerHop { ttfb, filled: 1 };
+        let mut report = Report::new("region-herd", "a herd", "setting".into(), 1_000_000_000);
+        report.rounds = 1;
+        report.nodes = 4;
+        report.add(Kind::Region, run(1_010_000_000, Some(hop)));
+        report.add(Kind::Alone, run(4_000_000_000, None));
+        let table = report.markdown();
+        assert!(
+            table.contains(
+                "origin bytes ≤ 1.02 × the model with peers: 1.0100× (met), against 4.000× with 4 nodes alone"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("throughput per node: 0.500 GB/s with peers, 0.500 GB/s alone"),
+            "{table}"
+        );
+        assert!(
+            table.contains("a peer hop's TTFB p50 ≤ 1 ms over loopback: p50 0.400 ms"),
+            "{table}"
+        );
+        assert!(table.contains("1 more had to be filled"), "{table}");
+    }
+
+    #[test]
     fn the_table_shows_speedup_errors_and_goals() {
         let run = |bytes: u64, secs: u64, origin_bytes: u64, failure: Option<Failure>| {
             let mut tally = Tally::default();
@@ -457,6 +560,7 @@ mod tests {
                 origin_bytes,
                 peak_rss: Some(100 << 20),
                 timed_out: false,
+                peer_hop: None,
             }
         };
         let mut report = Report::new("cold-single", "one client", "setting".into(), 1_000_000_000);

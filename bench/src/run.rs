@@ -91,6 +91,10 @@ impl Bench {
             read_ahead: self.args.read_ahead,
             read_ahead_memory: self.args.read_ahead_memory,
             dir,
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            admin_port: 0,
+            peers: None,
+            nodes: self.args.nodes,
         }
     }
 
@@ -109,7 +113,7 @@ impl Bench {
         let target = Target::start(kind, &settings)
             .await
             .with_context(|| format!("starting {}", kind.name()))?;
-        let address = target.address();
+        let addresses = target.addresses();
         if scenario.warms_first() && kind != Kind::Direct {
             let warm = match scenario.workload {
                 Workload::Boto3 { part, parallel, .. } => Workload::Boto3 {
@@ -125,7 +129,7 @@ impl Bench {
                 ref other => other.clone(),
             };
             let recorder = Arc::new(Recorder::hidden());
-            let _ = tokio::time::timeout(time_limit, drive(&warm, objects, &self.client, address, &recorder)).await;
+            let _ = tokio::time::timeout(time_limit, drive(&warm, objects, &self.client, &addresses, &recorder)).await;
         }
         let stats = &self.origin.stats;
         let (requests_before, bytes_before) = (stats.requests(), stats.body_bytes());
@@ -137,19 +141,33 @@ impl Bench {
         let started = Instant::now();
         let timed_out = tokio::time::timeout(
             time_limit,
-            drive(&scenario.workload, objects, &self.client, address, &recorder),
+            drive(&scenario.workload, objects, &self.client, &addresses, &recorder),
         )
         .await
         .is_err();
         let wall = started.elapsed();
-        let result = RunResult {
+        let mut result = RunResult {
             tally: recorder.finish(),
             wall,
             origin_requests: stats.requests() - requests_before,
             origin_bytes: stats.body_bytes() - bytes_before,
             peak_rss: target.peak_rss(),
             timed_out,
+            peer_hop: None,
         };
+        if kind == Kind::Region && !timed_out {
+            result.peer_hop = Some(
+                crate::hop::measure(
+                    &target,
+                    self.origin.address,
+                    &self.client,
+                    &objects[0],
+                    self.args.chunk_size,
+                )
+                .await
+                .context("measuring the peer hop")?,
+            );
+        }
         target.stop().await;
         Ok(result)
     }
@@ -190,6 +208,7 @@ pub async fn all(mut args: Args) -> anyhow::Result<()> {
             ScenarioName::SmallZipf,
             ScenarioName::ModelLoad,
             ScenarioName::ManyClients,
+            ScenarioName::RegionHerd,
         ],
         name => vec![name],
     };
@@ -235,8 +254,10 @@ async fn run_scenario(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::
     let mut report = Report::new(scenario.name, &scenario.summary, setting, scenario.unique_bytes());
     report.rounds = args.rounds;
     report.rss_bound = bench.rss_bound()?;
+    report.nodes = args.nodes;
+    let targets = targets_of(scenario, &args.targets);
     for round in 1..=args.rounds {
-        for &kind in &args.targets {
+        for &kind in &targets {
             let label = match args.rounds {
                 1 => kind.name().to_string(),
                 _ => format!("{} ({round}/{})", kind.name(), args.rounds),
@@ -266,6 +287,26 @@ async fn run_scenario(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::
     report.svg(&svg).with_context(|| format!("drawing {}", svg.display()))?;
     eprintln!("wrote {} and {}", md.display(), svg.display());
     Ok(())
+}
+
+/// The targets a scenario runs: region-herd runs s3-accel as a region of peers and
+/// as the same nodes alone (nginx has no region to compare).
+fn targets_of(scenario: &Scenario, asked: &[Kind]) -> Vec<Kind> {
+    match scenario.name {
+        "region-herd" => asked
+            .iter()
+            .flat_map(|&kind| match kind {
+                Kind::S3Accel => vec![Kind::Region, Kind::Alone],
+                Kind::Nginx => vec![],
+                other => vec![other],
+            })
+            .collect(),
+        _ => asked
+            .iter()
+            .copied()
+            .filter(|k| !matches!(k, Kind::Region | Kind::Alone))
+            .collect(),
+    }
 }
 
 fn result_paths(dir: &Path, scenario: &str) -> (PathBuf, PathBuf) {
@@ -324,7 +365,13 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
         let started = Instant::now();
         let timed_out = tokio::time::timeout(
             left(),
-            drive(&scenario.workload, &objects, &bench.client, accel.address(), &recorder),
+            drive(
+                &scenario.workload,
+                &objects,
+                &bench.client,
+                &accel.addresses(),
+                &recorder,
+            ),
         )
         .await
         .is_err();
@@ -335,6 +382,7 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
             origin_bytes: stats.body_bytes() - bytes_before,
             peak_rss: accel.peak_rss(),
             timed_out,
+            peer_hop: None,
         };
         line(label, &run, Some(&direct));
         reads.push(run);

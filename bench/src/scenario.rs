@@ -172,6 +172,22 @@ impl Scenario {
                     total_bandwidth: LINK,
                 }
             }
+            ScenarioName::RegionHerd => {
+                let nodes = args.nodes.max(1);
+                let (clients, size) = (clients(4 * nodes), size(GIB));
+                Self {
+                    name: "region-herd",
+                    summary: format!(
+                        "{nodes} s3-accel processes on 127.0.0.1–{nodes}, {clients} clients spread over them, \
+                         all GET the same cold {} model at once: with peers (one region, one cache) and without \
+                         (each node alone)",
+                        format_size(size)
+                    ),
+                    objects: vec![("region-herd/model.safetensors".into(), size)],
+                    workload: Workload::Herd { clients },
+                    total_bandwidth: LINK,
+                }
+            }
             ScenarioName::All | ScenarioName::Demo => unreachable!("not a single scenario"),
         }
     }
@@ -200,26 +216,29 @@ impl Scenario {
     }
 }
 
-/// Runs `workload` against `address` until it is done, recording every request.
+/// Runs `workload` against `addresses` until it is done, recording every request:
+/// client (or worker) `i` sends to the `i % len`-th address.
 pub async fn drive(
     workload: &Workload,
     objects: &[Arc<Object>],
     client: &Client,
-    address: SocketAddr,
+    addresses: &[SocketAddr],
     recorder: &Arc<Recorder>,
 ) {
+    let address = |i: usize| addresses[i % addresses.len()];
     let spawn_each =
         |count: usize, task: &dyn Fn(usize) -> tokio::task::JoinHandle<()>| (0..count).map(task).collect::<Vec<_>>();
     let tasks = match *workload {
-        Workload::Single => spawn_each(1, &|_| {
+        Workload::Single => spawn_each(1, &|i| {
             let (client, recorder, object) = (client.clone(), recorder.clone(), objects[0].clone());
+            let address = address(i);
             tokio::spawn(async move { recorder.record(&client.send(address, &Get::full(&object)).await) })
         }),
         Workload::Herd { clients } => {
             let barrier = Arc::new(tokio::sync::Barrier::new(clients));
-            spawn_each(clients, &|_| {
+            spawn_each(clients, &|i| {
                 let (client, recorder, object) = (client.clone(), recorder.clone(), objects[0].clone());
-                let barrier = barrier.clone();
+                let (barrier, address) = (barrier.clone(), address(i));
                 tokio::spawn(async move {
                     barrier.wait().await;
                     recorder.record(&client.send(address, &Get::full(&object)).await)
@@ -230,8 +249,9 @@ pub async fn drive(
             clients,
             part,
             parallel,
-        } => spawn_each(clients, &|_| {
+        } => spawn_each(clients, &|i| {
             let (client, recorder, object) = (client.clone(), recorder.clone(), objects[0].clone());
+            let address = address(i);
             tokio::spawn(async move { read_like_boto3(&client, address, &object, part, parallel, &recorder).await })
         }),
         Workload::Zipf {
@@ -244,6 +264,7 @@ pub async fn drive(
             spawn_each(clients, &|c| {
                 let (client, recorder, objects, next) =
                     (client.clone(), recorder.clone(), objects.clone(), next.clone());
+                let address = address(c);
                 tokio::spawn(async move {
                     let zipf = rand_distr::Zipf::new(objects.len() as f64, exponent).expect("a valid Zipf");
                     let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
@@ -256,7 +277,7 @@ pub async fn drive(
             })
         }
         Workload::Fleet { workers, reads } => spawn_each(workers, &|w| {
-            let (client, recorder) = (client.clone(), recorder.clone());
+            let (client, recorder, address) = (client.clone(), recorder.clone(), address(w));
             let shards: Vec<Arc<Object>> = (0..reads.min(objects.len()))
                 .map(|j| objects[(w + j) % objects.len()].clone())
                 .collect();
@@ -342,6 +363,7 @@ mod tests {
             ScenarioName::SmallZipf,
             ScenarioName::ModelLoad,
             ScenarioName::ManyClients,
+            ScenarioName::RegionHerd,
         ] {
             let scenario = Scenario::build(name, &args(&[]));
             assert!(!scenario.objects.is_empty(), "{}", scenario.name);

@@ -2,14 +2,14 @@
 //! start afresh (an empty cache, a new process) for every run, so each run is
 //! cold where its scenario says so and its peak memory is its own.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 use s3_accel::config::units::format_size;
@@ -26,6 +26,12 @@ pub enum Kind {
     S3Accel,
     /// nginx with proxy_cache, slice and proxy_cache_lock.
     Nginx,
+    /// Several s3-accel processes on 127.0.0.x, peers of one region (region-herd).
+    #[value(name = "s3-accel-region")]
+    Region,
+    /// The same processes, each caching alone (region-herd).
+    #[value(name = "s3-accel-alone")]
+    Alone,
 }
 
 impl Kind {
@@ -34,8 +40,27 @@ impl Kind {
             Kind::Direct => "origin direct",
             Kind::S3Accel => "s3-accel",
             Kind::Nginx => "nginx",
+            Kind::Region => "s3-accel, peers",
+            Kind::Alone => "s3-accel, no peers",
         }
     }
+
+    /// Whether this target is s3-accel, one process or several.
+    pub fn is_s3_accel(self) -> bool {
+        matches!(self, Kind::S3Accel | Kind::Region | Kind::Alone)
+    }
+}
+
+/// The secret the bench's regions sign peer requests with.
+pub const PEER_SECRET: &str = "the-bench-region-secret-of-32-bytes-or-more";
+
+/// How one node of a region knows the others.
+#[derive(Clone)]
+pub struct PeerSettings {
+    pub node: String,
+    pub listen: SocketAddr,
+    pub addresses: Vec<SocketAddr>,
+    pub secret_file: PathBuf,
 }
 
 /// What a proxy is started with.
@@ -49,15 +74,32 @@ pub struct ProxySettings<'a> {
     pub read_ahead_memory: Option<u64>,
     /// A fresh directory of this run, deleted with it.
     pub dir: &'a Path,
+    /// The address its client and admin listeners bind (port chosen by the system).
+    pub ip: IpAddr,
+    /// A fixed admin port (a region's nodes are asked whether they formed).
+    pub admin_port: u16,
+    pub peers: Option<PeerSettings>,
+    /// How many processes a region target starts.
+    pub nodes: usize,
 }
 
 impl ProxySettings<'_> {
     /// s3-accel's configuration file for these settings.
     pub fn s3_accel_config(&self) -> String {
         let cache_dir = self.dir.join("cache");
+        let peers = self.peers.as_ref().map_or(String::new(), |peers| {
+            let list: Vec<String> = peers.addresses.iter().map(|a| format!("\"{a}\"")).collect();
+            format!(
+                "[peers]\nnode_name = \"{}\"\nlisten = \"{}\"\naddresses = [{}]\nsecret_file = \"{}\"\nrefresh = \"1s\"\n",
+                peers.node,
+                peers.listen,
+                list.join(", "),
+                peers.secret_file.display()
+            )
+        });
         format!(
-            "listen = \"127.0.0.1:0\"\n\
-         admin_listen = \"127.0.0.1:0\"\n\
+            "listen = \"{}\"\n\
+         admin_listen = \"{}\"\n\
          origin = \"http://{}\"\n\
          [cache]\n\
          dir = \"{}\"\n\
@@ -67,7 +109,9 @@ impl ProxySettings<'_> {
          {}{}{}\
          [credentials]\n\
          access_key_id = \"{ACCESS_KEY}\"\n\
-         secret_access_key = \"{SECRET_KEY}\"\n",
+         secret_access_key = \"{SECRET_KEY}\"\n{peers}",
+            SocketAddr::new(self.ip, 0),
+            SocketAddr::new(self.ip, self.admin_port),
             self.origin,
             cache_dir.display(),
             format_size(self.memory_cache),
@@ -87,6 +131,8 @@ pub enum Target {
     Direct(SocketAddr),
     S3Accel(S3Accel),
     Nginx(Nginx),
+    /// A region's nodes (peers or not), each client sent to one of them in turn.
+    Nodes(Vec<S3Accel>),
 }
 
 impl Target {
@@ -95,14 +141,25 @@ impl Target {
             Kind::Direct => Target::Direct(settings.origin),
             Kind::S3Accel => Target::S3Accel(S3Accel::start(settings).await?),
             Kind::Nginx => Target::Nginx(Nginx::start(settings).await?),
+            Kind::Region | Kind::Alone => Target::Nodes(start_nodes(settings, kind == Kind::Region).await?),
         })
     }
 
-    pub fn address(&self) -> SocketAddr {
+    /// Where clients connect: client `i` to the `i % len`-th.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
         match self {
-            Target::Direct(address) => *address,
-            Target::S3Accel(accel) => accel.address,
-            Target::Nginx(nginx) => nginx.address,
+            Target::Direct(address) => vec![*address],
+            Target::S3Accel(accel) => vec![accel.address],
+            Target::Nginx(nginx) => vec![nginx.address],
+            Target::Nodes(nodes) => nodes.iter().map(|n| n.address).collect(),
+        }
+    }
+
+    /// The peer listeners of a region's nodes.
+    pub fn peer_addresses(&self) -> Vec<SocketAddr> {
+        match self {
+            Target::Nodes(nodes) => nodes.iter().filter_map(|n| n.peer).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -112,6 +169,8 @@ impl Target {
             Target::Direct(_) => None,
             Target::S3Accel(accel) => accel.child.id().and_then(peak_rss),
             Target::Nginx(nginx) => Some(nginx.pids().into_iter().filter_map(peak_rss).sum()),
+            // Per node: each node's memory is bounded by its own configuration.
+            Target::Nodes(nodes) => nodes.iter().filter_map(|n| n.child.id().and_then(peak_rss)).max(),
         }
     }
 
@@ -120,13 +179,77 @@ impl Target {
             Target::Direct(_) => {}
             Target::S3Accel(accel) => accel.stop().await,
             Target::Nginx(nginx) => nginx.stop().await,
+            Target::Nodes(nodes) => {
+                futures_util::future::join_all(nodes.into_iter().map(S3Accel::stop)).await;
+            }
         }
     }
+}
+
+/// `settings.nodes` s3-accel processes on 127.0.0.1, 127.0.0.2, ..., each with a
+/// cache of its own; with `peers`, one region, returned once every node sees all.
+async fn start_nodes(settings: &ProxySettings<'_>, peers: bool) -> anyhow::Result<Vec<S3Accel>> {
+    let count = settings.nodes.max(1);
+    let ip = |i: usize| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8));
+    let free = |ip: IpAddr| -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port()) };
+    let peer_addresses = (0..count)
+        .map(|i| Ok(SocketAddr::new(ip(i), free(ip(i))?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let secret_file = settings.dir.join("peer-key");
+    std::fs::write(&secret_file, format!("{PEER_SECRET}\n"))?;
+    let mut nodes = Vec::with_capacity(count);
+    let mut admins = Vec::with_capacity(count);
+    for (i, &listen) in peer_addresses.iter().enumerate() {
+        let dir = settings.dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let admin_port = free(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
+        let node = ProxySettings {
+            dir: &dir,
+            ip: ip(i),
+            admin_port,
+            peers: peers.then(|| PeerSettings {
+                node: format!("node-{i}"),
+                listen,
+                addresses: peer_addresses.clone(),
+                secret_file: secret_file.clone(),
+            }),
+            ..*settings
+        };
+        nodes.push(S3Accel::start(&node).await?);
+        admins.push(SocketAddr::new(ip(i), admin_port));
+    }
+    if peers {
+        let formed = format!("peers: {count} members");
+        for admin in admins {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !admin_get(admin, "/readyz").await.unwrap_or_default().contains(&formed) {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "the region's node at {admin} did not see {count} members within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(nodes)
+}
+
+/// The body of an admin endpoint (HTTP/1.0, read to the end).
+async fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes())
+        .await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text)
 }
 
 /// s3-accel in a child process: this binary run with `--proxy-config`.
 pub struct S3Accel {
     pub address: SocketAddr,
+    /// Its peer listener, in a region.
+    pub peer: Option<SocketAddr>,
     child: Child,
 }
 
@@ -153,7 +276,11 @@ impl S3Accel {
             .strip_prefix(crate::proxy::LISTENING)
             .and_then(|rest| rest.trim().parse().ok())
             .with_context(|| format!("s3-accel said {line:?}"))?;
-        Ok(Self { address, child })
+        Ok(Self {
+            address,
+            peer: settings.peers.as_ref().map(|p| p.listen),
+            child,
+        })
     }
 
     /// Closes its stdin, which drains and stops it; killed if that takes over 10 s.

@@ -42,18 +42,24 @@ fn every_scenario_runs_and_every_response_is_byte_exact() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
-    for scenario in [
-        "cold-herd",
-        "cold-single",
-        "warm-large",
-        "small-zipf",
-        "model-load",
-        "many-clients",
+    let one = ["origin direct", "s3-accel"].as_slice();
+    for (scenario, targets) in [
+        ("cold-herd", one),
+        ("cold-single", one),
+        ("warm-large", one),
+        ("small-zipf", one),
+        ("model-load", one),
+        ("many-clients", one),
+        // s3-accel as a region: its nodes as peers, then alone.
+        (
+            "region-herd",
+            ["origin direct", "s3-accel, peers", "s3-accel, no peers"].as_slice(),
+        ),
     ] {
         let table = std::fs::read_to_string(results.path().join(format!("{scenario}.md"))).unwrap();
         let svg = std::fs::read_to_string(results.path().join(format!("{scenario}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("s3-accel"), "{scenario}: chart");
-        for target in ["origin direct", "s3-accel"] {
+        for target in targets {
             let row = table
                 .lines()
                 .find(|l| l.starts_with(&format!("| {target} |")))
@@ -76,4 +82,8 @@ fn every_scenario_runs_and_every_response_is_byte_exact() {
     // The herd reaches the origin about once.
     let herd = std::fs::read_to_string(results.path().join("cold-herd.md")).unwrap();
     assert!(herd.contains("origin bytes ≤ 1.01 × the object"), "{herd}");
+    // The region's report compares it with its nodes alone and times the peer hop.
+    let region = std::fs::read_to_string(results.path().join("region-herd.md")).unwrap();
+    assert!(region.contains("with 4 nodes alone"), "{region}");
+    assert!(region.contains("a peer hop's TTFB p50"), "{region}");
 }
