@@ -8,6 +8,7 @@ mod forward;
 mod lead;
 mod peer;
 mod plan;
+mod region;
 mod upstream;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
-use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkSource, ChunkWriter, ObjectMeta, PartMeta};
+use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkSource, ChunkWriter, ObjectId, ObjectMeta, PartMeta};
 use crate::config::{Config, ProxyCredentials};
 use crate::error::{error_chain, ProxyError};
 use crate::origin::{self, OriginBody, Route, Router};
@@ -34,6 +35,7 @@ use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudg
 use fill::{Fill, FillAuth};
 use lead::Lead;
 use plan::{ColdGate, Entry, Plan, Release};
+use region::{Advice, RegionGate};
 use upstream::{Regional, Upstream};
 
 /// How a request was answered, for the `x-s3-accel-cache` header and the logs.
@@ -75,7 +77,14 @@ pub struct Proxy {
     cold_patience: Duration,
     /// The region's other nodes, when this one is not alone.
     peers: Option<Arc<Peers>>,
+    /// With peers: one node of the region probes a cold object with a body.
+    region_gate: Option<RegionGate>,
+    /// Turns of this node's gate held for other nodes probing (it owns the objects'
+    /// metadata keys), with an id each.
+    remote_turns: RemoteTurns,
 }
+
+type RemoteTurns = Arc<std::sync::Mutex<std::collections::HashMap<ObjectId, (u64, plan::ColdTurn)>>>;
 
 impl Proxy {
     pub fn new(router: Router, cache: Arc<ChunkCache>, config: &Config, peers: Option<Arc<Peers>>) -> Arc<Self> {
@@ -92,7 +101,12 @@ impl Proxy {
             )),
             cold: ColdGate::default(),
             cold_patience: config.origin_client.first_byte_timeout,
+            region_gate: peers.clone().map(|peers| RegionGate {
+                peers,
+                patience: config.origin_client.first_byte_timeout,
+            }),
             peers,
+            remote_turns: RemoteTurns::default(),
         })
     }
 
@@ -241,9 +255,23 @@ impl Proxy {
         // A cold request probes alone; those behind it come back with its metadata
         // and probe cheaply, all at once; if its answer is not cacheable, at once too.
         let mut turn = None;
+        let mut report = None;
         if cached.is_none() {
             match self.cold.enter(&plan.object, self.cold_patience).await {
-                Entry::Turn(entered) => turn = Some(entered),
+                Entry::Turn(entered) => {
+                    turn = Some(entered);
+                    // This node's first: the region may know the object, or be probing it.
+                    if let Some(gate) = &self.region_gate {
+                        match gate.ask(&plan.object).await {
+                            Advice::Known(meta) => {
+                                self.cache.insert_meta(&plan.object, meta.clone());
+                                cached = Some(meta);
+                            }
+                            Advice::Probe(told) => report = Some(told),
+                            Advice::Alone => {}
+                        }
+                    }
+                }
                 Entry::Waited(Some(Release::Done)) => cached = self.cache.meta(&plan.object).await,
                 Entry::Waited(_) => {}
             }
@@ -299,6 +327,9 @@ impl Proxy {
                 true => Release::Done,
                 false => Release::GiveUp,
             });
+        }
+        if let Some(report) = report {
+            report.send(verdict.serve.as_ref().filter(|_| verdict.learned).map(|(meta, _)| meta));
         }
         metrics::counter!(telemetry::PROBES, "outcome" => verdict.probe.label()).increment(1);
         let Some((meta, part)) = verdict.serve else {

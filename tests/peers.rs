@@ -234,6 +234,16 @@ async fn a_region_fetches_each_chunk_from_the_origin_once() {
         sent as f64 <= 1.02 * size as f64,
         "the origin sent {sent} bytes for a {size}-byte object"
     );
+    // One node of the region probed with a body; the others waited for what it
+    // learned and probed with a condition.
+    assert_eq!(
+        origin
+            .stats
+            .unconditional_gets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "cold probes with a body"
+    );
     let twice: Vec<_> = fills_by_range(&origin).into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(twice.is_empty(), "chunks filled more than once: {twice:?}");
     assert!(
@@ -431,8 +441,8 @@ async fn a_node_restarted_under_its_name_serves_what_its_disk_holds() {
     assert_eq!(sha256_hex(&reply.body), sha256_hex(&data));
     origin.stats.settled().await;
     assert_eq!(origin.stats.fills() - fills, 0, "a restarted owner serves what it held");
-    // Node 2's own cold probe (metadata is per node for now) had part of a body in
-    // flight when it was dropped: less than a chunk, and no chunk fetched again.
+    // Node 2 learned the object's metadata from the region and probed with a
+    // condition: at most what a dropped probe had in flight, and no chunk again.
     let sent = origin.stats.body_bytes() - bytes;
     assert!(sent < 1 << 20, "the origin sent {sent} bytes");
 }

@@ -54,6 +54,22 @@ pub enum CacheValue {
     Part(PartMeta),
 }
 
+impl ObjectMeta {
+    /// The metadata as the cache stores it (the region's nodes tell each other).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        foyer::Code::encode(&CacheValue::Meta(self.clone()), &mut out).expect("writing to memory");
+        out
+    }
+
+    pub fn from_bytes(mut bytes: &[u8]) -> Option<Self> {
+        match <CacheValue as foyer::Code>::decode(&mut bytes).ok()? {
+            CacheValue::Meta(meta) if bytes.is_empty() => Some(meta),
+            _ => None,
+        }
+    }
+}
+
 fn headers_weight(headers: &HeaderMap) -> usize {
     headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 16).sum()
 }

@@ -92,7 +92,7 @@ impl PeerKeys {
         if at.abs_diff(now) > MAX_SKEW_SECONDS {
             return Err(PeerAuthError::Stale);
         }
-        let tag = unhex(signature).ok_or(PeerAuthError::Mismatch)?;
+        let tag = unhex(signature, 64).ok_or(PeerAuthError::Mismatch)?;
         let data = signed_bytes(method, path, chunk_key, at);
         // aws-lc's verify compares in constant time.
         match self.keys.iter().any(|key| hmac::verify(key, &data, &tag).is_ok()) {
@@ -169,12 +169,13 @@ fn signed_bytes(method: &str, path: &str, chunk_key: &[u8], at: u64) -> Vec<u8> 
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 {
+/// The bytes `text` spells in hex, if it does, and they are at most `max` bytes.
+pub(crate) fn unhex(text: &str, max: usize) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || text.len() > 2 * max {
         return None;
     }
     (0..text.len())

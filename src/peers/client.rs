@@ -113,6 +113,27 @@ impl PeerClient {
             .map_err(|_| PeerError::Timeout)?
     }
 
+    /// Posts `body` to `path` on the peer at `address`: the status and body of its
+    /// answer, within `timeout`.
+    pub async fn post(
+        &self,
+        address: SocketAddr,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), PeerError> {
+        let request = self.request(Method::POST, address, path, body);
+        let answer = async {
+            let response = self.http.request(request).await.map_err(PeerError::Unreachable)?;
+            let status = response.status();
+            let body = response.into_body().collect().await.map_err(PeerError::Body)?;
+            Ok((status, body.to_bytes()))
+        };
+        tokio::time::timeout(timeout, answer)
+            .await
+            .map_err(|_| PeerError::Timeout)?
+    }
+
     /// Asks the peer at `address` for a chunk; its answer's head, once it comes
     /// (within `first_byte`).
     pub async fn chunk(

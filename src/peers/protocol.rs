@@ -7,6 +7,13 @@ use crate::cache::{CacheKey, ObjectId};
 /// `GET`-like, but with a body: the chunk's description.
 pub const CHUNK_PATH: &str = "/peer/v1/chunk";
 pub const HELLO_PATH: &str = "/peer/v1/hello";
+/// "A client here reads this object, which I do not know": the owner of the object's
+/// metadata answers with it (200), with "probe it, then tell me" (202: no other
+/// node is probing it), or "probe as you would" (404).
+pub const COLD_PATH: &str = "/peer/v1/cold";
+/// What the probe of a node told to probe learned: the metadata, or nothing (the
+/// answer could not be cached).
+pub const LEARNED_PATH: &str = "/peer/v1/learned";
 /// What a hello's answer is signed as (in place of a method): a reply can never be
 /// replayed as a request, nor a request as a reply.
 pub const HELLO_REPLY: &str = "HELLO-REPLY";
@@ -46,8 +53,63 @@ pub struct ChunkRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a peer's chunk request does not decode: {0}")]
+#[error("a peer's request does not decode: {0}")]
 pub struct DecodeError(&'static str);
+
+/// An object, and what was learned of it (for [`COLD_PATH`] and [`LEARNED_PATH`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectNote {
+    pub object: ObjectId,
+    /// The metadata, as [`ObjectMeta::to_bytes`](crate::cache::ObjectMeta::to_bytes) writes it.
+    pub meta: Option<Vec<u8>>,
+}
+
+impl ObjectNote {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut lines = vec![
+            format!("origin\t{}", self.object.origin),
+            format!("bucket\t{}", self.object.bucket),
+            format!("key\t{}", self.object.key),
+        ];
+        if let Some(version) = &self.object.version_id {
+            lines.push(format!("version\t{version}"));
+        }
+        if let Some(meta) = &self.meta {
+            lines.push(format!("meta\t{}", crate::peers::auth::hex(meta)));
+        }
+        let mut out = lines.join("\n");
+        out.push('\n');
+        out.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(DecodeError("too long"));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError("not UTF-8"))?;
+        let mut fields = std::collections::HashMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once('\t').ok_or(DecodeError("a line without a tab"))?;
+            if fields.insert(name, value).is_some() {
+                return Err(DecodeError("a field given twice"));
+            }
+        }
+        let text = |name: &'static str| fields.get(name).map(|v| v.to_string()).ok_or(DecodeError(name));
+        let meta = match fields.get("meta") {
+            Some(hex) => Some(crate::peers::auth::unhex(hex, MAX_REQUEST_BYTES).ok_or(DecodeError("meta"))?),
+            None => None,
+        };
+        Ok(Self {
+            object: ObjectId {
+                origin: text("origin")?,
+                bucket: text("bucket")?,
+                key: text("key")?,
+                version_id: fields.get("version").map(|v| v.to_string()),
+            },
+            meta,
+        })
+    }
+}
 
 impl ChunkRequest {
     pub fn key(&self) -> CacheKey {
@@ -186,6 +248,24 @@ mod tests {
             assert_eq!(ChunkRequest::decode(&request.encode()).unwrap(), request);
             assert_eq!(request.length(), 5);
         }
+    }
+
+    #[test]
+    fn object_notes_round_trip() {
+        let object = request(Signer::Proxy {
+            target: "/t".into(),
+            region: "r".into(),
+        })
+        .object;
+        for meta in [None, Some(vec![1, 2, 0xff])] {
+            let note = ObjectNote {
+                object: object.clone(),
+                meta,
+            };
+            assert_eq!(ObjectNote::decode(&note.encode()).unwrap(), note);
+        }
+        assert!(ObjectNote::decode(b"origin\to\nbucket\tb\n").is_err(), "no key");
+        assert!(ObjectNote::decode(b"origin\to\nbucket\tb\nkey\tk\nmeta\tzz\n").is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{stream, FutureExt, StreamExt, TryStreamExt};
+use futures_util::{stream, FutureExt, Stream, StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{HeaderName, Response, StatusCode};
 use http_body::Frame;
@@ -429,7 +429,8 @@ impl CachedObject {
                 })
             })
             .flatten();
-        let frames = stream::once(async move { Ok(first_bytes) })
+        let frames = first_frames(first_bytes)
+            .map(Ok)
             .chain(head)
             .chain(rest)
             .map_ok(Frame::data)
@@ -520,6 +521,25 @@ struct ShortChunk {
     index: u64,
     at: u64,
     to: u64,
+}
+
+/// The first frame of a response, at most.
+const FIRST_FRAME: usize = 64 << 10;
+
+/// `first`, as a body's first frames: at most [`FIRST_FRAME`] bytes, then, once the
+/// connection has had a turn to send them with the head, the rest. Handed megabytes
+/// in one write, the kernel takes most of them before the reader sees a byte: a peer
+/// hop's first byte came 0.9 ms after the request for an 8 MiB chunk (p50, loopback),
+/// 0.17 ms for a 64 KiB one.
+pub(super) fn first_frames(first: Bytes) -> impl Stream<Item = Bytes> {
+    let split = first.len().min(FIRST_FRAME);
+    let (lead, rest) = (first.slice(..split), first.slice(split..));
+    let rest = stream::once(async move {
+        tokio::task::yield_now().await;
+        rest
+    })
+    .filter(|rest| std::future::ready(!rest.is_empty()));
+    stream::once(std::future::ready(lead)).chain(rest)
 }
 
 #[cfg(test)]

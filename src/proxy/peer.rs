@@ -14,10 +14,13 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 
 use super::fill::{Fill, FillAuth, FillError};
+use super::plan::{Entry, Release};
 use super::Proxy;
+use crate::cache::{ObjectId, ObjectMeta};
 use crate::peers::auth::{PEER_DATE, PEER_SIGNATURE};
 use crate::peers::protocol::{
-    ChunkRequest, Signer, CHUNK_PATH, HELLO_PATH, HELLO_REPLY, MAX_REQUEST_BYTES, PEER_SOURCE,
+    ChunkRequest, ObjectNote, Signer, CHUNK_PATH, COLD_PATH, HELLO_PATH, HELLO_REPLY, LEARNED_PATH, MAX_REQUEST_BYTES,
+    PEER_SOURCE,
 };
 use crate::{s3, telemetry, BoxError, ProxyBody};
 
@@ -80,6 +83,14 @@ impl Proxy {
                 }
                 response
             }
+            (&Method::POST, COLD_PATH) => match ObjectNote::decode(&body) {
+                Ok(note) => self.serve_cold(note.object).await,
+                Err(_) => status(StatusCode::BAD_REQUEST),
+            },
+            (&Method::POST, LEARNED_PATH) => match ObjectNote::decode(&body) {
+                Ok(note) => self.learned(note),
+                Err(_) => status(StatusCode::BAD_REQUEST),
+            },
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
                 Ok(chunk) => self.serve_chunk(chunk).await,
                 Err(error) => {
@@ -89,6 +100,63 @@ impl Proxy {
             },
             _ => status(StatusCode::NOT_FOUND),
         }
+    }
+
+    /// Another node is about to probe `object` cold: this node holds the object's
+    /// gate. It answers with the metadata when it knows it (once any probe under way
+    /// here ends), or gives the asker the turn and holds it for it until it tells
+    /// what it learned (or, silent, for as long as a probe may take).
+    async fn serve_cold(&self, object: ObjectId) -> Response<ProxyBody> {
+        let known = |meta: Option<ObjectMeta>| match meta {
+            Some(meta) => Response::new(
+                Full::new(Bytes::from(meta.to_bytes()))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            ),
+            None => status(StatusCode::NOT_FOUND),
+        };
+        if let Some(meta) = self.cache.meta(&object).await {
+            return known(Some(meta));
+        }
+        match self.cold.enter(&object, self.cold_patience).await {
+            Entry::Turn(turn) => {
+                let id = fastrand::u64(..);
+                self.remote_turns
+                    .lock()
+                    .expect("remote turns")
+                    .insert(object.clone(), (id, turn));
+                // An asker that never tells lets the turn go when a probe would have
+                // timed out (dropped, the turn passes to one waiter).
+                let (turns, patience) = (self.remote_turns.clone(), self.cold_patience);
+                tokio::spawn(async move {
+                    tokio::time::sleep(patience).await;
+                    let mut turns = turns.lock().expect("remote turns");
+                    if turns.get(&object).is_some_and(|(held, _)| *held == id) {
+                        turns.remove(&object);
+                    }
+                });
+                status(StatusCode::ACCEPTED)
+            }
+            Entry::Waited(Some(Release::Done)) => known(self.cache.meta(&object).await),
+            Entry::Waited(_) => status(StatusCode::NOT_FOUND),
+        }
+    }
+
+    /// What the probe of a node given the turn learned: the waiters here (and the
+    /// nodes they answer for) go on with it.
+    fn learned(&self, note: ObjectNote) -> Response<ProxyBody> {
+        let meta = note.meta.as_deref().and_then(ObjectMeta::from_bytes);
+        if let Some(meta) = &meta {
+            self.cache.insert_meta(&note.object, meta.clone());
+        }
+        let turn = self.remote_turns.lock().expect("remote turns").remove(&note.object);
+        if let Some((_, turn)) = turn {
+            turn.release(match meta {
+                Some(_) => Release::Done,
+                None => Release::GiveUp,
+            });
+        }
+        status(StatusCode::OK)
     }
 
     /// A chunk this node owns (or is next in line for), from its tiers or one fill.
@@ -157,7 +225,12 @@ impl Proxy {
         };
         telemetry::peer_request("owner", "ok");
         let length = chunk.length();
-        let body = stream::once(async move { Ok::<_, BoxError>((0, first)) })
+        let body = super::cached::first_frames(first)
+            .scan(0u64, |at, bytes| {
+                let piece = (*at, bytes);
+                *at += piece.1.len() as u64;
+                std::future::ready(Some(Ok::<_, BoxError>(piece)))
+            })
             .chain(stream::unfold(read, |mut read| async move {
                 let next = read.next().await?;
                 Some((next.map_err(|e| -> BoxError { Box::new(e) }), read))

@@ -101,8 +101,10 @@ pub fn plan<B>(
 /// herd of requests that will never be cached is not made to probe one at a time.
 #[derive(Default)]
 pub struct ColdGate {
-    probes: Mutex<HashMap<ObjectId, watch::Receiver<Option<Release>>>>,
+    probes: Probes,
 }
+
+type Probes = Arc<Mutex<HashMap<ObjectId, watch::Receiver<Option<Release>>>>>;
 
 /// How the request holding the turn let go of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,23 +120,25 @@ pub enum Release {
 }
 
 /// Where a cold request stands after the gate.
-pub enum Entry<'a> {
+pub enum Entry {
     /// This request probes first; the others wait until the turn is released.
-    Turn(ColdTurn<'a>),
+    Turn(ColdTurn),
     /// Another request probed first and released the turn so (or this one ran out
     /// of patience: `None`).
     Waited(Option<Release>),
 }
 
-pub struct ColdTurn<'a> {
-    gate: &'a ColdGate,
+/// The turn to probe first (held by a request here, or, for the owner of an
+/// object's metadata, on behalf of another node of the region).
+pub struct ColdTurn {
+    probes: Probes,
     object: ObjectId,
     release: watch::Sender<Option<Release>>,
 }
 
 impl ColdGate {
     /// Takes the turn for `object`, or waits (at most `patience`) for whoever holds it.
-    pub async fn enter(&self, object: &ObjectId, patience: Duration) -> Entry<'_> {
+    pub async fn enter(&self, object: &ObjectId, patience: Duration) -> Entry {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let mut waiting = {
@@ -145,7 +149,7 @@ impl ColdGate {
                         let (release, receiver) = watch::channel(None);
                         probes.insert(object.clone(), receiver);
                         return Entry::Turn(ColdTurn {
-                            gate: self,
+                            probes: self.probes.clone(),
                             object: object.clone(),
                             release,
                         });
@@ -166,14 +170,14 @@ impl ColdGate {
     }
 }
 
-impl ColdTurn<'_> {
+impl ColdTurn {
     /// Lets the waiters go with `status`.
     pub fn release(self, status: Release) {
         self.finish(status);
     }
 
     fn finish(&self, status: Release) {
-        let mut probes = self.gate.probes.lock().expect("cold gate");
+        let mut probes = self.probes.lock().expect("cold gate");
         if probes
             .get(&self.object)
             .is_some_and(|receiver| receiver.same_channel(&self.release.subscribe()))
@@ -191,7 +195,7 @@ impl ColdTurn<'_> {
     }
 }
 
-impl Drop for ColdTurn<'_> {
+impl Drop for ColdTurn {
     fn drop(&mut self) {
         self.finish(Release::Dangling);
     }

@@ -43,6 +43,9 @@ pub struct OriginStats {
     pub cut_fills: AtomicU64,
     /// The next this-many fills fail before their first body byte.
     pub fail_fills: AtomicU64,
+    /// GETs with neither If-Match nor If-None-Match: a proxy's cold probes (and
+    /// clients' direct reads).
+    pub unconditional_gets: AtomicU64,
     /// The `Range` of every fill, in arrival order.
     pub fill_ranges: Mutex<Vec<String>>,
     /// `METHOD target` of every request, in arrival order.
@@ -316,6 +319,9 @@ async fn answer(
         (Some(_), &http::Method::GET) => object_file(root, request.uri().path()),
         _ => None,
     };
+    if if_match.is_none() && if_none_match.is_none() && request.method() == http::Method::GET {
+        stats.unconditional_gets.fetch_add(1, Ordering::SeqCst);
+    }
     let mut cut_after = None;
     if if_match.is_some() && request.headers().contains_key("range") {
         stats.fills.fetch_add(1, Ordering::SeqCst);
