@@ -2,13 +2,16 @@
 //! of one origin, each chunk fetched from the origin once for all of them.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use s3_accel::cache::{CacheKey, ObjectId};
 use s3_accel::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
+use s3_accel::peers::membership::Hello;
 use s3_accel::peers::placement::{self, Node};
-use s3_accel::peers::protocol::{CHUNK_PATH, HELLO_PATH, HELLO_REPLY};
+use s3_accel::peers::protocol::{ChunkRequest, CHUNK_PATH, HELLO_PATH, HELLO_REPLY};
 
 use crate::ops::admin_get;
 use crate::support::client::{Call, TestClient};
@@ -30,6 +33,8 @@ struct Layout {
     processes: u8,
     /// The nodes each node is told about (default: all of them): forced split views.
     views: Option<Vec<Vec<u8>>>,
+    /// Peer addresses every node is told about besides the region's own.
+    also: Vec<SocketAddr>,
 }
 
 impl Layout {
@@ -39,6 +44,7 @@ impl Layout {
             cache: CACHE,
             processes: 0,
             views: None,
+            also: Vec::new(),
         }
     }
 }
@@ -84,7 +90,9 @@ impl Region {
             let view = layout.views.as_ref().map_or(&all, |views| &views[i]);
             let list = view
                 .iter()
-                .map(|&p| format!("\"{}\"", peers[p as usize]))
+                .map(|&p| peers[p as usize])
+                .chain(layout.also.iter().copied())
+                .map(|p| format!("\"{p}\""))
                 .collect::<Vec<_>>();
             let cache_dir = tempfile::tempdir().unwrap();
             let text = format!(
@@ -104,7 +112,7 @@ impl Region {
             if i < usize::from(layout.count - layout.processes) {
                 region.nodes.push(TestProxy::from_config(&text).await);
                 region.configs.push(text);
-                region.expected.push(view.len().max(1));
+                region.expected.push(view.len().max(1) + layout.also.len());
             } else {
                 let file = cache_dir.path().join("s3-accel.toml");
                 std::fs::write(&file, &text).unwrap();
@@ -544,4 +552,92 @@ async fn an_object_changed_mid_herd_is_never_served_mixed() {
         let reply = get(node, read("model.bin")).await;
         assert_eq!(sha256_hex(&reply.body), new_hash);
     }
+}
+
+/// A peer that holds the region's key for its hello (it claims nearly every chunk)
+/// but answers chunk requests with bytes of the right length, unsigned: what a
+/// machine on the network answering for an owner would send. Counts the chunk
+/// requests it answered.
+async fn impostor() -> (SocketAddr, Arc<AtomicU64>) {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.9:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let counter = counter.clone();
+                async move {
+                    let path = request.uri().path().to_owned();
+                    let body = request.into_body().collect().await.unwrap().to_bytes();
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+                    let response = match path.as_str() {
+                        HELLO_PATH => {
+                            let hello = Hello {
+                                node: "impostor".into(),
+                                boot_id: "0".into(),
+                                disk_capacity: 1 << 50,
+                            }
+                            .encode();
+                            let keys = PeerKeys::from_text(SECRET).unwrap();
+                            let signature = keys.sign(HELLO_REPLY, HELLO_PATH, hello.as_bytes(), now);
+                            http::Response::builder()
+                                .header(PEER_DATE, now)
+                                .header(PEER_SIGNATURE, signature)
+                                .body(Full::new(bytes::Bytes::from(hello)))
+                        }
+                        CHUNK_PATH => {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            let chunk = ChunkRequest::decode(&body).unwrap();
+                            http::Response::builder()
+                                .header("content-length", chunk.length())
+                                .body(Full::new(bytes::Bytes::from(vec![0u8; chunk.length() as usize])))
+                        }
+                        _ => http::Response::builder()
+                            .status(404)
+                            .body(Full::new(bytes::Bytes::new())),
+                    };
+                    Ok::<_, std::convert::Infallible>(response.unwrap())
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (address, answered)
+}
+
+#[tokio::test]
+async fn an_answer_not_signed_for_the_chunk_is_never_served() {
+    let size = 8 << 20;
+    let (origin, data) = origin_with_model(29, size).await;
+    let (impostor, answered) = impostor().await;
+    let region = Region::start_with(
+        &origin,
+        Layout {
+            also: vec![impostor],
+            ..Layout::of(2)
+        },
+    )
+    .await;
+    for node in &region.nodes {
+        let reply = get(node, read("model.bin")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            sha256_hex(&reply.body),
+            sha256_hex(&data),
+            "the impostor's bytes were served"
+        );
+    }
+    assert!(
+        answered.load(Ordering::SeqCst) > 0,
+        "the impostor was asked for chunks (it claims nearly all of them)"
+    );
 }

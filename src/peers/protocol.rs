@@ -17,6 +17,17 @@ pub const LEARNED_PATH: &str = "/peer/v1/learned";
 /// What a hello's answer is signed as (in place of a method): a reply can never be
 /// replayed as a request, nor a request as a reply.
 pub const HELLO_REPLY: &str = "HELLO-REPLY";
+/// What an owner's answer to a chunk request is signed as: bound to the request's
+/// bytes and the chunk's length, so that no other answer can pass for it.
+pub const CHUNK_REPLY: &str = "CHUNK-REPLY";
+
+/// The bytes an owner's answer to the chunk request `request` (its body, as sent)
+/// is signed over.
+pub fn chunk_reply(request: &[u8], length: u64) -> Vec<u8> {
+    let mut signed = request.to_vec();
+    signed.extend_from_slice(format!("reply_length\t{length}\n").as_bytes());
+    signed
+}
 /// Response header: where the owner found the chunk (`memory`, `disk`, `fill`, `coalesced`).
 pub const PEER_SOURCE: &str = "x-s3-accel-peer-source";
 

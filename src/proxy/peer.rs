@@ -17,10 +17,10 @@ use super::fill::{Fill, FillAuth, FillError};
 use super::plan::{Entry, Release};
 use super::Proxy;
 use crate::cache::{ObjectId, ObjectMeta};
-use crate::peers::auth::{PEER_DATE, PEER_SIGNATURE};
+use crate::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
 use crate::peers::protocol::{
-    ChunkRequest, ObjectNote, Signer, CHUNK_PATH, COLD_PATH, HELLO_PATH, HELLO_REPLY, LEARNED_PATH, MAX_REQUEST_BYTES,
-    PEER_SOURCE,
+    chunk_reply, ChunkRequest, ObjectNote, Signer, CHUNK_PATH, CHUNK_REPLY, COLD_PATH, HELLO_PATH, HELLO_REPLY,
+    LEARNED_PATH, MAX_REQUEST_BYTES, PEER_SOURCE,
 };
 use crate::{s3, telemetry, BoxError, ProxyBody};
 
@@ -92,7 +92,11 @@ impl Proxy {
                 Err(_) => status(StatusCode::BAD_REQUEST),
             },
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
-                Ok(chunk) => self.serve_chunk(chunk).await,
+                Ok(chunk) => {
+                    let mut response = self.serve_chunk(chunk).await;
+                    sign_chunk_reply(&mut response, &peers.keys.current(), &body, now);
+                    response
+                }
                 Err(error) => {
                     tracing::warn!(%error, "a peer's chunk request");
                     status(StatusCode::BAD_REQUEST)
@@ -256,6 +260,25 @@ impl Proxy {
             .headers_mut()
             .insert(PEER_SOURCE, HeaderValue::from_static(source.as_str()));
         response
+    }
+}
+
+/// Signs an answer to a chunk request: only a node holding the region's key can
+/// answer one, and only this one.
+fn sign_chunk_reply(response: &mut Response<ProxyBody>, keys: &PeerKeys, request: &[u8], now: u64) {
+    let Some(length) = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let signature = keys.sign(CHUNK_REPLY, CHUNK_PATH, &chunk_reply(request, length), now);
+    let headers = response.headers_mut();
+    headers.insert(PEER_DATE, HeaderValue::from(now));
+    if let Ok(signature) = HeaderValue::from_str(&signature) {
+        headers.insert(PEER_SIGNATURE, signature);
     }
 }
 

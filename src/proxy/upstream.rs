@@ -12,8 +12,9 @@ use http_body_util::BodyExt;
 
 use super::fill::{Fill, FillError};
 use crate::cache::{CacheKey, ChunkSink};
+use crate::peers::auth::{PEER_DATE, PEER_SIGNATURE};
 use crate::peers::client::PeerError;
-use crate::peers::protocol::ChunkRequest;
+use crate::peers::protocol::{chunk_reply, ChunkRequest, CHUNK_PATH, CHUNK_REPLY};
 use crate::peers::Peers;
 use crate::{telemetry, BoxError};
 
@@ -182,6 +183,24 @@ async fn from_peer(
     };
     let broken = |error: BoxError| PeerFailure::Broken(error);
     let expected = request.length();
+    // The answer must be signed for this request and this length by a node holding
+    // the region's key: nothing else on the network can pass for an owner.
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let signed = chunk_reply(&request.encode(), expected);
+    if let Err(refused) = peers.keys.current().verify(
+        (CHUNK_REPLY, CHUNK_PATH, &signed),
+        header(PEER_DATE),
+        header(PEER_SIGNATURE),
+        now,
+    ) {
+        return Err(broken(
+            format!("the peer's answer is not signed for this chunk: {refused}").into(),
+        ));
+    }
     let declared = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
