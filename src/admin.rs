@@ -61,12 +61,25 @@ impl AdminServer {
     }
 
     async fn answer<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
+        if request.uri().path() == GRANTS_FLUSH {
+            return match (request.method(), self.proxy.grants()) {
+                (&Method::POST, Some(grants)) => {
+                    flush(grants, "admin endpoint");
+                    text(StatusCode::OK, "grants flushed\n".into())
+                }
+                (&Method::POST, None) => text(StatusCode::OK, "no grants are kept (auth.grants is off)\n".into()),
+                _ => text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into()),
+            };
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
         match request.uri().path() {
             "/metrics" => {
                 self.proxy.cache().publish_gauges();
+                if let Some(grants) = self.proxy.grants() {
+                    metrics::gauge!(telemetry::GRANTS).set(grants.len() as f64);
+                }
                 let mut response = text(StatusCode::OK, telemetry::prometheus().render());
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -131,6 +144,25 @@ impl AdminServer {
                 format!("origins not reachable: {list}\n{disk}"),
             ),
         }
+    }
+}
+
+/// Drops every grant: the next request of each client is authorized by the origin.
+const GRANTS_FLUSH: &str = "/admin/grants/flush";
+
+pub fn flush(grants: &crate::cache::grants::Grants, why: &'static str) {
+    grants.flush();
+    metrics::counter!(telemetry::GRANT_FLUSHES).increment(1);
+    tracing::info!(why, "grants flushed");
+}
+
+/// Flushes the grants on every SIGHUP, for as long as the task lives.
+pub async fn flush_on_hangup(grants: Arc<crate::cache::grants::Grants>) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        flush(&grants, "SIGHUP");
     }
 }
 

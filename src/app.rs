@@ -37,6 +37,9 @@ impl App {
             None => None,
         };
         let proxy = proxy::Proxy::new(router, cache.clone(), config, peers);
+        if let Some(grants) = proxy.grants() {
+            tokio::spawn(admin::flush_on_hangup(grants.clone()));
+        }
         let peer_server = match &config.peers {
             Some(peers) => Some(
                 server::Server::bind(peers.listen, proxy.clone(), config.server.clone(), None, Front::Peers).await?,

@@ -3,6 +3,7 @@
 
 mod disk;
 mod filling;
+pub mod grants;
 mod key;
 mod value;
 

@@ -1,6 +1,7 @@
 //! Configuration: the TOML file, CLI flags over it, machine-derived defaults, and
 //! validation into a [`Config`] whose errors name the offending key.
 
+mod auth;
 mod file;
 pub mod machine;
 mod peers;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub use auth::AuthConfig;
 use file::ConfigFile;
 pub use peers::{Discovery, PeersConfig};
 use units::{parse_duration, parse_size};
@@ -78,6 +80,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The region's other nodes, one cache with this one; `None`: caches alone.
     pub peers: Option<PeersConfig>,
+    /// Hits served without the origin, opt-in.
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -335,6 +339,7 @@ impl Config {
         let credentials = Self::credentials(&file)?;
         let tls = Self::tls(&file, cli)?;
         let peers = file.peers.as_ref().map(peers::peers_config).transpose()?;
+        let auth = auth::auth_config(&file.auth)?;
         Ok(Self {
             listen,
             admin_listen,
@@ -345,6 +350,7 @@ impl Config {
             credentials,
             tls,
             peers,
+            auth,
         })
     }
 

@@ -40,6 +40,11 @@ pub enum ProxyError {
     /// 503 SlowDown: a chunk could not be filled from the origin, even on a retry
     #[error("a chunk could not be filled from the origin; retry")]
     Fill(#[source] ChunkError),
+    /// 403 AccessDenied for an expired presigned URL, 400
+    /// AuthorizationQueryParametersError for a malformed one (with `presigned` grants
+    /// on, refused before any cache lookup, as S3 would)
+    #[error(transparent)]
+    Presign(#[from] crate::s3::presign::PresignError),
 }
 
 impl ProxyError {
@@ -62,6 +67,10 @@ impl ProxyError {
             Self::OriginMismatch(_) => (StatusCode::BAD_GATEWAY, "BadGateway"),
             Self::InvalidRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange"),
             Self::Fill(_) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
+            Self::Presign(crate::s3::presign::PresignError::Expired) => (StatusCode::FORBIDDEN, "AccessDenied"),
+            Self::Presign(crate::s3::presign::PresignError::Malformed(_)) => {
+                (StatusCode::BAD_REQUEST, "AuthorizationQueryParametersError")
+            }
         }
     }
 

@@ -5,6 +5,7 @@ mod access;
 mod cached;
 mod fill;
 mod forward;
+mod grant;
 mod lead;
 mod peer;
 mod plan;
@@ -20,8 +21,9 @@ use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
+use crate::cache::grants::Grants;
 use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkSource, ChunkWriter, ObjectId, ObjectMeta, PartMeta};
-use crate::config::{Config, ProxyCredentials};
+use crate::config::{AuthConfig, Config, ProxyCredentials};
 use crate::error::{error_chain, ProxyError};
 use crate::origin::{self, OriginBody, Route, Router};
 use crate::peers::protocol::ChunkRequest;
@@ -52,6 +54,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A cached answer's outcome, by where its first chunk came from.
+    fn of(source: ChunkSource) -> Self {
+        match source {
+            ChunkSource::Memory | ChunkSource::Disk => Self::Hit,
+            ChunkSource::Filled | ChunkSource::Coalesced => Self::Miss,
+        }
+    }
+
     fn header_value(self) -> HeaderValue {
         match self {
             Self::Hit => HeaderValue::from_static("hit"),
@@ -79,6 +89,9 @@ pub struct Proxy {
     peers: Option<Arc<Peers>>,
     /// With peers: one node of the region probes a cold object with a body.
     region_gate: Option<RegionGate>,
+    /// Origin decisions served again without asking, when a mode is on.
+    grants: Option<Arc<Grants>>,
+    auth: AuthConfig,
     /// Turns of this node's gate held for other nodes probing (it owns the objects'
     /// metadata keys), with an id each.
     remote_turns: RemoteTurns,
@@ -107,7 +120,17 @@ impl Proxy {
             }),
             peers,
             remote_turns: RemoteTurns::default(),
+            grants: config
+                .auth
+                .grants()
+                .then(|| Arc::new(Grants::new(config.auth.grant_ttl, config.auth.grant_memory))),
+            auth: config.auth.clone(),
         })
+    }
+
+    /// The grant store, when a mode keeps grants.
+    pub fn grants(&self) -> Option<&Arc<Grants>> {
+        self.grants.as_ref()
     }
 
     pub fn cache(&self) -> &Arc<ChunkCache> {
@@ -204,6 +227,33 @@ impl Proxy {
         if carries_body(&request) {
             return Err(ProxyError::UnexpectedBody(request.method().clone()));
         }
+        // With presigned grants on, an expired or malformed presigned URL is refused
+        // here, before any cache lookup, as the origin would refuse it.
+        let window = match self.grants.is_some() && self.auth.presigned {
+            true => s3::presign::check(&object.presign, std::time::SystemTime::now())
+                .transpose()
+                .inspect_err(|refused| {
+                    let reason = match refused {
+                        s3::presign::PresignError::Expired => "expired",
+                        s3::presign::PresignError::Malformed(_) => "malformed",
+                    };
+                    metrics::counter!(telemetry::LOCAL_REFUSALS, "reason" => reason).increment(1);
+                })?,
+            false => None,
+        };
+        let id = plan::object_id(&route, &object);
+        let grant = self.asked(
+            &grant::Target {
+                method: request.method(),
+                authority: &authority,
+                path: uri.path(),
+                query: uri.query().unwrap_or(""),
+                headers: request.headers(),
+            },
+            &object,
+            &id,
+            window,
+        );
 
         // The client's own signed request, unchanged: the origin authorizes it.
         let probe = forward::origin_request(&request, route.region.client.origin(), &authority)?;
@@ -212,14 +262,36 @@ impl Proxy {
         let asked = (range, object.part_number.is_some());
 
         // What must never be cached passes through before the cache is consulted.
-        let plan = match plan::plan(&request, &object, range, &route, self.credentials.as_ref()) {
-            Ok(plan) => plan,
-            Err(reason) => return self.relay(&route, probe, asked, Outcome::Bypass(reason)).await,
+        let plan = plan::plan(&request, &object, range, &route, self.credentials.as_ref());
+        let answer = match plan {
+            Err(reason) => self.relay(&route, probe, asked, Outcome::Bypass(reason)).await,
+            Ok(plan) => {
+                let plan = Plan { grant, ..plan };
+                self.serve(&route, &authority, probe, plan, (object.operation, asked), request_id)
+                    .await
+            }
         };
-        match (object.operation, plan.auth.clone()) {
-            (Operation::HeadObject, _) => self.head(&route, &authority, probe, plan).await,
-            (Operation::GetObject, Ok(auth)) => self.get(&route, &authority, probe, plan, auth, request_id).await,
-            (Operation::GetObject, Err(reason)) => self.relay(&route, probe, asked, Outcome::Bypass(reason)).await,
+        if let Ok((response, Outcome::Origin | Outcome::Bypass(_))) = &answer {
+            self.observe(&id, response.status());
+        }
+        answer
+    }
+
+    /// An object read the cache may answer: HEAD, or GET (relayed when no one can
+    /// sign its fills).
+    async fn serve(
+        &self,
+        route: &Route,
+        authority: &str,
+        probe: Request<Empty<Bytes>>,
+        plan: Plan,
+        (operation, asked): (Operation, (RangeRequest, bool)),
+        request_id: &str,
+    ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
+        match (operation, plan.auth.clone()) {
+            (Operation::HeadObject, _) => self.head(route, authority, probe, plan).await,
+            (Operation::GetObject, Ok(auth)) => self.get(route, authority, probe, plan, auth, request_id).await,
+            (Operation::GetObject, Err(reason)) => self.relay(route, probe, asked, Outcome::Bypass(reason)).await,
         }
     }
 
@@ -251,6 +323,7 @@ impl Proxy {
         auth: FillAuth,
         request_id: &str,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
+        let grant = plan.grant.as_ref();
         let mut cached = self.cache.meta(&plan.object).await;
         // A cold request probes alone; those behind it come back with its metadata
         // and probe cheaply, all at once; if its answer is not cacheable, at once too.
@@ -286,6 +359,15 @@ impl Proxy {
             .as_ref()
             .filter(|_| !plan.client_conditionals)
             .and_then(|meta| Some((meta, Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode)?)));
+        // A live grant for this version answers without the origin.
+        let answerable = match answerable {
+            Some((meta, Ok(shape))) if self.live_grant(grant, &plan.object, &meta.etag) => {
+                let object = self.cached_object(route, authority, &plan, auth, meta.clone());
+                let (response, source) = object.respond(shape, plan.overrides, request_id, None).await?;
+                return Ok((response, Outcome::of(source)));
+            }
+            answerable => answerable,
+        };
         let condition = answerable
             .as_ref()
             .and_then(|(meta, _)| HeaderValue::from_str(&meta.etag).ok());
@@ -299,6 +381,7 @@ impl Proxy {
             Some(EarlyRead(tokio::spawn(async move { cache.peek(&key).await })))
         });
         let unconditional = condition.is_some().then(|| forward::copy(&probe));
+        let asked_at = Instant::now();
         let mut response = self.probe(route, probe, condition.clone()).await?;
         let mut condition_added = condition.is_some();
         if let Some(unconditional) = unconditional
@@ -328,6 +411,15 @@ impl Proxy {
                 false => Release::GiveUp,
             });
         }
+        let served_etag = match &verdict.serve {
+            Some((meta, _)) => Some(meta.etag.clone()),
+            None => response
+                .headers()
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        self.record_grant(grant, &plan.object, response.status(), served_etag.as_deref(), asked_at);
         if let Some(report) = report {
             report.send(verdict.serve.as_ref().filter(|_| verdict.learned).map(|(meta, _)| meta));
         }
@@ -356,11 +448,10 @@ impl Proxy {
             Probe::Changed | Probe::Uncacheable | Probe::Refused => None,
         };
         let (response, source) = object.respond(shape, plan.overrides, &origin_id, head).await?;
-        let outcome = match source {
-            ChunkSource::Memory | ChunkSource::Disk => Outcome::Hit,
-            ChunkSource::Filled | ChunkSource::Coalesced => Outcome::Miss,
-        };
-        Ok((response, outcome))
+        if matches!(verdict.probe, Probe::NotModified | Probe::SameEtag) {
+            telemetry::hit_authorized("origin");
+        }
+        Ok((response, Outcome::of(source)))
     }
 
     /// The first chunk of a cold answer, streamed from the probe's own body: kept

@@ -29,12 +29,22 @@ pub const PEER_BYTES: &str = "s3accel_peer_bytes_total";
 pub const PEER_MEMBERS: &str = "s3accel_peer_members";
 pub const PEER_RING: &str = "s3accel_peer_ring_fingerprint";
 pub const PEER_EJECTIONS: &str = "s3accel_peer_ejections_total";
+pub const HIT_AUTHORIZATIONS: &str = "s3accel_hit_authorizations_total";
+pub const GRANTS: &str = "s3accel_grants";
+pub const GRANT_FLUSHES: &str = "s3accel_grant_flushes_total";
+pub const LOCAL_REFUSALS: &str = "s3accel_local_refusals_total";
 pub const PEER_SECONDS: &str = "s3accel_peer_response_seconds";
 pub const PEER_FALLBACKS: &str = "s3accel_peer_fallbacks_total";
 
 /// A chunk request between peers: `role` is `reader` (asked) or `owner` (answered).
 pub fn peer_request(role: &'static str, outcome: &'static str) {
     metrics::counter!(PEER_REQUESTS, "role" => role, "outcome" => outcome).increment(1);
+}
+
+/// A hit served, by what authorized it: `origin` (a probe), `presigned` or
+/// `anonymous` (a live grant).
+pub fn hit_authorized(path: &'static str) {
+    metrics::counter!(HIT_AUTHORIZATIONS, "path" => path).increment(1);
 }
 
 /// A chunk this node does not own, filled here from the origin because its owner
@@ -87,6 +97,19 @@ fn describe() {
         PEER_BYTES,
         Unit::Bytes,
         "Chunk bytes received from (in) or sent to (out) peers."
+    );
+    describe_counter!(
+        HIT_AUTHORIZATIONS,
+        "Hits served, by what authorized them: origin (a probe), presigned or anonymous (a live grant)."
+    );
+    describe_gauge!(GRANTS, "Grants held (origin decisions served without asking again).");
+    describe_counter!(
+        GRANT_FLUSHES,
+        "Times every grant was dropped (SIGHUP, POST /admin/grants/flush)."
+    );
+    describe_counter!(
+        LOCAL_REFUSALS,
+        "Requests refused before the origin or the cache, by reason (expired, malformed presigned URLs)."
     );
     describe_histogram!(
         PEER_SECONDS,

@@ -4,6 +4,7 @@
 mod cache;
 mod faults;
 mod front;
+mod grants;
 mod ops;
 mod peers;
 mod reads;

@@ -21,6 +21,14 @@ pub(crate) async fn admin_get(proxy: &TestProxy, path: &str) -> (StatusCode, Str
     (reply.status, reply.text().to_owned())
 }
 
+pub(crate) async fn admin_post(proxy: &TestProxy, path: &str) -> (StatusCode, String) {
+    let reply = TestClient::default()
+        .send(proxy.admin, &Call::new(http::Method::POST, path, &Signing::Anonymous))
+        .await
+        .unwrap();
+    (reply.status, reply.text().to_owned())
+}
+
 /// The value of the sample `name{labels}` (labels in Prometheus' sorted order).
 pub(crate) fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
     let prefix = format!("{name}{{{labels}}} ");

@@ -26,6 +26,19 @@ pub struct ConfigFile {
     pub regions: Vec<RegionSection>,
     /// Absent: this node caches alone.
     pub peers: Option<PeersSection>,
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// Opt-in ways to serve a hit without asking the origin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// `presigned`, `anonymous`.
+    pub grants: Option<Vec<String>>,
+    pub grant_ttl: Option<String>,
+    pub grant_memory: Option<String>,
+    pub anonymous_buckets: Option<Vec<String>>,
 }
 
 /// The DaemonSet peers of a region, one cache.

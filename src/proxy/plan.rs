@@ -22,6 +22,8 @@ use crate::s3::{self, ObjectRequest};
 pub struct Plan {
     /// The object version's chunks and metadata (never a part's number).
     pub object: ObjectId,
+    /// The grant the request would be served from, when a mode is on.
+    pub grant: Option<super::grant::Asked>,
     /// `?partNumber=N`: a range of the object whose bounds the origin gives.
     pub part: Option<u16>,
     pub range: RangeRequest,
@@ -78,12 +80,8 @@ pub fn plan<B>(
         region.signing_region.as_deref(),
     );
     Ok(Plan {
-        object: ObjectId {
-            origin: route.region.client.origin().to_string(),
-            bucket: object.bucket.clone(),
-            key: object.raw_key.clone(),
-            version_id: object.version_id.clone(),
-        },
+        object: object_id(route, object),
+        grant: None,
         part: object.part_number,
         range,
         overrides: object.overrides.clone(),
@@ -93,6 +91,16 @@ pub fn plan<B>(
         checksum_mode: s3::checksum_mode(headers),
         learns: object.overrides.is_empty(),
     })
+}
+
+/// The object version a request reads, as the cache names it.
+pub fn object_id(route: &Route, object: &ObjectRequest) -> ObjectId {
+    ObjectId {
+        origin: route.region.client.origin().to_string(),
+        bucket: object.bucket.clone(),
+        key: object.raw_key.clone(),
+        version_id: object.version_id.clone(),
+    }
 }
 
 /// Lets one cold request per object ask the origin first, so that the others wait

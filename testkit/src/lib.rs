@@ -3,6 +3,7 @@
 //! sends, answers conditionals as production origins do, cuts fills on purpose,
 //! and can be shaped like a far region (round-trip time, bandwidth caps).
 
+pub mod access;
 pub mod origin;
 pub mod shaping;
 pub mod signing;

@@ -101,6 +101,8 @@ pub struct OriginOptions {
 pub struct Origin {
     pub address: SocketAddr,
     pub stats: Arc<OriginStats>,
+    /// Who may read what; tests change it while the origin runs.
+    pub policy: Arc<crate::access::Policy>,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Full<Bytes>,
@@ -126,7 +128,14 @@ impl Origin {
         };
         let fs = s3s_fs::FileSystem::new(root.path()).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let mut auth = s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY);
+        auth.register(
+            crate::access::READER_KEY.to_owned(),
+            crate::access::READER_SECRET.to_owned().into(),
+        );
+        builder.set_auth(auth);
+        let policy = Arc::new(crate::access::Policy::default());
+        builder.set_access(crate::access::Access(policy.clone()));
         if !options.domains.is_empty() {
             let domains: Vec<&str> = options.domains.iter().map(String::as_str).collect();
             let host = s3s::host::MultiDomain::new(&domains).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
@@ -143,6 +152,7 @@ impl Origin {
         Ok(Self {
             address,
             stats,
+            policy,
             client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
             task,
             _root: root,

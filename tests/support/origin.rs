@@ -53,6 +53,11 @@ impl TestOrigin {
         self.origin.url()
     }
 
+    /// Who may read what; change it while the origin runs.
+    pub fn policy(&self) -> &s3_accel_testkit::access::Policy {
+        &self.origin.policy
+    }
+
     pub fn credentials() -> Credentials {
         Origin::credentials()
     }

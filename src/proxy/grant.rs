@@ -1,0 +1,131 @@
+//! The request path's side of grants: which grant a request would be served from
+//! (if its mode is on), serving a hit from a live one without the origin, recording
+//! the origin's yes, and dropping grants on the origin's no.
+
+use std::time::{Instant, SystemTime};
+
+use http::{header, HeaderMap, Method, StatusCode};
+
+use super::Proxy;
+use crate::cache::grants::{GrantKey, GrantKind};
+use crate::cache::ObjectId;
+use crate::s3::auth::ClientAuth;
+use crate::s3::classify::ObjectRequest;
+use crate::s3::presign::Presigned;
+use crate::telemetry;
+
+/// The grant a request would be served from.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked {
+    pub key: GrantKey,
+    pub kind: GrantKind,
+    /// A presigned URL's own end.
+    pub ends: Option<SystemTime>,
+}
+
+/// The parts of a client request a grant's key is made of.
+pub struct Target<'a> {
+    pub method: &'a Method,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+impl Proxy {
+    /// The grant `request` would be served from: a presigned URL's (whose window was
+    /// checked: `window`), or an unsigned read's of an allow-listed bucket. Never
+    /// one of the other kind: a signed request never uses an anonymous grant, and the
+    /// reverse.
+    pub(super) fn asked(
+        &self,
+        target: &Target<'_>,
+        object: &ObjectRequest,
+        id: &ObjectId,
+        window: Option<Presigned>,
+    ) -> Option<Asked> {
+        self.grants.as_ref()?;
+        if let Some(window) = window {
+            let signed = object
+                .presign
+                .iter()
+                .find(|(k, _)| k == "X-Amz-SignedHeaders")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("");
+            let values: Vec<(&str, &[u8])> = signed
+                .split(';')
+                .map(|name| {
+                    let value = match name {
+                        "host" => target.authority.as_bytes(),
+                        name => target.headers.get(name).map_or(&b""[..], |v| v.as_bytes()),
+                    };
+                    (name, value)
+                })
+                .collect();
+            let key = GrantKey::presigned(
+                target.method.as_str(),
+                target.authority,
+                target.path,
+                target.query,
+                &values,
+            );
+            return Some(Asked {
+                key,
+                kind: GrantKind::Presigned,
+                ends: Some(window.expires),
+            });
+        }
+        let anonymous = matches!(ClientAuth::of(target.headers, &object.presign), ClientAuth::Anonymous)
+            && !target.headers.contains_key(header::AUTHORIZATION)
+            && self.auth.anonymous_buckets.contains(&object.bucket);
+        anonymous.then(|| Asked {
+            key: GrantKey::anonymous(id),
+            kind: GrantKind::Anonymous,
+            ends: None,
+        })
+    }
+
+    /// Records the origin's answer to a request that asked for a grant: a yes for
+    /// version `etag`, decided no earlier than `asked_at`.
+    pub(super) fn record_grant(
+        &self,
+        asked: Option<&Asked>,
+        id: &ObjectId,
+        status: StatusCode,
+        etag: Option<&str>,
+        asked_at: Instant,
+    ) {
+        let (Some(grants), Some(asked), Some(etag)) = (&self.grants, asked, etag) else {
+            return;
+        };
+        if matches!(
+            status,
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED
+        ) {
+            grants.record(asked.key, id, etag, asked.kind, asked_at, asked.ends);
+        }
+    }
+
+    /// The origin said no: a 403 drops every grant of the bucket, a 404 the object's.
+    pub(super) fn observe(&self, id: &ObjectId, status: StatusCode) {
+        let Some(grants) = &self.grants else { return };
+        match status {
+            StatusCode::FORBIDDEN => grants.drop_bucket(id),
+            StatusCode::NOT_FOUND => grants.drop_object(id),
+            _ => {}
+        }
+    }
+
+    /// A live grant under `asked` for this version, counted as the way the hit was
+    /// authorized.
+    pub(super) fn live_grant(&self, asked: Option<&Asked>, id: &ObjectId, etag: &str) -> bool {
+        let (Some(grants), Some(asked)) = (&self.grants, asked) else {
+            return false;
+        };
+        let live = grants.live(&asked.key, id, etag).is_some();
+        if live {
+            telemetry::hit_authorized(asked.kind.as_str());
+        }
+        live
+    }
+}

@@ -1,0 +1,166 @@
+//! Hits without an origin round trip, opt-in: grants recorded from the origin's
+//! decisions, served for a bounded window, and never to another principal.
+
+use http::StatusCode;
+use s3_accel_testkit::access::{READER_KEY, READER_SECRET};
+
+use crate::ops::admin_post;
+use crate::support::client::Call;
+use crate::support::signing::sign_request;
+use crate::support::{get, object_bytes, outcome, Credentials, Signing, TestOrigin, TestProxy};
+
+const SMALL: &str = "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"";
+
+async fn proxy_with(origin: &TestOrigin, auth: &str) -> TestProxy {
+    TestProxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &format!("origin = \"{}\"\n[auth]\n{auth}", origin.url()),
+        SMALL,
+    )
+    .await
+}
+
+/// A presigned URL for `path` on `proxy`, made once: its request-target, to be sent
+/// again byte for byte.
+fn presigned(proxy: &TestProxy, path: &str, credentials: &Credentials) -> String {
+    let host = proxy.address.to_string();
+    let mut request = http::Request::builder()
+        .uri(format!("http://{host}{path}"))
+        .header("host", &host)
+        .body(())
+        .unwrap();
+    sign_request(&mut request, &Signing::Presigned(credentials.clone()));
+    request.uri().path_and_query().unwrap().to_string()
+}
+
+fn url(target: &str) -> Call {
+    Call::get(target, &Signing::Anonymous)
+}
+
+async fn origin_with(bucket: &str, key: &str, size: usize) -> (TestOrigin, Vec<u8>) {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(bucket).await;
+    let data = object_bytes(41, size);
+    origin.put(bucket, key, &data, &[]).await;
+    (origin, data)
+}
+
+#[tokio::test]
+async fn a_presigned_url_read_again_is_served_without_the_origin() {
+    let (origin, data) = origin_with("models", "m.bin", 3 << 20).await;
+    let proxy = proxy_with(&origin, "grants = [\"presigned\"]").await;
+    let target = presigned(&proxy, "/models/m.bin", &TestOrigin::credentials());
+    let first = get(&proxy, url(&target)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(&first.body[..], &data[..]);
+    origin.stats.settled().await;
+    let requests = origin.stats.requests();
+    for _ in 0..3 {
+        let again = get(&proxy, url(&target)).await;
+        assert_eq!(&again.body[..], &data[..]);
+        assert_eq!(outcome(&again), "hit");
+    }
+    assert_eq!(
+        origin.stats.requests(),
+        requests,
+        "the same URL again: no origin request"
+    );
+    // Another URL for the same object (another key's) is the origin's to decide.
+    origin.policy().set_readable("models", true);
+    let other = presigned(&proxy, "/models/m.bin", &Credentials::new(READER_KEY, READER_SECRET));
+    assert_ne!(other, target);
+    let reply = get(&proxy, url(&other)).await;
+    assert_eq!(&reply.body[..], &data[..]);
+    assert_eq!(origin.stats.requests(), requests + 1);
+    // A flush: every URL asks the origin again.
+    let (status, _) = admin_post(&proxy, "/admin/grants/flush").await;
+    assert_eq!(status, StatusCode::OK);
+    get(&proxy, url(&target)).await;
+    assert_eq!(origin.stats.requests(), requests + 2);
+}
+
+#[tokio::test]
+async fn another_key_a_private_bucket_and_an_expired_url_never_get_a_cached_byte() {
+    let (origin, data) = origin_with("models", "m.bin", 2 << 20).await;
+    origin.put("models", "other.bin", &data, &[]).await;
+    origin.policy().set_readable("models", true);
+    let proxy = proxy_with(&origin, "grants = [\"presigned\"]").await;
+    let reader = Credentials::new(READER_KEY, READER_SECRET);
+    let target = presigned(&proxy, "/models/m.bin", &reader);
+    assert_eq!(&get(&proxy, url(&target)).await.body[..], &data[..]);
+    let requests = origin.stats.requests();
+    assert_eq!(outcome(&get(&proxy, url(&target)).await), "hit");
+    assert_eq!(origin.stats.requests(), requests);
+
+    // A key the origin does not know, on the granted object: the origin's 403.
+    let stranger = presigned(&proxy, "/models/m.bin", &Credentials::new("AKIASTRANGER", "nope"));
+    let reply = get(&proxy, url(&stranger)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(!reply.body.windows(16).any(|w| w == &data[..16]), "no cached byte");
+
+    // The bucket is made private for the reader. Its next forwarded request is
+    // refused, and from then on no grant of the bucket is served.
+    origin.policy().set_readable("models", false);
+    let elsewhere = presigned(&proxy, "/models/other.bin", &reader);
+    assert_eq!(get(&proxy, url(&elsewhere)).await.status, StatusCode::FORBIDDEN);
+    let reply = get(&proxy, url(&target)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FORBIDDEN,
+        "a granted URL after its bucket's 403"
+    );
+
+    // An expired URL, and one whose scope is malformed: refused here, the origin
+    // never asked.
+    let requests = origin.stats.requests();
+    let fresh = presigned(&proxy, "/models/m.bin", &TestOrigin::credentials());
+    let date = fresh.split("X-Amz-Date=").nth(1).unwrap()[..16].to_owned();
+    let expired = fresh
+        .replace(&date, "20200101T000000Z")
+        .replace(&format!("%2F{}%2F", &date[..8]), "%2F20200101%2F");
+    let reply = get(&proxy, url(&expired)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.text().contains("<Code>AccessDenied</Code>"), "{}", reply.text());
+    assert!(reply.text().contains("Request has expired"), "{}", reply.text());
+    let bad_scope = fresh.replace("%2Fs3%2Faws4_request", "%2Fsts%2Faws4_request");
+    let reply = get(&proxy, url(&bad_scope)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.text().contains("AuthorizationQueryParametersError"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(origin.stats.requests(), requests, "refused before the origin");
+}
+
+#[tokio::test]
+async fn anonymous_grants_serve_unsigned_reads_of_public_buckets_only() {
+    let (origin, data) = origin_with("public", "p.bin", 2 << 20).await;
+    origin.create_bucket("private").await;
+    origin.put("private", "p.bin", &data, &[]).await;
+    origin.policy().set_public("public", true);
+    let proxy = proxy_with(
+        &origin,
+        "grants = [\"anonymous\", \"presigned\"]\nanonymous_buckets = [\"public\", \"private\"]",
+    )
+    .await;
+    let unsigned = url("/public/p.bin");
+    assert_eq!(&get(&proxy, unsigned.clone()).await.body[..], &data[..]);
+    let requests = origin.stats.requests();
+    assert_eq!(outcome(&get(&proxy, unsigned.clone()).await), "hit");
+    assert_eq!(
+        origin.stats.requests(),
+        requests,
+        "an unsigned read again: no origin request"
+    );
+    // A signed read of the same object never uses the anonymous grant.
+    let signed = Call::get("/public/p.bin", &Signing::Header(TestOrigin::credentials()));
+    assert_eq!(&get(&proxy, signed).await.body[..], &data[..]);
+    assert_eq!(origin.stats.requests(), requests + 1);
+    // A presigned grant of a private bucket never serves an unsigned read: the
+    // origin refuses it (the bucket is listed, but the origin decides).
+    let target = presigned(&proxy, "/private/p.bin", &TestOrigin::credentials());
+    assert_eq!(&get(&proxy, url(&target)).await.body[..], &data[..]);
+    let reply = get(&proxy, url("/private/p.bin")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+}
