@@ -109,10 +109,17 @@ pub struct Sample {
 pub struct Client {
     http: hyper_util::client::legacy::Client<HttpConnector, Empty<Bytes>>,
     signing: Signing,
+    /// With `--presigned`: the presigned URL of each (target, path), made once and
+    /// sent again byte for byte, as a job handed a list of URLs does.
+    presigned: Option<std::sync::Arc<Mutex<HashMap<(SocketAddr, String), (String, Instant)>>>>,
 }
 
+/// A presigned URL is made again after this long (the test signer's URLs live 300 s).
+const PRESIGNED_REUSE: Duration = Duration::from_secs(240);
+
 impl Client {
-    pub fn new(credentials: Credentials) -> Self {
+    /// A client that signs as boto3 does, or (`presigned`) sends presigned URLs.
+    pub fn new(credentials: Credentials, presigned: bool) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -120,7 +127,11 @@ impl Client {
             .build(connector);
         Self {
             http,
-            signing: Signing::Header(credentials),
+            presigned: presigned.then(Default::default),
+            signing: match presigned {
+                true => Signing::Presigned(credentials),
+                false => Signing::Header(credentials),
+            },
         }
     }
 
@@ -202,6 +213,9 @@ impl Client {
     }
 
     fn request(&self, address: SocketAddr, get: &Get<'_>) -> Request<Empty<Bytes>> {
+        if let (Some(urls), false) = (&self.presigned, get.head) {
+            return self.presigned_request(urls, address, get);
+        }
         let method = if get.head { Method::HEAD } else { Method::GET };
         let mut request = Request::builder()
             .method(method)
@@ -220,5 +234,43 @@ impl Client {
         let mut request = request.body(()).expect("a valid request");
         sign_request(&mut request, &self.signing);
         request.map(|()| Empty::new())
+    }
+
+    /// A GET of the object's presigned URL (signing `host` only; `Range` and
+    /// `If-Match` ride unsigned, as they may on a presigned URL).
+    fn presigned_request(
+        &self,
+        urls: &Mutex<HashMap<(SocketAddr, String), (String, Instant)>>,
+        address: SocketAddr,
+        get: &Get<'_>,
+    ) -> Request<Empty<Bytes>> {
+        let key = (address, get.object.path.clone());
+        let mut urls = urls.lock().unwrap();
+        let target = match urls.get(&key) {
+            Some((target, made)) if made.elapsed() < PRESIGNED_REUSE => target.clone(),
+            _ => {
+                let mut request = Request::builder()
+                    .uri(format!("http://{address}{}", get.object.path))
+                    .header("host", address.to_string())
+                    .body(())
+                    .expect("a valid request");
+                sign_request(&mut request, &self.signing);
+                let target = request.uri().path_and_query().expect("a path").to_string();
+                urls.insert(key, (target.clone(), Instant::now()));
+                target
+            }
+        };
+        drop(urls);
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://{address}{target}"))
+            .header("host", address.to_string());
+        if let Some((first, last)) = get.range {
+            request = request.header("range", format!("bytes={first}-{last}"));
+        }
+        if let Some(etag) = get.if_match {
+            request = request.header("if-match", etag);
+        }
+        request.body(Empty::new()).expect("a valid request")
     }
 }

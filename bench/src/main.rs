@@ -78,6 +78,10 @@ pub struct Args {
     /// s3-accel's `cache.read_ahead_memory` (its default when unset).
     #[arg(long, value_parser = parse_size)]
     pub read_ahead_memory: Option<u64>,
+    /// Clients send presigned URLs (each made once, then reused byte for byte) and
+    /// s3-accel serves them again from `presigned` grants.
+    #[arg(long)]
+    pub presigned: bool,
     /// region-herd: how many s3-accel processes form the region.
     #[arg(long, default_value_t = 4)]
     pub nodes: usize,

@@ -334,6 +334,13 @@ impl<'a> Report<'a> {
                     verdict(r >= 1.2)
                 ));
             }
+            if let (Some(a), Some(n)) = (rate(accel), rate(self.get(Kind::Nginx))) {
+                let r = a / n.max(1e-9);
+                goals.push(format!(
+                    "s3-accel ≥ nginx's requests/s: {r:.2}× ({})",
+                    verdict(r >= 1.0)
+                ));
+            }
         }
         if self.scenario == "warm-large" {
             if let Some(r) = ratio(accel, self.get(Kind::Nginx)) {

@@ -40,12 +40,13 @@ impl Bench {
             ..OriginOptions::default()
         };
         let origin = Origin::start(options, Some(work.path())).await?;
+        let presigned = args.presigned;
         origin.create_bucket(BUCKET).await.map_err(anyhow::Error::msg)?;
         Ok(Self {
             args,
             shaping,
             origin,
-            client: Client::new(Origin::credentials()),
+            client: Client::new(Origin::credentials(), presigned),
             work,
         })
     }
@@ -95,6 +96,7 @@ impl Bench {
             admin_port: 0,
             peers: None,
             nodes: self.args.nodes,
+            presigned_grants: self.args.presigned,
         }
     }
 
@@ -241,7 +243,7 @@ async fn run_scenario(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::
     let objects = bench.upload(&scenario.objects, seed).await?;
     let setting = format!(
         "{}; s3-accel: {} chunks, memory tier {}, disk tier {}; nginx: slice {}; {} round(s), targets interleaved; \
-         time limit {} per run; {} cores.",
+         time limit {} per run; {} cores.{}",
         describe_shaping(args, &bench.shaping),
         format_size(args.chunk_size),
         format_size(args.memory_cache),
@@ -250,6 +252,11 @@ async fn run_scenario(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::
         args.rounds,
         humantime::format_duration(args.time_limit),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if args.presigned {
+            " Clients send presigned URLs, each made once and reused; s3-accel has `presigned` grants on."
+        } else {
+            ""
+        },
     );
     let mut report = Report::new(scenario.name, &scenario.summary, setting, scenario.unique_bytes());
     report.rounds = args.rounds;
@@ -282,7 +289,11 @@ async fn run_scenario(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::
     }
     let markdown = report.markdown();
     println!("\n{markdown}");
-    let (md, svg) = result_paths(&args.results, scenario.name);
+    let name = match args.presigned {
+        true => format!("{}-presigned", scenario.name),
+        false => scenario.name.to_owned(),
+    };
+    let (md, svg) = result_paths(&args.results, &name);
     std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
     report.svg(&svg).with_context(|| format!("drawing {}", svg.display()))?;
     eprintln!("wrote {} and {}", md.display(), svg.display());

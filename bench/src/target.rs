@@ -81,6 +81,8 @@ pub struct ProxySettings<'a> {
     pub peers: Option<PeerSettings>,
     /// How many processes a region target starts.
     pub nodes: usize,
+    /// s3-accel serves a presigned URL read again from a grant (`[auth]`).
+    pub presigned_grants: bool,
 }
 
 impl ProxySettings<'_> {
@@ -109,7 +111,7 @@ impl ProxySettings<'_> {
          {}{}{}\
          [credentials]\n\
          access_key_id = \"{ACCESS_KEY}\"\n\
-         secret_access_key = \"{SECRET_KEY}\"\n{peers}",
+         secret_access_key = \"{SECRET_KEY}\"\n{peers}{}",
             SocketAddr::new(self.ip, 0),
             SocketAddr::new(self.ip, self.admin_port),
             self.origin,
@@ -123,6 +125,10 @@ impl ProxySettings<'_> {
                 "read_ahead_memory = \"{}\"\n",
                 format_size(m)
             )),
+            match self.presigned_grants {
+                true => "[auth]\ngrants = [\"presigned\"]\n",
+                false => "",
+            },
         )
     }
 }
