@@ -111,8 +111,11 @@ pub struct Client {
     signing: Signing,
     /// With `--presigned`: the presigned URL of each (target, path), made once and
     /// sent again byte for byte, as a job handed a list of URLs does.
-    presigned: Option<std::sync::Arc<Mutex<HashMap<(SocketAddr, String), (String, Instant)>>>>,
+    presigned: Option<std::sync::Arc<PresignedUrls>>,
 }
+
+/// Presigned request-targets by (target address, object path), with when each was made.
+type PresignedUrls = Mutex<HashMap<(SocketAddr, String), (String, Instant)>>;
 
 /// A presigned URL is made again after this long (the test signer's URLs live 300 s).
 const PRESIGNED_REUSE: Duration = Duration::from_secs(240);
@@ -240,7 +243,7 @@ impl Client {
     /// `If-Match` ride unsigned, as they may on a presigned URL).
     fn presigned_request(
         &self,
-        urls: &Mutex<HashMap<(SocketAddr, String), (String, Instant)>>,
+        urls: &PresignedUrls,
         address: SocketAddr,
         get: &Get<'_>,
     ) -> Request<Empty<Bytes>> {
