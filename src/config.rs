@@ -815,6 +815,32 @@ mod tests {
     }
 
     #[test]
+    fn grant_modes_are_opt_in_and_bounded() {
+        let with = |auth: &str| Config::from_toml(&format!("origin = \"http://a\"\n[auth]\n{auth}"));
+        let off = Config::from_toml("origin = \"http://a\"").unwrap().auth;
+        assert!(!off.grants(), "no grants unless a mode is on");
+        let on = with("grants = [\"presigned\"]").unwrap().auth;
+        assert!(on.presigned && on.grants());
+        assert_eq!(on.grant_ttl, Duration::from_secs(30));
+        let anonymous = with("grants = [\"anonymous\"]\nanonymous_buckets = [\"p\"]")
+            .unwrap()
+            .auth;
+        assert_eq!(anonymous.anonymous_buckets, vec!["p".to_string()]);
+        assert!(!anonymous.presigned);
+        assert_eq!(error_key(with("grants = [\"anonymous\"]")), "auth.anonymous_buckets");
+        assert_eq!(error_key(with("grants = [\"everyone\"]")), "auth.grants");
+        assert_eq!(
+            error_key(with("grants = [\"presigned\"]\ngrant_ttl = \"301s\"")),
+            "auth.grant_ttl"
+        );
+        assert_eq!(
+            error_key(with("grants = [\"presigned\"]\ngrant_ttl = \"0s\"")),
+            "auth.grant_ttl"
+        );
+        assert!(with("grants = [\"presigned\"]\ngrant_ttl = \"300s\"").is_ok());
+    }
+
+    #[test]
     fn copies_of_other_nodes_chunks_take_an_eighth_of_memory_only_with_peers() {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("keys");

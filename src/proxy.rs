@@ -91,6 +91,8 @@ pub struct Proxy {
     region_gate: Option<RegionGate>,
     /// Origin decisions served again without asking, when a mode is on.
     grants: Option<Arc<Grants>>,
+    /// Grants being asked about again in the background.
+    revalidating: Arc<std::sync::Mutex<std::collections::HashSet<crate::cache::grants::GrantKey>>>,
     auth: AuthConfig,
     /// Turns of this node's gate held for other nodes probing (it owns the objects'
     /// metadata keys), with an id each.
@@ -125,6 +127,7 @@ impl Proxy {
                 .grants()
                 .then(|| Arc::new(Grants::new(config.auth.grant_ttl, config.auth.grant_memory))),
             auth: config.auth.clone(),
+            revalidating: Arc::default(),
         })
     }
 
@@ -360,13 +363,18 @@ impl Proxy {
             .filter(|_| !plan.client_conditionals)
             .and_then(|meta| Some((meta, Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode)?)));
         // A live grant for this version answers without the origin.
-        let answerable = match answerable {
-            Some((meta, Ok(shape))) if self.live_grant(grant, &plan.object, &meta.etag) => {
+        let live = match &answerable {
+            Some((meta, Ok(_))) => self.live_grant(grant, &plan.object, &meta.etag),
+            _ => None,
+        };
+        let answerable = match (answerable, live, grant) {
+            (Some((meta, Ok(shape))), Some(live), Some(asked)) => {
+                self.revalidate(route, probe, asked, &live);
                 let object = self.cached_object(route, authority, &plan, auth, meta.clone());
                 let (response, source) = object.respond(shape, plan.overrides, request_id, None).await?;
                 return Ok((response, Outcome::of(source)));
             }
-            answerable => answerable,
+            (answerable, _, _) => answerable,
         };
         let condition = answerable
             .as_ref()

@@ -98,6 +98,26 @@ async fn another_key_a_private_bucket_and_an_expired_url_never_get_a_cached_byte
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert!(!reply.body.windows(16).any(|w| w == &data[..16]), "no cached byte");
 
+    // A HEAD's presigned URL sent as a GET: another grant key (the method is in
+    // it), so the origin decides, and refuses the signature.
+    let head = {
+        let host = proxy.address.to_string();
+        let mut request = http::Request::builder()
+            .method("HEAD")
+            .uri(format!("http://{host}/models/m.bin"))
+            .header("host", &host)
+            .body(())
+            .unwrap();
+        sign_request(&mut request, &Signing::Presigned(reader.clone()));
+        request.uri().path_and_query().unwrap().to_string()
+    };
+    let requests = origin.stats.requests();
+    let reply = get(&proxy, url(&head)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "a HEAD signature reused on GET");
+    assert_eq!(origin.stats.requests(), requests + 1, "the origin decided");
+    origin.policy().set_readable("models", true);
+    assert_eq!(&get(&proxy, url(&target)).await.body[..], &data[..]);
+
     // The bucket is made private for the reader. Its next forwarded request is
     // refused, and from then on no grant of the bucket is served.
     origin.policy().set_readable("models", false);
@@ -163,4 +183,45 @@ async fn anonymous_grants_serve_unsigned_reads_of_public_buckets_only() {
     assert_eq!(&get(&proxy, url(&target)).await.body[..], &data[..]);
     let reply = get(&proxy, url("/private/p.bin")).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_grant_past_half_its_ttl_is_renewed_in_the_background_and_sees_a_change() {
+    use std::time::Duration;
+    let (origin, data) = origin_with("models", "m.bin", 1 << 20).await;
+    origin.put("models", "n.bin", &data, &[]).await;
+    origin.policy().set_readable("models", true);
+    let proxy = proxy_with(&origin, "grants = [\"presigned\"]\ngrant_ttl = \"4s\"").await;
+    let target = presigned(&proxy, "/models/m.bin", &Credentials::new(READER_KEY, READER_SECRET));
+    assert_eq!(&get(&proxy, url(&target)).await.body[..], &data[..]);
+    origin.stats.settled().await;
+    // Past half the TTL: served at once from the grant, and asked about again in
+    // the background (the origin answers 304: the grant is renewed).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let requests = origin.stats.requests();
+    let reply = get(&proxy, url(&target)).await;
+    assert_eq!((&reply.body[..], outcome(&reply)), (&data[..], "hit"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(origin.stats.requests(), requests + 1, "one background probe");
+    // The key loses its access. Past the first grant's TTL, the renewed grant still
+    // serves (the documented window); once it has lapsed, the origin's 403.
+    origin.policy().set_readable("models", false);
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let reply = get(&proxy, url(&target)).await;
+    assert_eq!(reply.status, StatusCode::OK, "served by the renewed grant");
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    assert_eq!(get(&proxy, url(&target)).await.status, StatusCode::FORBIDDEN);
+
+    // Overwritten: the cached version is served until the background probe sees
+    // the change; after it, the new version.
+    let target = presigned(&proxy, "/models/n.bin", &TestOrigin::credentials());
+    assert_eq!(&get(&proxy, url(&target)).await.body[..], &data[..]);
+    let new = object_bytes(43, 1 << 20);
+    origin.put("models", "n.bin", &new, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = get(&proxy, url(&target)).await;
+    assert_eq!(&stale.body[..], &data[..], "within the window: the cached version");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = get(&proxy, url(&target)).await;
+    assert_eq!(&fresh.body[..], &new[..], "after the background probe saw the change");
 }

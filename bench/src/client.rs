@@ -241,12 +241,7 @@ impl Client {
 
     /// A GET of the object's presigned URL (signing `host` only; `Range` and
     /// `If-Match` ride unsigned, as they may on a presigned URL).
-    fn presigned_request(
-        &self,
-        urls: &PresignedUrls,
-        address: SocketAddr,
-        get: &Get<'_>,
-    ) -> Request<Empty<Bytes>> {
+    fn presigned_request(&self, urls: &PresignedUrls, address: SocketAddr, get: &Get<'_>) -> Request<Empty<Bytes>> {
         let key = (address, get.object.path.clone());
         let mut urls = urls.lock().unwrap();
         let target = match urls.get(&key) {

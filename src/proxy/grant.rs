@@ -4,11 +4,14 @@
 
 use std::time::{Instant, SystemTime};
 
-use http::{header, HeaderMap, Method, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::Empty;
 
 use super::Proxy;
-use crate::cache::grants::{GrantKey, GrantKind};
+use crate::cache::grants::{Grant, GrantKey, GrantKind};
 use crate::cache::ObjectId;
+use crate::origin::{self, Route};
 use crate::s3::auth::ClientAuth;
 use crate::s3::classify::ObjectRequest;
 use crate::s3::presign::Presigned;
@@ -118,14 +121,49 @@ impl Proxy {
 
     /// A live grant under `asked` for this version, counted as the way the hit was
     /// authorized.
-    pub(super) fn live_grant(&self, asked: Option<&Asked>, id: &ObjectId, etag: &str) -> bool {
-        let (Some(grants), Some(asked)) = (&self.grants, asked) else {
-            return false;
-        };
-        let live = grants.live(&asked.key, id, etag).is_some();
-        if live {
-            telemetry::hit_authorized(asked.kind.as_str());
+    pub(super) fn live_grant(&self, asked: Option<&Asked>, id: &ObjectId, etag: &str) -> Option<Grant> {
+        let grant = self.grants.as_ref()?.live(&asked?.key, id, etag)?;
+        telemetry::hit_authorized(grant.kind.as_str());
+        Some(grant)
+    }
+
+    /// Asks the origin again, in the background, about a grant older than half its
+    /// TTL (`probe`: the client's own request): a yes renews it, a changed object
+    /// is forgotten (its next read is cold), a no drops grants as any refusal does.
+    /// One such probe per grant at a time; the client is not kept waiting.
+    pub(super) fn revalidate(&self, route: &Route, probe: Request<Empty<Bytes>>, asked: &Asked, grant: &Grant) {
+        let Some(grants) = self.grants.clone() else { return };
+        if grant.at.elapsed() < grants.ttl() / 2 || !self.revalidating.lock().expect("revalidating").insert(asked.key) {
+            return;
         }
-        live
+        let (region, cache, revalidating) = (route.region.clone(), self.cache.clone(), self.revalidating.clone());
+        let (asked, grant) = (*asked, grant.clone());
+        tokio::spawn(async move {
+            let mut probe = probe;
+            if let Ok(etag) = HeaderValue::from_str(&grant.etag) {
+                probe.headers_mut().insert(header::IF_NONE_MATCH, etag);
+            }
+            let asked_at = Instant::now();
+            match region.client.send(probe, "revalidate").await {
+                Ok(response) => {
+                    let status = response.status();
+                    let etag = response.headers().get(header::ETAG).and_then(|v| v.to_str().ok());
+                    let same = status == StatusCode::NOT_MODIFIED || etag == Some(grant.etag.as_str());
+                    match status {
+                        StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED if same => {
+                            grants.record(asked.key, &grant.object, &grant.etag, asked.kind, asked_at, asked.ends);
+                        }
+                        StatusCode::OK | StatusCode::PARTIAL_CONTENT => cache.remove_meta(&grant.object),
+                        StatusCode::FORBIDDEN => grants.drop_bucket(&grant.object),
+                        StatusCode::NOT_FOUND => grants.drop_object(&grant.object),
+                        _ => {}
+                    }
+                    // A body the origin sent anyway is not read.
+                    origin::poison(&response);
+                }
+                Err(error) => tracing::debug!(error = %crate::error::error_chain(&error), "revalidating a grant"),
+            }
+            revalidating.lock().expect("revalidating").remove(&asked.key);
+        });
     }
 }
