@@ -4,7 +4,7 @@
 use http::StatusCode;
 use s3_accel_testkit::access::{READER_KEY, READER_SECRET};
 
-use crate::ops::admin_post;
+use crate::ops::{admin_get, admin_post, sample};
 use crate::support::client::Call;
 use crate::support::signing::sign_request;
 use crate::support::{get, object_bytes, outcome, Credentials, Signing, TestOrigin, TestProxy};
@@ -133,6 +133,11 @@ async fn another_key_a_private_bucket_and_an_expired_url_never_get_a_cached_byte
     // An expired URL, and one whose scope is malformed: refused here, the origin
     // never asked.
     let requests = origin.stats.requests();
+    let refusals = || async {
+        let (_, metrics) = admin_get(&proxy, "/metrics").await;
+        sample(&metrics, "s3accel_local_refusals_total", "reason=\"expired\"").unwrap_or(0.0)
+    };
+    let refused_before = refusals().await;
     let fresh = presigned(&proxy, "/models/m.bin", &TestOrigin::credentials());
     let date = fresh.split("X-Amz-Date=").nth(1).unwrap()[..16].to_owned();
     let expired = fresh
@@ -151,6 +156,7 @@ async fn another_key_a_private_bucket_and_an_expired_url_never_get_a_cached_byte
         reply.text()
     );
     assert_eq!(origin.stats.requests(), requests, "refused before the origin");
+    assert!(refusals().await > refused_before, "local refusals are counted");
 }
 
 #[tokio::test]
