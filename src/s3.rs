@@ -5,6 +5,7 @@ pub mod auth;
 pub mod classify;
 pub mod presign;
 pub mod range;
+pub mod sigv4;
 pub mod xml;
 
 use http::{HeaderMap, HeaderName};

@@ -73,7 +73,7 @@ fn window<'a>(param: &impl Fn(&str) -> Option<&'a str>, now: SystemTime) -> Resu
 }
 
 /// `yyyymmddThhmmssZ` as a time.
-fn parse_amz_date(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse_amz_date(text: &str) -> Option<SystemTime> {
     let bytes = text.as_bytes();
     if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
         return None;
