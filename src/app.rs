@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::server::Front;
-use crate::{admin, cache, error, origin, peers, proxy, server, telemetry, tls};
+use crate::{admin, cache, error, origin, peers, proxy, s3, server, telemetry, tls};
 
 /// A bound, not yet running s3-accel.
 pub struct App {
@@ -36,7 +36,21 @@ impl App {
             ),
             None => None,
         };
-        let proxy = proxy::Proxy::new(router, cache.clone(), config, peers);
+        let verified = match &config.auth.verified_keys {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    io::Error::other(format!("cannot read auth.verified_keys_file {}: {e}", path.display()))
+                })?;
+                let keys = Arc::new(
+                    s3::keys::VerifiedKeys::from_text(&text)
+                        .map_err(|e| io::Error::other(format!("auth.verified_keys_file {}: {e}", path.display())))?,
+                );
+                tokio::spawn(keys.clone().watch(path.clone(), config.auth.verified_keys_reload, text));
+                Some(keys)
+            }
+            None => None,
+        };
+        let proxy = proxy::Proxy::new(router, cache.clone(), config, peers, verified);
         if let Some(grants) = proxy.grants() {
             tokio::spawn(admin::flush_on_hangup(grants.clone()));
         }

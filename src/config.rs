@@ -838,6 +838,15 @@ mod tests {
             "auth.grant_ttl"
         );
         assert!(with("grants = [\"presigned\"]\ngrant_ttl = \"300s\"").is_ok());
+        assert_eq!(
+            error_key(with("grants = [\"verified_keys\"]")),
+            "auth.verified_keys_file"
+        );
+        let verified = with("grants = [\"verified_keys\"]\nverified_keys_file = \"/k\"")
+            .unwrap()
+            .auth;
+        assert_eq!(verified.verified_keys.as_deref(), Some(std::path::Path::new("/k")));
+        assert!(verified.grants());
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub enum ProxyError {
     /// on, refused before any cache lookup, as S3 would)
     #[error(transparent)]
     Presign(#[from] crate::s3::presign::PresignError),
+    /// With `verified_keys` on, a request signed with one of those keys whose
+    /// signature does not check: 403 SignatureDoesNotMatch, RequestTimeTooSkewed or
+    /// AccessDenied (expired); 400 AuthorizationHeaderMalformed
+    #[error(transparent)]
+    Signature(#[from] crate::s3::sigv4::SigV4Error),
 }
 
 impl ProxyError {
@@ -70,6 +75,19 @@ impl ProxyError {
             Self::Presign(crate::s3::presign::PresignError::Expired) => (StatusCode::FORBIDDEN, "AccessDenied"),
             Self::Presign(crate::s3::presign::PresignError::Malformed(_)) => {
                 (StatusCode::BAD_REQUEST, "AuthorizationQueryParametersError")
+            }
+            Self::Signature(error) => {
+                use crate::s3::sigv4::SigV4Error;
+                match error {
+                    SigV4Error::Skewed => (StatusCode::FORBIDDEN, "RequestTimeTooSkewed"),
+                    SigV4Error::Expired => (StatusCode::FORBIDDEN, "AccessDenied"),
+                    SigV4Error::Scope(_) | SigV4Error::Malformed(_) => {
+                        (StatusCode::BAD_REQUEST, "AuthorizationHeaderMalformed")
+                    }
+                    SigV4Error::Mismatch | SigV4Error::UnknownKey | SigV4Error::NotSigV4 => {
+                        (StatusCode::FORBIDDEN, "SignatureDoesNotMatch")
+                    }
+                }
             }
         }
     }

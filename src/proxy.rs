@@ -28,6 +28,7 @@ use crate::error::{error_chain, ProxyError};
 use crate::origin::{self, OriginBody, Route, Router};
 use crate::peers::protocol::ChunkRequest;
 use crate::peers::Peers;
+use crate::s3::keys::VerifiedKeys;
 use crate::s3::range::RangeRequest;
 use crate::s3::{self, Operation};
 use crate::telemetry;
@@ -91,6 +92,8 @@ pub struct Proxy {
     region_gate: Option<RegionGate>,
     /// Origin decisions served again without asking, when a mode is on.
     grants: Option<Arc<Grants>>,
+    /// `verified_keys`: the access keys whose SigV4 is checked here.
+    verified: Option<Arc<VerifiedKeys>>,
     /// Grants being asked about again in the background.
     revalidating: Arc<std::sync::Mutex<std::collections::HashSet<crate::cache::grants::GrantKey>>>,
     auth: AuthConfig,
@@ -102,7 +105,13 @@ pub struct Proxy {
 type RemoteTurns = Arc<std::sync::Mutex<std::collections::HashMap<ObjectId, (u64, plan::ColdTurn)>>>;
 
 impl Proxy {
-    pub fn new(router: Router, cache: Arc<ChunkCache>, config: &Config, peers: Option<Arc<Peers>>) -> Arc<Self> {
+    pub fn new(
+        router: Router,
+        cache: Arc<ChunkCache>,
+        config: &Config,
+        peers: Option<Arc<Peers>>,
+        verified: Option<Arc<VerifiedKeys>>,
+    ) -> Arc<Self> {
         let fill_permits = (config.cache.fill_memory / config.cache.chunk_size).max(1) as usize;
         Arc::new(Self {
             router,
@@ -128,6 +137,7 @@ impl Proxy {
                 .then(|| Arc::new(Grants::new(config.auth.grant_ttl, config.auth.grant_memory))),
             auth: config.auth.clone(),
             revalidating: Arc::default(),
+            verified,
         })
     }
 
@@ -256,7 +266,8 @@ impl Proxy {
             &object,
             &id,
             window,
-        );
+            route.region.config.signing_region.as_deref(),
+        )?;
 
         // The client's own signed request, unchanged: the origin authorizes it.
         let probe = forward::origin_request(&request, route.region.client.origin(), &authority)?;

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod classify;
+pub mod keys;
 pub mod presign;
 pub mod range;
 pub mod sigv4;

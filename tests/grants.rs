@@ -231,3 +231,66 @@ async fn a_grant_past_half_its_ttl_is_renewed_in_the_background_and_sees_a_chang
     let fresh = get(&proxy, url(&target)).await;
     assert_eq!(&fresh.body[..], &new[..], "after the background probe saw the change");
 }
+
+#[tokio::test]
+async fn verified_keys_are_checked_here_and_served_from_the_origins_earlier_yes() {
+    use crate::support::origin::{ACCESS_KEY, SECRET_KEY};
+    let (origin, data) = origin_with("models", "m.bin", 2 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("verified-keys");
+    std::fs::write(
+        &keys,
+        format!("{ACCESS_KEY} {SECRET_KEY}\n{READER_KEY} {READER_SECRET}\n"),
+    )
+    .unwrap();
+    let proxy = proxy_with(
+        &origin,
+        &format!(
+            "grants = [\"verified_keys\"]\nverified_keys_file = \"{}\"\nverified_keys_reload = \"100ms\"",
+            keys.display()
+        ),
+    )
+    .await;
+    let signed = |credentials: Credentials| Call::get("/models/m.bin", &Signing::Header(credentials));
+    // The origin's yes to the key, then every request the key signs for the object
+    // (each with its own signature) is a hit without the origin.
+    assert_eq!(
+        &get(&proxy, signed(TestOrigin::credentials())).await.body[..],
+        &data[..]
+    );
+    origin.stats.settled().await;
+    let requests = origin.stats.requests();
+    for _ in 0..3 {
+        let reply = get(&proxy, signed(TestOrigin::credentials())).await;
+        assert_eq!((&reply.body[..], outcome(&reply)), (&data[..], "hit"));
+    }
+    assert_eq!(
+        origin.stats.requests(),
+        requests,
+        "verified here, granted by the origin earlier"
+    );
+    // A forged signature with a known key id: refused here.
+    let forged = get(&proxy, signed(Credentials::new(ACCESS_KEY, "not-the-secret"))).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(forged.text().contains("SignatureDoesNotMatch"), "{}", forged.text());
+    assert_eq!(origin.stats.requests(), requests, "refused before the origin");
+    // Another verified key on the granted object: its own grant, which it has not:
+    // the origin decides (and refuses).
+    let other = get(&proxy, signed(Credentials::new(READER_KEY, READER_SECRET))).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_eq!(origin.stats.requests(), requests + 1);
+    // The key is removed from the file: at the next read it is no longer verified
+    // here, and the origin authorizes it again.
+    std::fs::write(&keys, format!("{READER_KEY} {READER_SECRET}\n")).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let requests = origin.stats.requests();
+    assert_eq!(
+        &get(&proxy, signed(TestOrigin::credentials())).await.body[..],
+        &data[..]
+    );
+    assert_eq!(
+        origin.stats.requests(),
+        requests + 1,
+        "a revoked key goes to the origin"
+    );
+}

@@ -23,6 +23,8 @@ pub enum GrantKind {
     Presigned,
     /// An unsigned read of an allow-listed bucket.
     Anonymous,
+    /// A request whose SigV4 signature s3-accel verified (`verified_keys`).
+    Verified,
 }
 
 impl GrantKind {
@@ -30,6 +32,7 @@ impl GrantKind {
         match self {
             Self::Presigned => "presigned",
             Self::Anonymous => "anonymous",
+            Self::Verified => "verified",
         }
     }
 }
@@ -57,6 +60,21 @@ impl GrantKey {
         let version = object.version_id.as_deref().unwrap_or("");
         Self::of(&[
             b"anonymous",
+            object.origin.as_bytes(),
+            object.bucket.as_bytes(),
+            object.key.as_bytes(),
+            version.as_bytes(),
+        ])
+    }
+
+    /// A verified principal's grant: its access key and session token, and the
+    /// object version (any request it signs for that object finds it).
+    pub fn verified(access_key: &str, session_token: Option<&str>, object: &ObjectId) -> Self {
+        let version = object.version_id.as_deref().unwrap_or("");
+        Self::of(&[
+            b"verified",
+            access_key.as_bytes(),
+            session_token.unwrap_or("").as_bytes(),
             object.origin.as_bytes(),
             object.bucket.as_bytes(),
             object.key.as_bytes(),

@@ -18,12 +18,16 @@ pub struct AuthConfig {
     pub grant_ttl: Duration,
     /// Memory for grants, least recently used first out.
     pub grant_memory: u64,
+    /// `verified_keys`: the file of access keys whose SigV4 s3-accel verifies.
+    pub verified_keys: Option<std::path::PathBuf>,
+    /// How often that file is read again.
+    pub verified_keys_reload: Duration,
 }
 
 impl AuthConfig {
     /// Whether any mode keeps grants.
     pub fn grants(&self) -> bool {
-        self.presigned || !self.anonymous_buckets.is_empty()
+        self.presigned || !self.anonymous_buckets.is_empty() || self.verified_keys.is_some()
     }
 }
 
@@ -34,6 +38,11 @@ pub(super) fn auth_config(section: &AuthSection) -> Result<AuthConfig, ConfigErr
             Some(text) => parse_size(text).map_err(|reason| invalid("auth.grant_memory", reason))?,
             None => 64 << 20,
         },
+        verified_keys_reload: duration_or(
+            section.verified_keys_reload.as_deref(),
+            "auth.verified_keys_reload",
+            Duration::from_secs(10),
+        )?,
         ..AuthConfig::default()
     };
     for mode in section.grants.iter().flatten() {
@@ -48,10 +57,19 @@ pub(super) fn auth_config(section: &AuthSection) -> Result<AuthConfig, ConfigErr
                     ));
                 }
             }
+            "verified_keys" => match &section.verified_keys_file {
+                Some(path) => config.verified_keys = Some(path.into()),
+                None => {
+                    return Err(invalid(
+                        "auth.verified_keys_file",
+                        "name the file of access keys `verified_keys` verifies",
+                    ))
+                }
+            },
             other => {
                 return Err(invalid(
                     "auth.grants",
-                    format!("`{other}` is not a mode: presigned, anonymous"),
+                    format!("`{other}` is not a mode: presigned, anonymous, verified_keys"),
                 ))
             }
         }

@@ -39,6 +39,8 @@ pub struct AuthSection {
     pub grant_ttl: Option<String>,
     pub grant_memory: Option<String>,
     pub anonymous_buckets: Option<Vec<String>>,
+    pub verified_keys_file: Option<String>,
+    pub verified_keys_reload: Option<String>,
 }
 
 /// The DaemonSet peers of a region, one cache.

@@ -11,10 +11,12 @@ use http_body_util::Empty;
 use super::Proxy;
 use crate::cache::grants::{Grant, GrantKey, GrantKind};
 use crate::cache::ObjectId;
+use crate::error::ProxyError;
 use crate::origin::{self, Route};
 use crate::s3::auth::ClientAuth;
 use crate::s3::classify::ObjectRequest;
 use crate::s3::presign::Presigned;
+use crate::s3::sigv4::{self, SigV4Error, Signed};
 use crate::telemetry;
 
 /// The grant a request would be served from.
@@ -46,8 +48,46 @@ impl Proxy {
         object: &ObjectRequest,
         id: &ObjectId,
         window: Option<Presigned>,
+        signing_region: Option<&str>,
+    ) -> Result<Option<Asked>, ProxyError> {
+        if self.grants.is_none() {
+            return Ok(None);
+        }
+        // A key s3-accel verifies: its signature is checked here (a bad one is
+        // refused here), and the principal's grant is its key's for the object.
+        if let Some(keys) = &self.verified {
+            let signed = Signed {
+                method: target.method.as_str(),
+                path: target.path,
+                query: target.query,
+                headers: target.headers,
+                authority: target.authority,
+            };
+            match sigv4::verify(&signed, |key| keys.secret(key), signing_region, SystemTime::now()) {
+                Ok(verified) => {
+                    return Ok(Some(Asked {
+                        key: GrantKey::verified(&verified.access_key, verified.session_token.as_deref(), id),
+                        kind: GrantKind::Verified,
+                        ends: verified.expires,
+                    }))
+                }
+                Err(SigV4Error::UnknownKey | SigV4Error::NotSigV4) => {}
+                Err(refused) => {
+                    metrics::counter!(telemetry::LOCAL_REFUSALS, "reason" => "signature").increment(1);
+                    return Err(refused.into());
+                }
+            }
+        }
+        Ok(self.asked_unverified(target, object, id, window))
+    }
+
+    fn asked_unverified(
+        &self,
+        target: &Target<'_>,
+        object: &ObjectRequest,
+        id: &ObjectId,
+        window: Option<Presigned>,
     ) -> Option<Asked> {
-        self.grants.as_ref()?;
         if let Some(window) = window {
             let signed = object
                 .presign
@@ -78,7 +118,8 @@ impl Proxy {
                 ends: Some(window.expires),
             });
         }
-        let anonymous = matches!(ClientAuth::of(target.headers, &object.presign), ClientAuth::Anonymous)
+        let anonymous = !self.auth.anonymous_buckets.is_empty()
+            && matches!(ClientAuth::of(target.headers, &object.presign), ClientAuth::Anonymous)
             && !target.headers.contains_key(header::AUTHORIZATION)
             && self.auth.anonymous_buckets.contains(&object.bucket);
         anonymous.then(|| Asked {

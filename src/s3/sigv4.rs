@@ -37,6 +37,8 @@ struct Claimed<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub access_key: String,
+    /// The session token it was signed with (temporary keys), if any.
+    pub session_token: Option<String>,
     /// A presigned URL's own end.
     pub expires: Option<SystemTime>,
 }
@@ -72,11 +74,12 @@ pub struct Signed<'a> {
 }
 
 /// Checks `request`'s SigV4 signature (header or presigned) with the secret
-/// `secret_of` gives for its access key, for `region` and the service `s3`, at `now`.
+/// `secret_of` gives for its access key, for `region` (any, when `None`) and the
+/// service `s3`, at `now`.
 pub fn verify(
     request: &Signed<'_>,
     secret_of: impl Fn(&str) -> Option<String>,
-    region: &str,
+    region: Option<&str>,
     now: SystemTime,
 ) -> Result<Verified, SigV4Error> {
     let params = query_params(request.query);
@@ -84,7 +87,7 @@ pub fn verify(
     if claimed.scope_date != claimed.amz_date.get(..8).unwrap_or("") {
         return Err(SigV4Error::Scope("its date is not that of X-Amz-Date"));
     }
-    if claimed.region != region {
+    if region.is_some_and(|region| claimed.region != region) {
         return Err(SigV4Error::Scope("another region"));
     }
     if claimed.service != "s3" || claimed.terminator != "aws4_request" {
@@ -143,7 +146,19 @@ pub fn verify(
     if !matched {
         return Err(SigV4Error::Mismatch);
     }
+    let token = request
+        .headers
+        .get("x-amz-security-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            params
+                .iter()
+                .find(|(k, _)| k == "X-Amz-Security-Token")
+                .map(|(_, v)| v.clone())
+        });
     Ok(Verified {
+        session_token: token,
         access_key: claimed.access_key.to_owned(),
         expires,
     })
@@ -381,7 +396,7 @@ mod tests {
             headers,
             authority: HOST,
         };
-        verify(&request, secrets, region, now)
+        verify(&request, secrets, Some(region), now)
     }
 
     #[test]
@@ -389,7 +404,10 @@ mod tests {
         let headers = header_signed();
         let query = "versionId=v%2B1&partNumber=2";
         let verified = check("GET", PATH, query, &headers, "default", at(60)).unwrap();
-        assert_eq!((verified.access_key.as_str(), verified.expires), (KEY, None));
+        assert_eq!(
+            (verified.access_key.as_str(), verified.expires, verified.session_token),
+            (KEY, None, None)
+        );
         let mut host_only = HeaderMap::new();
         host_only.insert("host", HeaderValue::from_static(HOST));
         let verified = check("GET", PATH, BOTOCORE_PRESIGNED_QUERY, &host_only, "default", at(60)).unwrap();
@@ -427,7 +445,7 @@ mod tests {
                     headers: request.headers(),
                     authority: HOST,
                 };
-                let result = verify(&signed, secrets, "default", SystemTime::now());
+                let result = verify(&signed, secrets, Some("default"), SystemTime::now());
                 assert!(result.is_ok(), "{path} {signing:?}: {result:?}");
             }
         }
