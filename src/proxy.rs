@@ -256,8 +256,8 @@ impl Proxy {
         };
         let id = plan::object_id(&route, &object);
         let grant = self.asked(
-            &grant::Target {
-                method: request.method(),
+            &s3::sigv4::Signed {
+                method: request.method().as_str(),
                 authority: &authority,
                 path: uri.path(),
                 query: uri.query().unwrap_or(""),

@@ -23,8 +23,13 @@ async fn proxy_with(origin: &TestOrigin, auth: &str) -> TestProxy {
 /// A presigned URL for `path` on `proxy`, made once: its request-target, to be sent
 /// again byte for byte.
 fn presigned(proxy: &TestProxy, path: &str, credentials: &Credentials) -> String {
+    presigned_for("GET", proxy, path, credentials)
+}
+
+fn presigned_for(method: &str, proxy: &TestProxy, path: &str, credentials: &Credentials) -> String {
     let host = proxy.address.to_string();
     let mut request = http::Request::builder()
+        .method(method)
         .uri(format!("http://{host}{path}"))
         .header("host", &host)
         .body(())
@@ -120,17 +125,7 @@ async fn another_key_a_private_bucket_and_an_expired_url_never_get_a_cached_byte
 
     // A HEAD's presigned URL sent as a GET: another grant key (the method is in
     // it), so the origin decides, and refuses the signature.
-    let head = {
-        let host = proxy.address.to_string();
-        let mut request = http::Request::builder()
-            .method("HEAD")
-            .uri(format!("http://{host}/models/m.bin"))
-            .header("host", &host)
-            .body(())
-            .unwrap();
-        sign_request(&mut request, &Signing::Presigned(reader.clone()));
-        request.uri().path_and_query().unwrap().to_string()
-    };
+    let head = presigned_for("HEAD", &proxy, "/models/m.bin", &reader);
     let requests = origin.stats.requests();
     let reply = get(&proxy, url(&head)).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "a HEAD signature reused on GET");

@@ -67,6 +67,48 @@ pub struct ChunkRequest {
 #[error("a peer's request does not decode: {0}")]
 pub struct DecodeError(&'static str);
 
+/// A request's `name<TAB>value` lines: fields given once, and the repeated
+/// `header` and `checksum` lines (`name<TAB>header<TAB>value`).
+struct Lines<'a> {
+    fields: std::collections::HashMap<&'a str, &'a str>,
+    headers: Vec<(String, String)>,
+    checksums: Vec<(String, String)>,
+}
+
+impl<'a> Lines<'a> {
+    fn read(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(DecodeError("too long"));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError("not UTF-8"))?;
+        let mut lines = Self {
+            fields: std::collections::HashMap::new(),
+            headers: Vec::new(),
+            checksums: Vec::new(),
+        };
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once('\t').ok_or(DecodeError("a line without a tab"))?;
+            match name {
+                "header" | "checksum" => {
+                    let (n, v) = value.split_once('\t').ok_or(DecodeError("a header without a value"))?;
+                    let list = if name == "header" {
+                        &mut lines.headers
+                    } else {
+                        &mut lines.checksums
+                    };
+                    list.push((n.to_owned(), v.to_owned()));
+                }
+                _ => {
+                    if lines.fields.insert(name, value).is_some() {
+                        return Err(DecodeError("a field given twice"));
+                    }
+                }
+            }
+        }
+        Ok(lines)
+    }
+}
+
 /// An object, and what was learned of it (for [`COLD_PATH`] and [`LEARNED_PATH`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectNote {
@@ -94,17 +136,7 @@ impl ObjectNote {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() > MAX_REQUEST_BYTES {
-            return Err(DecodeError("too long"));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError("not UTF-8"))?;
-        let mut fields = std::collections::HashMap::new();
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let (name, value) = line.split_once('\t').ok_or(DecodeError("a line without a tab"))?;
-            if fields.insert(name, value).is_some() {
-                return Err(DecodeError("a field given twice"));
-            }
-        }
+        let Lines { fields, .. } = Lines::read(bytes)?;
         let text = |name: &'static str| fields.get(name).map(|v| v.to_string()).ok_or(DecodeError(name));
         let meta = match fields.get("meta") {
             Some(hex) => Some(crate::peers::auth::unhex(hex, MAX_REQUEST_BYTES).ok_or(DecodeError("meta"))?),
@@ -164,27 +196,11 @@ impl ChunkRequest {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() > MAX_REQUEST_BYTES {
-            return Err(DecodeError("too long"));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError("not UTF-8"))?;
-        let mut fields = std::collections::HashMap::new();
-        let (mut headers, mut checksums) = (Vec::new(), Vec::new());
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let (name, value) = line.split_once('\t').ok_or(DecodeError("a line without a tab"))?;
-            match name {
-                "header" | "checksum" => {
-                    let (n, v) = value.split_once('\t').ok_or(DecodeError("a header without a value"))?;
-                    let list = if name == "header" { &mut headers } else { &mut checksums };
-                    list.push((n.to_owned(), v.to_owned()));
-                }
-                _ => {
-                    if fields.insert(name, value).is_some() {
-                        return Err(DecodeError("a field given twice"));
-                    }
-                }
-            }
-        }
+        let Lines {
+            fields,
+            headers,
+            checksums,
+        } = Lines::read(bytes)?;
         let text = |name: &'static str| fields.get(name).map(|v| v.to_string()).ok_or(DecodeError(name));
         let number = |name: &'static str| text(name)?.parse::<u64>().map_err(|_| DecodeError(name));
         let signer = match (fields.get("proxy_target"), fields.get("client_target")) {

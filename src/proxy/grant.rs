@@ -5,7 +5,7 @@
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::Empty;
 
 use super::Proxy;
@@ -28,15 +28,6 @@ pub struct Asked {
     pub ends: Option<SystemTime>,
 }
 
-/// The parts of a client request a grant's key is made of.
-pub struct Target<'a> {
-    pub method: &'a Method,
-    pub authority: &'a str,
-    pub path: &'a str,
-    pub query: &'a str,
-    pub headers: &'a HeaderMap,
-}
-
 impl Proxy {
     /// The grant `request` would be served from: a presigned URL's (whose window was
     /// checked: `window`), or an unsigned read's of an allow-listed bucket. Never
@@ -44,7 +35,7 @@ impl Proxy {
     /// reverse.
     pub(super) fn asked(
         &self,
-        target: &Target<'_>,
+        target: &Signed<'_>,
         object: &ObjectRequest,
         id: &ObjectId,
         window: Option<Presigned>,
@@ -56,14 +47,7 @@ impl Proxy {
         // A key s3-accel verifies: its signature is checked here (a bad one is
         // refused here), and the principal's grant is its key's for the object.
         if let Some(keys) = &self.verified {
-            let signed = Signed {
-                method: target.method.as_str(),
-                path: target.path,
-                query: target.query,
-                headers: target.headers,
-                authority: target.authority,
-            };
-            match sigv4::verify(&signed, |key| keys.secret(key), signing_region, SystemTime::now()) {
+            match sigv4::verify(target, |key| keys.secret(key), signing_region, SystemTime::now()) {
                 Ok(verified) => {
                     return Ok(Some(Asked {
                         key: GrantKey::verified(&verified.access_key, verified.session_token.as_deref(), id),
@@ -83,7 +67,7 @@ impl Proxy {
 
     fn asked_unverified(
         &self,
-        target: &Target<'_>,
+        target: &Signed<'_>,
         object: &ObjectRequest,
         id: &ObjectId,
         window: Option<Presigned>,
@@ -105,13 +89,7 @@ impl Proxy {
                     (name, value)
                 })
                 .collect();
-            let key = GrantKey::presigned(
-                target.method.as_str(),
-                target.authority,
-                target.path,
-                target.query,
-                &values,
-            );
+            let key = GrantKey::presigned(target.method, target.authority, target.path, target.query, &values);
             return Some(Asked {
                 key,
                 kind: GrantKind::Presigned,
