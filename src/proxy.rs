@@ -131,10 +131,10 @@ impl Proxy {
             }),
             peers,
             remote_turns: RemoteTurns::default(),
-            grants: config
-                .auth
-                .grants()
-                .then(|| Arc::new(Grants::new(config.auth.grant_ttl, config.auth.grant_memory))),
+            grants: config.auth.grants().then(|| {
+                let auth = &config.auth;
+                Arc::new(Grants::new(auth.grant_ttl, auth.grant_memory, auth.grant_entries))
+            }),
             auth: config.auth.clone(),
             revalidating: Arc::default(),
             verified,
@@ -206,6 +206,10 @@ impl Proxy {
         };
         log.request_id = header(s3::REQUEST_ID).unwrap_or(request_id);
         log.cache = header(CACHE_HEADER).unwrap_or_else(|| "error".into());
+        log.authorized = response
+            .extensions()
+            .get::<grant::Authorized>()
+            .map_or("origin", |authorized| authorized.0);
         log.status = response.status().as_u16();
         let declared = match (method == Method::HEAD, response.status()) {
             (true, _) | (_, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) => Some(0),
@@ -382,7 +386,8 @@ impl Proxy {
             (Some((meta, Ok(shape))), Some(live), Some(asked)) => {
                 self.revalidate(route, probe, asked, &live);
                 let object = self.cached_object(route, authority, &plan, auth, meta.clone());
-                let (response, source) = object.respond(shape, plan.overrides, request_id, None).await?;
+                let (mut response, source) = object.respond(shape, plan.overrides, request_id, None).await?;
+                response.extensions_mut().insert(grant::Authorized(live.kind.as_str()));
                 return Ok((response, Outcome::of(source)));
             }
             (answerable, _, _) => answerable,

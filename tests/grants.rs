@@ -53,6 +53,7 @@ async fn origin_with(bucket: &str, key: &str, size: usize) -> (TestOrigin, Vec<u
 #[tokio::test]
 async fn a_presigned_url_read_again_is_served_without_the_origin() {
     let (origin, data) = origin_with("models", "m.bin", 3 << 20).await;
+    let logs = crate::ops::captured_logs();
     let proxy = proxy_with(&origin, "grants = [\"presigned\"]").await;
     let target = presigned(&proxy, "/models/m.bin", &TestOrigin::credentials());
     let first = get(&proxy, url(&target)).await;
@@ -70,6 +71,20 @@ async fn a_presigned_url_read_again_is_served_without_the_origin() {
         requests,
         "the same URL again: no origin request"
     );
+    // The access log names what authorized each answer.
+    let logged = |reply: &crate::support::Reply| {
+        let id = reply.header("x-amz-request-id").unwrap().to_owned();
+        let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        logs.lines()
+            .find(|line| line.contains("\"target\":\"access\"") && line.contains(&id))
+            .map(str::to_owned)
+    };
+    let again = get(&proxy, url(&target)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let line = logged(&again).expect("an access log line");
+    assert!(line.contains("\"authorized\":\"presigned\""), "{line}");
+    let line = logged(&first).expect("an access log line");
+    assert!(line.contains("\"authorized\":\"origin\""), "{line}");
     // Another URL for the same object (another key's) is the origin's to decide.
     origin.policy().set_readable("models", true);
     let other = presigned(&proxy, "/models/m.bin", &Credentials::new(READER_KEY, READER_SECRET));

@@ -126,13 +126,21 @@ pub struct Grants {
 }
 
 impl Grants {
-    pub fn new(ttl: Duration, capacity: u64) -> Self {
+    /// A store of at most `capacity` bytes and `entries` grants: each grant weighs
+    /// its bytes, and at least `capacity / entries`.
+    pub fn new(ttl: Duration, capacity: u64, entries: u64) -> Self {
+        let least = (capacity / entries.max(1)) as usize;
         let store = CacheBuilder::new(capacity as usize)
             .with_name("s3-accel-grants")
             .with_shards(4)
             .with_eviction_config(LruConfig::default())
-            .with_weighter(|_: &GrantKey, grant: &Grant| {
-                64 + grant.etag.len() + grant.object.origin.len() + grant.object.bucket.len() + grant.object.key.len()
+            .with_weighter(move |_: &GrantKey, grant: &Grant| {
+                let bytes = 64
+                    + grant.etag.len()
+                    + grant.object.origin.len()
+                    + grant.object.bucket.len()
+                    + grant.object.key.len();
+                bytes.max(least)
             })
             .build();
         Self {
@@ -248,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_grant_is_live_for_its_version_until_its_window_ends() {
-        let grants = Grants::new(Duration::from_secs(30), 1 << 20);
+        let grants = Grants::new(Duration::from_secs(30), 1 << 20, 1000);
         let key = GrantKey::presigned("GET", "h", "/b/k", "X-Amz-Signature=ab", &[("host", b"h")]);
         let now = Instant::now();
         grants.record(key, &object("k"), "\"e1\"", GrantKind::Presigned, now, None);
@@ -290,8 +298,26 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_bounded_by_count_as_well_as_bytes() {
+        let grants = Grants::new(Duration::from_secs(30), 1 << 20, 100);
+        for i in 0..1000 {
+            let key = GrantKey::anonymous(&object(&format!("k{i}")));
+            grants.record(
+                key,
+                &object(&format!("k{i}")),
+                "e",
+                GrantKind::Anonymous,
+                Instant::now(),
+                None,
+            );
+        }
+        assert!(grants.len() <= 100, "{} grants held", grants.len());
+        assert!(grants.len() >= 50, "{} grants held", grants.len());
+    }
+
+    #[test]
     fn refusals_and_flushes_drop_grants() {
-        let grants = Grants::new(Duration::from_secs(30), 1 << 20);
+        let grants = Grants::new(Duration::from_secs(30), 1 << 20, 1000);
         let (a, b) = (GrantKey::anonymous(&object("a")), GrantKey::anonymous(&object("b")));
         let at = Instant::now() - Duration::from_millis(5);
         grants.record(a, &object("a"), "e", GrantKind::Anonymous, at, None);

@@ -18,6 +18,8 @@ pub struct AuthConfig {
     pub grant_ttl: Duration,
     /// Memory for grants, least recently used first out.
     pub grant_memory: u64,
+    /// Grants held at most.
+    pub grant_entries: u64,
     /// `verified_keys`: the file of access keys whose SigV4 s3-accel verifies.
     pub verified_keys: Option<std::path::PathBuf>,
     /// How often that file is read again.
@@ -38,6 +40,7 @@ pub(super) fn auth_config(section: &AuthSection) -> Result<AuthConfig, ConfigErr
             Some(text) => parse_size(text).map_err(|reason| invalid("auth.grant_memory", reason))?,
             None => 64 << 20,
         },
+        grant_entries: section.grant_entries.unwrap_or(1_000_000),
         verified_keys_reload: duration_or(
             section.verified_keys_reload.as_deref(),
             "auth.verified_keys_reload",
@@ -82,6 +85,9 @@ pub(super) fn auth_config(section: &AuthSection) -> Result<AuthConfig, ConfigErr
             ttl = ?config.grant_ttl,
             "auth.grant_ttl is over 60 s: a revoked key or an overwritten object may be served that long"
         );
+    }
+    if config.grant_entries == 0 {
+        return Err(invalid("auth.grant_entries", "must be at least 1"));
     }
     if config.grant_memory < 1 << 20 {
         return Err(invalid("auth.grant_memory", "must be at least 1MiB"));

@@ -38,6 +38,7 @@ pub struct AuthSection {
     pub grants: Option<Vec<String>>,
     pub grant_ttl: Option<String>,
     pub grant_memory: Option<String>,
+    pub grant_entries: Option<u64>,
     pub anonymous_buckets: Option<Vec<String>>,
     pub verified_keys_file: Option<String>,
     pub verified_keys_reload: Option<String>,

@@ -21,6 +21,9 @@ pub struct AccessLog {
     pub range: String,
     pub status: u16,
     pub cache: String,
+    /// What authorized the answer: `origin`, or the grant (`presigned`,
+    /// `anonymous`, `verified`) that served it without the origin.
+    pub authorized: &'static str,
     pub request_id: String,
     /// The body is the origin's, relayed: its bytes count as served from the origin.
     pub relayed: bool,
@@ -61,6 +64,7 @@ impl LoggedBody {
             status = log.status,
             bytes = self.bytes,
             cache = log.cache,
+            authorized = log.authorized,
             body = outcome,
             duration_ms,
             request_id = log.request_id,

@@ -19,6 +19,11 @@ use crate::s3::presign::Presigned;
 use crate::s3::sigv4::{self, SigV4Error, Signed};
 use crate::telemetry;
 
+/// A response extension: the grant kind that authorized a hit without the origin
+/// (the access log names it).
+#[derive(Debug, Clone, Copy)]
+pub struct Authorized(pub &'static str);
+
 /// The grant a request would be served from.
 #[derive(Debug, Clone, Copy)]
 pub struct Asked {
