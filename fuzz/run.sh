@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes s3-accel's parsers with cargo-fuzz (libFuzzer): Range headers, request
 # classification, SigV4/SigV2 authorization and checksum headers, and the cache's
-# key and value decoders (what is read back from disk), and what peers send.
+# key and value decoders (what is read back from disk), what peers send, and
+# SigV4 as verified locally.
 #
 #   bash fuzz/run.sh            # each target for 10 s (what .ci/run does)
 #   bash fuzz/run.sh 600        # each target for 10 minutes
@@ -18,7 +19,7 @@ SECONDS_PER_TARGET=${1:-10}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOOLS=${XDG_CACHE_HOME:-$HOME/.cache}/s3-accel-ci/cargo-fuzz
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(range classify authorization cache_decode peer_decode)
+TARGETS=(range classify authorization cache_decode peer_decode sigv4)
 
 if ! "$TOOLS/bin/cargo-fuzz" --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
     echo "fuzz: cargo install cargo-fuzz $CARGO_FUZZ_VERSION into $TOOLS" >&2
