@@ -173,6 +173,15 @@ async fn spawn_node(file: &std::path::Path, peer: SocketAddr) -> tokio::process:
     panic!("s3-accel did not listen on {peer}");
 }
 
+/// Each node reads `model.bin` whole: a 200 with exactly `data`.
+async fn every_node_serves(region: &Region, data: &[u8], why: &str) {
+    for node in &region.nodes {
+        let reply = get(node, read("model.bin")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{why}");
+        assert_eq!(sha256_hex(&reply.body), sha256_hex(data), "{why}");
+    }
+}
+
 /// An origin holding `model.bin`, `size` bytes.
 async fn origin_with_model(seed: u64, size: usize) -> (TestOrigin, Vec<u8>) {
     let origin = TestOrigin::honoring().await;
@@ -463,15 +472,7 @@ async fn a_dead_owner_costs_a_client_nothing() {
     // One node goes away without a word (its peer port stops answering).
     let dead = region.nodes.remove(2);
     dead.stop().await;
-    for node in &region.nodes {
-        let reply = get(node, read("model.bin")).await;
-        assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(
-            sha256_hex(&reply.body),
-            sha256_hex(&data),
-            "no client error because a peer died"
-        );
-    }
+    every_node_serves(&region, &data, "no client error because a peer died").await;
 }
 
 #[tokio::test]
@@ -627,15 +628,7 @@ async fn an_answer_not_signed_for_the_chunk_is_never_served() {
         },
     )
     .await;
-    for node in &region.nodes {
-        let reply = get(node, read("model.bin")).await;
-        assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(
-            sha256_hex(&reply.body),
-            sha256_hex(&data),
-            "the impostor's bytes were served"
-        );
-    }
+    every_node_serves(&region, &data, "the impostor's bytes were served").await;
     assert!(
         answered.load(Ordering::SeqCst) > 0,
         "the impostor was asked for chunks (it claims nearly all of them)"

@@ -68,6 +68,13 @@ impl<'a> Get<'a> {
             if_match: None,
         }
     }
+
+    pub fn head(object: &'a Object) -> Self {
+        Self {
+            head: true,
+            ..Self::full(object)
+        }
+    }
 }
 
 /// Why a response did not count as correct.

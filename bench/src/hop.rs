@@ -62,17 +62,7 @@ pub async fn measure(
         });
     }
     let members = Members::new(members);
-    let head = client
-        .send(
-            origin,
-            &Get {
-                object,
-                head: true,
-                range: None,
-                if_match: None,
-            },
-        )
-        .await;
+    let head = client.send(origin, &Get::head(object)).await;
     let etag = head.etag.context("the origin's HEAD had no ETag")?;
     let (bucket, key) = object.path[1..].split_once('/').context("a /bucket/key path")?;
     let template = ChunkRequest {

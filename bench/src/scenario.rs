@@ -312,17 +312,7 @@ async fn read_like_boto3(
     parallel: usize,
     recorder: &Recorder,
 ) {
-    let head = client
-        .send(
-            address,
-            &Get {
-                object,
-                head: true,
-                range: None,
-                if_match: None,
-            },
-        )
-        .await;
+    let head = client.send(address, &Get::head(object)).await;
     recorder.record(&head);
     if head.outcome.is_err() {
         return;

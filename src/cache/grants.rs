@@ -163,9 +163,10 @@ impl Grants {
             return None;
         }
         let drops = self.drops.lock().expect("grant drops");
-        let bucket = (object.origin.clone(), object.bucket.clone());
         let dropped = |at: Option<&Instant>| at.is_some_and(|at| *at >= grant.at);
-        if dropped(drops.buckets.get(&bucket)) || dropped(drops.objects.get(object)) {
+        let bucket_dropped =
+            !drops.buckets.is_empty() && dropped(drops.buckets.get(&(object.origin.clone(), object.bucket.clone())));
+        if bucket_dropped || dropped(drops.objects.get(object)) {
             return None;
         }
         Some(grant)

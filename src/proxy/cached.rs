@@ -534,12 +534,12 @@ const FIRST_FRAME: usize = 64 << 10;
 pub(super) fn first_frames(first: Bytes) -> impl Stream<Item = Bytes> {
     let split = first.len().min(FIRST_FRAME);
     let (lead, rest) = (first.slice(..split), first.slice(split..));
-    let rest = stream::once(async move {
+    // A small answer (all of it in the first frame) costs no extra turn.
+    let rest = (!rest.is_empty()).then_some(async move {
         tokio::task::yield_now().await;
         rest
-    })
-    .filter(|rest| std::future::ready(!rest.is_empty()));
-    stream::once(std::future::ready(lead)).chain(rest)
+    });
+    stream::once(std::future::ready(lead)).chain(stream::iter(rest).then(|rest| rest))
 }
 
 #[cfg(test)]
