@@ -80,6 +80,9 @@ impl AdminServer {
                 if let Some(grants) = self.proxy.grants() {
                     metrics::gauge!(telemetry::GRANTS).set(grants.len() as f64);
                 }
+                if let Some(credentials) = self.proxy.credentials() {
+                    credentials.publish_gauges();
+                }
                 let mut response = text(StatusCode::OK, telemetry::prometheus().render());
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -136,6 +139,15 @@ impl AdminServer {
             }
             None => disk,
         };
+        // Without valid keys of its own, the node relays every read a client signed
+        // over its Range (boto3, the aws CLI): out of rotation until they come.
+        if let Some(reason) = self.proxy.credentials().and_then(|c| c.unready()) {
+            let origins = match unreachable.is_empty() {
+                true => String::new(),
+                false => format!("origins not reachable: {list}\n"),
+            };
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n{origins}{disk}"));
+        }
         match unreachable.len() {
             0 => text(StatusCode::OK, format!("ready\n{disk}")),
             n if n < regions => text(StatusCode::OK, format!("ready; origins not reachable: {list}\n{disk}")),

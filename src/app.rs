@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::server::Front;
-use crate::{admin, cache, error, origin, peers, proxy, s3, server, telemetry, tls};
+use crate::{admin, cache, credentials, error, origin, peers, proxy, s3, server, telemetry, tls};
 
 /// A bound, not yet running s3-accel.
 pub struct App {
@@ -50,7 +50,8 @@ impl App {
             }
             None => None,
         };
-        let proxy = proxy::Proxy::new(router, cache.clone(), config, peers, verified);
+        let credentials = credentials::FillCredentials::start(&config.credentials).await;
+        let proxy = proxy::Proxy::new(router, cache.clone(), config, peers, verified, credentials);
         if let Some(grants) = proxy.grants() {
             tokio::spawn(admin::flush_on_hangup(grants.clone()));
         }

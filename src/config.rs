@@ -2,6 +2,7 @@
 //! validation into a [`Config`] whose errors name the offending key.
 
 mod auth;
+mod credentials;
 mod file;
 pub mod machine;
 mod peers;
@@ -14,6 +15,10 @@ use std::time::Duration;
 use clap::Parser;
 
 pub use auth::AuthConfig;
+pub use credentials::{
+    read_dir_keys, AssumeRole, CredentialSource, CredentialsConfig, ProxyCredentials, ACCESS_KEY_FILE, SECRET_KEY_FILE,
+    SESSION_TOKEN_FILE,
+};
 use file::ConfigFile;
 pub use peers::{Discovery, PeersConfig};
 use units::{parse_duration, parse_size};
@@ -74,8 +79,9 @@ pub struct Config {
     pub cache: CacheConfig,
     pub origin_client: OriginClientConfig,
     pub regions: Vec<RegionConfig>,
-    /// The proxy's read credentials, for fills the client's own signature cannot make.
-    pub credentials: Option<ProxyCredentials>,
+    /// Where the proxy's read credentials come from, for fills the client's own
+    /// signature cannot make.
+    pub credentials: CredentialsConfig,
     /// TLS on the S3 listener; plain HTTP (and h2c) without it.
     pub tls: Option<TlsConfig>,
     /// The region's other nodes, one cache with this one; `None`: caches alone.
@@ -90,21 +96,6 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// How often the files are checked for a new certificate (SIGHUP reloads at once).
     pub reload_interval: Duration,
-}
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct ProxyCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
-}
-
-impl std::fmt::Debug for ProxyCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -336,7 +327,7 @@ impl Config {
         let cache = Self::cache_config(&file, cli)?;
         let origin_client = Self::origin_client_config(&file)?;
         let regions = Self::regions(&file, cli)?;
-        let credentials = Self::credentials(&file)?;
+        let credentials = credentials::credentials_config(&file.credentials)?;
         let tls = Self::tls(&file, cli)?;
         let peers = file.peers.as_ref().map(peers::peers_config).transpose()?;
         let auth = auth::auth_config(&file.auth)?;
@@ -539,38 +530,6 @@ impl Config {
             (Some((_, key)), None) | (None, Some((_, key))) => {
                 Err(invalid(key, "a certificate and a key go together: set both"))
             }
-        }
-    }
-
-    fn credentials(file: &ConfigFile) -> Result<Option<ProxyCredentials>, ConfigError> {
-        let section = &file.credentials;
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let (access, secret, token, key) = if section.access_key_id.is_some() || section.secret_access_key.is_some() {
-            (
-                section.access_key_id.clone(),
-                section.secret_access_key.clone(),
-                section.session_token.clone(),
-                "credentials",
-            )
-        } else {
-            (
-                env("AWS_ACCESS_KEY_ID"),
-                env("AWS_SECRET_ACCESS_KEY"),
-                env("AWS_SESSION_TOKEN"),
-                "AWS_ACCESS_KEY_ID",
-            )
-        };
-        match (access, secret) {
-            (Some(access_key_id), Some(secret_access_key)) => Ok(Some(ProxyCredentials {
-                access_key_id,
-                secret_access_key,
-                session_token: token,
-            })),
-            (None, None) => Ok(None),
-            _ => Err(invalid(
-                key,
-                "set both the access key id and the secret access key, or neither",
-            )),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod admin;
 mod app;
 pub mod cache;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod origin;
 pub mod peers;

@@ -23,7 +23,8 @@ use tokio::sync::Semaphore;
 
 use crate::cache::grants::Grants;
 use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkSource, ChunkWriter, ObjectId, ObjectMeta, PartMeta};
-use crate::config::{AuthConfig, Config, ProxyCredentials};
+use crate::config::{AuthConfig, Config};
+use crate::credentials::FillCredentials;
 use crate::error::{error_chain, ProxyError};
 use crate::origin::{self, OriginBody, Route, Router};
 use crate::peers::protocol::ChunkRequest;
@@ -80,7 +81,7 @@ pub const CACHE_HEADER: &str = "x-s3-accel-cache";
 pub struct Proxy {
     router: Router,
     cache: Arc<ChunkCache>,
-    credentials: Option<Arc<ProxyCredentials>>,
+    credentials: Option<Arc<FillCredentials>>,
     fill_permits: Arc<Semaphore>,
     read_ahead: usize,
     read_ahead_budget: Arc<ReadAheadBudget>,
@@ -111,12 +112,13 @@ impl Proxy {
         config: &Config,
         peers: Option<Arc<Peers>>,
         verified: Option<Arc<VerifiedKeys>>,
+        credentials: Option<Arc<FillCredentials>>,
     ) -> Arc<Self> {
         let fill_permits = (config.cache.fill_memory / config.cache.chunk_size).max(1) as usize;
         Arc::new(Self {
             router,
             cache,
-            credentials: config.credentials.clone().map(Arc::new),
+            credentials,
             fill_permits: Arc::new(Semaphore::new(fill_permits)),
             read_ahead: config.cache.read_ahead,
             read_ahead_budget: Arc::new(ReadAheadBudget::new(
@@ -148,6 +150,11 @@ impl Proxy {
 
     pub fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache
+    }
+
+    /// The proxy's own read credentials, when it has any.
+    pub fn credentials(&self) -> Option<&Arc<FillCredentials>> {
+        self.credentials.as_ref()
     }
 
     pub fn peers(&self) -> Option<&Arc<Peers>> {

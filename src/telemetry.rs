@@ -35,6 +35,10 @@ pub const GRANT_FLUSHES: &str = "s3accel_grant_flushes_total";
 pub const LOCAL_REFUSALS: &str = "s3accel_local_refusals_total";
 pub const PEER_SECONDS: &str = "s3accel_peer_response_seconds";
 pub const PEER_FALLBACKS: &str = "s3accel_peer_fallbacks_total";
+pub const CREDENTIAL_REFRESHES: &str = "s3accel_credential_refreshes_total";
+pub const CREDENTIAL_FORCED_REFRESHES: &str = "s3accel_credential_forced_refreshes_total";
+pub const CREDENTIAL_EXPIRY: &str = "s3accel_credential_expiry_seconds";
+pub const CREDENTIAL_REJECTIONS: &str = "s3accel_credential_rejections_total";
 
 /// A chunk request between peers: `role` is `reader` (asked) or `owner` (answered).
 pub fn peer_request(role: &'static str, outcome: &'static str) {
@@ -89,6 +93,23 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    describe_counter!(
+        CREDENTIAL_REFRESHES,
+        "Attempts to get the fill credentials, by source and outcome (ok: new keys, unchanged, error)."
+    );
+    describe_counter!(
+        CREDENTIAL_FORCED_REFRESHES,
+        "Refreshes forced by an origin refusing the fill credentials."
+    );
+    describe_gauge!(
+        CREDENTIAL_EXPIRY,
+        Unit::Seconds,
+        "Seconds until the fill credentials expire (negative: expired)."
+    );
+    describe_counter!(
+        CREDENTIAL_REJECTIONS,
+        "Fills the origin refused for their credentials, by S3 error code."
+    );
     describe_counter!(
         PEER_REQUESTS,
         "Chunk requests between peers, by role (reader, owner) and outcome."

@@ -10,7 +10,7 @@ use http::StatusCode;
 use crate::support::client::Call;
 use crate::support::framing::{Fault, FramingOrigin};
 use crate::support::origin::{ACCESS_KEY, SECRET_KEY};
-use crate::support::{get, object_bytes, outcome, sha256_hex, Reply, Signing, TestOrigin, TestProxy};
+use crate::support::{free_port, get, object_bytes, outcome, sha256_hex, Reply, Signing, TestOrigin, TestProxy};
 
 const CHUNK: usize = 1 << 20;
 const SIZE: usize = 6 * CHUNK + 1234;
@@ -168,15 +168,6 @@ async fn origin_faults_never_complete_or_cache_wrong_bytes() {
             );
         }
     }
-}
-
-/// A free loopback port (bound, then released for the process to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The s3-accel binary on `dir`, in front of `origin`, listening on `port`.

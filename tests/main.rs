@@ -2,6 +2,7 @@
 //! in-process on loopback ports.
 
 mod cache;
+mod credentials;
 mod faults;
 mod front;
 mod grants;

@@ -5,6 +5,7 @@ pub mod fault;
 pub mod framing;
 pub mod origin;
 pub mod proxy;
+pub mod sts;
 
 pub use client::{Reply, TestClient};
 pub use origin::TestOrigin;
@@ -27,4 +28,13 @@ pub fn outcome(reply: &Reply) -> &str {
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A free loopback port (bound, then released for a process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

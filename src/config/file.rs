@@ -100,15 +100,41 @@ pub struct TlsSection {
     pub reload_interval: Option<String>,
 }
 
-/// The proxy's own read credentials, for fills a client's signature cannot make.
-/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` are used
-/// when this section is absent.
+/// The proxy's own read credentials, for fills a client's signature cannot make:
+/// where they come from (`source`) and that source's keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsSection {
+    /// `static` (the default), `file`, `web_identity`, `container`, `process`.
+    pub source: Option<String>,
+    // static; `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`
+    // when absent.
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
+    // file
+    pub dir: Option<String>,
+    pub poll_interval: Option<String>,
+    // web_identity; `AWS_WEB_IDENTITY_TOKEN_FILE` / `AWS_ROLE_ARN` /
+    // `AWS_ROLE_SESSION_NAME` when absent.
+    pub token_file: Option<String>,
+    pub role_arn: Option<String>,
+    pub session_name: Option<String>,
+    // process
+    pub command: Option<String>,
+    /// STS's signing region (web_identity, assume_role).
+    pub sts_region: Option<String>,
+    /// A role assumed with the source's credentials; its keys sign fills.
+    pub assume_role: Option<AssumeRoleSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssumeRoleSection {
+    pub role_arn: Option<String>,
+    pub session_name: Option<String>,
+    pub external_id: Option<String>,
+    pub duration: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

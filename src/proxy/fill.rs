@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
 use crate::cache::ChunkSink;
-use crate::config::ProxyCredentials;
-use crate::origin::{poison, sign_s3, OriginError, Region, SignError};
+use crate::credentials::{FillCredentials, Snapshot};
+use crate::origin::{poison, sign_s3, OriginBody, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
 use crate::{telemetry, BoxError};
 
@@ -39,10 +39,10 @@ pub enum FillAuth {
     /// `If-Match` (presigned URLs, anonymous and SigV2 requests, header-signed GETs
     /// without a Range).
     Client { target: PathAndQuery, headers: HeaderMap },
-    /// The proxy's read credentials.
+    /// The proxy's read credentials, as they are when each request is signed.
     Proxy {
         target: PathAndQuery,
-        credentials: Arc<ProxyCredentials>,
+        credentials: Arc<FillCredentials>,
         region: String,
     },
 }
@@ -66,7 +66,7 @@ pub fn fill_auth(
     headers: &HeaderMap,
     object_target: PathAndQuery,
     part: bool,
-    credentials: Option<&Arc<ProxyCredentials>>,
+    credentials: Option<&Arc<FillCredentials>>,
     signing_region: Option<&str>,
 ) -> Result<FillAuth, &'static str> {
     let auth = ClientAuth::of(headers, presign);
@@ -82,7 +82,9 @@ pub fn fill_auth(
         let target = if part { object_target } else { target.clone() };
         return Ok(FillAuth::Client { target, headers });
     }
-    match credentials {
+    // Credentials that expired (a source down for longer than their lifetime) are
+    // none: the client is served, uncached, as if the proxy had none.
+    match credentials.filter(|c| c.current().is_some()) {
         Some(credentials) => {
             let region = signing_region.or(auth.region()).unwrap_or("us-east-1").to_owned();
             Ok(FillAuth::Proxy {
@@ -118,6 +120,10 @@ pub enum FillError {
     Body(#[source] BoxError),
     #[error(transparent)]
     Sign(#[from] SignError),
+    #[error("no valid fill credentials")]
+    NoCredentials,
+    #[error("the origin refused the fill credentials ({0}) and no newer ones came")]
+    Rejected(String),
     #[error("building the fill request")]
     Request(#[source] http::Error),
 }
@@ -183,8 +189,7 @@ impl Fill {
             // Only what the sink does not have yet: a peer that died at 99 % costs 1 %.
             let first = start + skip;
             if first <= last {
-                let request = fill.request(first, last)?;
-                let response = fill.region.client.send(request, "fill").await?;
+                let response = fill.send(first, last).await?;
                 let checked = fill.check(&response, first, last);
                 if checked.is_err() {
                     poison(&response);
@@ -254,7 +259,40 @@ impl Fill {
         Ok(())
     }
 
-    fn request(&self, first: u64, last: u64) -> Result<Request<Empty<Bytes>>, FillError> {
+    /// Sends the fill of bytes `first..=last`. The proxy's keys, refused by the
+    /// origin as expired, unknown or not matching, are refreshed once and the fill
+    /// sent once more with the new ones.
+    async fn send(&self, first: u64, last: u64) -> Result<http::Response<OriginBody>, FillError> {
+        let (request, signed) = self.request(first, last, None)?;
+        let response = self.region.client.send(request, "fill").await?;
+        let (FillAuth::Proxy { credentials, .. }, Some(generation)) = (&self.auth, signed) else {
+            return Ok(response);
+        };
+        if response.status() != StatusCode::FORBIDDEN {
+            return Ok(response);
+        }
+        let code = error_code(response).await;
+        if !CREDENTIAL_CODES.contains(&code.as_str()) {
+            return Err(FillError::Status(StatusCode::FORBIDDEN));
+        }
+        metrics::counter!(telemetry::CREDENTIAL_REJECTIONS, "code" => code.clone()).increment(1);
+        tracing::warn!(source = credentials.source(), %code, "the origin refused the fill credentials; refreshing them");
+        let fresh = credentials
+            .rejected(generation)
+            .await
+            .ok_or(FillError::Rejected(code))?;
+        let (request, _) = self.request(first, last, Some(fresh))?;
+        Ok(self.region.client.send(request, "fill").await?)
+    }
+
+    /// The fill request, and the generation of the proxy's keys that signed it
+    /// (`keys`, or the current ones), if they did.
+    fn request(
+        &self,
+        first: u64,
+        last: u64,
+        keys: Option<Snapshot>,
+    ) -> Result<(Request<Empty<Bytes>>, Option<u64>), FillError> {
         let target = match &self.auth {
             FillAuth::Client { target, .. } | FillAuth::Proxy { target, .. } => target,
         };
@@ -281,12 +319,38 @@ impl Fill {
             header::IF_MATCH,
             HeaderValue::from_str(&self.etag).map_err(|e| FillError::Request(e.into()))?,
         );
+        let mut generation = None;
         if let FillAuth::Proxy {
             credentials, region, ..
         } = &self.auth
         {
-            sign_s3(&mut request, credentials, region)?;
+            let keys = keys.or_else(|| credentials.current()).ok_or(FillError::NoCredentials)?;
+            sign_s3(&mut request, &keys.keys, region)?;
+            generation = Some(keys.generation);
         }
-        Ok(request)
+        Ok((request, generation))
+    }
+}
+
+/// The S3 error codes of an origin refusing the keys themselves (not the access
+/// they grant): new keys may succeed where these failed.
+const CREDENTIAL_CODES: [&str; 4] = [
+    "ExpiredToken",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+];
+
+/// The `<Code>` of an origin's error answer (its first 8 KiB, within 5 s), or `""`.
+async fn error_code(response: http::Response<OriginBody>) -> String {
+    let body = http_body_util::Limited::new(response.into_body(), 8 << 10);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), body.collect()).await {
+        Ok(Ok(body)) => {
+            let body = body.to_bytes();
+            crate::s3::xml::error_code(&String::from_utf8_lossy(&body))
+                .unwrap_or_default()
+                .to_owned()
+        }
+        _ => String::new(),
     }
 }

@@ -178,7 +178,10 @@ impl Proxy {
             return status(StatusCode::NOT_FOUND);
         };
         let auth = match &chunk.signer {
-            Signer::Proxy { target, region } => match (&self.credentials, PathAndQuery::try_from(target.as_str())) {
+            Signer::Proxy { target, region } => match (
+                self.credentials.as_ref().filter(|c| c.current().is_some()),
+                PathAndQuery::try_from(target.as_str()),
+            ) {
                 (Some(credentials), Ok(target)) => FillAuth::Proxy {
                     target,
                     credentials: credentials.clone(),

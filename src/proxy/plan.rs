@@ -13,7 +13,7 @@ use http::Request;
 
 use super::fill::{fill_auth, FillAuth};
 use crate::cache::ObjectId;
-use crate::config::ProxyCredentials;
+use crate::credentials::FillCredentials;
 use crate::origin::Route;
 use crate::s3::range::RangeRequest;
 use crate::s3::{self, ObjectRequest};
@@ -46,7 +46,7 @@ pub fn plan<B>(
     object: &ObjectRequest,
     range: RangeRequest,
     route: &Route,
-    credentials: Option<&Arc<ProxyCredentials>>,
+    credentials: Option<&Arc<FillCredentials>>,
 ) -> Result<Plan, &'static str> {
     let headers = request.headers();
     if s3::is_sse_c(headers) {

@@ -45,9 +45,24 @@ pub fn error_body(code: &str, message: &str, resource: &str, request_id: &str, e
     body
 }
 
+/// The `<Code>` of an S3 error document.
+pub fn error_code(body: &str) -> Option<&str> {
+    let start = body.find("<Code>")? + "<Code>".len();
+    let len = body[start..].find("</Code>")?;
+    Some(body[start..start + len].trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_code_is_read_back() {
+        let body = error_body("ExpiredToken", "gone", "/b/k", "ID", &[]);
+        assert_eq!(error_code(&body), Some("ExpiredToken"));
+        assert_eq!(error_code("<Error><Message>m</Message></Error>"), None);
+        assert_eq!(error_code("<Code>Unclosed"), None);
+    }
 
     #[test]
     fn error_document_is_escaped_and_ordered() {

@@ -42,8 +42,12 @@ fn set(buckets: &Mutex<HashSet<String>>, bucket: &str, on: bool) {
     };
 }
 
-/// The policy as s3s asks it, before each request's operation runs.
-pub struct Access(pub std::sync::Arc<Policy>);
+/// The policy as s3s asks it, before each request's operation runs. Keys a test
+/// issued read every bucket.
+pub struct Access {
+    pub policy: std::sync::Arc<Policy>,
+    pub keys: std::sync::Arc<crate::keys::KeyRing>,
+}
 
 #[async_trait::async_trait]
 impl S3Access for Access {
@@ -58,9 +62,9 @@ impl S3Access for Access {
         };
         let ok = match cx.credentials() {
             Some(credentials) if credentials.access_key == ACCESS_KEY => true,
-            Some(credentials) if credentials.access_key == READER_KEY => allowed(&self.0.readable),
-            Some(_) => false,
-            None => allowed(&self.0.public),
+            Some(credentials) if credentials.access_key == READER_KEY => allowed(&self.policy.readable),
+            Some(credentials) => read && self.keys.is_issued(&credentials.access_key),
+            None => allowed(&self.policy.public),
         };
         match ok {
             true => Ok(()),

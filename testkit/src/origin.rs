@@ -103,6 +103,8 @@ pub struct Origin {
     pub stats: Arc<OriginStats>,
     /// Who may read what; tests change it while the origin runs.
     pub policy: Arc<crate::access::Policy>,
+    /// The keys it accepts; tests issue and revoke keys while it runs.
+    pub keys: Arc<crate::keys::KeyRing>,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Full<Bytes>,
@@ -128,14 +130,16 @@ impl Origin {
         };
         let fs = s3s_fs::FileSystem::new(root.path()).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        let mut auth = s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY);
-        auth.register(
-            crate::access::READER_KEY.to_owned(),
-            crate::access::READER_SECRET.to_owned().into(),
-        );
-        builder.set_auth(auth);
+        let keys = Arc::new(crate::keys::KeyRing::fixed(&[
+            (ACCESS_KEY, SECRET_KEY),
+            (crate::access::READER_KEY, crate::access::READER_SECRET),
+        ]));
+        builder.set_auth(crate::keys::Auth(keys.clone()));
         let policy = Arc::new(crate::access::Policy::default());
-        builder.set_access(crate::access::Access(policy.clone()));
+        builder.set_access(crate::access::Access {
+            policy: policy.clone(),
+            keys: keys.clone(),
+        });
         if !options.domains.is_empty() {
             let domains: Vec<&str> = options.domains.iter().map(String::as_str).collect();
             let host = s3s::host::MultiDomain::new(&domains).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
@@ -153,6 +157,7 @@ impl Origin {
             address,
             stats,
             policy,
+            keys,
             client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
             task,
             _root: root,

@@ -22,20 +22,8 @@ note() { printf 'clients: %s\n' "$*" >&2; }
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 
-# apt_install PACKAGE...: only as root on a Debian-like system; updates the package
-# lists when the first attempt fails (a fresh machine has none).
-apt_install() {
-    command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ] || {
-        note "cannot install $* (needs root and apt-get)"
-        return 1
-    }
-    note "apt-get install $*"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends "$@" >"$LOG" 2>&1 && return 0
-    apt-get update -qq >>"$LOG" 2>&1 &&
-        apt-get install -y -qq --no-install-recommends "$@" >>"$LOG" 2>&1 ||
-        { tail -n 20 "$LOG" >&2; return 1; }
-}
+# shellcheck source=../apt.sh
+source "$HERE/../apt.sh"
 
 want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
 venv_ok() {
@@ -45,14 +33,8 @@ venv_ok() {
 }
 
 if ! venv_ok; then
-    rm -rf "$VENV"
     mkdir -p "$CACHE"
-    if ! python3 -m venv "$VENV" >"$LOG" 2>&1; then
-        # Debian's python3 has no ensurepip without python3-venv.
-        rm -rf "$VENV"
-        apt_install python3-venv
-        python3 -m venv "$VENV"
-    fi
+    make_venv "$VENV"
     note "pip install -r $REQUIREMENTS into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check --no-input -r "$REQUIREMENTS" >"$LOG" 2>&1 ||
         { tail -n 20 "$LOG" >&2; rm -rf "$VENV"; exit 1; }

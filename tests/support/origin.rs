@@ -58,6 +58,11 @@ impl TestOrigin {
         &self.origin.policy
     }
 
+    /// The keys it accepts; issue and revoke them while it runs.
+    pub fn keys(&self) -> &Arc<s3_accel_testkit::keys::KeyRing> {
+        &self.origin.keys
+    }
+
     pub fn credentials() -> Credentials {
         Origin::credentials()
     }
