@@ -177,6 +177,30 @@ EOF
     echo "$dir"
 }
 
+# A kustomization in $WORK that adds a credentials component to a region overlay,
+# with the component's credentials.toml appended to the region's config, as its
+# kustomization.yaml tells operators to do.
+credentials_variant() {
+    local region=$1 component=$2 dir=$WORK/credentials-$1-$2 rel
+    mkdir -p "$dir"
+    rel=$(realpath --relative-to="$dir" "$K8S")
+    cat "$K8S/overlays/$region/s3-accel.toml" "$K8S/credentials/$component/credentials.toml" >"$dir/s3-accel.toml"
+    cat >"$dir/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $rel/overlays/$region
+components:
+  - $rel/credentials/$component
+configMapGenerator:
+  - name: s3-accel-config
+    behavior: replace
+    files:
+      - s3-accel.toml
+EOF
+    echo "$dir"
+}
+
 # kubectl_agrees DIR RENDER: kubectl's own kustomize renders DIR to the same objects.
 kubectl_agrees() {
     kubectl kustomize "$1" >"$2.kubectl" || return 1
@@ -219,6 +243,11 @@ for overlay in "$K8S"/overlays/*/; do
     names+=("overlays/$region" "overlays/$region + hostnetwork")
     dir_of["overlays/$region"]=${overlay%/}
     dir_of["overlays/$region + hostnetwork"]=$(hostnetwork_variant "$region")
+    for component in "$K8S"/credentials/*/; do
+        component=$(basename "$component")
+        names+=("overlays/$region + credentials/$component")
+        dir_of["overlays/$region + credentials/$component"]=$(credentials_variant "$region" "$component")
+    done
 done
 
 for name in "${names[@]}"; do

@@ -38,6 +38,10 @@ METRICS = {
     "s3accel_probe_seconds",
     "s3accel_cache_usage_bytes",
     "s3accel_cache_capacity_bytes",
+    "s3accel_credential_refreshes_total",
+    "s3accel_credential_forced_refreshes_total",
+    "s3accel_credential_rejections_total",
+    "s3accel_credential_expiry_seconds",
 }
 HISTOGRAMS = {"s3accel_origin_response_seconds", "s3accel_probe_seconds"}
 # The foyer series the dashboard must watch: chunks dropped instead of written to disk.
@@ -249,6 +253,63 @@ def check_config(config, fails):
 # ---------------------------------------------------------------- consistency
 
 
+def mount_of(main, path):
+    """The volume mount whose mountPath holds `path` (the deepest), or None."""
+    mounts = [m for m in main.get("volumeMounts", [])
+              if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    return max(mounts, key=lambda m: len(m["mountPath"]), default=None)
+
+
+def check_credentials(credentials, pod, main, volumes, fails):
+    """The pod gives the configured credentials source what it reads (README, Credentials)."""
+    env = {e["name"]: e for e in main.get("env", [])}
+    source = credentials.get("source", "static")
+    from_secret = [var for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if var in env]
+    if source == "static":
+        if "secret_access_key" in credentials:
+            fails.check(False, "credentials.secret_access_key in a ConfigMap: keys belong in a Secret")
+            return
+        for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
+            ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+            fails.check(ref.get("name") == "s3-accel-credentials" and ref.get("key") == key,
+                        f"{var} must come from Secret s3-accel-credentials key {key}")
+        return
+    fails.check(not from_secret, f"source = {source}: {', '.join(from_secret)} from a Secret would be unused")
+    if source == "file":
+        directory = credentials.get("dir", "")
+        mount = mount_of(main, directory)
+        if fails.check(mount and mount["mountPath"].rstrip("/") == directory.rstrip("/"),
+                       f"credentials.dir {directory} is not a volume mount"):
+            fails.check("subPath" not in mount, "credentials.dir must be mounted whole: a subPath mount never updates")
+            fails.check("secret" in volumes.get(mount["name"], {}), f"credentials.dir {directory} is not a Secret volume")
+    elif source == "web_identity":
+        token = credentials.get("token_file") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE", {}).get("value", "")
+        fails.check(credentials.get("role_arn") or "AWS_ROLE_ARN" in env, "web_identity needs role_arn (or AWS_ROLE_ARN)")
+        mount = mount_of(main, token)
+        if fails.check(mount, f"the token file {token} is on no volume mount"):
+            sources = volumes.get(mount["name"], {}).get("projected", {}).get("sources", [])
+            tokens = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
+            if fails.check(tokens, f"{mount['mountPath']} is not a projected service-account token"):
+                projected = tokens[0]
+                fails.check(f"{mount['mountPath'].rstrip('/')}/{projected.get('path')}" == token,
+                            f"the projected token's path is not {token}")
+                fails.check(projected.get("audience"), "the projected token needs an audience (the STS's)")
+                fails.check(600 <= projected.get("expirationSeconds", 0) <= 86400,
+                            "the projected token's expirationSeconds must be set, 600 to 86400")
+                fails.check(pod.get("serviceAccountName"), "web_identity needs a serviceAccountName (the token's subject)")
+    elif source == "container":
+        fails.check("AWS_CONTAINER_CREDENTIALS_FULL_URI" in env or "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI" in env,
+                    "source = container needs AWS_CONTAINER_CREDENTIALS_FULL_URI in the environment")
+        token = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", {}).get("value")
+        if token:
+            fails.check(mount_of(main, token), f"the authorization token file {token} is on no volume mount")
+    elif source == "process":
+        fails.check(credentials.get("command"), "source = process needs credentials.command")
+    else:
+        fails.check(False, f"credentials.source `{source}` is not one s3-accel knows")
+
+
+
 def port_of(address):
     return int(address.rsplit(":", 1)[1])
 
@@ -344,12 +405,7 @@ def cmd_consistency(args):
     fails.check(str(strategy.get("rollingUpdate", {}).get("maxSurge", 0)) in ("0", "0%"),
                 "maxSurge must be 0: two pods on one node would open the same cache directory")
 
-    # Credentials from the object-storage user Secret.
-    env = {e["name"]: e for e in main.get("env", [])}
-    for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
-        ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
-        fails.check(ref.get("name") == "s3-accel-credentials" and ref.get("key") == key,
-                    f"{var} must come from Secret s3-accel-credentials key {key}")
+    check_credentials(config.get("credentials", {}), pod, main, volumes, fails)
 
     # Hardening, every container.
     pod_sc = pod.get("securityContext", {})

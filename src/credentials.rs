@@ -32,6 +32,9 @@ use crate::telemetry;
 
 /// One attempt to get credentials gives up after this long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The start waits this long for the first attempt; a source slower than that is
+/// not ready until it answers.
+const START_PATIENCE: Duration = Duration::from_secs(10);
 /// The refresh margin before expiry: a quarter of the lifetime, within these bounds.
 const MIN_MARGIN: Duration = Duration::from_secs(60);
 const MAX_MARGIN: Duration = Duration::from_secs(300);
@@ -82,7 +85,7 @@ struct Refresher {
 impl FillCredentials {
     /// The credentials `config` describes, `None` when the proxy has none. A source
     /// that refreshes gets its task, and its first attempt is awaited (up to
-    /// [`ATTEMPT_TIMEOUT`]): a failure leaves the node not ready, never stops it.
+    /// [`START_PATIENCE`]): a failure leaves the node not ready, never stops it.
     pub async fn start(config: &CredentialsConfig) -> Option<Arc<Self>> {
         let source = config.source.name();
         let static_keys = match &config.source {
@@ -107,7 +110,7 @@ impl FillCredentials {
         });
         let mut attempts = credentials.refresher.as_ref().expect("refresher").attempts.subscribe();
         tokio::spawn(refresh(Arc::downgrade(&credentials)));
-        let _ = tokio::time::timeout(ATTEMPT_TIMEOUT, attempts.wait_for(|n| *n > 0)).await;
+        let _ = tokio::time::timeout(START_PATIENCE, attempts.wait_for(|n| *n > 0)).await;
         Some(credentials)
     }
 

@@ -508,6 +508,7 @@ async fn a_secret_directory_swapped_by_kubelet_is_taken_while_a_fill_completes()
 
 #[tokio::test]
 async fn a_refused_key_is_refreshed_once_and_the_fill_sent_again() {
+    let logs = captured_logs();
     let (origin, data) = origin_with(4 * MIB).await;
     origin.keys().issue("AKIAREFUSEDONE", "refused-key-one", None);
     // Polled hourly: only the origin's refusal can make the proxy read the new keys.
@@ -537,6 +538,12 @@ async fn a_refused_key_is_refreshed_once_and_the_fill_sent_again() {
         origin.stats.fills() - before <= 2,
         "{} fills",
         origin.stats.fills() - before
+    );
+    let (_, metrics) = admin_get(&proxy, "/metrics").await;
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert_no_secret(
+        &[&logs, &metrics, reply.text()],
+        &["refused-key-one".into(), "refused-key-two".into()],
     );
 }
 
