@@ -31,6 +31,9 @@ use units::{parse_duration, parse_size};
     about = "GET-only caching accelerator for S3-compatible object storage"
 )]
 pub struct Cli {
+    /// A tool instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML config file (see config/s3-accel.toml for every key).
     #[arg(long, env = "S3_ACCEL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -67,6 +70,14 @@ pub struct Cli {
     /// Log format: `human` or `json`.
     #[arg(long, default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
+}
+
+/// The tools the binary carries besides the server.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Reads every object under a prefix (or in a manifest) through an accelerator,
+    /// so that its region has it cached; prints what the cache answered.
+    Prefetch(crate::prefetch::PrefetchArgs),
 }
 
 /// A configuration that has passed validation.
@@ -182,7 +193,7 @@ impl OriginUrl {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         let uri: http::Uri = text.parse().map_err(|e| format!("`{text}` is not a URL: {e}"))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,

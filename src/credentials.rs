@@ -97,6 +97,16 @@ impl FillCredentials {
             return Some(Arc::new(Self::fixed(source, keys)));
         }
         let (provider, poll) = provider(config).await;
+        Some(Self::refreshing(source, provider, poll).await)
+    }
+
+    /// Credentials from any provider (the AWS SDK's default chain, for `prefetch`),
+    /// refreshed as a configured source's are.
+    pub async fn from_provider(source: &'static str, provider: SharedCredentialsProvider) -> Arc<Self> {
+        Self::refreshing(source, provider, NO_EXPIRY_REFRESH).await
+    }
+
+    async fn refreshing(source: &'static str, provider: SharedCredentialsProvider, poll: Duration) -> Arc<Self> {
         let credentials = Arc::new(Self {
             source,
             state: RwLock::default(),
@@ -111,7 +121,7 @@ impl FillCredentials {
         let mut attempts = credentials.refresher.as_ref().expect("refresher").attempts.subscribe();
         tokio::spawn(refresh(Arc::downgrade(&credentials)));
         let _ = tokio::time::timeout(START_PATIENCE, attempts.wait_for(|n| *n > 0)).await;
-        Some(credentials)
+        credentials
     }
 
     /// Keys that never change (`static`).

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod error;
 pub mod origin;
 pub mod peers;
+pub mod prefetch;
 pub mod proxy;
 pub mod s3;
 pub mod server;

@@ -3,10 +3,14 @@
 use anyhow::Context;
 use clap::Parser;
 
+use s3_accel::config::Command;
 use s3_accel::{App, Cli, Config};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Prefetch(args)) = &cli.command {
+        std::process::exit(prefetch(args));
+    }
     init_logging(&cli.log_format);
     let config = match Config::load(&cli) {
         Ok(config) => config,
@@ -45,6 +49,35 @@ async fn run(config: Config) -> anyhow::Result<()> {
     app.run(shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `s3-accel prefetch`: 0 when every object was read, 1 when any failed, 2 when
+/// nothing could be read (a usage mistake, a listing refused).
+fn prefetch(args: &s3_accel::prefetch::PrefetchArgs) -> i32 {
+    // Warnings only: the progress bar and the summary are the output.
+    let filter = s3_accel::telemetry::log_filter(Some(&std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("s3-accel prefetch: {error}");
+            return 2;
+        }
+    };
+    match runtime.block_on(s3_accel::prefetch::run(args)) {
+        Ok(summary) if args.dry_run => i32::from(!summary.failures.is_empty()),
+        Ok(summary) => {
+            summary.print();
+            i32::from(!summary.failures.is_empty())
+        }
+        Err(error) => {
+            eprintln!("s3-accel prefetch: {}", s3_accel::error::error_chain(&error));
+            2
+        }
+    }
 }
 
 async fn shutdown_signal() {

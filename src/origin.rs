@@ -3,7 +3,7 @@
 
 mod body;
 mod client;
-mod connect;
+pub mod connect;
 pub mod route;
 mod sign;
 

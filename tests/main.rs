@@ -8,6 +8,7 @@ mod front;
 mod grants;
 mod ops;
 mod peers;
+mod prefetch;
 mod reads;
 mod streaming;
 mod support;

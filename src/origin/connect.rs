@@ -107,6 +107,15 @@ pub fn tls_config(ca_file: Option<&Path>) -> io::Result<rustls::ClientConfig> {
     Ok(config)
 }
 
+/// The DNS resolver of origin connections, from the system's configuration.
+pub fn resolver() -> io::Result<Arc<TokioResolver>> {
+    let resolver = TokioResolver::builder_tokio()
+        .map_err(|e| io::Error::other(format!("reading the system DNS configuration: {e}")))?
+        .build()
+        .map_err(|e| io::Error::other(format!("starting the DNS resolver: {e}")))?;
+    Ok(Arc::new(resolver))
+}
+
 /// An HTTPS-or-HTTP connector to `origin`, offering h2 and HTTP/1.1 by ALPN.
 pub fn https_connector(
     origin: &OriginUrl,

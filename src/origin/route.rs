@@ -4,8 +4,6 @@
 use std::io;
 use std::sync::Arc;
 
-use hickory_resolver::TokioResolver;
-
 use super::client::OriginClient;
 use super::connect::tls_config;
 use crate::config::{Addressing, Config, RegionConfig};
@@ -38,11 +36,7 @@ impl Router {
     /// Builds one pooled origin client per configured region.
     pub fn new(config: &Config) -> io::Result<Self> {
         let tls = tls_config(config.origin_client.ca_file.as_deref())?;
-        let resolver = TokioResolver::builder_tokio()
-            .map_err(|e| io::Error::other(format!("reading the system DNS configuration: {e}")))?
-            .build()
-            .map_err(|e| io::Error::other(format!("starting the DNS resolver: {e}")))?;
-        let resolver = Arc::new(resolver);
+        let resolver = super::connect::resolver()?;
         let regions = config
             .regions
             .iter()

@@ -1,0 +1,512 @@
+//! `s3-accel prefetch`: warms a region with the objects a rollout will read. It
+//! lists a prefix at the origin (s3-accel refuses listings) or takes a manifest,
+//! then reads every object through the accelerator with bounded concurrency,
+//! discarding the bytes, with a progress bar and a summary of the cache outcomes.
+//! With peers, each chunk's owner fills it: one prefetch warms the whole region.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use http::{header, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+use crate::config::{OriginClientConfig, OriginUrl};
+use crate::credentials::FillCredentials;
+use crate::origin::{connect, sign_s3, OriginClient};
+
+/// What SigV4 leaves unencoded in a path segment or a query value.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PrefetchArgs {
+    /// `s3://bucket/prefix/`: every object under the prefix, listed at
+    /// --origin-endpoint. With --manifest, `s3://bucket/` names the bucket of
+    /// manifest keys written without one.
+    pub target: Option<String>,
+    /// A file of objects: one `s3://bucket/key` (or, with a bucket given, a key) per
+    /// line, or JSON: `[{"key": "...", "size": 123}, ...]`.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// The accelerator, e.g. http://accel-object.ord1.example.com.
+    #[arg(long, visible_alias = "endpoint-url", env = "AWS_ENDPOINT_URL")]
+    pub endpoint: String,
+    /// The origin, where a prefix is listed, e.g. https://object.ord1.example.com.
+    #[arg(long, env = "S3_ACCEL_ORIGIN_ENDPOINT")]
+    pub origin_endpoint: Option<String>,
+    /// Objects read at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// SigV4 region [default: the AWS configuration's, else us-east-1].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// List what would be read, and read nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress bar (there is none when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// One object to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub bucket: String,
+    pub key: String,
+    pub size: Option<u64>,
+}
+
+impl std::fmt::Display for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrefetchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("listing s3://{bucket}/{prefix} at {origin}: {reason}")]
+    List {
+        bucket: String,
+        prefix: String,
+        origin: String,
+        reason: String,
+    },
+    #[error("reading the manifest {path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// What a prefetch did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub objects: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// `x-s3-accel-cache` outcomes (`hit`, `miss`, `bypass`, ...), one per object.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Each object that failed, and why.
+    pub failures: Vec<(String, String)>,
+}
+
+impl Summary {
+    pub fn print(&self) {
+        let seconds = self.elapsed.as_secs_f64();
+        println!(
+            "prefetch: {} objects, {} bytes ({}) in {:.1} s, {:.3} GB/s",
+            self.objects,
+            self.bytes,
+            crate::config::units::format_size(self.bytes),
+            seconds,
+            self.bytes as f64 / seconds.max(1e-9) / 1e9
+        );
+        let outcomes: Vec<String> = self.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("prefetch: cache: {}", outcomes.join(", "));
+        for (object, reason) in &self.failures {
+            println!("prefetch: FAILED {object}: {reason}");
+        }
+        println!("prefetch: {} failed", self.failures.len());
+    }
+}
+
+/// Runs a prefetch; `Ok` holds the summary (failed objects included), `Err` a
+/// mistake that stopped it before any read.
+pub async fn run(args: &PrefetchArgs) -> Result<Summary, PrefetchError> {
+    if args.concurrency == 0 {
+        return Err(PrefetchError::Usage("--concurrency must be at least 1".into()));
+    }
+    let target = args.target.as_deref().map(parse_s3_url).transpose()?;
+    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let region = args
+        .region
+        .clone()
+        .or_else(|| sdk.region().map(|r| r.to_string()))
+        .unwrap_or_else(|| "us-east-1".into());
+    let credentials = match sdk.credentials_provider() {
+        Some(provider) => Some(FillCredentials::from_provider("aws", provider).await),
+        None => None,
+    };
+    let keys = Keys { credentials, region };
+    let objects = match (&args.manifest, target) {
+        (Some(path), target) => manifest(path, target.map(|(bucket, _)| bucket))?,
+        (None, Some((bucket, prefix))) => {
+            let origin = args.origin_endpoint.as_deref().ok_or_else(|| {
+                PrefetchError::Usage("listing a prefix needs --origin-endpoint (s3-accel refuses listings)".into())
+            })?;
+            list(&Endpoint::new(origin)?, &keys, &bucket, &prefix).await?
+        }
+        (None, None) => {
+            return Err(PrefetchError::Usage(
+                "give s3://bucket/prefix/ or --manifest FILE".into(),
+            ))
+        }
+    };
+    if args.dry_run {
+        let mut total = 0;
+        for object in &objects {
+            total += object.size.unwrap_or(0);
+            match object.size {
+                Some(size) => println!("{object}\t{size}"),
+                None => println!("{object}"),
+            }
+        }
+        println!("prefetch: would read {} objects, {total} bytes", objects.len());
+        return Ok(Summary::default());
+    }
+    read_all(&Endpoint::new(&args.endpoint)?, &keys, objects, args).await
+}
+
+/// The credentials and region requests are signed with (none: unsigned).
+struct Keys {
+    credentials: Option<Arc<FillCredentials>>,
+    region: String,
+}
+
+/// An S3 endpoint: the client and the authority requests carry.
+struct Endpoint {
+    client: OriginClient,
+    url: OriginUrl,
+}
+
+impl Endpoint {
+    fn new(url: &str) -> Result<Self, PrefetchError> {
+        let url = OriginUrl::parse(url.trim_end_matches('/')).map_err(PrefetchError::Usage)?;
+        let config = OriginClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(120),
+            body_idle_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+            ca_file: None,
+        };
+        let client = OriginClient::new(
+            "prefetch",
+            &url,
+            &config,
+            connect::tls_config(None)?,
+            connect::resolver()?,
+        )?;
+        Ok(Self { client, url })
+    }
+
+    /// A signed GET of `target` (a path and query, already encoded).
+    async fn get(&self, keys: &Keys, target: &str) -> Result<http::Response<crate::origin::OriginBody>, String> {
+        let uri: Uri = format!("{}{target}", self.url).parse().map_err(|e| format!("{e}"))?;
+        let mut request = Request::get(uri)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let authority = match (self.url.tls, self.url.port) {
+            (true, 443) | (false, 80) => self.url.host.clone(),
+            (_, port) => format!("{}:{port}", self.url.host),
+        };
+        request
+            .headers_mut()
+            .insert(header::HOST, authority.parse().map_err(|_| "bad host".to_string())?);
+        if let Some(snapshot) = keys.credentials.as_ref().and_then(|c| c.current()) {
+            sign_s3(&mut request, &snapshot.keys, &keys.region).map_err(|e| crate::error::error_chain(&e))?;
+        }
+        self.client
+            .send(request, "prefetch")
+            .await
+            .map_err(|e| crate::error::error_chain(&e))
+    }
+}
+
+/// `s3://bucket/prefix` → (bucket, prefix).
+fn parse_s3_url(text: &str) -> Result<(String, String), PrefetchError> {
+    let rest = text
+        .strip_prefix("s3://")
+        .ok_or_else(|| PrefetchError::Usage(format!("`{text}` is not s3://bucket/prefix")))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(PrefetchError::Usage(format!("`{text}` has no bucket")));
+    }
+    Ok((bucket.to_owned(), prefix.to_owned()))
+}
+
+#[derive(Deserialize)]
+struct ManifestEntry {
+    key: String,
+    size: Option<u64>,
+}
+
+/// The objects of a manifest file: lines of `s3://bucket/key` (or keys in
+/// `bucket`), or a JSON array of `{"key", "size"}`.
+pub fn manifest(path: &std::path::Path, bucket: Option<String>) -> Result<Vec<Object>, PrefetchError> {
+    let fail = |reason: String| PrefetchError::Manifest {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let entries: Vec<ManifestEntry> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?
+    } else {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|key| ManifestEntry {
+                key: key.to_owned(),
+                size: None,
+            })
+            .collect()
+    };
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(n, entry)| {
+            let (bucket, key) = match entry.key.strip_prefix("s3://") {
+                Some(_) => parse_s3_url(&entry.key).map_err(|e| fail(format!("entry {}: {e}", n + 1)))?,
+                None => match &bucket {
+                    Some(bucket) => (bucket.clone(), entry.key.clone()),
+                    None => {
+                        return Err(fail(format!(
+                            "entry {}: `{}` names no bucket: write s3://bucket/key, or give s3://bucket/",
+                            n + 1,
+                            entry.key
+                        )))
+                    }
+                },
+            };
+            if key.is_empty() {
+                return Err(fail(format!("entry {}: no key", n + 1)));
+            }
+            Ok(Object {
+                bucket,
+                key,
+                size: entry.size,
+            })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListBucketResult {
+    #[serde(default)]
+    contents: Vec<Contents>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_continuation_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Contents {
+    key: String,
+    size: u64,
+}
+
+/// Every object under `prefix`, by ListObjectsV2 pages.
+async fn list(origin: &Endpoint, keys: &Keys, bucket: &str, prefix: &str) -> Result<Vec<Object>, PrefetchError> {
+    let fail = |reason: String| PrefetchError::List {
+        bucket: bucket.to_owned(),
+        prefix: prefix.to_owned(),
+        origin: origin.url.to_string(),
+        reason,
+    };
+    let mut objects = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        // Parameters in canonical (sorted) order, encoded as SigV4 encodes them.
+        let mut query = String::new();
+        if let Some(token) = &token {
+            query.push_str(&format!(
+                "continuation-token={}&",
+                utf8_percent_encode(token, UNRESERVED)
+            ));
+        }
+        query.push_str(&format!(
+            "list-type=2&prefix={}",
+            utf8_percent_encode(prefix, UNRESERVED)
+        ));
+        let target = format!("/{}?{query}", utf8_percent_encode(bucket, UNRESERVED));
+        let response = origin.get(keys, &target).await.map_err(fail)?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail(format!("reading the listing: {e}")))?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        if status != StatusCode::OK {
+            let code = crate::s3::xml::error_code(&text).unwrap_or("");
+            return Err(fail(format!("{status} {code}")));
+        }
+        let page: ListBucketResult =
+            quick_xml::de::from_str(&text).map_err(|e| fail(format!("an unreadable listing: {e}")))?;
+        objects.extend(
+            page.contents
+                .into_iter()
+                .filter(|c| !c.key.ends_with('/'))
+                .map(|c| Object {
+                    bucket: bucket.to_owned(),
+                    key: c.key,
+                    size: Some(c.size),
+                }),
+        );
+        match (page.is_truncated, page.next_continuation_token) {
+            (true, Some(next)) => token = Some(next),
+            _ => return Ok(objects),
+        }
+    }
+}
+
+/// Reads `objects` through the accelerator, `args.concurrency` at a time.
+async fn read_all(
+    endpoint: &Endpoint,
+    keys: &Keys,
+    objects: Vec<Object>,
+    args: &PrefetchArgs,
+) -> Result<Summary, PrefetchError> {
+    let total: Option<u64> = objects.iter().map(|o| o.size).sum();
+    let progress = match total {
+        Some(total) => ProgressBar::new(total),
+        None => ProgressBar::no_length(),
+    };
+    if args.no_progress {
+        progress.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let count = objects.len();
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let mut done = 0;
+    progress.set_message(format!("0/{count} objects"));
+    let mut reads = stream::iter(objects)
+        .map(|object| {
+            let progress = progress.clone();
+            async move {
+                let outcome = read(endpoint, keys, &object, &progress).await;
+                (object, outcome)
+            }
+        })
+        .buffer_unordered(args.concurrency);
+    while let Some((object, outcome)) = reads.next().await {
+        done += 1;
+        progress.set_message(format!("{done}/{count} objects"));
+        match outcome {
+            Ok((bytes, cache)) => {
+                summary.objects += 1;
+                summary.bytes += bytes;
+                *summary.outcomes.entry(cache).or_default() += 1;
+            }
+            Err(reason) => {
+                progress.suspend(|| eprintln!("prefetch: {object}: {reason}"));
+                summary.failures.push((object.to_string(), reason));
+            }
+        }
+    }
+    progress.finish_and_clear();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Reads one object whole, discarding its bytes: how many, and the cache outcome.
+async fn read(
+    endpoint: &Endpoint,
+    keys: &Keys,
+    object: &Object,
+    progress: &ProgressBar,
+) -> Result<(u64, String), String> {
+    let target = format!(
+        "/{}/{}",
+        utf8_percent_encode(&object.bucket, UNRESERVED),
+        object
+            .key
+            .split('/')
+            .map(|segment| utf8_percent_encode(segment, UNRESERVED).to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    );
+    let response = endpoint.get(keys, &target).await?;
+    let status = response.status();
+    let cache = response
+        .headers()
+        .get(crate::proxy::CACHE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+        .unwrap_or_else(|| "none".into());
+    let length = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = response.into_body();
+    if status != StatusCode::OK {
+        let bytes = http_body_util::Limited::new(body, 8 << 10)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let code = crate::s3::xml::error_code(&String::from_utf8_lossy(&bytes))
+            .unwrap_or("")
+            .to_owned();
+        return Err(format!("{status} {code}").trim().to_owned());
+    }
+    let mut got = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("the body broke after {got} bytes: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            got += data.len() as u64;
+            progress.inc(data.len() as u64);
+        }
+    }
+    for (expected, what) in [(length, "Content-Length"), (object.size, "the listed size")] {
+        if let Some(expected) = expected.filter(|e| *e != got) {
+            return Err(format!("{got} bytes, {what} says {expected}"));
+        }
+    }
+    Ok((got, cache))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_name_their_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = dir.path().join("keys.txt");
+        std::fs::write(&lines, "# the shards\ns3://models/a/1.bin\n\nb/2.bin\n").unwrap();
+        let objects = manifest(&lines, Some("weights".into())).unwrap();
+        assert_eq!(objects[0].to_string(), "s3://models/a/1.bin");
+        assert_eq!(objects[1].to_string(), "s3://weights/b/2.bin");
+        let error = manifest(&lines, None).unwrap_err().to_string();
+        assert!(error.contains("entry 2") && error.contains("b/2.bin"), "{error}");
+        let json = dir.path().join("keys.json");
+        std::fs::write(&json, r#"[{"key": "s3://models/x.bin", "size": 12}, {"key": "y.bin"}]"#).unwrap();
+        let objects = manifest(&json, Some("models".into())).unwrap();
+        assert_eq!(objects[0].size, Some(12));
+        assert_eq!(objects[1].to_string(), "s3://models/y.bin");
+    }
+
+    #[test]
+    fn a_listing_page_is_read() {
+        let page: ListBucketResult = quick_xml::de::from_str(
+            "<ListBucketResult><Name>b</Name><Contents><Key>a&amp;b.bin</Key><Size>5</Size></Contents>\
+             <Contents><Key>c</Key><Size>7</Size><ETag>\"x\"</ETag></Contents><IsTruncated>true</IsTruncated>\
+             <NextContinuationToken>t1</NextContinuationToken></ListBucketResult>",
+        )
+        .unwrap();
+        assert_eq!(page.contents.len(), 2);
+        assert_eq!(page.contents[0].key, "a&b.bin");
+        assert_eq!(page.contents[1].size, 7);
+        assert!(page.is_truncated);
+        assert_eq!(page.next_continuation_token.as_deref(), Some("t1"));
+    }
+}
