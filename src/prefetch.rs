@@ -63,6 +63,18 @@ pub struct Object {
     pub size: Option<u64>,
 }
 
+impl Object {
+    /// The path-style request-target, encoded as SigV4 signs it.
+    pub fn target(&self) -> String {
+        let key: Vec<String> = self
+            .key
+            .split('/')
+            .map(|segment| utf8_percent_encode(segment, UNRESERVED).to_string())
+            .collect();
+        format!("/{}/{}", utf8_percent_encode(&self.bucket, UNRESERVED), key.join("/"))
+    }
+}
+
 impl std::fmt::Display for Object {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "s3://{}/{}", self.bucket, self.key)
@@ -125,17 +137,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, PrefetchError> {
         return Err(PrefetchError::Usage("--concurrency must be at least 1".into()));
     }
     let target = args.target.as_deref().map(parse_s3_url).transpose()?;
-    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let region = args
-        .region
-        .clone()
-        .or_else(|| sdk.region().map(|r| r.to_string()))
-        .unwrap_or_else(|| "us-east-1".into());
-    let credentials = match sdk.credentials_provider() {
-        Some(provider) => Some(FillCredentials::from_provider("aws", provider).await),
-        None => None,
-    };
-    let keys = Keys { credentials, region };
+    let keys = Keys::from_environment(args.region.clone()).await;
     let objects = match (&args.manifest, target) {
         (Some(path), target) => manifest(path, target.map(|(bucket, _)| bucket))?,
         (None, Some((bucket, prefix))) => {
@@ -166,19 +168,43 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, PrefetchError> {
 }
 
 /// The credentials and region requests are signed with (none: unsigned).
-struct Keys {
+pub struct Keys {
     credentials: Option<Arc<FillCredentials>>,
     region: String,
 }
 
+impl Keys {
+    /// These keys, for `region`.
+    pub fn fixed(keys: crate::config::ProxyCredentials, region: &str) -> Self {
+        Self {
+            credentials: Some(Arc::new(FillCredentials::fixed("static", keys))),
+            region: region.to_owned(),
+        }
+    }
+
+    /// The AWS SDK's default chain (environment, profile, web identity, container)
+    /// and region, as the aws CLI finds them; `region` overrides the latter.
+    pub async fn from_environment(region: Option<String>) -> Self {
+        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let region = region
+            .or_else(|| sdk.region().map(|r| r.to_string()))
+            .unwrap_or_else(|| "us-east-1".into());
+        let credentials = match sdk.credentials_provider() {
+            Some(provider) => Some(FillCredentials::from_provider("aws", provider).await),
+            None => None,
+        };
+        Self { credentials, region }
+    }
+}
+
 /// An S3 endpoint: the client and the authority requests carry.
-struct Endpoint {
+pub struct Endpoint {
     client: OriginClient,
     url: OriginUrl,
 }
 
 impl Endpoint {
-    fn new(url: &str) -> Result<Self, PrefetchError> {
+    pub fn new(url: &str) -> Result<Self, PrefetchError> {
         let url = OriginUrl::parse(url.trim_end_matches('/')).map_err(PrefetchError::Usage)?;
         let config = OriginClientConfig {
             connect_timeout: Duration::from_secs(5),
@@ -199,11 +225,29 @@ impl Endpoint {
     }
 
     /// A signed GET of `target` (a path and query, already encoded).
-    async fn get(&self, keys: &Keys, target: &str) -> Result<http::Response<crate::origin::OriginBody>, String> {
+    pub async fn get(&self, keys: &Keys, target: &str) -> Result<http::Response<crate::origin::OriginBody>, String> {
+        self.send(keys, http::Method::GET, target, &[]).await
+    }
+
+    /// A signed request of `target` with `headers` (signed too).
+    pub async fn send(
+        &self,
+        keys: &Keys,
+        method: http::Method,
+        target: &str,
+        headers: &[(&str, String)],
+    ) -> Result<http::Response<crate::origin::OriginBody>, String> {
         let uri: Uri = format!("{}{target}", self.url).parse().map_err(|e| format!("{e}"))?;
-        let mut request = Request::get(uri)
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
+        for (name, value) in headers {
+            let name = header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = value.parse().map_err(|_| format!("a bad {name} header"))?;
+            request.headers_mut().insert(name, value);
+        }
         let authority = match (self.url.tls, self.url.port) {
             (true, 443) | (false, 80) => self.url.host.clone(),
             (_, port) => format!("{}:{port}", self.url.host),
@@ -222,7 +266,7 @@ impl Endpoint {
 }
 
 /// `s3://bucket/prefix` → (bucket, prefix).
-fn parse_s3_url(text: &str) -> Result<(String, String), PrefetchError> {
+pub fn parse_s3_url(text: &str) -> Result<(String, String), PrefetchError> {
     let rest = text
         .strip_prefix("s3://")
         .ok_or_else(|| PrefetchError::Usage(format!("`{text}` is not s3://bucket/prefix")))?;
@@ -306,7 +350,7 @@ struct Contents {
 }
 
 /// Every object under `prefix`, by ListObjectsV2 pages.
-async fn list(origin: &Endpoint, keys: &Keys, bucket: &str, prefix: &str) -> Result<Vec<Object>, PrefetchError> {
+pub async fn list(origin: &Endpoint, keys: &Keys, bucket: &str, prefix: &str) -> Result<Vec<Object>, PrefetchError> {
     let fail = |reason: String| PrefetchError::List {
         bucket: bucket.to_owned(),
         prefix: prefix.to_owned(),
@@ -423,17 +467,7 @@ async fn read(
     object: &Object,
     progress: &ProgressBar,
 ) -> Result<(u64, String), String> {
-    let target = format!(
-        "/{}/{}",
-        utf8_percent_encode(&object.bucket, UNRESERVED),
-        object
-            .key
-            .split('/')
-            .map(|segment| utf8_percent_encode(segment, UNRESERVED).to_string())
-            .collect::<Vec<_>>()
-            .join("/")
-    );
-    let response = endpoint.get(keys, &target).await?;
+    let response = endpoint.get(keys, &object.target()).await?;
     let status = response.status();
     let cache = response
         .headers()

@@ -88,6 +88,20 @@ pub enum Failure {
     Corrupt,
 }
 
+impl Failure {
+    /// The failure its `Display` names (a result file's key); anything else is a
+    /// broken transfer.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "WRONG BYTES" => Failure::Corrupt,
+            _ => match text.strip_prefix("HTTP ").and_then(|c| c.parse().ok()) {
+                Some(code) => Failure::Status(code),
+                None => Failure::Transport,
+            },
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -6,6 +6,7 @@ mod client;
 mod hop;
 mod nginx;
 mod proxy;
+mod remote;
 mod report;
 mod run;
 mod scenario;
@@ -95,6 +96,50 @@ pub struct Args {
     /// Runs s3-accel itself from this configuration file: how the bench starts it.
     #[arg(long, hide = true)]
     pub proxy_config: Option<PathBuf>,
+    /// merge: the result files (one per pod) of `remote` runs.
+    pub files: Vec<PathBuf>,
+    /// remote: the deployed accelerator, e.g. http://accel-object.s3-accel.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// remote: the origin, for listing --prefix and `--verify direct`.
+    #[arg(long, env = "S3_ACCEL_ORIGIN_ENDPOINT")]
+    pub origin_endpoint: Option<String>,
+    /// remote: the objects, as `s3-accel prefetch` reads a manifest.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// remote: every object under `s3://bucket/prefix/` (listed at --origin-endpoint).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// remote: how responses are checked [default: direct with --origin-endpoint,
+    /// else checksum].
+    #[arg(long, value_enum)]
+    pub verify: Option<remote::Verify>,
+    /// remote: the workloads, in order.
+    #[arg(
+        long = "workloads",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "model-load,warm-large,small-zipf"
+    )]
+    pub workloads: Vec<remote::Workload>,
+    /// remote: the part size of model-load's ranged reads.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub part_size: u64,
+    /// remote: this pod's name in the results [default: $POD_NAME or $HOSTNAME, with
+    /// $JOB_COMPLETION_INDEX].
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// remote: wait until this time (RFC 3339) before the first workload, so that
+    /// every pod of a Job starts together.
+    #[arg(long, env = "START_AT", value_parser = parse_time)]
+    pub start_at: Option<std::time::SystemTime>,
+    /// remote: SigV4 region [default: the AWS configuration's, else us-east-1].
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+fn parse_time(text: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(text).map_err(|e| format!("`{text}`: {e} (write 2026-11-24T06:00:00Z)"))
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -107,6 +152,10 @@ pub enum ScenarioName {
     ManyClients,
     /// Several s3-accel nodes of one region (peers) against the same nodes alone.
     RegionHerd,
+    /// A deployed accelerator: --endpoint, --manifest or --prefix (see `remote`).
+    Remote,
+    /// Result files of `remote` runs (one per pod) as one table and chart.
+    Merge,
     All,
     Demo,
 }
@@ -124,6 +173,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.scenario {
         Some(ScenarioName::Demo) => runtime.block_on(run::demo(args)),
+        Some(ScenarioName::Remote) => runtime.block_on(remote::run(&args)),
+        Some(ScenarioName::Merge) => {
+            println!("{}", remote::merge(&args.files, &args.results)?);
+            Ok(())
+        }
         _ => runtime.block_on(run::all(args)),
     }
 }

@@ -153,7 +153,7 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    fn merge(&mut self, other: &RunResult) {
+    pub fn merge(&mut self, other: &RunResult) {
         self.tally.merge(&other.tally);
         self.wall += other.wall;
         self.origin_requests += other.origin_requests;
@@ -188,6 +188,8 @@ pub struct Report<'a> {
     pub rss_bound: u64,
     /// Processes of a region target (region-herd).
     pub nodes: usize,
+    /// The origin's counters are not known (a remote run): those columns say so.
+    pub origin_unseen: bool,
     pub results: Vec<(Kind, RunResult)>,
 }
 
@@ -201,6 +203,7 @@ impl<'a> Report<'a> {
             rounds: 0,
             rss_bound: 0,
             nodes: 1,
+            origin_unseen: false,
             results: Vec::new(),
         }
     }
@@ -233,11 +236,17 @@ impl<'a> Report<'a> {
                 n => format!("{:.0}%", 100.0 * tally.hits as f64 / n as f64),
             };
             let expected_origin = self.unique_bytes * self.rounds.max(1) as u64;
-            let origin_bytes = format!(
-                "{} ({:.3}×)",
-                bytes(run.origin_bytes),
-                run.origin_bytes as f64 / expected_origin.max(1) as f64
-            );
+            let (origin_requests, origin_bytes) = match self.origin_unseen {
+                true => ("–".to_string(), "–".to_string()),
+                false => (
+                    run.origin_requests.to_string(),
+                    format!(
+                        "{} ({:.3}×)",
+                        bytes(run.origin_bytes),
+                        run.origin_bytes as f64 / expected_origin.max(1) as f64
+                    ),
+                ),
+            };
             let errors = if tally.failures.is_empty() {
                 "0".to_string()
             } else {
@@ -262,7 +271,7 @@ impl<'a> Report<'a> {
                 ms(&tally.latency, 0.99),
                 ms(&tally.latency, 0.999),
                 hits,
-                run.origin_requests,
+                origin_requests,
                 origin_bytes,
                 run.peak_rss.map_or("–".into(), bytes),
                 errors,
@@ -270,7 +279,7 @@ impl<'a> Report<'a> {
                 tally.requests,
             );
         }
-        let goals = self.goals();
+        let goals = if self.origin_unseen { Vec::new() } else { self.goals() };
         if !goals.is_empty() {
             out.push_str("\nGoals (reported, not asserted):\n\n");
             for goal in goals {

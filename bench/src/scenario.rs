@@ -188,7 +188,9 @@ impl Scenario {
                     total_bandwidth: LINK,
                 }
             }
-            ScenarioName::All | ScenarioName::Demo => unreachable!("not a single scenario"),
+            ScenarioName::All | ScenarioName::Demo | ScenarioName::Remote | ScenarioName::Merge => {
+                unreachable!("not a single scenario")
+            }
         }
     }
 
