@@ -259,6 +259,14 @@ for name in "${names[@]}"; do
     check "consistency $name" "$PY" "$DEPLOY/checks.py" consistency "$out" --config-rs "$ROOT/src/config/file.rs"
 done
 
+# The load-test Job: schemas, and its consistency with s3-accel-bench.
+loadtest=$WORK/loadtest.yaml
+check "render loadtest" render "$DEPLOY/loadtest" "$loadtest"
+if [ -s "$loadtest" ]; then
+    check "schema loadtest (k8s ${K8S_VERSIONS[*]}, strict)" "$PY" "$DEPLOY/checks.py" schema "$loadtest" "${kv_args[@]}"
+    check "loadtest Job" "$PY" "$DEPLOY/checks.py" loadtest "$loadtest" --bench-rs "$ROOT/bench/src/main.rs"
+fi
+
 # The ServiceMonitor is a CRD kind: kubernetes-validate has no schema for it (its CLI
 # would only warn), so checks.py validates its fields and what it selects.
 monitoring=$WORK/monitoring.yaml

@@ -684,6 +684,108 @@ def cmd_dockerfile(args):
     return fails.finish(f"dockerfile {args.file}")
 
 
+# ---------------------------------------------------------------- load-test Job
+
+
+def bench_flags(bench_rs):
+    """The long flags of s3-accel-bench (bench/src/main.rs, `pub struct Args`)."""
+    text = Path(bench_rs).read_text()
+    body = re.search(r"pub struct Args \{(.*?)\n\}", text, re.S)
+    if not body:
+        raise SystemExit(f"{bench_rs}: no `pub struct Args`; has the bench moved?")
+    flags, rename = set(), None
+    for line in body.group(1).splitlines():
+        line = line.strip()
+        if m := re.search(r'long\s*=\s*"([\w-]+)"', line):
+            rename = m.group(1)
+        if m := re.match(r"pub (\w+):", line):
+            flags.add(rename or m.group(1).replace("_", "-"))
+            rename = None
+    return flags
+
+
+def cmd_loadtest(args):
+    """The load-test Job: indexed, started together, running `s3-accel-bench remote`
+    with flags it has, reading a manifest it mounts, writing where it may."""
+    fails = Failures()
+    docs = load_docs(args.file)
+    jobs = find(docs, "Job")
+    if not fails.check(len(jobs) == 1, "expected exactly one Job"):
+        return fails.finish(f"loadtest {args.file}")
+    job = jobs[0]
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    fails.check(spec.get("completionMode") == "Indexed", "the Job must be Indexed (each pod knows its index)")
+    fails.check(isinstance(spec.get("parallelism"), int) and spec.get("parallelism") == spec.get("completions"),
+                "parallelism must equal completions: every pod runs at once")
+    fails.check(spec.get("backoffLimit") == 0, "backoffLimit must be 0: a failed pod is a result, not a retry")
+    fails.check(pod.get("restartPolicy") == "Never", "restartPolicy must be Never")
+    containers = pod.get("containers", [])
+    if not fails.check(len(containers) == 1, "expected one container"):
+        return fails.finish(f"loadtest {args.file}")
+    c = containers[0]
+    argv = c.get("command", []) + c.get("args", [])
+    fails.check(argv[:2] == ["/usr/local/bin/s3-accel-bench", "remote"], "the container must run `s3-accel-bench remote`")
+    known = bench_flags(args.bench_rs)
+    flags = {}
+    for arg in argv[2:]:
+        if arg.startswith("--"):
+            name, _, value = arg[2:].partition("=")
+            fails.check(name in known, f"s3-accel-bench has no flag --{name}")
+            flags[name] = value
+    # Environment: literal env, and every key of the ConfigMaps it takes whole.
+    env = {e["name"]: e for e in c.get("env", [])}
+    values = {name: e.get("value") for name, e in env.items()}
+    for source in c.get("envFrom", []):
+        name = source.get("configMapRef", {}).get("name")
+        cms = find(docs, "ConfigMap", name)
+        if fails.check(cms, f"envFrom ConfigMap {name} is not in the render"):
+            values.update(cms[0].get("data", {}))
+    for arg in argv:
+        for var in re.findall(r"\$\((\w+)\)", arg):
+            fails.check(var in values, f"$({var}) in the arguments is defined nowhere")
+    start = values.get("START_AT") or flags.get("start-at")
+    fails.check(start and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", start),
+                "START_AT (the shared start, RFC 3339 UTC) must be set")
+    fails.check(values.get("AWS_ENDPOINT_URL") or flags.get("endpoint"), "no --endpoint (AWS_ENDPOINT_URL)")
+    for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
+        ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+        fails.check(ref.get("key") == key, f"{var} must come from a Secret's key {key}")
+    fails.check("POD_NAME" in env, "POD_NAME (the downward API) names each pod's results")
+    # The manifest and the results directory are mounts.
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    manifest = flags.get("manifest")
+    if fails.check(manifest, "no --manifest"):
+        mount = mount_of(c, manifest)
+        if fails.check(mount, f"--manifest {manifest} is on no volume mount"):
+            cm = volumes.get(mount["name"], {}).get("configMap", {})
+            cms = find(docs, "ConfigMap", cm.get("name"))
+            items = {i["path"]: i["key"] for i in cm.get("items", [])} or None
+            file = manifest[len(mount["mountPath"].rstrip("/")) + 1:]
+            key = items.get(file) if items is not None else file
+            if fails.check(cms and key in cms[0].get("data", {}), f"--manifest {manifest}: no such key in a ConfigMap"):
+                for n, line in enumerate(cms[0]["data"][key].splitlines(), 1):
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        fails.check(re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+", line),
+                                    f"manifest line {n}: `{line}` is not s3://bucket/key")
+    results = flags.get("results")
+    if fails.check(results, "no --results"):
+        mount = mount_of(c, results)
+        fails.check(mount and not mount.get("readOnly") and "emptyDir" in volumes.get(mount["name"], {}),
+                    f"--results {results} must be a writable emptyDir (the root filesystem is read-only)")
+    sc = c.get("securityContext", {})
+    fails.check(sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True
+                and "ALL" in sc.get("capabilities", {}).get("drop", []) and sc.get("runAsNonRoot") is True,
+                "the container must be non-root, read-only, without capabilities")
+    fails.check(re.search(r":[^/]+$", c.get("image", "")) and not c["image"].endswith(":latest"),
+                f"image `{c.get('image')}` has no pinned tag")
+    fails.check(c.get("resources", {}).get("limits", {}).get("memory"), "the container has no memory limit")
+    namespaces = {d["metadata"].get("namespace") for d in docs}
+    fails.check(namespaces == {"s3-accel"}, f"objects outside namespace s3-accel: {namespaces}")
+    return fails.finish(f"loadtest {args.file}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -699,6 +801,10 @@ def main():
     p.add_argument("file")
     p.add_argument("--services-from", required=True, help="a rendered overlay")
     p.set_defaults(run=cmd_servicemonitor)
+    p = sub.add_parser("loadtest", help="the load-test Job against s3-accel-bench")
+    p.add_argument("file")
+    p.add_argument("--bench-rs", required=True, help="bench/src/main.rs")
+    p.set_defaults(run=cmd_loadtest)
     p = sub.add_parser("grafana", help="the dashboard JSON and its PromQL metric names")
     p.add_argument("file")
     p.set_defaults(run=cmd_grafana)

@@ -70,6 +70,9 @@ struct Expected {
     crc: Option<(crc_fast::CrcAlgorithm, String)>,
 }
 
+/// How a pod's log line of results starts (deploy/loadtest collects them).
+pub const RESULTS_PREFIX: &str = "RESULTS ";
+
 /// One pod's results, as `merge` reads them.
 #[derive(Serialize, Deserialize)]
 pub struct Results {
@@ -241,6 +244,8 @@ async fn run_with(args: &Args, keys: Keys) -> anyhow::Result<()> {
         args.results.join("remote.md").display(),
         json.display()
     );
+    // The results on one line of the log, where a Job's pods leave them.
+    println!("{RESULTS_PREFIX}{}", serde_json::to_string(&results)?);
     Ok(())
 }
 
