@@ -747,7 +747,7 @@ def cmd_loadtest(args):
     start = values.get("START_AT") or flags.get("start-at")
     fails.check(start and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", start),
                 "START_AT (the shared start, RFC 3339 UTC) must be set")
-    fails.check(values.get("AWS_ENDPOINT_URL") or flags.get("endpoint"), "no --endpoint (AWS_ENDPOINT_URL)")
+    fails.check(values.get("AWS_ENDPOINT_URL_S3") or flags.get("endpoint"), "no --endpoint (AWS_ENDPOINT_URL_S3)")
     for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
         ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
         fails.check(ref.get("key") == key, f"{var} must come from a Secret's key {key}")

@@ -36,7 +36,7 @@ pub struct PrefetchArgs {
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
     /// The accelerator, e.g. http://accel-object.ord1.example.com.
-    #[arg(long, visible_alias = "endpoint-url", env = "AWS_ENDPOINT_URL")]
+    #[arg(long, visible_alias = "endpoint-url", env = "AWS_ENDPOINT_URL_S3")]
     pub endpoint: String,
     /// The origin, where a prefix is listed, e.g. https://object.ord1.example.com.
     #[arg(long, env = "S3_ACCEL_ORIGIN_ENDPOINT")]

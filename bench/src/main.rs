@@ -99,7 +99,7 @@ pub struct Args {
     /// merge: the result files (one per pod) of `remote` runs.
     pub files: Vec<PathBuf>,
     /// remote: the deployed accelerator, e.g. http://accel-object.s3-accel.
-    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    #[arg(long, env = "AWS_ENDPOINT_URL_S3")]
     pub endpoint: Option<String>,
     /// remote: the origin, for listing --prefix and `--verify direct`.
     #[arg(long, env = "S3_ACCEL_ORIGIN_ENDPOINT")]
