@@ -160,10 +160,13 @@ setup_kustomize() {
 
 render() { "${KUSTOMIZE_CMD[@]}" "$1" >"$2"; }
 
-# A kustomization in $WORK that adds the hostnetwork component to a region overlay
-# (kustomize wants relative paths).
-hostnetwork_variant() {
-    local region=$1 dir=$WORK/hostnetwork-$1 rel
+# variant REGION COMPONENT: a kustomization in $WORK that adds a component
+# (hostnetwork, credentials/web-identity, ...) to a region overlay (kustomize wants
+# relative paths). A component with a credentials.toml gets it appended to the
+# region's config, as its kustomization.yaml tells operators to do.
+variant() {
+    local region=$1 component=$2 dir rel
+    dir=$WORK/variant-$region-${component//\//-}
     mkdir -p "$dir"
     rel=$(realpath --relative-to="$dir" "$K8S")
     cat >"$dir/kustomization.yaml" <<EOF
@@ -172,32 +175,18 @@ kind: Kustomization
 resources:
   - $rel/overlays/$region
 components:
-  - $rel/hostnetwork
+  - $rel/$component
 EOF
-    echo "$dir"
-}
-
-# A kustomization in $WORK that adds a credentials component to a region overlay,
-# with the component's credentials.toml appended to the region's config, as its
-# kustomization.yaml tells operators to do.
-credentials_variant() {
-    local region=$1 component=$2 dir=$WORK/credentials-$1-$2 rel
-    mkdir -p "$dir"
-    rel=$(realpath --relative-to="$dir" "$K8S")
-    cat "$K8S/overlays/$region/s3-accel.toml" "$K8S/credentials/$component/credentials.toml" >"$dir/s3-accel.toml"
-    cat >"$dir/kustomization.yaml" <<EOF
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - $rel/overlays/$region
-components:
-  - $rel/credentials/$component
+    if [ -f "$K8S/$component/credentials.toml" ]; then
+        cat "$K8S/overlays/$region/s3-accel.toml" "$K8S/$component/credentials.toml" >"$dir/s3-accel.toml"
+        cat >>"$dir/kustomization.yaml" <<EOF
 configMapGenerator:
   - name: s3-accel-config
     behavior: replace
     files:
       - s3-accel.toml
 EOF
+    fi
     echo "$dir"
 }
 
@@ -242,11 +231,11 @@ for overlay in "$K8S"/overlays/*/; do
     region=$(basename "$overlay")
     names+=("overlays/$region" "overlays/$region + hostnetwork")
     dir_of["overlays/$region"]=${overlay%/}
-    dir_of["overlays/$region + hostnetwork"]=$(hostnetwork_variant "$region")
+    dir_of["overlays/$region + hostnetwork"]=$(variant "$region" hostnetwork)
     for component in "$K8S"/credentials/*/; do
-        component=$(basename "$component")
-        names+=("overlays/$region + credentials/$component")
-        dir_of["overlays/$region + credentials/$component"]=$(credentials_variant "$region" "$component")
+        component=credentials/$(basename "$component")
+        names+=("overlays/$region + $component")
+        dir_of["overlays/$region + $component"]=$(variant "$region" "$component")
     done
 done
 

@@ -202,6 +202,15 @@ fn token_file(dir: &Path, token: &str) -> PathBuf {
     path
 }
 
+/// A node exchanging `token` at moto for keys of [`ROLE`], then `more` (tables).
+async fn web_identity_node(origin: &TestOrigin, moto: &Moto, token: &Path, more: &str) -> Node {
+    let credentials = format!(
+        "[credentials]\nsource = \"web_identity\"\ntoken_file = \"{}\"\nrole_arn = \"{ROLE}\"\n{more}",
+        token.display()
+    );
+    Node::start(origin, &credentials, &[("AWS_ENDPOINT_URL_STS", moto.url.clone())]).await
+}
+
 #[tokio::test]
 async fn web_identity_keys_from_sts_sign_the_fills() {
     let (moto, (origin, data)) = tokio::join!(Moto::start(), origin_with(4 * MIB));
@@ -209,15 +218,7 @@ async fn web_identity_keys_from_sts_sign_the_fills() {
     let dir = tempfile::tempdir().unwrap();
     let web_token = "eyJhbGciOiJSUzI1NiJ9.service-account-token-for-the-test";
     let token = token_file(dir.path(), web_token);
-    let node = Node::start(
-        &origin,
-        &format!(
-            "[credentials]\nsource = \"web_identity\"\ntoken_file = \"{}\"\nrole_arn = \"{ROLE}\"",
-            token.display()
-        ),
-        &[("AWS_ENDPOINT_URL_STS", moto.url.clone())],
-    )
-    .await;
+    let node = web_identity_node(&origin, &moto, &token, "").await;
     node.ready().await;
     let client = TestClient::default();
     for i in 0..4 {
@@ -252,16 +253,9 @@ async fn assumed_role_keys_rotate_before_they_expire() {
     moto.serve_keys_to(&origin, Some(LIFETIME));
     let dir = tempfile::tempdir().unwrap();
     let token = token_file(dir.path(), "eyJhbGciOiJSUzI1NiJ9.another-service-account-token");
-    let node = Node::start(
-        &origin,
-        &format!(
-            "[credentials]\nsource = \"web_identity\"\ntoken_file = \"{}\"\nrole_arn = \"{ROLE}\"\n\
-             [credentials.assume_role]\nrole_arn = \"arn:aws:iam::123456789012:role/delegated\"\nduration = \"6s\"",
-            token.display()
-        ),
-        &[("AWS_ENDPOINT_URL_STS", moto.url.clone())],
-    )
-    .await;
+    let chained =
+        "[credentials.assume_role]\nrole_arn = \"arn:aws:iam::123456789012:role/delegated\"\nduration = \"6s\"";
+    let node = web_identity_node(&origin, &moto, &token, chained).await;
     node.ready().await;
     let client = TestClient::default();
     // 20 MiB, one every 600 ms: 12 s, two lifetimes.

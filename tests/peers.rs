@@ -19,7 +19,7 @@ use crate::support::{get, object_bytes, outcome, sha256_hex, Signing, TestOrigin
 use s3_accel_testkit::origin::OriginOptions;
 use s3_accel_testkit::shaping::Shaping;
 
-const BUCKET: &str = "models";
+pub(crate) const BUCKET: &str = "models";
 const SECRET: &str = "a-region-secret-of-at-least-32-bytes";
 const CACHE: &str = "memory = \"128MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"";
 
@@ -50,9 +50,9 @@ impl Layout {
 }
 
 /// s3-accel nodes that know each other as peers, on 127.0.0.1, 127.0.0.2, ...
-struct Region {
+pub(crate) struct Region {
     /// The nodes run in this process.
-    nodes: Vec<TestProxy>,
+    pub(crate) nodes: Vec<TestProxy>,
     /// The nodes run as processes, after those in `nodes` in numbering.
     processes: Vec<tokio::process::Child>,
     /// Each in-process node's configuration, to restart it as it was.
@@ -63,7 +63,7 @@ struct Region {
 }
 
 impl Region {
-    async fn start(origin: &TestOrigin, count: u8) -> Self {
+    pub(crate) async fn start(origin: &TestOrigin, count: u8) -> Self {
         Self::start_with(origin, Layout::of(count)).await
     }
 
@@ -174,7 +174,7 @@ async fn spawn_node(file: &std::path::Path, peer: SocketAddr) -> tokio::process:
 }
 
 /// Each node reads `model.bin` whole: a 200 with exactly `data`.
-async fn every_node_serves(region: &Region, data: &[u8], why: &str) {
+pub(crate) async fn every_node_serves(region: &Region, data: &[u8], why: &str) {
     for node in &region.nodes {
         let reply = get(node, read("model.bin")).await;
         assert_eq!(reply.status, StatusCode::OK, "{why}");
@@ -183,7 +183,7 @@ async fn every_node_serves(region: &Region, data: &[u8], why: &str) {
 }
 
 /// An origin holding `model.bin`, `size` bytes.
-async fn origin_with_model(seed: u64, size: usize) -> (TestOrigin, Vec<u8>) {
+pub(crate) async fn origin_with_model(seed: u64, size: usize) -> (TestOrigin, Vec<u8>) {
     let origin = TestOrigin::honoring().await;
     origin.create_bucket(BUCKET).await;
     let data = object_bytes(seed, size);

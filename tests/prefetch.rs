@@ -103,6 +103,34 @@ async fn a_prefix_prefetched_is_cached_and_a_second_run_is_all_hits() {
 }
 
 #[tokio::test]
+async fn one_prefetch_through_one_node_warms_the_whole_region() {
+    use crate::peers::{every_node_serves, origin_with_model, Region, BUCKET};
+    let size = 12 << 20;
+    let (origin, data) = origin_with_model(33, size).await;
+    let region = Region::start(&origin, 3).await;
+    let output = prefetch(&[
+        &format!("s3://{BUCKET}/"),
+        "--endpoint",
+        &format!("http://{}", region.nodes[0].address),
+        "--origin-endpoint",
+        &origin.url(),
+    ])
+    .await;
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("prefetch: cache: miss 1"), "{text}");
+    origin.stats.settled().await;
+    let before = origin.stats.body_bytes();
+    // Every node serves the model from the region: owners hold its chunks.
+    every_node_serves(&region, &data, "after one prefetch").await;
+    let sent = origin.stats.body_bytes() - before;
+    assert!(
+        sent * 100 < size as u64,
+        "the region's reads cost the origin {sent} bytes"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_object_is_named_and_fails_the_run() {
     let (origin, _) = origin_with_model().await;
     let proxy = TestProxy::for_origin(&origin.url()).await;

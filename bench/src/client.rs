@@ -126,6 +126,20 @@ pub struct Sample {
     pub etag: Option<String>,
 }
 
+impl Sample {
+    /// A request not answered yet: a broken transfer until it is.
+    pub fn pending() -> Self {
+        Self {
+            outcome: Err(Failure::Transport),
+            bytes: 0,
+            ttfb: Duration::ZERO,
+            latency: Duration::ZERO,
+            hit: None,
+            etag: None,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: hyper_util::client::legacy::Client<HttpConnector, Empty<Bytes>>,
@@ -161,14 +175,7 @@ impl Client {
 
     pub async fn send(&self, address: SocketAddr, get: &Get<'_>) -> Sample {
         let started = Instant::now();
-        let mut sample = Sample {
-            outcome: Err(Failure::Transport),
-            bytes: 0,
-            ttfb: Duration::ZERO,
-            latency: Duration::ZERO,
-            hit: None,
-            etag: None,
-        };
+        let mut sample = Sample::pending();
         let request = self.request(address, get);
         let response = match self.http.request(request).await {
             Ok(response) => response,

@@ -384,14 +384,7 @@ impl Shared {
             headers.push(("range", format!("bytes={first}-{last}")));
         }
         let started = Instant::now();
-        let mut sample = Sample {
-            outcome: Err(Failure::Transport),
-            bytes: 0,
-            ttfb: Duration::ZERO,
-            latency: Duration::ZERO,
-            hit: None,
-            etag: None,
-        };
+        let mut sample = Sample::pending();
         let mut hash = XxHash3_64::default();
         let response = self
             .endpoint
