@@ -60,7 +60,6 @@ struct State {
     current: Option<Snapshot>,
     /// Why the last attempt failed, when it did.
     error: Option<String>,
-    generation: u64,
 }
 
 /// The fill credentials of one process.
@@ -135,7 +134,6 @@ impl FillCredentials {
                     generation: 1,
                 }),
                 error: None,
-                generation: 1,
             }),
             refresher: None,
         }
@@ -245,14 +243,11 @@ impl FillCredentials {
             session_token: credentials.session_token().map(str::to_owned),
         };
         let expires = credentials.expiry();
-        let changed = state.current.as_ref().is_none_or(|s| *s.keys != keys);
-        if changed {
-            state.generation += 1;
-        }
-        let generation = state.generation;
-        let keys = match state.current.take() {
-            Some(current) if !changed => current.keys,
-            _ => Arc::new(keys),
+        // Once set, `current` is only ever replaced: its generation is the count of
+        // changes so far.
+        let (keys, generation, changed) = match state.current.take() {
+            Some(current) if *current.keys == keys => (current.keys, current.generation, false),
+            current => (Arc::new(keys), current.map_or(1, |c| c.generation + 1), true),
         };
         state.current = Some(Snapshot {
             keys,

@@ -8,6 +8,6 @@ pub mod route;
 mod sign;
 
 pub use body::{BodyIdleTimeout, IdleTimeoutBody};
-pub use client::{poison, OriginBody, OriginClient, OriginError};
+pub use client::{error_code, poison, OriginBody, OriginClient, OriginError};
 pub use route::{Region, Route, Router, UnknownHost};
 pub use sign::{sign_s3, SignError};

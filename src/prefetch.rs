@@ -375,6 +375,10 @@ pub async fn list(origin: &Endpoint, keys: &Keys, bucket: &str, prefix: &str) ->
         let target = format!("/{}?{query}", utf8_percent_encode(bucket, UNRESERVED));
         let response = origin.get(keys, &target).await.map_err(fail)?;
         let status = response.status();
+        if status != StatusCode::OK {
+            let code = crate::origin::error_code(response).await;
+            return Err(fail(format!("{status} {code}").trim().to_owned()));
+        }
         let body = response
             .into_body()
             .collect()
@@ -382,10 +386,6 @@ pub async fn list(origin: &Endpoint, keys: &Keys, bucket: &str, prefix: &str) ->
             .map_err(|e| fail(format!("reading the listing: {e}")))?
             .to_bytes();
         let text = String::from_utf8_lossy(&body);
-        if status != StatusCode::OK {
-            let code = crate::s3::xml::error_code(&text).unwrap_or("");
-            return Err(fail(format!("{status} {code}")));
-        }
         let page: ListBucketResult =
             quick_xml::de::from_str(&text).map_err(|e| fail(format!("an unreadable listing: {e}")))?;
         objects.extend(
@@ -469,6 +469,10 @@ async fn read(
 ) -> Result<(u64, String), String> {
     let response = endpoint.get(keys, &object.target()).await?;
     let status = response.status();
+    if status != StatusCode::OK {
+        let code = crate::origin::error_code(response).await;
+        return Err(format!("{status} {code}").trim().to_owned());
+    }
     let cache = response
         .headers()
         .get(crate::proxy::CACHE_HEADER)
@@ -481,17 +485,6 @@ async fn read(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut body = response.into_body();
-    if status != StatusCode::OK {
-        let bytes = http_body_util::Limited::new(body, 8 << 10)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let code = crate::s3::xml::error_code(&String::from_utf8_lossy(&bytes))
-            .unwrap_or("")
-            .to_owned();
-        return Err(format!("{status} {code}").trim().to_owned());
-    }
     let mut got = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("the body broke after {got} bytes: {e}"))?;

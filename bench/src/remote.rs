@@ -131,15 +131,7 @@ impl RunRecord {
         for (failure, count) in &self.failures {
             *tally.failures.entry(Failure::parse(failure)).or_default() += count;
         }
-        Ok(RunResult {
-            tally,
-            wall: Duration::from_secs_f64(self.wall_s),
-            origin_requests: 0,
-            origin_bytes: 0,
-            peak_rss: None,
-            timed_out: false,
-            peer_hop: None,
-        })
+        Ok(RunResult::of(tally, Duration::from_secs_f64(self.wall_s)))
     }
 }
 
@@ -442,15 +434,12 @@ impl Shared {
     }
 }
 
-/// Counts of a run's checks that could not be made (`--verify checksum` without a
-/// stored CRC).
-struct Unverified(AtomicUsize);
-
 /// Runs `workload` over `expected`; returns the run and how many responses could
 /// not be checked.
 async fn drive(shared: &Arc<Shared>, workload: Workload, expected: &[Arc<Expected>], args: &Args) -> (RunResult, u64) {
     let clients = args.clients.unwrap_or(8).max(1);
-    let unverified = Arc::new(Unverified(AtomicUsize::new(0)));
+    // Responses that could not be checked (`--verify checksum`, no stored CRC).
+    let unverified = Arc::new(AtomicUsize::new(0));
     if workload == Workload::WarmLarge {
         // The warm-up: each object once, not measured.
         let warm = Arc::new(Recorder::hidden());
@@ -502,20 +491,12 @@ async fn drive(shared: &Arc<Shared>, workload: Workload, expected: &[Arc<Expecte
     for task in tasks {
         let _ = task.await;
     }
-    let run = RunResult {
-        tally: recorder.finish(),
-        wall: started.elapsed(),
-        origin_requests: 0,
-        origin_bytes: 0,
-        peak_rss: None,
-        timed_out: false,
-        peer_hop: None,
-    };
-    (run, unverified.0.load(Ordering::Relaxed) as u64)
+    let run = RunResult::of(recorder.finish(), started.elapsed());
+    (run, unverified.load(Ordering::Relaxed) as u64)
 }
 
 /// A whole-object GET, checked.
-async fn whole(shared: &Shared, expected: &Expected, recorder: &Recorder, unverified: &Unverified) {
+async fn whole(shared: &Shared, expected: &Expected, recorder: &Recorder, unverified: &AtomicUsize) {
     let mut crc = expected
         .crc
         .as_ref()
@@ -526,7 +507,7 @@ async fn whole(shared: &Shared, expected: &Expected, recorder: &Recorder, unveri
             (Verify::Direct, _, _) => expected.whole == Some(read.hash),
             (Verify::Checksum, Some((algorithm, stored)), Some(digest)) => crc_text(*algorithm, digest) == *stored,
             (Verify::Checksum, _, _) => {
-                unverified.0.fetch_add(1, Ordering::Relaxed);
+                unverified.fetch_add(1, Ordering::Relaxed);
                 true
             }
         };
@@ -539,7 +520,7 @@ async fn whole(shared: &Shared, expected: &Expected, recorder: &Recorder, unveri
 
 /// A shard read in parts of `shared.part`, one after the other, as a loader does:
 /// each part checked (direct), or the shard's CRC at the end (checksum).
-async fn load_shard(shared: &Shared, expected: &Expected, recorder: &Recorder, unverified: &Unverified) {
+async fn load_shard(shared: &Shared, expected: &Expected, recorder: &Recorder, unverified: &AtomicUsize) {
     let mut crc = expected
         .crc
         .as_ref()
@@ -564,7 +545,7 @@ async fn load_shard(shared: &Shared, expected: &Expected, recorder: &Recorder, u
         let good = match (&expected.crc, crc) {
             (Some((algorithm, stored)), Some(digest)) => crc_text(*algorithm, digest) == *stored,
             _ => {
-                unverified.0.fetch_add(samples.len(), Ordering::Relaxed);
+                unverified.fetch_add(samples.len(), Ordering::Relaxed);
                 true
             }
         };
@@ -694,15 +675,7 @@ mod tests {
             tally.bytes += bytes;
             tally.exact += 1;
         }
-        RunResult {
-            tally,
-            wall: Duration::from_secs_f64(wall),
-            origin_requests: 0,
-            origin_bytes: 0,
-            peak_rss: None,
-            timed_out: false,
-            peer_hop: None,
-        }
+        RunResult::of(tally, Duration::from_secs_f64(wall))
     }
 
     #[test]

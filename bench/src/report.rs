@@ -153,6 +153,19 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// What clients measured over `wall`, nothing known of the origin.
+    pub fn of(tally: Tally, wall: Duration) -> Self {
+        Self {
+            tally,
+            wall,
+            origin_requests: 0,
+            origin_bytes: 0,
+            peak_rss: None,
+            timed_out: false,
+            peer_hop: None,
+        }
+    }
+
     pub fn merge(&mut self, other: &RunResult) {
         self.tally.merge(&other.tally);
         self.wall += other.wall;

@@ -60,6 +60,18 @@ pub enum OriginError {
     },
 }
 
+/// The `<Code>` of an origin's error answer (its first 8 KiB, within 5 s), or `""`.
+pub async fn error_code(response: Response<OriginBody>) -> String {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Limited::new(response.into_body(), 8 << 10);
+    match tokio::time::timeout(Duration::from_secs(5), body.collect()).await {
+        Ok(Ok(body)) => crate::s3::xml::error_code(&String::from_utf8_lossy(&body.to_bytes()))
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    }
+}
+
 pub struct OriginClient {
     region: Arc<str>,
     origin: OriginUrl,

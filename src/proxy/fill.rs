@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::cache::ChunkSink;
 use crate::credentials::{FillCredentials, Snapshot};
-use crate::origin::{poison, sign_s3, OriginBody, OriginError, Region, SignError};
+use crate::origin::{error_code, poison, sign_s3, OriginBody, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
 use crate::{telemetry, BoxError};
 
@@ -340,17 +340,3 @@ const CREDENTIAL_CODES: [&str; 4] = [
     "SignatureDoesNotMatch",
     "InvalidToken",
 ];
-
-/// The `<Code>` of an origin's error answer (its first 8 KiB, within 5 s), or `""`.
-async fn error_code(response: http::Response<OriginBody>) -> String {
-    let body = http_body_util::Limited::new(response.into_body(), 8 << 10);
-    match tokio::time::timeout(std::time::Duration::from_secs(5), body.collect()).await {
-        Ok(Ok(body)) => {
-            let body = body.to_bytes();
-            crate::s3::xml::error_code(&String::from_utf8_lossy(&body))
-                .unwrap_or_default()
-                .to_owned()
-        }
-        _ => String::new(),
-    }
-}
