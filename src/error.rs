@@ -92,6 +92,25 @@ impl ProxyError {
         }
     }
 
+    /// Why the request was refused here, before the origin or the cache saw it
+    /// (`s3accel_local_refusals_total{reason}`); `None` for the origin's errors and
+    /// the cache's.
+    pub fn refusal(&self) -> Option<&'static str> {
+        use crate::s3::presign::PresignError;
+        match self {
+            Self::Request(RequestError::MethodNotAllowed { .. }) => Some("method"),
+            Self::Request(RequestError::InvalidUri { .. }) => Some("uri"),
+            Self::Request(RequestError::KeyTooLong { .. }) => Some("key"),
+            Self::Request(RequestError::InvalidArgument { .. }) => Some("argument"),
+            Self::UnknownHost(_) | Self::BadHost(_) => Some("host"),
+            Self::UnexpectedBody(_) => Some("body"),
+            Self::Presign(PresignError::Expired) => Some("expired"),
+            Self::Presign(PresignError::Malformed(_)) => Some("malformed"),
+            Self::Signature(_) => Some("signature"),
+            Self::Origin(_) | Self::OriginMismatch(_) | Self::InvalidRange { .. } | Self::Fill(_) => None,
+        }
+    }
+
     /// Elements an S3 client expects beside Code and Message for this error.
     fn extra_elements(&self) -> Vec<(&'static str, String)> {
         match self {
@@ -102,7 +121,7 @@ impl ProxyError {
                 ]
             }
             Self::Request(RequestError::InvalidArgument { name, .. }) => vec![("ArgumentName", name.clone())],
-            Self::UnknownHost(UnknownHost { host }) => vec![("HostId", host.clone())],
+            Self::UnknownHost(UnknownHost { host, .. }) => vec![("HostId", host.clone())],
             Self::InvalidRange { requested, size } => vec![
                 ("RangeRequested", requested.clone()),
                 ("ActualObjectSize", size.to_string()),
@@ -191,7 +210,10 @@ mod tests {
 
     #[tokio::test]
     async fn head_errors_have_no_body() {
-        let error = ProxyError::from(UnknownHost { host: "nowhere".into() });
+        let error = ProxyError::from(UnknownHost {
+            host: "nowhere".into(),
+            catch_all: false,
+        });
         let response = error.into_response("REQ2", "/b/k", &Method::HEAD);
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert!(response.into_body().collect().await.unwrap().to_bytes().is_empty());

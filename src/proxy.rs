@@ -179,6 +179,7 @@ impl Proxy {
                 .unwrap_or("")
                 .to_owned(),
             started: Some(Instant::now()),
+            operation: "other",
             ..AccessLog::default()
         };
         let mut response = match self.forward(request, &request_id, &mut log).await {
@@ -188,6 +189,10 @@ impl Proxy {
                 response
             }
             Err(error) => {
+                if let Some(reason) = error.refusal() {
+                    metrics::counter!(telemetry::LOCAL_REFUSALS, "reason" => reason).increment(1);
+                    log.operation = "refused";
+                }
                 let (status, _) = error.status_and_code();
                 if status.is_server_error() {
                     tracing::warn!(request_id, error = error_chain(&error), "request failed");
@@ -227,13 +232,18 @@ impl Proxy {
 
     async fn forward<B: Body>(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
         request_id: &str,
         log: &mut AccessLog,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         // Route first: the Host decides whether the bucket is in the name or the path
         // (and a Host two readers could read two ways goes no further).
         forward::check_host(&request)?;
+        // Read before hop-by-hop headers go: `Transfer-Encoding` is one of them.
+        let body = carries_body(&request);
+        // From here on the request is exactly what the origin will see: a header the
+        // client names in `Connection` is not forwarded, so nothing may read it.
+        forward::strip_hop_by_hop(request.headers_mut());
         let authority = forward::client_authority(&request).unwrap_or_default();
         let route = self.router.route(&authority)?;
         log.region.clone_from(&route.region.config.name);
@@ -248,21 +258,18 @@ impl Proxy {
         )?;
         log.bucket.clone_from(&object.bucket);
         log.key.clone_from(&object.key);
-        if carries_body(&request) {
+        log.operation = match object.operation {
+            Operation::GetObject => "get",
+            Operation::HeadObject => "head",
+        };
+        if body {
             return Err(ProxyError::UnexpectedBody(request.method().clone()));
         }
         // With presigned grants on, an expired or malformed presigned URL is refused
         // here, before any cache lookup, as the origin would refuse it.
         let window = match self.grants.is_some() && self.auth.presigned {
             true => s3::presign::check(&object.presign, std::time::SystemTime::now())
-                .transpose()
-                .inspect_err(|refused| {
-                    let reason = match refused {
-                        s3::presign::PresignError::Expired => "expired",
-                        s3::presign::PresignError::Malformed(_) => "malformed",
-                    };
-                    metrics::counter!(telemetry::LOCAL_REFUSALS, "reason" => reason).increment(1);
-                })?,
+                .transpose()?,
             false => None,
         };
         let id = plan::object_id(&route, &object);
@@ -574,9 +581,10 @@ impl Proxy {
             },
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
                 let whole = plan.part.is_none() && plan.range == RangeRequest::Whole;
+                let ranged = matches!(plan.range, RangeRequest::One(_));
                 let learned = plan
                     .learns
-                    .then(|| meta_from_response(status, headers, whole, plan.checksum_mode))
+                    .then(|| meta_from_response(status, headers, whole, ranged, plan.checksum_mode))
                     .flatten();
                 let cold = cached.is_none();
                 let same = cached.filter(|meta| etag == Some(meta.etag.as_str()));
@@ -655,8 +663,9 @@ impl Proxy {
         let status = response.status();
         // A part's HEAD tells the part's length, never the object's.
         let whole = plan.range == RangeRequest::Whole;
+        let ranged = matches!(plan.range, RangeRequest::One(_));
         let learned = (plan.learns && plan.part.is_none())
-            .then(|| meta_from_response(status, response.headers(), whole, plan.checksum_mode))
+            .then(|| meta_from_response(status, response.headers(), whole, ranged, plan.checksum_mode))
             .flatten();
         if let Some(new) = learned {
             let meta = match self.cache.meta(&plan.object).await {

@@ -130,7 +130,7 @@ fn describe() {
     );
     describe_counter!(
         LOCAL_REFUSALS,
-        "Requests refused before the origin or the cache, by reason (expired, malformed presigned URLs)."
+        "Requests refused before the origin or the cache, by reason: method, uri, key, argument, host, body, expired, malformed, signature."
     );
     describe_histogram!(
         PEER_SECONDS,

@@ -6,6 +6,7 @@ mod credentials;
 mod faults;
 mod front;
 mod grants;
+mod hostile;
 mod ops;
 mod peers;
 mod prefetch;

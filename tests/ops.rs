@@ -293,7 +293,7 @@ mod tls {
         std::fs::write(&cert_file, pem).unwrap();
         std::fs::write(&key_file, key).unwrap();
         let config = format!(
-            "origin = \"{}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"100ms\"",
+            "origin = \"{}\"\ndomains = [\"localhost\"]\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"100ms\"",
             origin.url(),
             cert_file.display(),
             key_file.display()

@@ -22,10 +22,20 @@ pub struct Route {
     pub bucket_from_host: Option<String>,
 }
 
+/// A Host no region serves, or one the origin could read as another bucket than
+/// s3-accel would (an unconfigured name under the catch-all region).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no region is served under host `{host}`")]
+#[error("{}", match .catch_all {
+    false => format!("no region is served under host `{}`", .host),
+    true => format!(
+        "host `{}` is not one of this accelerator's names: an origin could read its first label as a bucket; \
+         use an IP address, or list the name in `domains`", .host
+    ),
+})]
 pub struct UnknownHost {
     pub host: String,
+    /// A catch-all region would have taken it, but the name is not configured.
+    pub catch_all: bool,
 }
 
 pub struct Router {
@@ -66,11 +76,12 @@ impl Router {
         let host = hostname(authority);
         let configs = self.regions.iter().map(|r| &r.config);
         match match_host(configs, &host) {
-            Some((index, bucket_from_host)) => Ok(Route {
+            Found::Region(index, bucket_from_host) => Ok(Route {
                 region: self.regions[index].clone(),
                 bucket_from_host,
             }),
-            None => Err(UnknownHost { host }),
+            Found::Unconfigured => Err(UnknownHost { host, catch_all: true }),
+            Found::Nothing => Err(UnknownHost { host, catch_all: false }),
         }
     }
 }
@@ -90,17 +101,28 @@ pub fn hostname(authority: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// What a Host selects.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// A region (by index), and the bucket the Host names, if any.
+    Region(usize, Option<String>),
+    /// Only the catch-all region would take it, and it is a name no one configured:
+    /// s3-accel would read the bucket from the path, an origin that serves buckets
+    /// as `<bucket>.<its domain>` (or the whole Host as a bucket) from the Host, and
+    /// two readings of one request must never share a cache entry.
+    Unconfigured,
+    Nothing,
+}
+
 /// Finds the region for `host`: an exact hostname first, then the longest
-/// `<bucket>.<hostname>` suffix, then the catch-all region.
-fn match_host<'a>(
-    regions: impl Iterator<Item = &'a RegionConfig> + Clone,
-    host: &str,
-) -> Option<(usize, Option<String>)> {
+/// `<bucket>.<hostname>` suffix, then the catch-all region, for IP addresses only
+/// (no origin reads a bucket from an IP address).
+fn match_host<'a>(regions: impl Iterator<Item = &'a RegionConfig> + Clone, host: &str) -> Found {
     if host.is_empty() {
-        return None;
+        return Found::Nothing;
     }
     if let Some(index) = regions.clone().position(|r| r.hosts.iter().any(|h| h == host)) {
-        return Some((index, None));
+        return Found::Region(index, None);
     }
     let mut best: Option<(usize, &str, usize)> = None;
     for (index, region) in regions
@@ -121,9 +143,13 @@ fn match_host<'a>(
         }
     }
     if let Some((index, bucket, _)) = best {
-        return Some((index, Some(bucket.to_owned())));
+        return Found::Region(index, Some(bucket.to_owned()));
     }
-    regions.clone().position(|r| r.catch_all).map(|index| (index, None))
+    match regions.clone().position(|r| r.catch_all) {
+        Some(index) if host.parse::<std::net::IpAddr>().is_ok() => Found::Region(index, None),
+        Some(_) => Found::Unconfigured,
+        None => Found::Nothing,
+    }
 }
 
 #[cfg(test)]
@@ -161,20 +187,21 @@ mod tests {
             region("lga1", &["accel-object.lga1.example.com"], Addressing::Path, false),
         ];
         let m = |host: &str| match_host(regions.iter(), host);
-        assert_eq!(m("accel-object.ord1.example.com"), Some((0, None)));
+        assert_eq!(m("accel-object.ord1.example.com"), Found::Region(0, None));
         assert_eq!(
             m("my.bucket.accel-object.ord1.example.com"),
-            Some((0, Some("my.bucket".into())))
+            Found::Region(0, Some("my.bucket".into()))
         );
-        assert_eq!(m("accel-object.lga1.example.com"), Some((1, None)));
+        assert_eq!(m("accel-object.lga1.example.com"), Found::Region(1, None));
         assert_eq!(
             m("b.accel-object.lga1.example.com"),
-            None,
+            Found::Nothing,
             "path-only region takes no bucket subdomains"
         );
-        assert_eq!(m("object.ord1.example.com"), None);
-        assert_eq!(m("xaccel-object.ord1.example.com"), None);
-        assert_eq!(m(""), None);
+        assert_eq!(m("object.ord1.example.com"), Found::Nothing);
+        assert_eq!(m("xaccel-object.ord1.example.com"), Found::Nothing);
+        assert_eq!(m("127.0.0.1"), Found::Nothing, "no catch-all region");
+        assert_eq!(m(""), Found::Nothing);
     }
 
     #[test]
@@ -186,9 +213,22 @@ mod tests {
             true,
         )];
         let m = |host: &str| match_host(regions.iter(), host);
-        assert_eq!(m("b.s3.example.com"), Some((0, Some("b".into()))));
-        assert_eq!(m("b.example.com"), Some((0, Some("b".into()))));
-        assert_eq!(m("127.0.0.1"), Some((0, None)));
-        assert_eq!(m("s3.example.com"), Some((0, None)));
+        assert_eq!(m("b.s3.example.com"), Found::Region(0, Some("b".into())));
+        assert_eq!(m("b.example.com"), Found::Region(0, Some("b".into())));
+        assert_eq!(m("127.0.0.1"), Found::Region(0, None));
+        assert_eq!(m("::1"), Found::Region(0, None));
+        assert_eq!(m("s3.example.com"), Found::Region(0, None));
+    }
+
+    #[test]
+    fn the_catch_all_takes_no_name_an_origin_could_read_as_a_bucket() {
+        let regions = [region("default", &["accel.test"], Addressing::Auto, true)];
+        let m = |host: &str| match_host(regions.iter(), host);
+        // An origin serving `obj.test` virtual-hosted reads `evil.obj.test` as bucket
+        // `evil`; s3-accel, not knowing `obj.test`, would read the path's bucket.
+        assert_eq!(m("evil.obj.test"), Found::Unconfigured);
+        assert_eq!(m("localhost"), Found::Unconfigured, "a whole Host can be a bucket (CNAME style)");
+        assert_eq!(m("10.0.0.7"), Found::Region(0, None));
+        assert_eq!(m("models.accel.test"), Found::Region(0, Some("models".into())));
     }
 }

@@ -15,6 +15,9 @@ use crate::{telemetry, BoxError, ProxyBody};
 #[derive(Debug, Default)]
 pub struct AccessLog {
     pub method: String,
+    /// The metric's closed label: `get`, `head`, `refused` (here, before the
+    /// origin), or `other` (a read that failed otherwise).
+    pub operation: &'static str,
     pub region: String,
     pub bucket: String,
     pub key: String,
@@ -73,7 +76,7 @@ impl LoggedBody {
         let region = log.region;
         let labels = [
             ("region", region.clone()),
-            ("operation", log.method),
+            ("operation", log.operation.to_owned()),
             ("status", log.status.to_string()),
             ("cache", cache),
         ];

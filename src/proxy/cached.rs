@@ -49,11 +49,14 @@ fn checksums_of(headers: &HeaderMap, checksum_mode: bool) -> Option<HeaderMap> {
 /// The metadata worth keeping from an origin's 200 or 206, or `None` when the
 /// response must not be cached (SSE-C, `no-store`, no ETag, no size). `whole` says
 /// the answer is the whole object (no Range, no partNumber): only such an answer
-/// tells the object's checksums.
+/// tells the object's checksums. `ranged` says one range was asked for: a 200 to it
+/// tells no size (an origin that answers a range with 200 and the range's bytes
+/// would otherwise leave a truncated object, served as whole later).
 pub fn meta_from_response(
     status: StatusCode,
     headers: &HeaderMap,
     whole: bool,
+    ranged: bool,
     checksum_mode: bool,
 ) -> Option<ObjectMeta> {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
@@ -62,6 +65,7 @@ pub fn meta_from_response(
     }
     let etag = text(header::ETAG)?.to_owned();
     let size = match status {
+        StatusCode::OK if ranged => return None,
         StatusCode::OK => text(header::CONTENT_LENGTH)?.parse().ok()?,
         // Content-Range: bytes 0-0/1234
         StatusCode::PARTIAL_CONTENT => text(header::CONTENT_RANGE)?.rsplit_once('/')?.1.parse().ok()?,
@@ -556,43 +560,47 @@ mod tests {
         headers.insert("x-amz-meta-owner", "a".parse().unwrap());
         headers.insert(REQUEST_ID, "R".parse().unwrap());
         headers.insert("x-amz-checksum-crc32", "AAAAAA==".parse().unwrap());
-        let meta = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, true).unwrap();
+        let meta = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, false, true).unwrap();
         assert_eq!(meta.size, 1234);
         assert_eq!(meta.headers.len(), 2, "only object headers: {:?}", meta.headers);
         assert_eq!(meta.checksums, None, "a range tells nothing of the object's checksums");
-        let whole = meta_from_response(StatusCode::OK, &headers, true, false).unwrap();
+        let whole = meta_from_response(StatusCode::OK, &headers, true, false, false).unwrap();
         assert_eq!(whole.size, 1);
         assert_eq!(whole.checksums.unwrap()["x-amz-checksum-crc32"], "AAAAAA==");
-        assert!(meta_from_response(StatusCode::NOT_FOUND, &headers, true, true).is_none());
+        assert!(meta_from_response(StatusCode::NOT_FOUND, &headers, true, false, true).is_none());
+        assert!(
+            meta_from_response(StatusCode::OK, &headers, false, true, false).is_none(),
+            "a 200 to a range tells no size"
+        );
 
         let mut sse_c = headers.clone();
         sse_c.insert(
             "x-amz-server-side-encryption-customer-algorithm",
             "AES256".parse().unwrap(),
         );
-        assert!(meta_from_response(StatusCode::OK, &sse_c, true, false).is_none());
+        assert!(meta_from_response(StatusCode::OK, &sse_c, true, false, false).is_none());
         let mut no_store = headers.clone();
         no_store.insert(header::CACHE_CONTROL, "private, No-Store".parse().unwrap());
-        assert!(meta_from_response(StatusCode::OK, &no_store, true, false).is_none());
+        assert!(meta_from_response(StatusCode::OK, &no_store, true, false, false).is_none());
         let mut unreadable = headers.clone();
         unreadable.insert("x-amz-checksum-crc32", "not a checksum".parse().unwrap());
-        let meta = meta_from_response(StatusCode::OK, &unreadable, true, true).unwrap();
+        let meta = meta_from_response(StatusCode::OK, &unreadable, true, false, true).unwrap();
         assert_eq!(meta.checksums, None, "an unreadable checksum is never stored");
         headers.remove("x-amz-checksum-crc32");
-        let asked = meta_from_response(StatusCode::OK, &headers, true, true).unwrap();
+        let asked = meta_from_response(StatusCode::OK, &headers, true, false, true).unwrap();
         assert_eq!(
             asked.checksums,
             Some(HeaderMap::new()),
             "asked, and told there are none"
         );
         assert_eq!(
-            meta_from_response(StatusCode::OK, &headers, true, false)
+            meta_from_response(StatusCode::OK, &headers, true, false, false)
                 .unwrap()
                 .checksums,
             None
         );
         headers.remove(header::ETAG);
-        assert!(meta_from_response(StatusCode::OK, &headers, true, false).is_none());
+        assert!(meta_from_response(StatusCode::OK, &headers, true, false, false).is_none());
     }
 
     fn meta(size: u64, checksums: Option<HeaderMap>) -> ObjectMeta {
@@ -615,7 +623,7 @@ mod tests {
         let part = part_from_response(StatusCode::PARTIAL_CONTENT, &headers, true).unwrap();
         assert_eq!((part.first, part.last, part.whole), (100, 199, false));
         assert_eq!(part.parts_count.as_ref().unwrap(), "2");
-        let object = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, true).unwrap();
+        let object = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, false, true).unwrap();
         assert_eq!(object.size, 250, "the object's size, not the part's");
         assert_eq!(object.checksums, None, "the part's checksums are not the object's");
 

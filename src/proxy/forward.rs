@@ -54,6 +54,16 @@ pub fn check_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
     if host.is_some_and(|h| h.contains('@')) || request.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(ProxyError::BadHost("a Host with userinfo"));
     }
+    let names_host = request
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim().eq_ignore_ascii_case("host"));
+    if names_host {
+        return Err(ProxyError::BadHost("a Connection header that names Host"));
+    }
     if let (Some(host), Some(authority)) = (host, request.uri().authority()) {
         if !host.eq_ignore_ascii_case(authority.as_str()) {
             return Err(ProxyError::BadHost(

@@ -61,10 +61,7 @@ impl Proxy {
                     }))
                 }
                 Err(SigV4Error::UnknownKey | SigV4Error::NotSigV4) => {}
-                Err(refused) => {
-                    metrics::counter!(telemetry::LOCAL_REFUSALS, "reason" => "signature").increment(1);
-                    return Err(refused.into());
-                }
+                Err(refused) => return Err(refused.into()),
             }
         }
         Ok(self.asked_unverified(target, object, id, window))

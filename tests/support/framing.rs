@@ -29,6 +29,12 @@ pub enum Fault {
     /// Ranged answers (fills, parts) carry one flipped byte: framing, length and
     /// ETag all as they should be; only the object's checksum can tell.
     Corrupt,
+    /// A range is answered with 200 and only the range's bytes (Content-Length the
+    /// range's length): a 200 that looks like a whole, smaller object.
+    RangeAsWhole,
+    /// As AWS: whole-object answers carry the object's CRC32 only when the request
+    /// sent `x-amz-checksum-mode: ENABLED`.
+    ChecksumsWhenAsked,
 }
 
 pub struct FramingOrigin {
@@ -163,7 +169,11 @@ fn respond(head: &str, object: &Object, fault: Fault) -> (Vec<u8>, Option<(u64, 
     match range {
         None => {
             // Whole-object answers carry the object's CRC32, as S3 does in checksum mode.
-            let crc = [("x-amz-checksum-crc32", s3_accel_testkit::crc32_base64(&object.data))];
+            let asked = header("x-amz-checksum-mode").is_some_and(|m| m.eq_ignore_ascii_case("enabled"));
+            let crc = match fault != Fault::ChecksumsWhenAsked || asked {
+                true => vec![("x-amz-checksum-crc32", s3_accel_testkit::crc32_base64(&object.data))],
+                false => Vec::new(),
+            };
             let mut body = if head_only { Vec::new() } else { object.data.clone() };
             if fault == Fault::Corrupt && !body.is_empty() {
                 body[0] ^= 1;
@@ -184,6 +194,12 @@ fn respond(head: &str, object: &Object, fault: Fault) -> (Vec<u8>, Option<(u64, 
             }
             let extra = [("Content-Range", format!("bytes {first}-{last}/{size}"))];
             let mut body = object.data[first as usize..=last as usize].to_vec();
+            if fault == Fault::RangeAsWhole {
+                return match head_only {
+                    true => (head_bytes("200 OK", &object.etag, &[], body.len() as u64), None),
+                    false => (response_bytes("200 OK", &object.etag, &[], &body), Some((first, last))),
+                };
+            }
             if fault == Fault::Corrupt {
                 body[0] ^= 1;
             }
