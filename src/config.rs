@@ -149,6 +149,9 @@ pub struct OriginClientConfig {
     pub body_idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Connections open to all origins together (idle or busy); a request past it
+    /// waits up to `connect_timeout` for one to come free.
+    pub max_connections: usize,
     /// Extra PEM roots trusted for origin TLS, on top of the system and webpki roots.
     pub ca_file: Option<PathBuf>,
 }
@@ -486,6 +489,11 @@ impl Config {
                 Duration::from_secs(90),
             )?,
             pool_max_idle_per_host: section.pool_max_idle_per_host.unwrap_or(256),
+            max_connections: match section.max_connections {
+                Some(0) => return Err(invalid("origin_client.max_connections", "must be at least 1")),
+                Some(n) => n,
+                None => 1024,
+            },
             ca_file: section.ca_file.as_ref().map(PathBuf::from),
         };
         for (key, value) in [

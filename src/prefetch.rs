@@ -212,6 +212,7 @@ impl Endpoint {
             body_idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
+            max_connections: 256,
             ca_file: None,
         };
         let client = OriginClient::new(
@@ -220,6 +221,7 @@ impl Endpoint {
             &config,
             connect::tls_config(None)?,
             connect::resolver()?,
+            connect::ConnectionCap::new(config.max_connections),
         )?;
         Ok(Self { client, url })
     }

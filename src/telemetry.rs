@@ -33,6 +33,7 @@ pub const HIT_AUTHORIZATIONS: &str = "s3accel_hit_authorizations_total";
 pub const GRANTS: &str = "s3accel_grants";
 pub const GRANT_FLUSHES: &str = "s3accel_grant_flushes_total";
 pub const LOCAL_REFUSALS: &str = "s3accel_local_refusals_total";
+pub const ORIGIN_CONNECTIONS: &str = "s3accel_origin_connections";
 pub const PEER_SECONDS: &str = "s3accel_peer_response_seconds";
 pub const PEER_FALLBACKS: &str = "s3accel_peer_fallbacks_total";
 pub const CREDENTIAL_REFRESHES: &str = "s3accel_credential_refreshes_total";
@@ -127,6 +128,10 @@ fn describe() {
     describe_counter!(
         GRANT_FLUSHES,
         "Times every grant was dropped (SIGHUP, POST /admin/grants/flush)."
+    );
+    describe_gauge!(
+        ORIGIN_CONNECTIONS,
+        "Connections open to the region's origin, idle or busy (all regions together at most origin_client.max_connections)."
     );
     describe_counter!(
         LOCAL_REFUSALS,

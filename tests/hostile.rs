@@ -139,3 +139,66 @@ async fn a_range_answered_with_200_never_sets_the_objects_size() {
         assert_eq!(sha256_hex(&whole.body), sha256_hex(&data));
     }
 }
+
+/// Finding 3: every metric label comes from a closed set. Made-up methods (each
+/// refused with 405, no origin contact) once each made a series of their own.
+#[tokio::test]
+async fn made_up_methods_add_no_metric_series() {
+    let origin = TestOrigin::start(&[]).await;
+    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &format!("origin = \"{}\"", origin.url()), SMALL).await;
+    let lines = || async { admin_get(&proxy, "/metrics").await.1.lines().count() };
+    // One of each first, so that the label sets a refusal uses exist.
+    let method = |i: usize| http::Method::from_bytes(format!("MADEUP{i:034}").as_bytes()).unwrap();
+    let reply = get(&proxy, Call::new(method(0), "/b/k", &Signing::Anonymous)).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    let before = lines().await;
+    let requests = origin.stats.requests();
+    for i in 1..=500 {
+        let reply = get(&proxy, Call::new(method(i), "/b/k", &Signing::Anonymous)).await;
+        assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    assert_eq!(origin.stats.requests(), requests, "refused before the origin");
+    let after = lines().await;
+    // (Other tests in this process add their own series meanwhile: a few dozen.)
+    assert!(after < before + 100, "/metrics grew from {before} to {after} lines");
+    let (_, metrics) = admin_get(&proxy, "/metrics").await;
+    assert!(
+        metrics.contains("operation=\"refused\""),
+        "refusals are counted as such"
+    );
+    assert!(!metrics.contains("MADEUP"), "no made-up method is a label");
+}
+
+/// Finding 4: origin connections are pooled per origin, whatever Host the client
+/// sent: Hosts that differ only by port once left a connection each.
+#[tokio::test]
+async fn hosts_that_differ_by_port_share_the_origins_connections() {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket("pool").await;
+    let data = object_bytes(4, 1000);
+    origin.put("pool", "k", &data, &[]).await;
+    let config = format!(
+        "[[regions]]\nname = \"pool-test\"\norigin = \"{}\"\nhosts = [\"127.0.0.1\"]\n[origin_client]\nmax_connections = 8",
+        origin.url()
+    );
+    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, SMALL).await;
+    let connections = origin.stats.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let calls = (1..=300).map(|port| {
+        let call = Call::get("/pool/k", &Signing::Anonymous).host(&format!("127.0.0.1:{port}"));
+        let proxy = &proxy;
+        async move { get(proxy, call).await }
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    for reply in &replies {
+        // Unsigned: the origin refuses them; what matters is how they travelled.
+        assert!(reply.status == StatusCode::FORBIDDEN || reply.status == StatusCode::OK, "{}", reply.status);
+    }
+    let opened = origin.stats.connections.load(std::sync::atomic::Ordering::SeqCst) - connections;
+    assert!(opened <= 8, "{opened} origin connections for 300 Host ports, cap 8");
+    let (_, metrics) = admin_get(&proxy, "/metrics").await;
+    let open = sample(&metrics, "s3accel_origin_connections", "region=\"pool-test\"").unwrap();
+    assert!((1.0..=8.0).contains(&open), "{open} open");
+    // Signed reads still verify at the origin (the Host the client signed travels).
+    let signed = get(&proxy, Call::get("/pool/k", &TestOrigin::signing())).await;
+    assert_eq!(sha256_hex(&signed.body), sha256_hex(&data));
+}

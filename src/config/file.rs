@@ -89,6 +89,7 @@ pub struct OriginClientSection {
     pub body_idle_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_host: Option<usize>,
+    pub max_connections: Option<usize>,
     pub ca_file: Option<String>,
 }
 

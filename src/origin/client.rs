@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::IdleTimeoutBody;
-use super::connect::{https_connector, OriginConnector};
+use super::connect::{https_connector, ConnectionCap, OriginConnector};
 use crate::config::{OriginClientConfig, OriginUrl};
 use crate::telemetry;
 
@@ -75,6 +75,8 @@ pub async fn error_code(response: Response<OriginBody>) -> String {
 pub struct OriginClient {
     region: Arc<str>,
     origin: OriginUrl,
+    /// The origin's `host:port`, the pool's key for every request.
+    authority: Option<http::uri::Authority>,
     /// Unix seconds of the last response head from this origin (0: never).
     last_reached: AtomicU64,
     client: Client<HttpsConnector<OriginConnector>, Empty<Bytes>>,
@@ -89,8 +91,9 @@ impl OriginClient {
         config: &OriginClientConfig,
         tls: rustls::ClientConfig,
         resolver: Arc<TokioResolver>,
+        cap: ConnectionCap,
     ) -> io::Result<Self> {
-        let connector = https_connector(origin, tls, resolver, config.connect_timeout)?;
+        let connector = https_connector(region, origin, tls, resolver, config.connect_timeout, cap)?;
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -99,9 +102,14 @@ impl OriginClient {
             // Never retry on our own: the client's signed request is its to retry.
             .retry_canceled_requests(false)
             .build(connector);
+        let authority = match origin.host.contains(':') {
+            true => format!("[{}]:{}", origin.host, origin.port),
+            false => format!("{}:{}", origin.host, origin.port),
+        };
         Ok(Self {
             region: region.into(),
             origin: origin.clone(),
+            authority: authority.parse().ok(),
             last_reached: AtomicU64::new(0),
             client,
             first_byte_timeout: config.first_byte_timeout,
@@ -111,6 +119,30 @@ impl OriginClient {
 
     pub fn origin(&self) -> &OriginUrl {
         &self.origin
+    }
+
+    /// Points `request` at the origin itself, its Host (the authority the client
+    /// signed) kept as a header: connections are pooled per origin, never per Host a
+    /// client chose.
+    fn address(&self, request: &mut Request<Empty<Bytes>>) {
+        if !request.headers().contains_key(http::header::HOST) {
+            if let Some(host) = request
+                .uri()
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            {
+                request.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(match self.origin.tls {
+            true => http::uri::Scheme::HTTPS,
+            false => http::uri::Scheme::HTTP,
+        });
+        parts.authority = self.authority.clone();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
     }
 
     /// Whether the origin sent a response head within `window`.
@@ -126,6 +158,7 @@ impl OriginClient {
         mut request: Request<Empty<Bytes>>,
         kind: &'static str,
     ) -> Result<Response<OriginBody>, OriginError> {
+        self.address(&mut request);
         let capture = capture_connection(&mut request);
         let started = Instant::now();
         let origin = || self.origin.to_string();

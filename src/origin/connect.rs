@@ -13,11 +13,25 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use http::Uri;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::OriginUrl;
+use crate::telemetry;
+
+/// Connections open to origins, all regions together, against
+/// `origin_client.max_connections`.
+#[derive(Clone)]
+pub struct ConnectionCap(Arc<Semaphore>);
+
+impl ConnectionCap {
+    pub fn new(connections: usize) -> Self {
+        Self(Arc::new(Semaphore::new(connections)))
+    }
+}
 
 /// Dials the configured origin for every request, ignoring the request's authority:
 /// the forwarded request keeps the Host the client signed, which is not the origin's.
@@ -27,10 +41,34 @@ pub struct OriginConnector {
     port: u16,
     resolver: Arc<TokioResolver>,
     connect_timeout: Duration,
+    cap: ConnectionCap,
+    /// The region, for `s3accel_origin_connections`.
+    region: Arc<str>,
 }
 
 impl OriginConnector {
-    async fn connect(self) -> io::Result<TokioIo<TcpStream>> {
+    /// A connection counted against the cap for as long as it is open. Past the cap,
+    /// waits `connect_timeout` for a connection to close (the pool hands an idle one
+    /// to the request meanwhile, if one comes back).
+    async fn connect(self) -> io::Result<CountedStream> {
+        let permit = tokio::time::timeout(self.connect_timeout, self.cap.0.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "origin_client.max_connections are open; none came free in {:?}",
+                        self.connect_timeout
+                    ),
+                )
+            })?
+            .expect("the connection cap is never closed");
+        let region = self.region.clone();
+        let stream = self.dial().await?;
+        Ok(CountedStream::new(stream, permit, region))
+    }
+
+    async fn dial(self) -> io::Result<TokioIo<TcpStream>> {
         let addresses: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, self.port)],
             Err(_) => {
@@ -62,8 +100,75 @@ impl OriginConnector {
     }
 }
 
+/// An origin connection holding its place under the cap until it closes.
+pub struct CountedStream {
+    inner: TokioIo<TcpStream>,
+    _permit: OwnedSemaphorePermit,
+    open: metrics::Gauge,
+}
+
+impl CountedStream {
+    fn new(inner: TokioIo<TcpStream>, permit: OwnedSemaphorePermit, region: Arc<str>) -> Self {
+        let open = metrics::gauge!(telemetry::ORIGIN_CONNECTIONS, "region" => region.to_string());
+        open.increment(1.0);
+        Self {
+            inner,
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
+}
+
+impl hyper::rt::Read for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for CountedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl Connection for CountedStream {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
+    }
+}
+
 impl tower_service::Service<Uri> for OriginConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = CountedStream;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -116,12 +221,16 @@ pub fn resolver() -> io::Result<Arc<TokioResolver>> {
     Ok(Arc::new(resolver))
 }
 
-/// An HTTPS-or-HTTP connector to `origin`, offering h2 and HTTP/1.1 by ALPN.
+/// An HTTPS-or-HTTP connector to `origin`, HTTP/1.1 only: the request's URI names
+/// the origin (one connection pool per origin, whatever Host the client sent) while
+/// its Host header stays the client's, which h2's `:authority` could not carry.
 pub fn https_connector(
+    region: &str,
     origin: &OriginUrl,
     tls: rustls::ClientConfig,
     resolver: Arc<TokioResolver>,
     connect_timeout: Duration,
+    cap: ConnectionCap,
 ) -> io::Result<HttpsConnector<OriginConnector>> {
     let server_name = ServerName::try_from(origin.host.clone())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {e}", origin.host)))?;
@@ -130,11 +239,13 @@ pub fn https_connector(
         port: origin.port,
         resolver,
         connect_timeout,
+        cap,
+        region: region.into(),
     };
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .with_server_name_resolver(FixedServerNameResolver::new(server_name))
-        .enable_all_versions()
+        .enable_http1()
         .wrap_connector(inner))
 }

@@ -47,6 +47,7 @@ impl Router {
     pub fn new(config: &Config) -> io::Result<Self> {
         let tls = tls_config(config.origin_client.ca_file.as_deref())?;
         let resolver = super::connect::resolver()?;
+        let cap = super::connect::ConnectionCap::new(config.origin_client.max_connections);
         let regions = config
             .regions
             .iter()
@@ -57,6 +58,7 @@ impl Router {
                     &config.origin_client,
                     tls.clone(),
                     resolver.clone(),
+                    cap.clone(),
                 )?;
                 Ok(Arc::new(Region {
                     config: region.clone(),

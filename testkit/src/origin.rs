@@ -34,6 +34,8 @@ pub const CUT_AFTER: usize = 100 << 10;
 #[derive(Default)]
 pub struct OriginStats {
     pub requests: AtomicU64,
+    /// Connections accepted, all told.
+    pub connections: AtomicU64,
     pub body_bytes: AtomicU64,
     /// Response bodies being sent.
     pub open_bodies: AtomicU64,
@@ -258,6 +260,7 @@ async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        stats.connections.fetch_add(1, Ordering::SeqCst);
         let (s3, stats, options, total) = (s3.clone(), stats.clone(), options.clone(), total.clone());
         let root = root.clone();
         tokio::spawn(async move {
