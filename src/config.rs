@@ -117,6 +117,14 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     pub keep_alive: bool,
     pub max_concurrent_streams: u32,
+    /// A response whose client takes no bytes for this long is cut, with its
+    /// connection, and its memory returned.
+    pub send_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// h2 keep-alive pings, every this often; a ping unanswered for as long closes
+    /// the connection.
+    pub keep_alive_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +143,12 @@ pub struct CacheConfig {
     /// Cap on chunk bytes held for responses (read ahead of the byte being sent, or
     /// waiting for a slow client), all responses together.
     pub read_ahead_memory: u64,
+    /// Of `read_ahead_memory`, what the responses of one connection (all the
+    /// streams of an h2 connection together) may hold.
+    pub read_ahead_per_connection: u64,
+    /// How long a response waits for room in `read_ahead_memory` before it is
+    /// answered 503 SlowDown.
+    pub read_ahead_wait: Duration,
     /// Memory for copies of chunks other nodes of the region own (hot chunks stay
     /// local), taken from `memory`; 0 without peers.
     pub peer_copies: u64,
@@ -333,6 +347,21 @@ impl Config {
             )?,
             keep_alive: file.server.keep_alive.unwrap_or(true),
             max_concurrent_streams: file.server.max_concurrent_streams.unwrap_or(256),
+            send_timeout: duration_or(
+                file.server.send_timeout.as_deref(),
+                "server.send_timeout",
+                Duration::from_secs(30),
+            )?,
+            idle_timeout: duration_or(
+                file.server.idle_timeout.as_deref(),
+                "server.idle_timeout",
+                Duration::from_secs(60),
+            )?,
+            keep_alive_interval: duration_or(
+                file.server.keep_alive_interval.as_deref(),
+                "server.keep_alive_interval",
+                Duration::from_secs(20),
+            )?,
         };
         if server.max_concurrent_streams == 0 {
             return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
@@ -420,7 +449,11 @@ impl Config {
         }
         let fill_memory = size_or(
             file.cache.fill_memory.as_deref().map(|v| (v, "cache.fill_memory")),
-            || (memory / 4).clamp(4 * chunk_size, 1 << 30),
+            // A lone reader keeps `read_ahead` fills in flight, however small `memory`.
+            || {
+                let floor = (read_ahead as u64 + 1).max(4) * chunk_size;
+                (memory / 4).clamp(floor, (1 << 30u64).max(floor))
+            },
         )?;
         if fill_memory < chunk_size {
             return Err(invalid("cache.fill_memory", "must hold at least one chunk"));
@@ -430,7 +463,12 @@ impl Config {
                 .read_ahead_memory
                 .as_deref()
                 .map(|v| (v, "cache.read_ahead_memory")),
-            || (memory / 8).clamp(2 * chunk_size, (512 << 20).max(2 * chunk_size)),
+            // Half is for reading ahead: a lone reader's whole read-ahead fits in it,
+            // and the other half is for the chunks clients wait for.
+            || {
+                let floor = 2 * (read_ahead as u64 + 1) * chunk_size;
+                (memory / 8).clamp(floor, (512 << 20u64).max(floor))
+            },
         )?;
         if !(chunk_size..=1 << 40).contains(&read_ahead_memory) {
             return Err(invalid(
@@ -438,6 +476,24 @@ impl Config {
                 "must hold at least one chunk, and at most 1TiB",
             ));
         }
+        let read_ahead_per_connection = size_or(
+            file.cache
+                .read_ahead_per_connection
+                .as_deref()
+                .map(|v| (v, "cache.read_ahead_per_connection")),
+            || ((read_ahead as u64 + 1) * chunk_size).min(read_ahead_memory),
+        )?;
+        if !(1024..=read_ahead_memory).contains(&read_ahead_per_connection) {
+            return Err(invalid(
+                "cache.read_ahead_per_connection",
+                "must be at least 1KiB, and at most cache.read_ahead_memory",
+            ));
+        }
+        let read_ahead_wait = duration_or(
+            file.cache.read_ahead_wait.as_deref(),
+            "cache.read_ahead_wait",
+            Duration::from_secs(5),
+        )?;
         // An eighth of the memory tier for copies of chunks other nodes own: enough for
         // a hot chunk's readers to stay local, never enough to crowd out what this
         // node owns.
@@ -461,6 +517,8 @@ impl Config {
             read_ahead,
             fill_memory,
             read_ahead_memory,
+            read_ahead_per_connection,
+            read_ahead_wait,
             peer_copies,
         })
     }

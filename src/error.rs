@@ -40,6 +40,10 @@ pub enum ProxyError {
     /// 503 SlowDown: a chunk could not be filled from the origin, even on a retry
     #[error("a chunk could not be filled from the origin; retry")]
     Fill(#[source] ChunkError),
+    /// 503 SlowDown: no room in `cache.read_ahead_memory` (or the connection's
+    /// share of it) within `cache.read_ahead_wait`
+    #[error("the accelerator is busy; retry")]
+    Busy(#[from] crate::proxy::Busy),
     /// 403 AccessDenied for an expired presigned URL, 400
     /// AuthorizationQueryParametersError for a malformed one (with `presigned` grants
     /// on, refused before any cache lookup, as S3 would)
@@ -71,7 +75,7 @@ impl ProxyError {
             Self::Origin(OriginError::Protocol { .. }) => (StatusCode::BAD_GATEWAY, "BadGateway"),
             Self::OriginMismatch(_) => (StatusCode::BAD_GATEWAY, "BadGateway"),
             Self::InvalidRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange"),
-            Self::Fill(_) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
+            Self::Fill(_) | Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
             Self::Presign(crate::s3::presign::PresignError::Expired) => (StatusCode::FORBIDDEN, "AccessDenied"),
             Self::Presign(crate::s3::presign::PresignError::Malformed(_)) => {
                 (StatusCode::BAD_REQUEST, "AuthorizationQueryParametersError")
@@ -107,7 +111,9 @@ impl ProxyError {
             Self::Presign(PresignError::Expired) => Some("expired"),
             Self::Presign(PresignError::Malformed(_)) => Some("malformed"),
             Self::Signature(_) => Some("signature"),
-            Self::Origin(_) | Self::OriginMismatch(_) | Self::InvalidRange { .. } | Self::Fill(_) => None,
+            Self::Origin(_) | Self::OriginMismatch(_) | Self::InvalidRange { .. } | Self::Fill(_) | Self::Busy(_) => {
+                None
+            }
         }
     }
 

@@ -36,6 +36,7 @@ use crate::telemetry;
 use crate::ProxyBody;
 use access::{AccessLog, LoggedBody};
 use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudget, Shape};
+pub use cached::{Busy, ConnectionShare};
 use fill::{Fill, FillAuth};
 use lead::Lead;
 use plan::{ColdGate, Entry, Plan, Release};
@@ -85,6 +86,8 @@ pub struct Proxy {
     fill_permits: Arc<Semaphore>,
     read_ahead: usize,
     read_ahead_budget: Arc<ReadAheadBudget>,
+    /// `cache.read_ahead_per_connection`.
+    per_connection: u64,
     cold: ColdGate,
     cold_patience: Duration,
     /// The region's other nodes, when this one is not alone.
@@ -124,7 +127,9 @@ impl Proxy {
             read_ahead_budget: Arc::new(ReadAheadBudget::new(
                 config.cache.read_ahead_memory,
                 config.cache.chunk_size,
+                config.cache.read_ahead_wait,
             )),
+            per_connection: config.cache.read_ahead_per_connection,
             cold: ColdGate::default(),
             cold_patience: config.origin_client.first_byte_timeout,
             region_gate: peers.clone().map(|peers| RegionGate {
@@ -141,6 +146,11 @@ impl Proxy {
             revalidating: Arc::default(),
             verified,
         })
+    }
+
+    /// A new client connection's share of the read-ahead budget.
+    pub fn connection_share(&self) -> ConnectionShare {
+        ConnectionShare::new(self.per_connection)
     }
 
     /// The grant store, when a mode keeps grants.
@@ -268,8 +278,7 @@ impl Proxy {
         // With presigned grants on, an expired or malformed presigned URL is refused
         // here, before any cache lookup, as the origin would refuse it.
         let window = match self.grants.is_some() && self.auth.presigned {
-            true => s3::presign::check(&object.presign, std::time::SystemTime::now())
-                .transpose()?,
+            true => s3::presign::check(&object.presign, std::time::SystemTime::now()).transpose()?,
             false => None,
         };
         let id = plan::object_id(&route, &object);
@@ -391,9 +400,10 @@ impl Proxy {
             .as_ref()
             .filter(|_| !plan.client_conditionals)
             .and_then(|meta| Some((meta, Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode)?)));
-        // A live grant for this version answers without the origin.
+        // A live grant for this version answers without the origin, when the client's
+        // own preconditions hold for it.
         let live = match &answerable {
-            Some((meta, Ok(_))) => self.live_grant(grant, &plan.object, &meta.etag),
+            Some((meta, Ok(_))) if plan.preconditions_hold(meta) => self.live_grant(grant, &plan.object, &meta.etag),
             _ => None,
         };
         let answerable = match (answerable, live, grant) {
@@ -581,10 +591,9 @@ impl Proxy {
             },
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
                 let whole = plan.part.is_none() && plan.range == RangeRequest::Whole;
-                let ranged = matches!(plan.range, RangeRequest::One(_));
                 let learned = plan
                     .learns
-                    .then(|| meta_from_response(status, headers, whole, ranged, plan.checksum_mode))
+                    .then(|| meta_from_response(status, headers, whole, plan.range.one(), plan.checksum_mode))
                     .flatten();
                 let cold = cached.is_none();
                 let same = cached.filter(|meta| etag == Some(meta.etag.as_str()));
@@ -663,9 +672,9 @@ impl Proxy {
         let status = response.status();
         // A part's HEAD tells the part's length, never the object's.
         let whole = plan.range == RangeRequest::Whole;
-        let ranged = matches!(plan.range, RangeRequest::One(_));
+        // (s3s-fs answers a ranged HEAD with 200 and the object's length.)
         let learned = (plan.learns && plan.part.is_none())
-            .then(|| meta_from_response(status, response.headers(), whole, ranged, plan.checksum_mode))
+            .then(|| meta_from_response(status, response.headers(), whole, plan.range.one(), plan.checksum_mode))
             .flatten();
         if let Some(new) = learned {
             let meta = match self.cache.meta(&plan.object).await {
@@ -675,7 +684,11 @@ impl Proxy {
             self.cache.insert_meta(&plan.object, meta.clone());
             let warm = plan.range == RangeRequest::One(s3::range::ByteRange::From { start: 0, end: Some(0) });
             match (warm, plan.auth.clone()) {
-                (true, Ok(auth)) => self.warm(self.cached_object(route, authority, &plan, auth, meta)),
+                // Warming has no client: no connection's share is drawn on.
+                (true, Ok(auth)) => {
+                    let plan = Plan { share: None, ..plan };
+                    self.warm(self.cached_object(route, authority, &plan, auth, meta))
+                }
                 (true, Err(reason)) => tracing::debug!(reason, "not warming: no one can sign its fills"),
                 (false, _) => {}
             }
@@ -728,6 +741,7 @@ impl Proxy {
             region: route.region.config.name.clone(),
             read_ahead: self.read_ahead,
             budget: self.read_ahead_budget.clone(),
+            share: plan.share.clone(),
         })
     }
 

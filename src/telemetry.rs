@@ -34,12 +34,24 @@ pub const GRANTS: &str = "s3accel_grants";
 pub const GRANT_FLUSHES: &str = "s3accel_grant_flushes_total";
 pub const LOCAL_REFUSALS: &str = "s3accel_local_refusals_total";
 pub const ORIGIN_CONNECTIONS: &str = "s3accel_origin_connections";
+pub const BUDGET_WAITS: &str = "s3accel_read_ahead_waits_total";
+pub const CLIENT_CUTS: &str = "s3accel_client_cuts_total";
 pub const PEER_SECONDS: &str = "s3accel_peer_response_seconds";
 pub const PEER_FALLBACKS: &str = "s3accel_peer_fallbacks_total";
 pub const CREDENTIAL_REFRESHES: &str = "s3accel_credential_refreshes_total";
 pub const CREDENTIAL_FORCED_REFRESHES: &str = "s3accel_credential_forced_refreshes_total";
 pub const CREDENTIAL_EXPIRY: &str = "s3accel_credential_expiry_seconds";
 pub const CREDENTIAL_REJECTIONS: &str = "s3accel_credential_rejections_total";
+
+/// A response that waited for read-ahead memory, and how that ended.
+pub fn budget_waited(outcome: &'static str) {
+    metrics::counter!(BUDGET_WAITS, "outcome" => outcome).increment(1);
+}
+
+/// A client connection the server cut, and why.
+pub fn client_cut(reason: &'static str) {
+    metrics::counter!(CLIENT_CUTS, "reason" => reason).increment(1);
+}
 
 /// A chunk request between peers: `role` is `reader` (asked) or `owner` (answered).
 pub fn peer_request(role: &'static str, outcome: &'static str) {
@@ -128,6 +140,14 @@ fn describe() {
     describe_counter!(
         GRANT_FLUSHES,
         "Times every grant was dropped (SIGHUP, POST /admin/grants/flush)."
+    );
+    describe_counter!(
+        BUDGET_WAITS,
+        "Responses that found no room in cache.read_ahead_memory in time (outcome=busy: answered 503 SlowDown)."
+    );
+    describe_counter!(
+        CLIENT_CUTS,
+        "Client connections cut by the server, by reason: send_timeout (no bytes taken), idle (no request in flight)."
     );
     describe_gauge!(
         ORIGIN_CONNECTIONS,

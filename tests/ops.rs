@@ -64,7 +64,7 @@ async fn metrics_count_a_miss_and_a_hit_with_their_bytes() {
         sample(
             &metrics,
             "s3accel_requests_total",
-            &format!("region=\"metrics-test\",operation=\"GET\",status=\"200\",cache=\"{cache}\""),
+            &format!("region=\"metrics-test\",operation=\"get\",status=\"200\",cache=\"{cache}\""),
         )
     };
     assert_eq!(requests("miss"), Some(1.0), "{metrics}");

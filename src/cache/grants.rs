@@ -3,7 +3,7 @@
 //! the origin again for a bounded window. In memory, bounded by bytes (least
 //! recently used first out), never persisted, never shared between nodes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -112,12 +112,64 @@ pub struct Grant {
 /// origin 403 for the bucket, a 404 for the object.
 #[derive(Default)]
 struct Drops {
-    buckets: HashMap<(String, String), Instant>,
-    objects: HashMap<ObjectId, Instant>,
+    buckets: Expiring<(String, String)>,
+    objects: Expiring<ObjectId>,
 }
 
 /// Objects whose drop times are kept; beyond it, their buckets' grants are dropped.
 const MAX_OBJECT_DROPS: usize = 100_000;
+/// Buckets whose drop times are kept; beyond it, every grant is forgotten.
+const MAX_BUCKET_DROPS: usize = 100_000;
+
+/// Drop times younger than the TTL (only those can outlive a grant), expired
+/// oldest first: each drop costs O(1), whatever the number held.
+struct Expiring<K> {
+    times: HashMap<K, Instant>,
+    /// Keys in the order of their first drop; a key dropped again is moved back
+    /// when it reaches the front.
+    order: VecDeque<(Instant, K)>,
+}
+
+impl<K> Default for Expiring<K> {
+    fn default() -> Self {
+        Self {
+            times: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Expiring<K> {
+    fn get(&self, key: &K) -> Option<&Instant> {
+        self.times.get(key)
+    }
+
+    fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    fn expire(&mut self, now: Instant, ttl: Duration) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < ttl {
+                break;
+            }
+            let (at, key) = self.order.pop_front().expect("a front");
+            match self.times.get(&key) {
+                Some(latest) if *latest > at => self.order.push_back((*latest, key)),
+                Some(_) => {
+                    self.times.remove(&key);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn insert(&mut self, key: K, now: Instant) {
+        if self.times.insert(key.clone(), now).is_none() {
+            self.order.push_back((now, key));
+        }
+    }
+}
 
 pub struct Grants {
     store: Cache<GrantKey, Grant>,
@@ -164,8 +216,8 @@ impl Grants {
         }
         let drops = self.drops.lock().expect("grant drops");
         let dropped = |at: Option<&Instant>| at.is_some_and(|at| *at >= grant.at);
-        let bucket_dropped =
-            !drops.buckets.is_empty() && dropped(drops.buckets.get(&(object.origin.clone(), object.bucket.clone())));
+        let bucket_dropped = !drops.buckets.times.is_empty()
+            && dropped(drops.buckets.get(&(object.origin.clone(), object.bucket.clone())));
         if bucket_dropped || dropped(drops.objects.get(object)) {
             return None;
         }
@@ -204,8 +256,11 @@ impl Grants {
     pub fn drop_bucket(&self, object: &ObjectId) {
         let mut drops = self.drops.lock().expect("grant drops");
         let now = Instant::now();
-        let ttl = self.ttl;
-        drops.buckets.retain(|_, at| now.duration_since(*at) < ttl);
+        drops.buckets.expire(now, self.ttl);
+        if drops.buckets.len() >= MAX_BUCKET_DROPS {
+            drop(drops);
+            return self.flush();
+        }
         drops
             .buckets
             .insert((object.origin.clone(), object.bucket.clone()), now);
@@ -215,16 +270,18 @@ impl Grants {
     pub fn drop_object(&self, object: &ObjectId) {
         let mut drops = self.drops.lock().expect("grant drops");
         let now = Instant::now();
-        let ttl = self.ttl;
-        // Only drops younger than the TTL can outlive a grant.
-        if drops.objects.len() >= MAX_OBJECT_DROPS {
-            drops.objects.retain(|_, at| now.duration_since(*at) < ttl);
-        }
+        drops.objects.expire(now, self.ttl);
         if drops.objects.len() >= MAX_OBJECT_DROPS {
             drop(drops);
             return self.drop_bucket(object);
         }
         drops.objects.insert(object.clone(), now);
+    }
+
+    /// Drop times held (buckets and objects), for tests and bounds.
+    pub fn drops_held(&self) -> usize {
+        let drops = self.drops.lock().expect("grant drops");
+        drops.buckets.len() + drops.objects.len()
     }
 
     /// Forgets every grant (SIGHUP, the admin endpoint).
@@ -340,5 +397,37 @@ mod tests {
         assert!(grants.live(&b, &object("b"), "e").is_some());
         grants.flush();
         assert!(grants.live(&b, &object("b"), "e").is_none());
+    }
+
+    #[test]
+    fn drops_expire_oldest_first_and_a_drop_again_keeps_its_latest_time() {
+        let ttl = Duration::from_secs(30);
+        let mut drops = Expiring::default();
+        let t0 = Instant::now();
+        drops.insert("a", t0);
+        drops.insert("b", t0 + Duration::from_secs(10));
+        drops.insert("a", t0 + Duration::from_secs(20));
+        drops.expire(t0 + Duration::from_secs(35), ttl);
+        assert_eq!(
+            drops.get(&"a"),
+            Some(&(t0 + Duration::from_secs(20))),
+            "dropped again since"
+        );
+        assert_eq!(drops.get(&"b"), Some(&(t0 + Duration::from_secs(10))));
+        drops.expire(t0 + Duration::from_secs(45), ttl);
+        assert_eq!(drops.get(&"b"), None);
+        assert!(drops.get(&"a").is_some());
+        drops.expire(t0 + Duration::from_secs(55), ttl);
+        assert_eq!(drops.len(), 0);
+        assert!(drops.order.is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn object_drops_are_bounded() {
+        let grants = Grants::new(Duration::from_secs(30), 1 << 20, 1000);
+        for i in 0..(MAX_OBJECT_DROPS + 10) {
+            grants.drop_object(&object(&format!("k{i}")));
+        }
+        assert!(grants.drops_held() <= MAX_OBJECT_DROPS + 1, "{}", grants.drops_held());
     }
 }

@@ -65,6 +65,9 @@ pub struct ServerSection {
     pub drain_timeout: Option<String>,
     pub keep_alive: Option<bool>,
     pub max_concurrent_streams: Option<u32>,
+    pub send_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub keep_alive_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +81,8 @@ pub struct CacheSection {
     pub read_ahead: Option<usize>,
     pub fill_memory: Option<String>,
     pub read_ahead_memory: Option<String>,
+    pub read_ahead_per_connection: Option<String>,
+    pub read_ahead_wait: Option<String>,
     pub peer_copies: Option<String>,
 }
 

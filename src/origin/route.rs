@@ -229,7 +229,11 @@ mod tests {
         // An origin serving `obj.test` virtual-hosted reads `evil.obj.test` as bucket
         // `evil`; s3-accel, not knowing `obj.test`, would read the path's bucket.
         assert_eq!(m("evil.obj.test"), Found::Unconfigured);
-        assert_eq!(m("localhost"), Found::Unconfigured, "a whole Host can be a bucket (CNAME style)");
+        assert_eq!(
+            m("localhost"),
+            Found::Unconfigured,
+            "a whole Host can be a bucket (CNAME style)"
+        );
         assert_eq!(m("10.0.0.7"), Found::Region(0, None));
         assert_eq!(m("models.accel.test"), Found::Region(0, Some("models".into())));
     }

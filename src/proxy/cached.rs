@@ -1,7 +1,9 @@
 //! Answering a GET from the cache: the response head from stored metadata, the body
 //! from chunks, several chunks in flight ahead of the byte being sent.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{stream, FutureExt, Stream, StreamExt, TryStreamExt};
@@ -49,14 +51,15 @@ fn checksums_of(headers: &HeaderMap, checksum_mode: bool) -> Option<HeaderMap> {
 /// The metadata worth keeping from an origin's 200 or 206, or `None` when the
 /// response must not be cached (SSE-C, `no-store`, no ETag, no size). `whole` says
 /// the answer is the whole object (no Range, no partNumber): only such an answer
-/// tells the object's checksums. `ranged` says one range was asked for: a 200 to it
-/// tells no size (an origin that answers a range with 200 and the range's bytes
-/// would otherwise leave a truncated object, served as whole later).
+/// tells the object's checksums. `range` is the one range asked for, if any: a 200
+/// to it tells the size only when it is longer than that range could be (an origin
+/// that answers a range with 200 and the range's bytes would otherwise leave a
+/// truncated object, served as whole later).
 pub fn meta_from_response(
     status: StatusCode,
     headers: &HeaderMap,
     whole: bool,
-    ranged: bool,
+    range: Option<range::ByteRange>,
     checksum_mode: bool,
 ) -> Option<ObjectMeta> {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
@@ -65,8 +68,14 @@ pub fn meta_from_response(
     }
     let etag = text(header::ETAG)?.to_owned();
     let size = match status {
-        StatusCode::OK if ranged => return None,
-        StatusCode::OK => text(header::CONTENT_LENGTH)?.parse().ok()?,
+        StatusCode::OK => {
+            let length: u64 = text(header::CONTENT_LENGTH)?.parse().ok()?;
+            match range.map(range::longest_range_answer) {
+                Some(None) => return None,
+                Some(Some(longest)) if length <= longest => return None,
+                _ => length,
+            }
+        }
         // Content-Range: bytes 0-0/1234
         StatusCode::PARTIAL_CONTENT => text(header::CONTENT_RANGE)?.rsplit_once('/')?.1.parse().ok()?,
         _ => return None,
@@ -200,36 +209,123 @@ impl Shape {
 }
 
 /// Chunk bytes held for responses, all responses together, in KiB: memory stays
-/// bounded by configuration however many clients read, or how slowly. A response's
-/// first chunk is taken from the whole budget; the chunks it reads ahead must also
-/// fit in half of it, so that a crowd reading ahead never keeps a new response from
-/// its first byte.
+/// bounded by configuration however many clients read, or how slowly. A chunk is
+/// counted once however many responses hold it (they share its bytes), at its own
+/// length (a small object's chunk is small). A response's first chunk is taken
+/// from the whole budget; the chunks it reads ahead must also fit in a part of it,
+/// so that a crowd reading ahead never keeps a new response from its first byte.
+/// The responses of one connection hold at most their connection's share.
 pub struct ReadAheadBudget {
     total: Arc<Semaphore>,
     ahead: Arc<Semaphore>,
+    /// How long a first chunk waits for room before the answer is 503 SlowDown.
+    wait: Duration,
+    /// Chunks held by responses now, each counted once.
+    held: Mutex<HashMap<CacheKey, Weak<Charge>>>,
 }
 
+/// One connection's share of the budget, in KiB (every stream of an h2 connection
+/// draws on the same one).
+#[derive(Clone)]
+pub struct ConnectionShare(Arc<Semaphore>);
+
+impl ConnectionShare {
+    pub fn new(bytes: u64) -> Self {
+        Self(Arc::new(Semaphore::new(kib(bytes))))
+    }
+}
+
+fn kib(bytes: u64) -> usize {
+    bytes.div_ceil(1024) as usize
+}
+
+/// The budget held for one chunk, returned when the last response holding the
+/// chunk's bytes lets go of them.
+pub struct Charge {
+    key: CacheKey,
+    budget: Arc<ReadAheadBudget>,
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let mut held = self.budget.held.lock().expect("held chunks");
+        // Only this charge's own entry: a new charge for the key may have replaced it.
+        if held.get(&self.key).is_some_and(|weak| weak.strong_count() == 0) {
+            held.remove(&self.key);
+        }
+    }
+}
+
+/// No room in the budget within `cache.read_ahead_wait`.
+#[derive(Debug, thiserror::Error)]
+#[error("no room for the response within {0:?} (cache.read_ahead_memory is held by other responses)")]
+pub struct Busy(pub Duration);
+
 impl ReadAheadBudget {
-    /// `bytes` of budget for chunks of `chunk_size` (which it must hold at least once).
-    pub fn new(bytes: u64, chunk_size: u64) -> Self {
-        let kib = |bytes: u64| bytes.div_ceil(1024) as usize;
+    /// `bytes` of budget for chunks of `chunk_size` (which it must hold at least once),
+    /// half of it at most for chunks read ahead of the one a client waits for.
+    pub fn new(bytes: u64, chunk_size: u64, wait: Duration) -> Self {
+        let bytes = bytes.max(chunk_size);
+        let ahead = (bytes / 2).max(chunk_size);
         Self {
-            total: Arc::new(Semaphore::new(kib(bytes.max(chunk_size)))),
-            ahead: Arc::new(Semaphore::new(kib((bytes / 2).max(chunk_size)))),
+            total: Arc::new(Semaphore::new(kib(bytes))),
+            ahead: Arc::new(Semaphore::new(kib(ahead))),
+            wait,
+            held: Mutex::default(),
         }
     }
 
-    /// Room for one chunk of `bytes`; `ahead` for a chunk read ahead of the one the
-    /// client waits for.
-    async fn reserve(&self, bytes: u64, ahead: bool) -> Vec<OwnedSemaphorePermit> {
-        let kib = bytes.div_ceil(1024) as u32;
-        let take = |semaphore: &Arc<Semaphore>| semaphore.clone().acquire_many_owned(kib);
-        let mut permits = Vec::with_capacity(2);
-        if ahead {
-            permits.push(take(&self.ahead).await.expect("the read-ahead budget is never closed"));
+    /// Room for chunk `key` of `bytes`, shared with the responses already holding
+    /// it; `ahead` for a chunk read ahead of the one the client waits for, drawn on
+    /// `share` too. Waits `wait` at most for a chunk the client waits for; a chunk
+    /// read ahead waits as long as its response lives.
+    async fn reserve(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        bytes: u64,
+        ahead: bool,
+        share: Option<&ConnectionShare>,
+    ) -> Result<Arc<Charge>, Busy> {
+        if let Some(held) = self.held(key) {
+            return Ok(held);
         }
-        permits.push(take(&self.total).await.expect("the read-ahead budget is never closed"));
-        permits
+        let need = kib(bytes) as u32;
+        let take = |semaphore: &Arc<Semaphore>| semaphore.clone().acquire_many_owned(need);
+        let permits = async {
+            let mut permits = Vec::with_capacity(3);
+            if let Some(share) = share {
+                permits.push(take(&share.0).await.expect("a share is never closed"));
+            }
+            if ahead {
+                permits.push(take(&self.ahead).await.expect("the read-ahead budget is never closed"));
+            }
+            permits.push(take(&self.total).await.expect("the read-ahead budget is never closed"));
+            permits
+        };
+        let permits = match ahead {
+            true => permits.await,
+            false => tokio::time::timeout(self.wait, permits)
+                .await
+                .map_err(|_| Busy(self.wait))?,
+        };
+        let mut held = self.held.lock().expect("held chunks");
+        // Another response may have taken the chunk meanwhile: share its charge, and
+        // give these permits back.
+        if let Some(charge) = held.get(key).and_then(Weak::upgrade) {
+            return Ok(charge);
+        }
+        let charge = Arc::new(Charge {
+            key: key.clone(),
+            budget: self.clone(),
+            _permits: permits,
+        });
+        held.insert(key.clone(), Arc::downgrade(&charge));
+        Ok(charge)
+    }
+
+    fn held(&self, key: &CacheKey) -> Option<Arc<Charge>> {
+        self.held.lock().expect("held chunks").get(key).and_then(Weak::upgrade)
     }
 }
 
@@ -237,7 +333,7 @@ impl ReadAheadBudget {
 /// budget until the last reference to it (hyper's, once written) is gone.
 struct Budgeted {
     bytes: Bytes,
-    _permits: Arc<Vec<OwnedSemaphorePermit>>,
+    _charge: Option<Arc<Charge>>,
 }
 
 impl AsRef<[u8]> for Budgeted {
@@ -257,11 +353,19 @@ pub struct CachedObject {
     pub region: String,
     pub read_ahead: usize,
     pub budget: Arc<ReadAheadBudget>,
+    /// The client connection's share of the budget (`None`: warming, no client).
+    pub share: Option<ConnectionShare>,
 }
 
 impl CachedObject {
     pub fn key(&self, index: u64) -> CacheKey {
         CacheKey::chunk(&self.object, &self.meta.etag, self.cache.chunk_size(), index)
+    }
+
+    /// The length of chunk `index`: a chunk's, or less for the object's last one.
+    fn chunk_length(&self, index: u64) -> u64 {
+        let chunk_size = self.cache.chunk_size();
+        self.meta.size.saturating_sub(index * chunk_size).clamp(1, chunk_size)
     }
 
     /// Chunk `index`, from the tiers or the one fill bringing it in.
@@ -322,7 +426,7 @@ impl CachedObject {
                 async move {
                     let read = this.clone().read(index).await;
                     let length = (size - index * chunk_size).min(chunk_size);
-                    let mut bytes = this.bytes(index, 0, length, read, Arc::default());
+                    let mut bytes = this.bytes(index, 0, length, read, None);
                     while bytes.next().await.transpose()?.is_some() {}
                     Ok::<_, ChunkError>(())
                 }
@@ -334,7 +438,7 @@ impl CachedObject {
         Ok(())
     }
 
-    /// Bytes `from..to` of chunk `index` as they arrive, each holding `permits`. A
+    /// Bytes `from..to` of chunk `index` as they arrive, each holding `charge`. A
     /// read that fails is resumed once from a new fill (unless the object changed);
     /// one that fails again ends in an error, never short.
     fn bytes(
@@ -343,7 +447,7 @@ impl CachedObject {
         from: u64,
         to: u64,
         read: ChunkRead,
-        permits: Arc<Vec<OwnedSemaphorePermit>>,
+        charge: Option<Arc<Charge>>,
     ) -> stream::BoxStream<'static, Result<Bytes, ChunkError>> {
         let labels = [
             ("region", self.region.clone()),
@@ -357,7 +461,7 @@ impl CachedObject {
             to,
             read,
             retried: false,
-            permits,
+            charge,
         };
         stream::unfold(Some(piece), |piece| async move {
             let mut piece = piece?;
@@ -384,27 +488,51 @@ impl CachedObject {
         };
         // The chunk the client waits for first takes its budget before any read-ahead
         // does (the semaphores are fair), and is read in this task: no hop before the
-        // first byte. (A whole chunk's worth even for a few bytes of it: a slice keeps
-        // the whole chunk's memory alive.)
+        // first byte. (The whole chunk's length even for a few bytes of it: a slice
+        // keeps the whole chunk's memory alive.)
         let (from, to) = span(head_index);
-        let permits = self.budget.reserve(chunk_size, false).await;
+        let charge = self
+            .budget
+            .reserve(
+                &self.key(head_index),
+                self.chunk_length(head_index),
+                false,
+                self.share.as_ref(),
+            )
+            .await
+            .inspect_err(|_| telemetry::budget_waited("busy"))?;
         // The read-ahead runs on its own, not when the client's connection asks for
         // more: a task takes each later chunk's budget in order and starts its read,
         // `read_ahead` chunks at most ahead of the client.
+        // When the client waits for a chunk the read-ahead has not reached (its part
+        // of the budget is held by others), that chunk is wanted now: it is taken
+        // from the whole budget, as a first chunk is, within `read_ahead_wait`.
         let (ahead, mut chunks) = mpsc::channel(self.read_ahead);
+        let wanted = Arc::new(tokio::sync::Notify::new());
         if tail_index > head_index {
-            let this = self.clone();
+            let (this, wanted) = (self.clone(), wanted.clone());
             tokio::spawn(async move {
                 for index in head_index + 1..=tail_index {
                     let (from, to) = span(index);
-                    let permits = tokio::select! {
-                        permits = this.budget.reserve(chunk_size, true) => permits,
+                    let (key, length) = (this.key(index), this.chunk_length(index));
+                    let share = this.share.as_ref();
+                    let charge = tokio::select! {
                         () = ahead.closed() => return,
+                        charge = this.budget.reserve(&key, length, true, share) => charge.ok(),
+                        () = wanted.notified() => match this.budget.reserve(&key, length, false, share).await {
+                            Ok(charge) => Some(charge),
+                            Err(busy) => {
+                                telemetry::budget_waited("cut");
+                                let cut = stream::once(async move { Err(ChunkError::new(busy)) }).boxed();
+                                let _ = ahead.send(tokio::spawn(async move { cut })).await;
+                                return;
+                            }
+                        },
                     };
                     let this = this.clone();
                     let chunk = tokio::spawn(async move {
                         let read = this.clone().read(index).await;
-                        this.bytes(index, from, to, read, Arc::new(permits))
+                        this.bytes(index, from, to, read, charge)
                     });
                     if ahead.send(chunk).await.is_err() {
                         return;
@@ -417,26 +545,36 @@ impl CachedObject {
             None => self.clone().read(head_index).await,
         };
         let source = read.source;
-        let mut head = self.bytes(head_index, from, to, read, Arc::new(permits));
+        let mut head = self.bytes(head_index, from, to, read, Some(charge));
         let first_bytes = match head.next().await {
             Some(Ok(bytes)) => bytes,
             Some(Err(error)) => return Err(ProxyError::Fill(error)),
             None => Bytes::new(),
         };
-        let rest = stream::poll_fn(move |cx| chunks.poll_recv(cx))
-            .then(|chunk| {
-                chunk.map(|joined| match joined {
-                    Ok(bytes) => bytes,
-                    Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
-                    // Cancelled (the runtime is shutting down): the response is cut.
-                    Err(_) => stream::once(async { Err(ChunkError::new(Dangling)) }).boxed(),
-                })
+        let rest = stream::poll_fn(move |cx| {
+            let next = chunks.poll_recv(cx);
+            if next.is_pending() {
+                wanted.notify_one();
+            }
+            next
+        })
+        .then(|chunk| {
+            chunk.map(|joined| match joined {
+                Ok(bytes) => bytes,
+                Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+                // Cancelled (the runtime is shutting down): the response is cut.
+                Err(_) => stream::once(async { Err(ChunkError::new(Dangling)) }).boxed(),
             })
-            .flatten();
+        })
+        .flatten();
         let frames = first_frames(first_bytes)
             .map(Ok)
             .chain(head)
             .chain(rest)
+            .flat_map(|piece| match piece {
+                Ok(bytes) => stream::iter(frames_of(bytes).map(Ok)).left_stream(),
+                Err(error) => stream::once(std::future::ready(Err(error))).right_stream(),
+            })
             .map_ok(Frame::data)
             .map_err(|error| -> BoxError { Box::new(error) });
         Ok((StreamBody::new(frames).boxed_unsync(), source))
@@ -452,7 +590,7 @@ struct Piece {
     to: u64,
     read: ChunkRead,
     retried: bool,
-    permits: Arc<Vec<OwnedSemaphorePermit>>,
+    charge: Option<Arc<Charge>>,
     /// `s3accel_response_bytes_total` of the region and tier.
     sent: metrics::Counter,
 }
@@ -483,7 +621,7 @@ impl Piece {
                             self.sent.increment(piece.len() as u64);
                             return Some(Ok(Bytes::from_owner(Budgeted {
                                 bytes: piece,
-                                _permits: self.permits.clone(),
+                                _charge: self.charge.clone(),
                             })));
                         }
                         Err(error) => error,
@@ -530,6 +668,16 @@ struct ShortChunk {
 /// The first frame of a response, at most.
 const FIRST_FRAME: usize = 64 << 10;
 
+/// Any later frame, at most: a client is seen to take bytes (or not, and is cut
+/// after `server.send_timeout`) at least once per frame.
+const FRAME: usize = 512 << 10;
+
+/// `bytes` in frames of at most [`FRAME`] bytes, sharing its memory.
+fn frames_of(bytes: Bytes) -> impl Iterator<Item = Bytes> {
+    let count = bytes.len().div_ceil(FRAME).max(1);
+    (0..count).map(move |i| bytes.slice(i * FRAME..((i + 1) * FRAME).min(bytes.len())))
+}
+
 /// `first`, as a body's first frames: at most [`FIRST_FRAME`] bytes, then, once the
 /// connection has had a turn to send them with the head, the rest. Handed megabytes
 /// in one write, the kernel takes most of them before the reader sees a byte: a peer
@@ -560,47 +708,52 @@ mod tests {
         headers.insert("x-amz-meta-owner", "a".parse().unwrap());
         headers.insert(REQUEST_ID, "R".parse().unwrap());
         headers.insert("x-amz-checksum-crc32", "AAAAAA==".parse().unwrap());
-        let meta = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, false, true).unwrap();
+        let meta = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, None, true).unwrap();
         assert_eq!(meta.size, 1234);
         assert_eq!(meta.headers.len(), 2, "only object headers: {:?}", meta.headers);
         assert_eq!(meta.checksums, None, "a range tells nothing of the object's checksums");
-        let whole = meta_from_response(StatusCode::OK, &headers, true, false, false).unwrap();
+        let whole = meta_from_response(StatusCode::OK, &headers, true, None, false).unwrap();
         assert_eq!(whole.size, 1);
         assert_eq!(whole.checksums.unwrap()["x-amz-checksum-crc32"], "AAAAAA==");
-        assert!(meta_from_response(StatusCode::NOT_FOUND, &headers, true, false, true).is_none());
+        assert!(meta_from_response(StatusCode::NOT_FOUND, &headers, true, None, true).is_none());
+        let first_byte = Some(range::ByteRange::From { start: 0, end: Some(0) });
         assert!(
-            meta_from_response(StatusCode::OK, &headers, false, true, false).is_none(),
-            "a 200 to a range tells no size"
+            meta_from_response(StatusCode::OK, &headers, false, first_byte, false).is_none(),
+            "a 200 of one byte to a one-byte range may be the range's byte alone"
         );
+        let mut longer = headers.clone();
+        longer.insert(header::CONTENT_LENGTH, "1234".parse().unwrap());
+        let ignored = meta_from_response(StatusCode::OK, &longer, false, first_byte, false).unwrap();
+        assert_eq!(ignored.size, 1234, "longer than the range: the whole object");
 
         let mut sse_c = headers.clone();
         sse_c.insert(
             "x-amz-server-side-encryption-customer-algorithm",
             "AES256".parse().unwrap(),
         );
-        assert!(meta_from_response(StatusCode::OK, &sse_c, true, false, false).is_none());
+        assert!(meta_from_response(StatusCode::OK, &sse_c, true, None, false).is_none());
         let mut no_store = headers.clone();
         no_store.insert(header::CACHE_CONTROL, "private, No-Store".parse().unwrap());
-        assert!(meta_from_response(StatusCode::OK, &no_store, true, false, false).is_none());
+        assert!(meta_from_response(StatusCode::OK, &no_store, true, None, false).is_none());
         let mut unreadable = headers.clone();
         unreadable.insert("x-amz-checksum-crc32", "not a checksum".parse().unwrap());
-        let meta = meta_from_response(StatusCode::OK, &unreadable, true, false, true).unwrap();
+        let meta = meta_from_response(StatusCode::OK, &unreadable, true, None, true).unwrap();
         assert_eq!(meta.checksums, None, "an unreadable checksum is never stored");
         headers.remove("x-amz-checksum-crc32");
-        let asked = meta_from_response(StatusCode::OK, &headers, true, false, true).unwrap();
+        let asked = meta_from_response(StatusCode::OK, &headers, true, None, true).unwrap();
         assert_eq!(
             asked.checksums,
             Some(HeaderMap::new()),
             "asked, and told there are none"
         );
         assert_eq!(
-            meta_from_response(StatusCode::OK, &headers, true, false, false)
+            meta_from_response(StatusCode::OK, &headers, true, None, false)
                 .unwrap()
                 .checksums,
             None
         );
         headers.remove(header::ETAG);
-        assert!(meta_from_response(StatusCode::OK, &headers, true, false, false).is_none());
+        assert!(meta_from_response(StatusCode::OK, &headers, true, None, false).is_none());
     }
 
     fn meta(size: u64, checksums: Option<HeaderMap>) -> ObjectMeta {
@@ -623,7 +776,7 @@ mod tests {
         let part = part_from_response(StatusCode::PARTIAL_CONTENT, &headers, true).unwrap();
         assert_eq!((part.first, part.last, part.whole), (100, 199, false));
         assert_eq!(part.parts_count.as_ref().unwrap(), "2");
-        let object = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, false, true).unwrap();
+        let object = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, None, true).unwrap();
         assert_eq!(object.size, 250, "the object's size, not the part's");
         assert_eq!(object.checksums, None, "the part's checksums are not the object's");
 

@@ -101,7 +101,9 @@ impl Proxy {
         let anonymous = !self.auth.anonymous_buckets.is_empty()
             && matches!(ClientAuth::of(target.headers, &object.presign), ClientAuth::Anonymous)
             && !target.headers.contains_key(header::AUTHORIZATION)
-            && self.auth.anonymous_buckets.contains(&object.bucket);
+            && self.auth.anonymous_buckets.contains(&object.bucket)
+            // S3 refuses `response-*` overrides to anonymous requests: the origin says so.
+            && object.overrides.is_empty();
         anonymous.then(|| Asked {
             key: GrantKey::anonymous(id),
             kind: GrantKind::Anonymous,

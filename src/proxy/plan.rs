@@ -38,6 +38,27 @@ pub struct Plan {
     pub checksum_mode: bool,
     /// Whether the origin's answer describes the object (no `response-*` overrides).
     pub learns: bool,
+    /// The client connection's share of the read-ahead budget.
+    pub share: Option<super::ConnectionShare>,
+    /// The client's `If-Match`: a grant serves only the version it names.
+    pub if_match: Option<HeaderValue>,
+    /// The client sent `If-Unmodified-Since`: only the origin answers it.
+    pub if_unmodified_since: bool,
+}
+
+impl Plan {
+    /// Whether the client's own preconditions hold for `meta` as far as the cache
+    /// can tell (a grant answers without the origin only then; otherwise the origin
+    /// gives its 412, or serves the version asked for).
+    pub fn preconditions_hold(&self, meta: &crate::cache::ObjectMeta) -> bool {
+        let matches = self.if_match.as_ref().is_none_or(|asked| {
+            asked.to_str().is_ok_and(|list| {
+                list.split(',')
+                    .any(|tag| matches!(tag.trim(), "*") || tag.trim() == meta.etag)
+            })
+        });
+        matches && !self.if_unmodified_since
+    }
 }
 
 /// Plans a cacheable request, or says why it passes through uncached.
@@ -90,6 +111,9 @@ pub fn plan<B>(
             || headers.contains_key(header::IF_MODIFIED_SINCE),
         checksum_mode: s3::checksum_mode(headers),
         learns: object.overrides.is_empty(),
+        share: request.extensions().get::<super::ConnectionShare>().cloned(),
+        if_match: headers.get(header::IF_MATCH).cloned(),
+        if_unmodified_since: headers.contains_key(header::IF_UNMODIFIED_SINCE),
     })
 }
 

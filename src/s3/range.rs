@@ -34,6 +34,16 @@ pub enum RangeRequest {
     Unparsed,
 }
 
+impl RangeRequest {
+    /// The one range asked for, if that is what was asked.
+    pub fn one(self) -> Option<ByteRange> {
+        match self {
+            Self::One(range) => Some(range),
+            Self::Whole | Self::Multiple | Self::Unparsed => None,
+        }
+    }
+}
+
 /// Parses a Range header value (`None`: no header).
 pub fn parse(value: Option<&str>) -> RangeRequest {
     let Some(value) = value else {
@@ -81,10 +91,33 @@ pub fn resolve(range: ByteRange, size: u64) -> Option<(u64, u64)> {
     }
 }
 
+/// The longest 200 answer to `range` that could be the range's bytes alone: a
+/// longer one is the whole object (an origin that ignored the Range); one no
+/// longer cannot tell the object's size. `None`: any length could be the range's
+/// (`bytes=a-` with `a > 0`), `Some(0)` for `bytes=0-` (the range is the object).
+pub fn longest_range_answer(range: ByteRange) -> Option<u64> {
+    match range {
+        ByteRange::From { start: 0, end: None } => Some(0),
+        ByteRange::From { end: None, .. } => None,
+        ByteRange::From { start, end: Some(end) } => Some(end.saturating_sub(start) + 1),
+        ByteRange::Suffix(n) => Some(n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_200_to_a_range_tells_the_size_only_when_longer_than_the_range() {
+        let from = |start, end| ByteRange::From { start, end };
+        assert_eq!(longest_range_answer(from(0, Some(0))), Some(1));
+        assert_eq!(longest_range_answer(from(100, Some(199))), Some(100));
+        assert_eq!(longest_range_answer(from(0, None)), Some(0));
+        assert_eq!(longest_range_answer(from(5, None)), None);
+        assert_eq!(longest_range_answer(ByteRange::Suffix(10)), Some(10));
+    }
 
     #[test]
     fn s3_range_forms() {
