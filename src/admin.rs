@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Empty, Full};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
@@ -20,6 +20,10 @@ use crate::telemetry;
 
 /// An origin answered this recently: ready without asking it again.
 const RECENT: Duration = Duration::from_secs(30);
+/// An admin client sends its request head within this time.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An admin connection lasts at most this long.
+const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct AdminServer {
     listener: TcpListener,
@@ -43,25 +47,40 @@ impl AdminServer {
     pub async fn run(self) {
         let state = Arc::new(self);
         loop {
-            let Ok((stream, _)) = state.listener.accept().await else {
+            let Ok((stream, peer)) = state.listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let state = state.clone();
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(state.answer(request).await) }
+                async move { Ok::<_, Infallible>(state.answer(request, peer).await) }
             });
             tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                // A scrape or a probe is one short request: a client that sends its head
+                // slowly, or keeps a connection for long, is let go.
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                    .keep_alive(false);
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, connection).await;
             });
         }
     }
 
-    async fn answer<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
+    async fn answer<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
         if request.uri().path() == GRANTS_FLUSH {
+            // The admin listener is open to the cluster for scrapes; what changes the
+            // node is taken from the node itself (kubectl exec, port-forward) only.
+            if !peer.ip().to_canonical().is_loopback() {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "admin changes are taken from loopback only (kubectl exec or port-forward)\n".into(),
+                );
+            }
             return match (request.method(), self.proxy.grants()) {
                 (&Method::POST, Some(grants)) => {
                     flush(grants, "admin endpoint");

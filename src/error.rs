@@ -117,6 +117,25 @@ impl ProxyError {
         }
     }
 
+    /// The `<Message>` a client reads: the whole chain for what it sent wrong, the
+    /// error alone for what went wrong here or at the origin (the chain, in the log,
+    /// names internal addresses a client has no business seeing).
+    fn client_message(&self) -> String {
+        match self {
+            Self::Origin(OriginError::Unreachable { .. }) => "the origin could not be reached; retry".into(),
+            Self::Origin(OriginError::Timeout { .. }) => "the origin did not answer in time; retry".into(),
+            Self::Origin(OriginError::Protocol { .. }) => "the origin broke off the exchange; retry".into(),
+            Self::OriginMismatch(_) | Self::Fill(_) | Self::Busy(_) => self.to_string(),
+            Self::Request(_)
+            | Self::UnknownHost(_)
+            | Self::BadHost(_)
+            | Self::UnexpectedBody(_)
+            | Self::InvalidRange { .. }
+            | Self::Presign(_)
+            | Self::Signature(_) => error_chain(self),
+        }
+    }
+
     /// Elements an S3 client expects beside Code and Message for this error.
     fn extra_elements(&self) -> Vec<(&'static str, String)> {
         match self {
@@ -140,7 +159,7 @@ impl ProxyError {
     /// request's path.
     pub fn into_response(self, request_id: &str, resource: &str, method: &Method) -> Response<ProxyBody> {
         let (status, code) = self.status_and_code();
-        let message = error_chain(&self);
+        let message = self.client_message();
         let body = if *method == Method::HEAD {
             Bytes::new()
         } else {

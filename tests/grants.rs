@@ -7,7 +7,7 @@ use s3_accel_testkit::access::{READER_KEY, READER_SECRET};
 use crate::ops::{admin_get, admin_post, sample};
 use crate::support::client::Call;
 use crate::support::signing::sign_request;
-use crate::support::{get, object_bytes, outcome, Credentials, Signing, TestOrigin, TestProxy};
+use crate::support::{get, object_bytes, outcome, sha256_hex, Credentials, Signing, TestOrigin, TestProxy};
 
 const SMALL: &str = "memory = \"64MiB\"\ndisk = \"0\"\nchunk_size = \"1MiB\"";
 
@@ -323,4 +323,75 @@ async fn verified_keys_are_checked_here_and_served_from_the_origins_earlier_yes(
         requests + 1,
         "a revoked key goes to the origin"
     );
+}
+
+/// Hostile-client finding 6: a grant serves only what the origin would. A client
+/// asking for a version with `If-Match` (boto3 on every part) is served from the
+/// grant only when the cached version is that one; `If-Unmodified-Since` is the
+/// origin's to answer; and an anonymous grant never serves `response-*` overrides,
+/// which S3 refuses to anonymous requests.
+#[tokio::test]
+async fn grants_honor_the_clients_preconditions_and_anonymous_reads_take_no_overrides() {
+    let (origin, data) = origin_with("models", "m.bin", 2 << 20).await;
+    origin.policy().set_public("models", true);
+    let proxy = proxy_with(
+        &origin,
+        "grants = [\"presigned\", \"anonymous\"]\nanonymous_buckets = [\"models\"]",
+    )
+    .await;
+    let target = presigned(&proxy, "/models/m.bin", &TestOrigin::credentials());
+    let first = get(&proxy, url(&target)).await;
+    let old_etag = first.header("etag").unwrap().to_owned();
+    assert_eq!(outcome(&get(&proxy, url(&target)).await), "hit");
+
+    // Overwritten within the grant window.
+    let new_data = object_bytes(42, 2 << 20);
+    origin.put("models", "m.bin", &new_data, &[]).await;
+    let new_etag = origin
+        .send(&Call::head("/models/m.bin", &TestOrigin::signing()))
+        .await
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_etag, old_etag);
+    origin.stats.settled().await;
+    let requests = origin.stats.requests();
+    // The cached version, asked for by its ETag: the grant serves it.
+    let same = get(&proxy, url(&target).unsigned_header("if-match", &old_etag)).await;
+    assert_eq!(outcome(&same), "hit");
+    assert_eq!(origin.stats.requests(), requests);
+    // The new version, asked for by its ETag: the origin answers, with its bytes.
+    let newer = get(&proxy, url(&target).unsigned_header("if-match", &new_etag)).await;
+    assert_eq!(newer.status, StatusCode::OK);
+    assert_eq!(newer.header("etag"), Some(new_etag.as_str()));
+    assert_eq!(
+        sha256_hex(&newer.body),
+        sha256_hex(&new_data),
+        "never the cached version"
+    );
+    assert!(origin.stats.requests() > requests);
+
+    // If-Unmodified-Since goes to the origin.
+    let before = origin.stats.requests();
+    let dated = url(&target).unsigned_header("if-unmodified-since", "Mon, 01 Jan 2024 00:00:00 GMT");
+    get(&proxy, dated).await;
+    assert!(
+        origin.stats.requests() > before,
+        "the origin decides If-Unmodified-Since"
+    );
+
+    // Anonymous: a grant for the plain read, never for one with overrides.
+    let plain = Call::get("/models/m.bin", &Signing::Anonymous);
+    get(&proxy, plain.clone()).await;
+    assert_eq!(outcome(&get(&proxy, plain).await), "hit");
+    origin.stats.settled().await;
+    let before = origin.stats.requests();
+    let overridden = Call::get("/models/m.bin?response-content-type=text%2Fplain", &Signing::Anonymous);
+    get(&proxy, overridden).await;
+    assert_eq!(
+        origin.stats.requests(),
+        before + 1,
+        "the origin decides anonymous overrides"
+    );
+    let _ = data;
 }

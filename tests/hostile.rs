@@ -574,3 +574,57 @@ async fn ten_thousand_random_keys_grow_nothing_unbounded() {
     assert!(open <= 16.0, "{open} origin connections");
     warm.healthy("tiny", Duration::from_secs(5)).await;
 }
+
+/// This machine's first IPv4 address that is not loopback, if it has one.
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let output = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout).lines().find_map(|line| {
+        let address = line.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+        let ip: std::net::IpAddr = address.split('/').next()?.parse().ok()?;
+        (!ip.is_loopback()).then_some(ip)
+    })
+}
+
+/// Finding 9: the admin listener (open to the cluster for scrapes) takes changes
+/// from loopback only, and a 503 names no internal origin address.
+#[tokio::test]
+async fn admin_changes_come_from_loopback_only_and_errors_name_no_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("127.0.0.1:{}", crate::support::free_port());
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"0.0.0.0:0\"\norigin = \"http://{dead}\"\n\
+         [origin_client]\nconnect_timeout = \"200ms\"\n[auth]\ngrants = [\"presigned\"]\n\
+         [cache]\ndir = \"{}\"\n{SMALL}\n",
+        dir.path().display()
+    );
+    let proxy = TestProxy::from_config(&config).await;
+    let reply = get(&proxy, Call::get("/b/k", &TestOrigin::signing())).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !reply.text().contains(&dead),
+        "the origin's address stays inside: {}",
+        reply.text()
+    );
+    assert_eq!(reply.xml("RequestId").as_deref(), reply.header("x-amz-request-id"));
+
+    let (status, _) = crate::ops::admin_post(&proxy, "/admin/grants/flush").await;
+    assert_eq!(status, StatusCode::OK, "from loopback");
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("SKIPPED the non-loopback half: this machine has no address but loopback");
+        return;
+    };
+    let mut stream = TcpStream::connect((ip, proxy.admin.port())).await.unwrap();
+    stream
+        .write_all(b"POST /admin/grants/flush HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "from {ip}: {answer}");
+    let (status, _) = admin_get(&proxy, "/healthz").await;
+    assert_eq!(status, StatusCode::OK, "reads stay open");
+}
