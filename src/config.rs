@@ -52,7 +52,8 @@ pub struct Cli {
     /// Send every Host to this origin, e.g. https://object.ord1.example.com [key: origin].
     #[arg(long)]
     pub origin: Option<String>,
-    /// Domain for virtual-hosted-style requests with --origin; repeatable [key: domains].
+    /// A name clients reach this accelerator by, with --origin (also `<bucket>.<NAME>`,
+    /// virtual-hosted); other names are refused; repeatable [key: domains].
     #[arg(long = "domain", value_name = "NAME")]
     pub domains: Vec<String>,
     /// Cache directory on NVMe [key: cache.dir].

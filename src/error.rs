@@ -123,7 +123,7 @@ impl ProxyError {
     fn client_message(&self) -> String {
         match self {
             Self::Origin(OriginError::Unreachable { .. }) => "the origin could not be reached; retry".into(),
-            Self::Origin(OriginError::Timeout { .. }) => "the origin did not answer in time; retry".into(),
+            Self::Origin(OriginError::Timeout { .. }) => "the origin sent no response head in time; retry".into(),
             Self::Origin(OriginError::Protocol { .. }) => "the origin broke off the exchange; retry".into(),
             Self::OriginMismatch(_) | Self::Fill(_) | Self::Busy(_) => self.to_string(),
             Self::Request(_)

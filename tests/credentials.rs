@@ -471,7 +471,10 @@ async fn a_secret_directory_swapped_by_kubelet_is_taken_while_a_fill_completes()
     origin.put(BUCKET, "model.bin", &data, &[]).await;
     origin.keys().issue("AKIASECRETONE", "secret-dir-key-one", None);
     let mut secret = SecretDir::new("AKIASECRETONE", "secret-dir-key-one");
-    let proxy = in_process(&origin, &secret.config("100ms")).await;
+    // Two chunks read ahead: the later chunks' fills start after the swap.
+    let config = secret.config("100ms").replace("{origin}", &origin.url());
+    let cache = format!("{SMALL_CACHE}\nread_ahead = 2");
+    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, &cache).await;
     let whole = Call::get(&format!("/{BUCKET}/model.bin"), &TestOrigin::signing()).header("range", "bytes=0-");
     let reading = {
         let (client, address) = (proxy.client.clone(), proxy.address);
