@@ -484,10 +484,10 @@ impl Config {
                 .map(|v| (v, "cache.read_ahead_per_connection")),
             || ((read_ahead as u64 + 1) * chunk_size).min(read_ahead_memory),
         )?;
-        if !(1024..=read_ahead_memory).contains(&read_ahead_per_connection) {
+        if !(chunk_size..=read_ahead_memory).contains(&read_ahead_per_connection) {
             return Err(invalid(
                 "cache.read_ahead_per_connection",
-                "must be at least 1KiB, and at most cache.read_ahead_memory",
+                "must hold at least one chunk, and at most cache.read_ahead_memory",
             ));
         }
         let read_ahead_wait = duration_or(

@@ -591,8 +591,13 @@ impl Proxy {
             },
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
                 let whole = plan.part.is_none() && plan.range == RangeRequest::Whole;
-                let learned = plan
-                    .learns
+                // A 200 to `?partNumber=N` says the part is the whole object: believed
+                // only of part 1 of an object not uploaded in parts (an ETag without
+                // `-N`); otherwise its length may be a part's, not the object's.
+                let part_as_whole = plan.part.is_some()
+                    && status == StatusCode::OK
+                    && (plan.part != Some(1) || etag.is_none_or(|etag| etag.contains('-')));
+                let learned = (plan.learns && !part_as_whole)
                     .then(|| meta_from_response(status, headers, whole, plan.range.one(), plan.checksum_mode))
                     .flatten();
                 let cold = cached.is_none();
@@ -608,7 +613,7 @@ impl Proxy {
                         }
                         (meta, Probe::SameEtag)
                     }
-                    (Some(old), None) if !plan.learns => (old, Probe::SameEtag),
+                    (Some(old), None) if !plan.learns || part_as_whole => (old, Probe::SameEtag),
                     // Cold: the origin said yes; chunks are filled once for every
                     // client reading this object now.
                     (None, Some(new)) if cold => {
@@ -635,7 +640,9 @@ impl Proxy {
                             .learns
                             .then(|| part_from_response(status, headers, plan.checksum_mode))
                             .flatten()
-                            .filter(|learned| learned.etag == meta.etag && learned.last < meta.size);
+                            .filter(|learned| learned.etag == meta.etag && learned.last < meta.size)
+                            // "The part is the whole object" holds only of an object that size.
+                            .filter(|learned| !learned.whole || learned.last + 1 == meta.size);
                         if let Some(learned) = &learned {
                             self.cache.insert_part(&plan.object, number, learned.clone());
                         }
@@ -643,6 +650,15 @@ impl Proxy {
                     }
                     None => None,
                 };
+                // A part whose bounds the cache does not know is the origin's to answer:
+                // never the whole object in its place.
+                if plan.part.is_some() && part.is_none() {
+                    return Verdict {
+                        serve: None,
+                        learned: true,
+                        probe: Probe::Uncacheable,
+                    };
+                }
                 Verdict {
                     serve: Some((meta, part)),
                     learned: true,

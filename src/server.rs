@@ -186,15 +186,16 @@ impl Connection {
         let limit = self.config.send_timeout.min(self.config.idle_timeout);
         let mut tick = tokio::time::interval((limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Once closing gracefully, a connection gets `send_timeout` to finish.
-        let mut closing: Option<tokio::time::Instant> = None;
+        // Once closing gracefully, a connection gets `drain_timeout` to finish when the
+        // server stops, `send_timeout` when it was idle.
+        let mut closing: Option<(tokio::time::Instant, Duration)> = None;
         let result = loop {
             tokio::select! {
                 result = connection.as_mut() => break result,
                 changed = self.stop.changed(), if closing.is_none() => {
                     if changed.is_err() || *self.stop.borrow() {
                         connection.as_mut().graceful_shutdown();
-                        closing = Some(tokio::time::Instant::now());
+                        closing = Some((tokio::time::Instant::now(), self.config.drain_timeout));
                     }
                 }
                 _ = tick.tick() => {
@@ -203,13 +204,14 @@ impl Connection {
                         tracing::debug!(%peer, send_timeout = ?self.config.send_timeout, "client took no bytes; cut");
                         return;
                     }
-                    if closing.is_some_and(|since| since.elapsed() > self.config.send_timeout) {
+                    if closing.is_some_and(|(since, limit)| since.elapsed() > limit) {
                         return;
                     }
-                    if closing.is_none() && watch.idle_for() >= self.config.idle_timeout {
+                    // Peers' connections are closed by their own pools, never under them.
+                    if closing.is_none() && front == Front::Clients && watch.idle_for() >= self.config.idle_timeout {
                         telemetry::client_cut("idle");
                         connection.as_mut().graceful_shutdown();
-                        closing = Some(tokio::time::Instant::now());
+                        closing = Some((tokio::time::Instant::now(), self.config.send_timeout));
                     }
                 }
             }

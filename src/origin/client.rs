@@ -76,7 +76,7 @@ pub struct OriginClient {
     region: Arc<str>,
     origin: OriginUrl,
     /// The origin's `host:port`, the pool's key for every request.
-    authority: Option<http::uri::Authority>,
+    authority: http::uri::Authority,
     /// Unix seconds of the last response head from this origin (0: never).
     last_reached: AtomicU64,
     client: Client<HttpsConnector<OriginConnector>, Empty<Bytes>>,
@@ -109,7 +109,9 @@ impl OriginClient {
         Ok(Self {
             region: region.into(),
             origin: origin.clone(),
-            authority: authority.parse().ok(),
+            authority: authority
+                .parse()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("origin {origin}: {e}")))?,
             last_reached: AtomicU64::new(0),
             client,
             first_byte_timeout: config.first_byte_timeout,
@@ -139,7 +141,7 @@ impl OriginClient {
             true => http::uri::Scheme::HTTPS,
             false => http::uri::Scheme::HTTP,
         });
-        parts.authority = self.authority.clone();
+        parts.authority = Some(self.authority.clone());
         if let Ok(uri) = http::Uri::from_parts(parts) {
             *request.uri_mut() = uri;
         }

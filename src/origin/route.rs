@@ -75,7 +75,12 @@ impl Router {
 
     /// Routes by the request's Host (or `:authority`), port included or not.
     pub fn route(&self, authority: &str) -> Result<Route, UnknownHost> {
-        let host = hostname(authority);
+        let Some(host) = hostname(authority) else {
+            return Err(UnknownHost {
+                host: authority.to_owned(),
+                catch_all: false,
+            });
+        };
         let configs = self.regions.iter().map(|r| &r.config);
         match match_host(configs, &host) {
             Found::Region(index, bucket_from_host) => Ok(Route {
@@ -88,19 +93,32 @@ impl Router {
     }
 }
 
-/// The host part of an authority, lower-cased, without port or trailing dot.
-pub fn hostname(authority: &str) -> String {
+/// The host part of an authority, lower-cased, without its port: `name[:port]` or
+/// `[v6][:port]`, and nothing else. `None` for anything an origin could read
+/// otherwise than this: a trailing dot (`b.accel.test.` is not `b.accel.test` to
+/// every origin), an empty port, text after `]`, a second colon.
+pub fn hostname(authority: &str) -> Option<String> {
+    let port_ok = |port: Option<&str>| port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     let host = match authority.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(rest),
-        None => authority.rsplit_once(':').map_or(authority, |(host, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                host
-            } else {
-                authority
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            if !port_ok(after.strip_prefix(':')) || !(after.is_empty() || after.starts_with(':')) {
+                return None;
             }
-        }),
+            host
+        }
+        None => {
+            let (host, port) = match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            if !port_ok(port) || host.ends_with('.') {
+                return None;
+            }
+            host
+        }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    Some(host.to_ascii_lowercase())
 }
 
 /// What a Host selects.
@@ -176,10 +194,23 @@ mod tests {
 
     #[test]
     fn hostnames_drop_ports_and_case() {
-        assert_eq!(hostname("Accel.Example.com:8080"), "accel.example.com");
-        assert_eq!(hostname("[::1]:8080"), "::1");
-        assert_eq!(hostname("127.0.0.1"), "127.0.0.1");
-        assert_eq!(hostname("example.com."), "example.com");
+        assert_eq!(hostname("Accel.Example.com:8080").as_deref(), Some("accel.example.com"));
+        assert_eq!(hostname("[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(hostname("[::1]").as_deref(), Some("::1"));
+        assert_eq!(hostname("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        // What an origin could read otherwise is no hostname at all.
+        for bad in [
+            "example.com.",
+            "b.accel.test.:80",
+            "[::1]junk",
+            "[::1]:",
+            "a:",
+            "a:1:2",
+            "a:x",
+            "[::1",
+        ] {
+            assert_eq!(hostname(bad), None, "{bad}");
+        }
     }
 
     #[test]

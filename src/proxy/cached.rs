@@ -2,6 +2,7 @@
 //! from chunks, several chunks in flight ahead of the byte being sent.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -257,6 +258,20 @@ impl Drop for Charge {
     }
 }
 
+/// Whether a response's client waits for a chunk its read-ahead has not brought.
+#[derive(Default)]
+struct Wanted {
+    waiting: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+/// A response's hold on a chunk: the chunk's charge (shared), and the part of its
+/// connection's share it draws (its own).
+pub struct Held {
+    _charge: Arc<Charge>,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
 /// No room in the budget within `cache.read_ahead_wait`.
 #[derive(Debug, thiserror::Error)]
 #[error("no room for the response within {0:?} (cache.read_ahead_memory is held by other responses)")]
@@ -276,52 +291,65 @@ impl ReadAheadBudget {
         }
     }
 
-    /// Room for chunk `key` of `bytes`, shared with the responses already holding
-    /// it; `ahead` for a chunk read ahead of the one the client waits for, drawn on
-    /// `share` too. Waits `wait` at most for a chunk the client waits for; a chunk
-    /// read ahead waits as long as its response lives.
+    /// Room for chunk `key` of `bytes`: the response's own part of its connection's
+    /// `share`, and the chunk's charge on the whole budget, shared with the responses
+    /// already holding it. `ahead` for a chunk read ahead of the one the client waits
+    /// for. Waits `wait` at most for a chunk a client waits for; a chunk read ahead
+    /// waits as long as its response lives.
     async fn reserve(
         self: &Arc<Self>,
         key: &CacheKey,
         bytes: u64,
         ahead: bool,
         share: Option<&ConnectionShare>,
-    ) -> Result<Arc<Charge>, Busy> {
-        if let Some(held) = self.held(key) {
-            return Ok(held);
-        }
+    ) -> Result<Arc<Held>, Busy> {
         let need = kib(bytes) as u32;
         let take = |semaphore: &Arc<Semaphore>| semaphore.clone().acquire_many_owned(need);
-        let permits = async {
-            let mut permits = Vec::with_capacity(3);
-            if let Some(share) = share {
-                permits.push(take(&share.0).await.expect("a share is never closed"));
+        let reserved = async {
+            // Every holder draws on its own connection's share, shared chunk or not: a
+            // connection's responses never hold more than it, whoever filled them.
+            let share = match share {
+                Some(share) => Some(take(&share.0).await.expect("a share is never closed")),
+                None => None,
+            };
+            if let Some(charge) = self.held(key) {
+                return Held {
+                    _charge: charge,
+                    _share: share,
+                };
             }
+            let mut permits = Vec::with_capacity(2);
             if ahead {
                 permits.push(take(&self.ahead).await.expect("the read-ahead budget is never closed"));
             }
             permits.push(take(&self.total).await.expect("the read-ahead budget is never closed"));
-            permits
+            let mut held = self.held.lock().expect("held chunks");
+            // Another response may have taken the chunk meanwhile: share its charge, and
+            // give these permits back.
+            let charge = match held.get(key).and_then(Weak::upgrade) {
+                Some(charge) => charge,
+                None => {
+                    let charge = Arc::new(Charge {
+                        key: key.clone(),
+                        budget: self.clone(),
+                        _permits: permits,
+                    });
+                    held.insert(key.clone(), Arc::downgrade(&charge));
+                    charge
+                }
+            };
+            Held {
+                _charge: charge,
+                _share: share,
+            }
         };
-        let permits = match ahead {
-            true => permits.await,
-            false => tokio::time::timeout(self.wait, permits)
+        let held = match ahead {
+            true => reserved.await,
+            false => tokio::time::timeout(self.wait, reserved)
                 .await
                 .map_err(|_| Busy(self.wait))?,
         };
-        let mut held = self.held.lock().expect("held chunks");
-        // Another response may have taken the chunk meanwhile: share its charge, and
-        // give these permits back.
-        if let Some(charge) = held.get(key).and_then(Weak::upgrade) {
-            return Ok(charge);
-        }
-        let charge = Arc::new(Charge {
-            key: key.clone(),
-            budget: self.clone(),
-            _permits: permits,
-        });
-        held.insert(key.clone(), Arc::downgrade(&charge));
-        Ok(charge)
+        Ok(Arc::new(held))
     }
 
     fn held(&self, key: &CacheKey) -> Option<Arc<Charge>> {
@@ -333,7 +361,7 @@ impl ReadAheadBudget {
 /// budget until the last reference to it (hyper's, once written) is gone.
 struct Budgeted {
     bytes: Bytes,
-    _charge: Option<Arc<Charge>>,
+    _held: Option<Arc<Held>>,
 }
 
 impl AsRef<[u8]> for Budgeted {
@@ -438,7 +466,7 @@ impl CachedObject {
         Ok(())
     }
 
-    /// Bytes `from..to` of chunk `index` as they arrive, each holding `charge`. A
+    /// Bytes `from..to` of chunk `index` as they arrive, each holding `held`. A
     /// read that fails is resumed once from a new fill (unless the object changed);
     /// one that fails again ends in an error, never short.
     fn bytes(
@@ -447,7 +475,7 @@ impl CachedObject {
         from: u64,
         to: u64,
         read: ChunkRead,
-        charge: Option<Arc<Charge>>,
+        held: Option<Arc<Held>>,
     ) -> stream::BoxStream<'static, Result<Bytes, ChunkError>> {
         let labels = [
             ("region", self.region.clone()),
@@ -461,7 +489,7 @@ impl CachedObject {
             to,
             read,
             retried: false,
-            charge,
+            held,
         };
         stream::unfold(Some(piece), |piece| async move {
             let mut piece = piece?;
@@ -508,7 +536,7 @@ impl CachedObject {
         // of the budget is held by others), that chunk is wanted now: it is taken
         // from the whole budget, as a first chunk is, within `read_ahead_wait`.
         let (ahead, mut chunks) = mpsc::channel(self.read_ahead);
-        let wanted = Arc::new(tokio::sync::Notify::new());
+        let wanted = Arc::new(Wanted::default());
         if tail_index > head_index {
             let (this, wanted) = (self.clone(), wanted.clone());
             tokio::spawn(async move {
@@ -516,18 +544,26 @@ impl CachedObject {
                     let (from, to) = span(index);
                     let (key, length) = (this.key(index), this.chunk_length(index));
                     let share = this.share.as_ref();
-                    let charge = tokio::select! {
-                        () = ahead.closed() => return,
-                        charge = this.budget.reserve(&key, length, true, share) => charge.ok(),
-                        () = wanted.notified() => match this.budget.reserve(&key, length, false, share).await {
-                            Ok(charge) => Some(charge),
-                            Err(busy) => {
-                                telemetry::budget_waited("cut");
-                                let cut = stream::once(async move { Err(ChunkError::new(busy)) }).boxed();
-                                let _ = ahead.send(tokio::spawn(async move { cut })).await;
-                                return;
+                    let charge = loop {
+                        tokio::select! {
+                            () = ahead.closed() => return,
+                            charge = this.budget.reserve(&key, length, true, share) => break charge.ok(),
+                            () = wanted.notify.notified() => {
+                                // A wake-up left from an earlier wait: not wanted now.
+                                if !wanted.waiting.load(Ordering::SeqCst) {
+                                    continue;
+                                }
+                                match this.budget.reserve(&key, length, false, share).await {
+                                    Ok(charge) => break Some(charge),
+                                    Err(busy) => {
+                                        telemetry::budget_waited("cut");
+                                        let cut = stream::once(async move { Err(ChunkError::new(busy)) }).boxed();
+                                        let _ = ahead.send(tokio::spawn(async move { cut })).await;
+                                        return;
+                                    }
+                                }
                             }
-                        },
+                        }
                     };
                     let this = this.clone();
                     let chunk = tokio::spawn(async move {
@@ -553,8 +589,9 @@ impl CachedObject {
         };
         let rest = stream::poll_fn(move |cx| {
             let next = chunks.poll_recv(cx);
+            wanted.waiting.store(next.is_pending(), Ordering::SeqCst);
             if next.is_pending() {
-                wanted.notify_one();
+                wanted.notify.notify_one();
             }
             next
         })
@@ -590,7 +627,7 @@ struct Piece {
     to: u64,
     read: ChunkRead,
     retried: bool,
-    charge: Option<Arc<Charge>>,
+    held: Option<Arc<Held>>,
     /// `s3accel_response_bytes_total` of the region and tier.
     sent: metrics::Counter,
 }
@@ -621,7 +658,7 @@ impl Piece {
                             self.sent.increment(piece.len() as u64);
                             return Some(Ok(Bytes::from_owner(Budgeted {
                                 bytes: piece,
-                                _charge: self.charge.clone(),
+                                _held: self.held.clone(),
                             })));
                         }
                         Err(error) => error,
