@@ -189,13 +189,14 @@ async fn made_up_methods_add_no_metric_series() {
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     let before = lines().await;
     let requests = origin.stats.requests();
-    for i in 1..=500 {
+    for i in 1..=2_000 {
         let reply = get(&proxy, Call::new(method(i), "/b/k", &Signing::Anonymous)).await;
         assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     }
     assert_eq!(origin.stats.requests(), requests, "refused before the origin");
     let after = lines().await;
     // (Other tests in this process add their own series meanwhile: a few dozen.)
+    eprintln!("2,000 made-up methods: /metrics went from {before} to {after} lines");
     assert!(after < before + 100, "/metrics grew from {before} to {after} lines");
     let (_, metrics) = admin_get(&proxy, "/metrics").await;
     assert!(
@@ -646,4 +647,32 @@ async fn admin_changes_come_from_loopback_only_and_errors_name_no_origin() {
     assert!(answer.starts_with("HTTP/1.1 403"), "from {ip}: {answer}");
     let (status, _) = admin_get(&proxy, "/healthz").await;
     assert_eq!(status, StatusCode::OK, "reads stay open");
+}
+
+/// Finding 9: an idle connection (h2c or HTTP/1.1) is closed after
+/// `server.idle_timeout`; one with a request in flight is not.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let warm = Warm::start("[server]\nidle_timeout = \"1s\"", SMALL, &[("tiny", 11)]).await;
+    let tcp = TcpStream::connect(warm.proxy.address).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    client = client.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}{}", warm.proxy.address, warm.target("tiny")))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    while let Some(data) = body.data().await {
+        let data = data.unwrap();
+        body.flow_control().release_capacity(data.len()).unwrap();
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(closed.is_ok(), "an idle h2 connection is closed");
+
+    let mut idle = TcpStream::connect(warm.proxy.address).await.unwrap();
+    let mut nothing = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut nothing)).await;
+    assert!(closed.is_ok(), "an idle HTTP/1.1 connection is closed");
+    warm.healthy("tiny", Duration::from_secs(5)).await;
 }
