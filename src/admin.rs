@@ -98,6 +98,7 @@ impl AdminServer {
                 self.proxy.cache().publish_gauges();
                 if let Some(grants) = self.proxy.grants() {
                     metrics::gauge!(telemetry::GRANTS).set(grants.len() as f64);
+                    metrics::gauge!(telemetry::GRANT_DROPS).set(grants.drops_held() as f64);
                 }
                 if let Some(credentials) = self.proxy.credentials() {
                     credentials.publish_gauges();

@@ -31,6 +31,7 @@ pub const PEER_RING: &str = "s3accel_peer_ring_fingerprint";
 pub const PEER_EJECTIONS: &str = "s3accel_peer_ejections_total";
 pub const HIT_AUTHORIZATIONS: &str = "s3accel_hit_authorizations_total";
 pub const GRANTS: &str = "s3accel_grants";
+pub const GRANT_DROPS: &str = "s3accel_grant_drops";
 pub const GRANT_FLUSHES: &str = "s3accel_grant_flushes_total";
 pub const LOCAL_REFUSALS: &str = "s3accel_local_refusals_total";
 pub const ORIGIN_CONNECTIONS: &str = "s3accel_origin_connections";
@@ -137,6 +138,10 @@ fn describe() {
         "Hits served, by what authorized them: origin (a probe), presigned or anonymous (a live grant)."
     );
     describe_gauge!(GRANTS, "Grants held (origin decisions served without asking again).");
+    describe_gauge!(
+        GRANT_DROPS,
+        "Buckets and objects whose grants were dropped by an origin 403 or 404 within the grant TTL (bounded)."
+    );
     describe_counter!(
         GRANT_FLUSHES,
         "Times every grant was dropped (SIGHUP, POST /admin/grants/flush)."

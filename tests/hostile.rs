@@ -592,6 +592,21 @@ async fn ten_thousand_random_keys_grow_nothing_unbounded() {
     )
     .unwrap_or(0.0);
     assert!(open <= 16.0, "{open} origin connections");
+    // Each 404 drops the object's grants: the drop times are kept, within their bound.
+    // (The gauge is the process's: another test's scrape may set it in between.)
+    let mut drops = 0.0;
+    for _ in 0..5 {
+        let (_, metrics) = admin_get(proxy, "/metrics").await;
+        drops = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("s3accel_grant_drops "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        if drops >= 10_000.0 {
+            break;
+        }
+    }
+    assert!((10_000.0..=100_000.0).contains(&drops), "{drops} grant drops held");
     warm.healthy("tiny", Duration::from_secs(5)).await;
 }
 
@@ -613,7 +628,7 @@ fn non_loopback_address() -> Option<std::net::IpAddr> {
 #[tokio::test]
 async fn admin_changes_come_from_loopback_only_and_errors_name_no_origin() {
     let dir = tempfile::tempdir().unwrap();
-    let dead = format!("127.0.0.1:{}", crate::support::free_port());
+    let dead = crate::support::fault::refusing().await.to_string();
     let config = format!(
         "listen = \"127.0.0.1:0\"\nadmin_listen = \"0.0.0.0:0\"\norigin = \"http://{dead}\"\n\
          [origin_client]\nconnect_timeout = \"200ms\"\n[auth]\ngrants = [\"presigned\"]\n\
@@ -674,5 +689,36 @@ async fn idle_connections_are_closed() {
     let mut nothing = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut nothing)).await;
     assert!(closed.is_ok(), "an idle HTTP/1.1 connection is closed");
+    warm.healthy("tiny", Duration::from_secs(5)).await;
+}
+
+/// A GET or HEAD that carries a body (declared, or chunked) is refused before the
+/// origin: nothing S3 clients send, and nothing to forward.
+#[tokio::test]
+async fn a_read_with_a_body_is_refused_before_the_origin() {
+    let warm = Warm::start("", SMALL, &[("tiny", 11)]).await;
+    let address = warm.proxy.address;
+    let requests = warm._origin.stats.requests();
+    for framing in [
+        "Content-Length: 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let request = format!("GET /hot/tiny HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{framing}");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{framing}: {answer}");
+        assert!(answer.contains("<Code>InvalidRequest</Code>"), "{answer}");
+    }
+    assert_eq!(
+        warm._origin.stats.requests(),
+        requests,
+        "nothing refused reaches the origin"
+    );
     warm.healthy("tiny", Duration::from_secs(5)).await;
 }
