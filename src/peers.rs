@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use crate::config::{Discovery, PeersConfig};
 use auth::{KeyRing, PeerKeys};
 use client::PeerClient;
-use membership::{Discover, Fixed, Hello, Members};
+use membership::{Discover, Fixed, Members};
+use protocol::Hello;
 
 /// How often the peer key file is read again (a Secret's update reaches the pod
 /// within about a minute).

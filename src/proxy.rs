@@ -3,6 +3,7 @@
 
 mod access;
 mod cached;
+mod error;
 mod fill;
 mod forward;
 mod grant;
@@ -25,7 +26,7 @@ use crate::cache::grants::Grants;
 use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkSource, ChunkWriter, ObjectId, ObjectMeta, PartMeta};
 use crate::config::{AuthConfig, Config};
 use crate::credentials::FillCredentials;
-use crate::error::{error_chain, ProxyError};
+use crate::error::error_chain;
 use crate::origin::{self, OriginBody, Route, Router};
 use crate::peers::protocol::ChunkRequest;
 use crate::peers::Peers;
@@ -37,6 +38,7 @@ use crate::ProxyBody;
 use access::{AccessLog, LoggedBody};
 use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudget, Shape};
 pub use cached::{Busy, ConnectionShare};
+pub use error::ProxyError;
 use fill::{Fill, FillAuth};
 use lead::Lead;
 use plan::{ColdGate, Entry, Plan, Release};

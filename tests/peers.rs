@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 use s3_accel::cache::{CacheKey, ObjectId};
 use s3_accel::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
-use s3_accel::peers::membership::Hello;
 use s3_accel::peers::placement::{self, Node};
+use s3_accel::peers::protocol::Hello;
 use s3_accel::peers::protocol::{ChunkRequest, CHUNK_PATH, HELLO_PATH, HELLO_REPLY};
 
 use crate::ops::admin_get;

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::auth::{KeyRing, PEER_DATE, PEER_SIGNATURE};
-use super::membership::Hello;
+use super::protocol::Hello;
 use super::protocol::{ChunkRequest, CHUNK_PATH, HELLO_PATH, HELLO_REPLY};
 
 /// How long a peer may take to connect: peers are in one region, a few hops away.

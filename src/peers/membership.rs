@@ -11,38 +11,7 @@ use tokio::sync::watch;
 
 use super::client::PeerClient;
 use super::placement::{self, Node};
-
-/// What a node says of itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hello {
-    pub node: String,
-    /// Changes when the process restarts: a restart under the same name is the same
-    /// owner with (on disk) the same chunks.
-    pub boot_id: String,
-    pub disk_capacity: u64,
-}
-
-impl Hello {
-    pub fn encode(&self) -> String {
-        format!(
-            "node\t{}\nboot_id\t{}\ndisk_capacity\t{}\n",
-            self.node, self.boot_id, self.disk_capacity
-        )
-    }
-
-    pub fn decode(text: &str) -> Option<Self> {
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix('\t'))
-                .map(str::to_owned)
-        };
-        Some(Self {
-            node: field("node").filter(|n| !n.is_empty())?,
-            boot_id: field("boot_id")?,
-            disk_capacity: field("disk_capacity")?.parse().ok()?,
-        })
-    }
-}
+use super::protocol::Hello;
 
 /// One node of the region, and where to reach it (`None`: this node).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,41 @@
 //! What travels between peers: a reader asks a chunk's owner for it with a
 //! [`ChunkRequest`], which says which chunk of which object version, and who may sign
-//! the owner's fill should it have to fetch the chunk. Encoded as text lines, bounded.
+//! the owner's fill should it have to fetch the chunk; a node says who it is with a
+//! [`Hello`]. Encoded as text lines, bounded.
 
 use crate::cache::{CacheKey, ObjectId};
+
+/// What a node says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub node: String,
+    /// Changes when the process restarts: a restart under the same name is the same
+    /// owner with (on disk) the same chunks.
+    pub boot_id: String,
+    pub disk_capacity: u64,
+}
+
+impl Hello {
+    pub fn encode(&self) -> String {
+        format!(
+            "node\t{}\nboot_id\t{}\ndisk_capacity\t{}\n",
+            self.node, self.boot_id, self.disk_capacity
+        )
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix('\t'))
+                .map(str::to_owned)
+        };
+        Some(Self {
+            node: field("node").filter(|n| !n.is_empty())?,
+            boot_id: field("boot_id")?,
+            disk_capacity: field("disk_capacity")?.parse().ok()?,
+        })
+    }
+}
 
 /// `GET`-like, but with a body: the chunk's description.
 pub const CHUNK_PATH: &str = "/peer/v1/chunk";

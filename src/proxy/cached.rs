@@ -15,12 +15,12 @@ use http_body_util::{BodyExt, StreamBody};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use super::error::ProxyError;
 use super::fill::FillError;
 use super::upstream::Upstream;
 use crate::cache::{
     CacheKey, ChunkCache, ChunkError, ChunkRead, ChunkSource, Dangling, ObjectId, ObjectMeta, PartMeta,
 };
-use crate::error::ProxyError;
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::{self, REQUEST_ID};
 use crate::telemetry;

@@ -7,8 +7,8 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 
+use super::error::ProxyError;
 use crate::config::OriginUrl;
-use crate::error::ProxyError;
 use crate::origin::OriginBody;
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::RequestError;

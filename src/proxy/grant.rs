@@ -8,10 +8,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::Empty;
 
+use super::error::ProxyError;
 use super::Proxy;
 use crate::cache::grants::{Grant, GrantKey, GrantKind};
 use crate::cache::ObjectId;
-use crate::error::ProxyError;
 use crate::origin::{self, Route};
 use crate::s3::auth::ClientAuth;
 use crate::s3::classify::ObjectRequest;
