@@ -36,7 +36,7 @@ use crate::s3::{self, Operation};
 use crate::telemetry;
 use crate::ProxyBody;
 use access::{AccessLog, LoggedBody};
-use cached::{meta_from_response, part_from_response, CachedObject, ReadAheadBudget, Shape};
+use cached::{cacheable, meta_from_response, part_from_response, Asked, CachedObject, ReadAheadBudget, Shape};
 pub use cached::{Busy, ConnectionShare};
 pub use error::ProxyError;
 use fill::{Fill, FillAuth};
@@ -592,15 +592,10 @@ impl Proxy {
                 probe: Probe::NotModified,
             },
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
-                let whole = plan.part.is_none() && plan.range == RangeRequest::Whole;
-                // A 200 to `?partNumber=N` says the part is the whole object: believed
-                // only of part 1 of an object not uploaded in parts (an ETag without
-                // `-N`); otherwise its length may be a part's, not the object's.
-                let part_as_whole = plan.part.is_some()
-                    && status == StatusCode::OK
-                    && (plan.part != Some(1) || etag.is_none_or(|etag| etag.contains('-')));
-                let learned = (plan.learns && !part_as_whole)
-                    .then(|| meta_from_response(status, headers, whole, plan.range.one(), plan.checksum_mode))
+                let asked = Asked::of(plan.part, plan.range);
+                let learned = plan
+                    .learns
+                    .then(|| meta_from_response(status, headers, asked, plan.checksum_mode))
                     .flatten();
                 let cold = cached.is_none();
                 let same = cached.filter(|meta| etag == Some(meta.etag.as_str()));
@@ -615,7 +610,9 @@ impl Proxy {
                         }
                         (meta, Probe::SameEtag)
                     }
-                    (Some(old), None) if !plan.learns || part_as_whole => (old, Probe::SameEtag),
+                    // The same version, in an answer that tells no size (overrides,
+                    // a 200 to a range or a part): served from the cache all the same.
+                    (Some(old), None) if !plan.learns || cacheable(headers) => (old, Probe::SameEtag),
                     // Cold: the origin said yes; chunks are filled once for every
                     // client reading this object now.
                     (None, Some(new)) if cold => {
@@ -689,10 +686,10 @@ impl Proxy {
         let response: Response<OriginBody> = route.region.client.send(probe, "probe").await?;
         let status = response.status();
         // A part's HEAD tells the part's length, never the object's.
-        let whole = plan.range == RangeRequest::Whole;
         // (s3s-fs answers a ranged HEAD with 200 and the object's length.)
+        let asked = Asked::of(None, plan.range);
         let learned = (plan.learns && plan.part.is_none())
-            .then(|| meta_from_response(status, response.headers(), whole, plan.range.one(), plan.checksum_mode))
+            .then(|| meta_from_response(status, response.headers(), asked, plan.checksum_mode))
             .flatten();
         if let Some(new) = learned {
             let meta = match self.cache.meta(&plan.object).await {

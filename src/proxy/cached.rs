@@ -27,7 +27,7 @@ use crate::telemetry;
 use crate::{BoxError, ProxyBody};
 
 /// Whether a response may be cached at all: not SSE-C, not `no-store`.
-fn cacheable(headers: &HeaderMap) -> bool {
+pub fn cacheable(headers: &HeaderMap) -> bool {
     let no_store = headers
         .get(header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
@@ -49,18 +49,37 @@ fn checksums_of(headers: &HeaderMap, checksum_mode: bool) -> Option<HeaderMap> {
     }
 }
 
+/// What a request asked the origin for, as far as the answer's meaning depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// The whole object (no Range, no partNumber; a Range it does not parse).
+    Whole,
+    Range(range::ByteRange),
+    Part(u16),
+}
+
+impl Asked {
+    pub fn of(part: Option<u16>, range: RangeRequest) -> Self {
+        match (part, range.one()) {
+            (Some(number), _) => Self::Part(number),
+            (None, Some(range)) => Self::Range(range),
+            (None, None) => Self::Whole,
+        }
+    }
+}
+
 /// The metadata worth keeping from an origin's 200 or 206, or `None` when the
-/// response must not be cached (SSE-C, `no-store`, no ETag, no size). `whole` says
-/// the answer is the whole object (no Range, no partNumber): only such an answer
-/// tells the object's checksums. `range` is the one range asked for, if any: a 200
-/// to it tells the size only when it is longer than that range could be (an origin
-/// that answers a range with 200 and the range's bytes would otherwise leave a
-/// truncated object, served as whole later).
+/// response must not be cached (SSE-C, `no-store`, no ETag) or does not tell the
+/// object's size. Only a whole-object answer tells the object's checksums. A 200
+/// tells the size as its length only where it must be the whole object: to a range,
+/// when it is longer than the range could be; to `?partNumber`, for part 1 of an
+/// object not uploaded in parts (an ETag without `-N`). Otherwise an origin that
+/// answers with 200 and the range's (or the part's) bytes would leave a truncated
+/// object, served as whole later.
 pub fn meta_from_response(
     status: StatusCode,
     headers: &HeaderMap,
-    whole: bool,
-    range: Option<range::ByteRange>,
+    asked: Asked,
     checksum_mode: bool,
 ) -> Option<ObjectMeta> {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
@@ -71,11 +90,12 @@ pub fn meta_from_response(
     let size = match status {
         StatusCode::OK => {
             let length: u64 = text(header::CONTENT_LENGTH)?.parse().ok()?;
-            match range.map(range::longest_range_answer) {
-                Some(None) => return None,
-                Some(Some(longest)) if length <= longest => return None,
-                _ => length,
-            }
+            let whole = match asked {
+                Asked::Whole => true,
+                Asked::Range(range) => range::longest_range_answer(range).is_some_and(|longest| length > longest),
+                Asked::Part(number) => number == 1 && !etag.contains('-'),
+            };
+            whole.then_some(length)?
         }
         // Content-Range: bytes 0-0/1234
         StatusCode::PARTIAL_CONTENT => text(header::CONTENT_RANGE)?.rsplit_once('/')?.1.parse().ok()?,
@@ -87,7 +107,7 @@ pub fn meta_from_response(
             stored.append(name.clone(), value.clone());
         }
     }
-    let checksums = (whole && status == StatusCode::OK)
+    let checksums = (asked == Asked::Whole && status == StatusCode::OK)
         .then(|| checksums_of(headers, checksum_mode))
         .flatten();
     Some(ObjectMeta {
@@ -745,22 +765,28 @@ mod tests {
         headers.insert("x-amz-meta-owner", "a".parse().unwrap());
         headers.insert(REQUEST_ID, "R".parse().unwrap());
         headers.insert("x-amz-checksum-crc32", "AAAAAA==".parse().unwrap());
-        let meta = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, None, true).unwrap();
+        let meta = meta_from_response(
+            StatusCode::PARTIAL_CONTENT,
+            &headers,
+            Asked::Range(range::ByteRange::From { start: 0, end: Some(0) }),
+            true,
+        )
+        .unwrap();
         assert_eq!(meta.size, 1234);
         assert_eq!(meta.headers.len(), 2, "only object headers: {:?}", meta.headers);
         assert_eq!(meta.checksums, None, "a range tells nothing of the object's checksums");
-        let whole = meta_from_response(StatusCode::OK, &headers, true, None, false).unwrap();
+        let whole = meta_from_response(StatusCode::OK, &headers, Asked::Whole, false).unwrap();
         assert_eq!(whole.size, 1);
         assert_eq!(whole.checksums.unwrap()["x-amz-checksum-crc32"], "AAAAAA==");
-        assert!(meta_from_response(StatusCode::NOT_FOUND, &headers, true, None, true).is_none());
-        let first_byte = Some(range::ByteRange::From { start: 0, end: Some(0) });
+        assert!(meta_from_response(StatusCode::NOT_FOUND, &headers, Asked::Whole, true).is_none());
+        let first_byte = range::ByteRange::From { start: 0, end: Some(0) };
         assert!(
-            meta_from_response(StatusCode::OK, &headers, false, first_byte, false).is_none(),
+            meta_from_response(StatusCode::OK, &headers, Asked::Range(first_byte), false).is_none(),
             "a 200 of one byte to a one-byte range may be the range's byte alone"
         );
         let mut longer = headers.clone();
         longer.insert(header::CONTENT_LENGTH, "1234".parse().unwrap());
-        let ignored = meta_from_response(StatusCode::OK, &longer, false, first_byte, false).unwrap();
+        let ignored = meta_from_response(StatusCode::OK, &longer, Asked::Range(first_byte), false).unwrap();
         assert_eq!(ignored.size, 1234, "longer than the range: the whole object");
 
         let mut sse_c = headers.clone();
@@ -768,29 +794,29 @@ mod tests {
             "x-amz-server-side-encryption-customer-algorithm",
             "AES256".parse().unwrap(),
         );
-        assert!(meta_from_response(StatusCode::OK, &sse_c, true, None, false).is_none());
+        assert!(meta_from_response(StatusCode::OK, &sse_c, Asked::Whole, false).is_none());
         let mut no_store = headers.clone();
         no_store.insert(header::CACHE_CONTROL, "private, No-Store".parse().unwrap());
-        assert!(meta_from_response(StatusCode::OK, &no_store, true, None, false).is_none());
+        assert!(meta_from_response(StatusCode::OK, &no_store, Asked::Whole, false).is_none());
         let mut unreadable = headers.clone();
         unreadable.insert("x-amz-checksum-crc32", "not a checksum".parse().unwrap());
-        let meta = meta_from_response(StatusCode::OK, &unreadable, true, None, true).unwrap();
+        let meta = meta_from_response(StatusCode::OK, &unreadable, Asked::Whole, true).unwrap();
         assert_eq!(meta.checksums, None, "an unreadable checksum is never stored");
         headers.remove("x-amz-checksum-crc32");
-        let asked = meta_from_response(StatusCode::OK, &headers, true, None, true).unwrap();
+        let asked = meta_from_response(StatusCode::OK, &headers, Asked::Whole, true).unwrap();
         assert_eq!(
             asked.checksums,
             Some(HeaderMap::new()),
             "asked, and told there are none"
         );
         assert_eq!(
-            meta_from_response(StatusCode::OK, &headers, true, None, false)
+            meta_from_response(StatusCode::OK, &headers, Asked::Whole, false)
                 .unwrap()
                 .checksums,
             None
         );
         headers.remove(header::ETAG);
-        assert!(meta_from_response(StatusCode::OK, &headers, true, None, false).is_none());
+        assert!(meta_from_response(StatusCode::OK, &headers, Asked::Whole, false).is_none());
     }
 
     fn meta(size: u64, checksums: Option<HeaderMap>) -> ObjectMeta {
@@ -813,9 +839,22 @@ mod tests {
         let part = part_from_response(StatusCode::PARTIAL_CONTENT, &headers, true).unwrap();
         assert_eq!((part.first, part.last, part.whole), (100, 199, false));
         assert_eq!(part.parts_count.as_ref().unwrap(), "2");
-        let object = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, false, None, true).unwrap();
+        let object = meta_from_response(StatusCode::PARTIAL_CONTENT, &headers, Asked::Part(2), true).unwrap();
         assert_eq!(object.size, 250, "the object's size, not the part's");
         assert_eq!(object.checksums, None, "the part's checksums are not the object's");
+        // A 200 to a part is the whole object only for part 1 of a single-PUT object.
+        let mut whole = headers.clone();
+        whole.remove(header::CONTENT_RANGE);
+        assert!(
+            meta_from_response(StatusCode::OK, &whole, Asked::Part(1), false).is_none(),
+            "an ETag of parts (-2): the length may be a part's"
+        );
+        whole.insert(header::ETAG, "\"single\"".parse().unwrap());
+        assert!(meta_from_response(StatusCode::OK, &whole, Asked::Part(2), false).is_none());
+        assert_eq!(
+            meta_from_response(StatusCode::OK, &whole, Asked::Part(1), false).map(|m| m.size),
+            Some(100)
+        );
 
         let shape = Shape::of(&meta(250, None), Some(&part), RangeRequest::Whole, true)
             .unwrap()
