@@ -12,28 +12,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::Args;
 
 pub use auth::AuthConfig;
-pub use credentials::{
-    read_dir_keys, AssumeRole, CredentialSource, CredentialsConfig, ProxyCredentials, ACCESS_KEY_FILE, SECRET_KEY_FILE,
-    SESSION_TOKEN_FILE,
-};
+pub use credentials::{AssumeRole, CredentialSource, CredentialsConfig};
 use file::ConfigFile;
 pub use peers::{Discovery, PeersConfig};
 use units::{parse_duration, parse_size};
 
-/// Command-line flags. Each overrides the config file key named in its help.
-#[derive(Debug, Default, Clone, Parser)]
-#[command(
-    name = "s3-accel",
-    version,
-    about = "GET-only caching accelerator for S3-compatible object storage"
-)]
+use crate::s3::Endpoint;
+
+/// The server's flags. Each overrides the config file key named in its help.
+#[derive(Debug, Default, Clone, Args)]
 pub struct Cli {
-    /// A tool instead of the server.
-    #[command(subcommand)]
-    pub command: Option<Command>,
     /// TOML config file (see config/s3-accel.toml for every key).
     #[arg(long, env = "S3_ACCEL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -71,14 +62,6 @@ pub struct Cli {
     /// Log format: `human` or `json`.
     #[arg(long, default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
-}
-
-/// The tools the binary carries besides the server.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum Command {
-    /// Reads every object under a prefix (or in a manifest) through an accelerator,
-    /// so that its region has it cached; prints what the cache answered.
-    Prefetch(crate::prefetch::PrefetchArgs),
 }
 
 /// A configuration that has passed validation.
@@ -175,7 +158,7 @@ pub struct OriginClientConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionConfig {
     pub name: String,
-    pub origin: OriginUrl,
+    pub origin: Endpoint,
     /// Lower-case hostnames (no port). With `auto` addressing, `<bucket>.<host>` selects
     /// this region too, in virtual-hosted style.
     pub hosts: Vec<String>,
@@ -193,51 +176,6 @@ pub enum Addressing {
     Auto,
     /// Path style only.
     Path,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OriginUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl OriginUrl {
-    pub fn scheme(&self) -> &'static str {
-        if self.tls {
-            "https"
-        } else {
-            "http"
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text.parse().map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("`{text}` must start with http:// or https://")),
-        };
-        let host = uri.host().ok_or_else(|| format!("`{text}` has no host"))?;
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "`{text}` must not have a path or query: the client's request-target is forwarded as is"
-            ));
-        }
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        Ok(Self { tls, host, port })
-    }
-}
-
-impl std::fmt::Display for OriginUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "{}://[{}]:{}", self.scheme(), self.host, self.port)
-        } else {
-            write!(f, "{}://{}:{}", self.scheme(), self.host, self.port)
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -629,7 +567,7 @@ impl Config {
             if cli.origin.is_none() && !file.regions.is_empty() {
                 return Err(invalid("origin", "set either `origin` or `[[regions]]`, not both"));
             }
-            let origin = OriginUrl::parse(url).map_err(|reason| invalid(key, reason))?;
+            let origin = Endpoint::parse(url).map_err(|reason| invalid(key, reason))?;
             return Ok(vec![RegionConfig {
                 name: "default".into(),
                 origin,
@@ -664,7 +602,7 @@ impl Config {
                     format!("region `{}` is defined twice", section.name),
                 ));
             }
-            let origin = OriginUrl::parse(&section.origin).map_err(|reason| invalid(&key("origin"), reason))?;
+            let origin = Endpoint::parse(&section.origin).map_err(|reason| invalid(&key("origin"), reason))?;
             if section.hosts.is_empty() {
                 return Err(invalid(
                     &key("hosts"),
@@ -744,7 +682,7 @@ mod tests {
         assert!(region.catch_all);
         assert_eq!(
             region.origin,
-            OriginUrl {
+            Endpoint {
                 tls: false,
                 host: "127.0.0.1".into(),
                 port: 9000
@@ -765,7 +703,7 @@ mod tests {
         assert_eq!(config.cache.chunk_size, 16 << 20);
         assert_eq!(
             config.regions[0].origin,
-            OriginUrl {
+            Endpoint {
                 tls: true,
                 host: "b".into(),
                 port: 443

@@ -27,7 +27,8 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{future, ProvideCredentials, SharedCredentialsProvider};
 use tokio::sync::{watch, Notify};
 
-use crate::config::{read_dir_keys, CredentialSource, CredentialsConfig, ProxyCredentials};
+use crate::config::{CredentialSource, CredentialsConfig};
+use crate::s3::keys::{read_dir_keys, ProxyCredentials};
 use crate::telemetry;
 
 /// One attempt to get credentials gives up after this long.

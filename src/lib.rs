@@ -3,7 +3,9 @@
 
 pub mod admin;
 mod app;
+pub mod body;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -16,13 +18,6 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 
-use bytes::Bytes;
-
 pub use app::App;
+pub use body::{BoxError, ProxyBody};
 pub use config::{Cli, Config};
-
-/// The error type of bodies streamed through the proxy.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Every response body the proxy sends.
-pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;

@@ -3,14 +3,15 @@
 use anyhow::Context;
 use clap::Parser;
 
-use s3_accel::config::Command;
-use s3_accel::{App, Cli, Config};
+use s3_accel::cli::{Command, Invocation};
+use s3_accel::{App, Config};
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    if let Some(Command::Prefetch(args)) = &cli.command {
+    let invocation = Invocation::parse();
+    if let Some(Command::Prefetch(args)) = &invocation.command {
         std::process::exit(prefetch(args));
     }
+    let cli = invocation.server;
     init_logging(&cli.log_format);
     let config = match Config::load(&cli) {
         Ok(config) => config,

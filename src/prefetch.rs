@@ -18,9 +18,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
-use crate::config::{OriginClientConfig, OriginUrl};
+use crate::config::OriginClientConfig;
 use crate::credentials::FillCredentials;
 use crate::origin::{connect, sign_s3, OriginClient};
+use crate::s3;
 
 /// What SigV4 leaves unencoded in a path segment or a query value.
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -175,7 +176,7 @@ pub struct Keys {
 
 impl Keys {
     /// These keys, for `region`.
-    pub fn fixed(keys: crate::config::ProxyCredentials, region: &str) -> Self {
+    pub fn fixed(keys: crate::s3::keys::ProxyCredentials, region: &str) -> Self {
         Self {
             credentials: Some(Arc::new(FillCredentials::fixed("static", keys))),
             region: region.to_owned(),
@@ -200,12 +201,12 @@ impl Keys {
 /// An S3 endpoint: the client and the authority requests carry.
 pub struct Endpoint {
     client: OriginClient,
-    url: OriginUrl,
+    url: s3::Endpoint,
 }
 
 impl Endpoint {
     pub fn new(url: &str) -> Result<Self, PrefetchError> {
-        let url = OriginUrl::parse(url.trim_end_matches('/')).map_err(PrefetchError::Usage)?;
+        let url = s3::Endpoint::parse(url.trim_end_matches('/')).map_err(PrefetchError::Usage)?;
         let config = OriginClientConfig {
             connect_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(120),

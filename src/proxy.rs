@@ -22,6 +22,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
+use crate::body::ProxyBody;
 use crate::cache::grants::Grants;
 use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkSource, ChunkWriter, ObjectId, ObjectMeta, PartMeta};
 use crate::config::{AuthConfig, Config};
@@ -34,7 +35,6 @@ use crate::s3::keys::VerifiedKeys;
 use crate::s3::range::RangeRequest;
 use crate::s3::{self, Operation};
 use crate::telemetry;
-use crate::ProxyBody;
 use access::{AccessLog, LoggedBody};
 use cached::{cacheable, meta_from_response, part_from_response, Asked, CachedObject, ReadAheadBudget, Shape};
 pub use cached::{Busy, ConnectionShare};

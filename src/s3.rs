@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod classify;
+pub mod endpoint;
 pub mod keys;
 pub mod presign;
 pub mod range;
@@ -12,6 +13,7 @@ pub mod xml;
 use http::{HeaderMap, HeaderName};
 
 pub use classify::{classify, ObjectRequest, Operation, RequestError, ResourceType};
+pub use endpoint::Endpoint;
 
 /// A fresh request id in S3's shape: 16 upper-case hex digits.
 pub fn new_request_id() -> String {

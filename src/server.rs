@@ -21,9 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::{BoxError, ProxyBody};
 use crate::config::ServerConfig;
 use crate::proxy::{ConnectionShare, Proxy};
-use crate::{telemetry, BoxError, ProxyBody};
+use crate::telemetry;
 
 pub struct Server {
     listener: TcpListener,

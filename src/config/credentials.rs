@@ -3,31 +3,12 @@
 //! directory without `accessKey`) stop the start; a source that may recover on its
 //! own (a token file not yet projected, an STS outage) leaves the node not ready.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::{AssumeRoleSection, CredentialsSection};
 use super::{duration_or, invalid, ConfigError};
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct ProxyCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
-}
-
-impl std::fmt::Debug for ProxyCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The files of a Secret directory (`kubectl create secret generic --from-literal=accessKey=...`).
-pub const ACCESS_KEY_FILE: &str = "accessKey";
-pub const SECRET_KEY_FILE: &str = "secretKey";
-pub const SESSION_TOKEN_FILE: &str = "sessionToken";
+use crate::s3::keys::{read_dir_keys, ProxyCredentials};
 
 #[derive(Debug, Clone)]
 pub enum CredentialSource {
@@ -293,32 +274,10 @@ fn assume_role(section: &AssumeRoleSection) -> Result<AssumeRole, ConfigError> {
     })
 }
 
-/// The keys in a Secret directory, or what is wrong with them (naming the file,
-/// never its contents). Values are trimmed: `--from-file` keeps a final newline.
-pub fn read_dir_keys(dir: &Path) -> Result<ProxyCredentials, String> {
-    let read = |name: &str, required: bool| -> Result<Option<String>, String> {
-        let path = dir.join(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
-            Ok(_) if required => Err(format!("{} is empty", path.display())),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
-    };
-    let access_key_id = read(ACCESS_KEY_FILE, true)?.expect("required");
-    let secret_access_key = read(SECRET_KEY_FILE, true)?.expect("required");
-    let session_token = read(SESSION_TOKEN_FILE, false)?;
-    Ok(ProxyCredentials {
-        access_key_id,
-        secret_access_key,
-        session_token,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::s3::keys::{ACCESS_KEY_FILE, SECRET_KEY_FILE};
 
     fn section(text: &str) -> CredentialsSection {
         toml::from_str(text).unwrap()

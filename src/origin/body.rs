@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::BoxError;
+use crate::body::BoxError;
 
 /// Wraps a body; a wait longer than `timeout` for its next frame is an error.
 pub struct IdleTimeoutBody<B> {

@@ -18,7 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::IdleTimeoutBody;
 use super::connect::{https_connector, ConnectionCap, OriginConnector};
-use crate::config::{OriginClientConfig, OriginUrl};
+use crate::config::OriginClientConfig;
+use crate::s3::Endpoint;
 use crate::telemetry;
 
 /// The body of an origin response as the proxy relays it.
@@ -74,7 +75,7 @@ pub async fn error_code(response: Response<OriginBody>) -> String {
 
 pub struct OriginClient {
     region: Arc<str>,
-    origin: OriginUrl,
+    origin: Endpoint,
     /// The origin's `host:port`, the pool's key for every request.
     authority: http::uri::Authority,
     /// Unix seconds of the last response head from this origin (0: never).
@@ -87,7 +88,7 @@ pub struct OriginClient {
 impl OriginClient {
     pub fn new(
         region: &str,
-        origin: &OriginUrl,
+        origin: &Endpoint,
         config: &OriginClientConfig,
         tls: rustls::ClientConfig,
         resolver: Arc<TokioResolver>,
@@ -119,7 +120,7 @@ impl OriginClient {
         })
     }
 
-    pub fn origin(&self) -> &OriginUrl {
+    pub fn origin(&self) -> &Endpoint {
         &self.origin
     }
 

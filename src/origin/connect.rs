@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::OriginUrl;
+use crate::s3::Endpoint;
 use crate::telemetry;
 
 /// Connections open to origins, all regions together, against
@@ -226,7 +226,7 @@ pub fn resolver() -> io::Result<Arc<TokioResolver>> {
 /// its Host header stays the client's, which h2's `:authority` could not carry.
 pub fn https_connector(
     region: &str,
-    origin: &OriginUrl,
+    origin: &Endpoint,
     tls: rustls::ClientConfig,
     resolver: Arc<TokioResolver>,
     connect_timeout: Duration,

@@ -175,12 +175,12 @@ fn match_host<'a>(regions: impl Iterator<Item = &'a RegionConfig> + Clone, host:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::OriginUrl;
+    use crate::s3::Endpoint;
 
     fn region(name: &str, hosts: &[&str], addressing: Addressing, catch_all: bool) -> RegionConfig {
         RegionConfig {
             name: name.into(),
-            origin: OriginUrl {
+            origin: Endpoint {
                 tls: true,
                 host: format!("object.{name}.example.com"),
                 port: 443,

@@ -9,7 +9,7 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use http::Request;
 
-use crate::config::ProxyCredentials;
+use crate::s3::keys::ProxyCredentials;
 
 #[derive(Debug, thiserror::Error)]
 #[error("signing a request with the proxy's credentials")]

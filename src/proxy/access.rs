@@ -10,7 +10,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::{telemetry, BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
+use crate::telemetry;
 
 #[derive(Debug, Default)]
 pub struct AccessLog {

@@ -18,13 +18,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::error::ProxyError;
 use super::fill::FillError;
 use super::upstream::Upstream;
+use crate::body::{BoxError, ProxyBody};
 use crate::cache::{
     CacheKey, ChunkCache, ChunkError, ChunkRead, ChunkSource, Dangling, ObjectId, ObjectMeta, PartMeta,
 };
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::{self, REQUEST_ID};
 use crate::telemetry;
-use crate::{BoxError, ProxyBody};
 
 /// Whether a response may be cached at all: not SSE-C, not `no-store`.
 pub fn cacheable(headers: &HeaderMap) -> bool {

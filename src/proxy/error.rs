@@ -4,11 +4,11 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::body::ProxyBody;
 use crate::cache::ChunkError;
 use crate::error::error_chain;
 use crate::origin::{OriginError, UnknownHost};
 use crate::s3::{self, RequestError};
-use crate::ProxyBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

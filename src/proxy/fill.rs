@@ -10,11 +10,12 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
+use crate::body::BoxError;
 use crate::cache::ChunkSink;
 use crate::credentials::{FillCredentials, Snapshot};
 use crate::origin::{error_code, poison, sign_s3, OriginBody, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
-use crate::{telemetry, BoxError};
+use crate::telemetry;
 
 /// Counts a fill in `s3accel_fills_in_flight` while it lives.
 struct InFlight;

@@ -8,11 +8,11 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 
 use super::error::ProxyError;
-use crate::config::OriginUrl;
+use crate::body::ProxyBody;
 use crate::origin::OriginBody;
 use crate::s3::range::{self, RangeRequest};
+use crate::s3::Endpoint;
 use crate::s3::RequestError;
-use crate::ProxyBody;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -90,7 +90,7 @@ pub fn client_authority<B>(request: &Request<B>) -> Option<String> {
 /// headers (Host included), minus hop-by-hop ones; the connector dials the origin.
 pub fn origin_request<B>(
     client: &Request<B>,
-    origin: &OriginUrl,
+    origin: &Endpoint,
     authority: &str,
 ) -> Result<Request<Empty<Bytes>>, ProxyError> {
     let target = client
@@ -215,7 +215,7 @@ mod tests {
             .header(header::RANGE, "bytes=0-1")
             .body(())
             .unwrap();
-        let origin = OriginUrl {
+        let origin = Endpoint {
             tls: true,
             host: "object.ord1.example.com".into(),
             port: 443,

@@ -16,13 +16,14 @@ use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use super::fill::{Fill, FillAuth, FillError};
 use super::plan::{Entry, Release};
 use super::Proxy;
+use crate::body::{BoxError, ProxyBody};
 use crate::cache::{ObjectId, ObjectMeta};
 use crate::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
 use crate::peers::protocol::{
     chunk_reply, ChunkRequest, ObjectNote, Signer, CHUNK_PATH, CHUNK_REPLY, COLD_PATH, HELLO_PATH, HELLO_REPLY,
     LEARNED_PATH, MAX_REQUEST_BYTES, PEER_SOURCE,
 };
-use crate::{s3, telemetry, BoxError, ProxyBody};
+use crate::{s3, telemetry};
 
 fn status(status: StatusCode) -> Response<ProxyBody> {
     let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());

@@ -11,12 +11,13 @@ use futures_util::FutureExt;
 use http_body_util::BodyExt;
 
 use super::fill::{Fill, FillError};
+use crate::body::BoxError;
 use crate::cache::{CacheKey, ChunkSink};
 use crate::peers::auth::{PEER_DATE, PEER_SIGNATURE};
 use crate::peers::client::PeerError;
 use crate::peers::protocol::{chunk_reply, ChunkRequest, CHUNK_PATH, CHUNK_REPLY};
 use crate::peers::Peers;
-use crate::{telemetry, BoxError};
+use crate::telemetry;
 
 pub trait Upstream: Send + Sync {
     /// Fetches chunk `index` of the object version, pushing its bytes to `sink` as

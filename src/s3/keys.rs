@@ -1,12 +1,58 @@
-//! The access keys s3-accel verifies SigV4 for (`verified_keys`): a file from a
-//! Kubernetes Secret, one `ACCESS_KEY_ID SECRET_ACCESS_KEY` per line (`#` starts a
-//! comment), read again when its contents change. Removing a key revokes it at the
-//! next read; a file that does not read keeps the last good keys.
+//! Access keys: the proxy's own ([`ProxyCredentials`], as a Kubernetes Secret
+//! directory holds them) and those it verifies SigV4 for ([`VerifiedKeys`],
+//! `verified_keys`: one `ACCESS_KEY_ID SECRET_ACCESS_KEY` per line, `#` starts a
+//! comment, read again when its contents change; removing a key revokes it at the
+//! next read; a file that does not read keeps the last good keys).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// A key pair (and session token) requests are signed with: the proxy's own, for
+/// fills. `Debug` shows the access key id alone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for ProxyCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The files of a Secret directory (`kubectl create secret generic --from-literal=accessKey=...`).
+pub const ACCESS_KEY_FILE: &str = "accessKey";
+pub const SECRET_KEY_FILE: &str = "secretKey";
+pub const SESSION_TOKEN_FILE: &str = "sessionToken";
+
+/// The keys in a Secret directory, or what is wrong with them (naming the file,
+/// never its contents). Values are trimmed: `--from-file` keeps a final newline.
+pub fn read_dir_keys(dir: &Path) -> Result<ProxyCredentials, String> {
+    let read = |name: &str, required: bool| -> Result<Option<String>, String> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
+            Ok(_) if required => Err(format!("{} is empty", path.display())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    };
+    let access_key_id = read(ACCESS_KEY_FILE, true)?.expect("required");
+    let secret_access_key = read(SECRET_KEY_FILE, true)?.expect("required");
+    let session_token = read(SESSION_TOKEN_FILE, false)?;
+    Ok(ProxyCredentials {
+        access_key_id,
+        secret_access_key,
+        session_token,
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFileError {
