@@ -19,7 +19,9 @@ use foyer::{
     HybridCachePolicy, PsyncIoEngineConfig, RecoverMode, S3FifoConfig, StorageFilter,
 };
 pub use key::{CacheKey, ObjectId};
-pub use value::{CacheValue, ObjectMeta, PartMeta};
+pub use value::CacheValue;
+
+pub use crate::s3::{ObjectMeta, PartMeta};
 
 use crate::config::CacheConfig;
 

@@ -33,11 +33,12 @@ use crate::peers::protocol::ChunkRequest;
 use crate::peers::Peers;
 use crate::s3::keys::VerifiedKeys;
 use crate::s3::range::RangeRequest;
-use crate::s3::{self, Operation};
+use crate::s3::response::{cacheable, meta_from_response, part_from_response, Asked};
+use crate::s3::{self, ContentRange, Operation};
 use crate::telemetry;
 use access::{AccessLog, LoggedBody};
-use cached::{cacheable, meta_from_response, part_from_response, Asked, CachedObject, ReadAheadBudget, Shape};
 pub use cached::{Busy, ConnectionShare};
+use cached::{CachedObject, ReadAheadBudget, Shape};
 pub use error::ProxyError;
 use fill::{Fill, FillAuth};
 use lead::Lead;
@@ -512,10 +513,7 @@ impl Proxy {
         let (first, last) = shape.span?;
         let starts = match response.status() {
             StatusCode::OK => 0,
-            _ => {
-                let range = response.headers().get(header::CONTENT_RANGE)?.to_str().ok()?;
-                forward::parse_content_range(range)?.0
-            }
+            _ => ContentRange::of(response.headers())?.first,
         };
         if starts != first {
             return None;

@@ -7,6 +7,8 @@ pub mod endpoint;
 pub mod keys;
 pub mod presign;
 pub mod range;
+pub mod response;
+pub mod signature;
 pub mod sigv4;
 pub mod xml;
 
@@ -14,6 +16,7 @@ use http::{HeaderMap, HeaderName};
 
 pub use classify::{classify, ObjectRequest, Operation, RequestError, ResourceType};
 pub use endpoint::Endpoint;
+pub use response::{ContentRange, ObjectMeta, PartMeta};
 
 /// A fresh request id in S3's shape: 16 upper-case hex digits.
 pub fn new_request_id() -> String {

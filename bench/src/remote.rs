@@ -775,7 +775,7 @@ mod tests {
         let address = app.local_addr().unwrap();
         tokio::spawn(app.run(std::future::pending()));
         let keys = || {
-            let credentials = s3_accel::config::ProxyCredentials {
+            let credentials = s3_accel::s3::keys::ProxyCredentials {
                 access_key_id: ACCESS_KEY.into(),
                 secret_access_key: SECRET_KEY.into(),
                 session_token: None,

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::key::{put_bytes, put_str};
+use crate::s3::response::{ObjectMeta, PartMeta};
 
 const VALUE_VERSION: u8 = 1;
 const TAG_CHUNK: u8 = 0;
@@ -14,38 +15,6 @@ const TAG_META: u8 = 1;
 /// Metadata with what is known of the object's checksums.
 const TAG_META_CHECKSUMS: u8 = 2;
 const TAG_PART: u8 = 3;
-
-/// What s3-accel knows of an object version: enough to answer a GET or HEAD of it
-/// without the origin's body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectMeta {
-    pub size: u64,
-    /// Quoted, as the origin sent it.
-    pub etag: String,
-    /// The object's own headers (Last-Modified, Content-Type, `x-amz-meta-*`, ...),
-    /// never a response's per-request ones.
-    pub headers: HeaderMap,
-    /// The `x-amz-checksum-*` headers the origin sends on a whole-object answer in
-    /// checksum mode (possibly none), or `None` while s3-accel has not seen one.
-    pub checksums: Option<HeaderMap>,
-}
-
-/// One part of a multipart object version (`?partNumber=N`), as the origin
-/// answered it: a byte range of the object, never the object's own length.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartMeta {
-    /// The object version the bounds belong to.
-    pub etag: String,
-    pub first: u64,
-    pub last: u64,
-    /// The origin answered 200 (the whole object, as some do for part 1 of an
-    /// object that was not uploaded in parts) rather than 206.
-    pub whole: bool,
-    /// `x-amz-mp-parts-count`, when the origin sent it.
-    pub parts_count: Option<HeaderValue>,
-    /// The part's own checksums, as for [`ObjectMeta::checksums`].
-    pub checksums: Option<HeaderMap>,
-}
 
 #[derive(Debug, Clone)]
 pub enum CacheValue {

@@ -15,6 +15,7 @@ use crate::cache::ChunkSink;
 use crate::credentials::{FillCredentials, Snapshot};
 use crate::origin::{error_code, poison, sign_s3, OriginBody, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
+use crate::s3::ContentRange;
 use crate::telemetry;
 
 /// Counts a fill in `s3accel_fills_in_flight` while it lives.
@@ -230,8 +231,12 @@ impl Fill {
             // The bytes asked for, of the object of the size the cache knows:
             // anything else (a stray response, another chunk's) is not stored.
             StatusCode::PARTIAL_CONTENT => {
-                let asked = format!("bytes {first}-{last}/{}", self.size);
-                if header(header::CONTENT_RANGE) != Some(asked.as_str()) {
+                let asked = ContentRange {
+                    first,
+                    last,
+                    size: self.size,
+                };
+                if ContentRange::of(response.headers()) != Some(asked) {
                     return Err(FillError::Range {
                         first,
                         last,

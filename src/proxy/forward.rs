@@ -12,7 +12,7 @@ use crate::body::ProxyBody;
 use crate::origin::OriginBody;
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::Endpoint;
-use crate::s3::RequestError;
+use crate::s3::{ContentRange, RequestError};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -137,11 +137,11 @@ pub fn answers<B>(
     let length: Option<u64> = header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
     match response.status() {
         StatusCode::PARTIAL_CONTENT => {
-            let content_range = header(header::CONTENT_RANGE).and_then(parse_content_range);
-            let Some((first, last, size)) = content_range else {
+            let Some(content_range) = ContentRange::of(response.headers()) else {
                 return Err(ProxyError::OriginMismatch("a 206 without a readable Content-Range"));
             };
-            if length.is_some_and(|length| length != last - first + 1) {
+            let ContentRange { first, last, size } = content_range;
+            if length.is_some_and(|length| length != content_range.length()) {
                 return Err(ProxyError::OriginMismatch(
                     "a Content-Length that is not its Content-Range's",
                 ));
@@ -160,14 +160,6 @@ pub fn answers<B>(
         },
         _ => Ok(()),
     }
-}
-
-/// `bytes first-last/size`.
-pub fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
-    let (span, size) = value.strip_prefix("bytes ")?.split_once('/')?;
-    let (first, last) = span.split_once('-')?;
-    let (first, last, size) = (first.parse().ok()?, last.parse().ok()?, size.parse().ok()?);
-    (first <= last && last < size).then_some((first, last, size))
 }
 
 /// A second copy of an origin request (bodies are empty: nothing to share).

@@ -16,6 +16,7 @@ use crate::origin::{self, Route};
 use crate::s3::auth::ClientAuth;
 use crate::s3::classify::ObjectRequest;
 use crate::s3::presign::Presigned;
+use crate::s3::signature::Signature;
 use crate::s3::sigv4::{self, SigV4Error, Signed};
 use crate::telemetry;
 
@@ -75,11 +76,9 @@ impl Proxy {
         window: Option<Presigned>,
     ) -> Option<Asked> {
         if let Some(window) = window {
-            let signed = object
-                .presign
-                .iter()
-                .find(|(k, _)| k == "X-Amz-SignedHeaders")
-                .map(|(_, v)| v.as_str())
+            let signed = Signature::of_query(&object.presign)
+                .presigned()
+                .and_then(|params| params.signed_headers)
                 .unwrap_or("");
             let values: Vec<(&str, &[u8])> = signed
                 .split(';')

@@ -1,7 +1,9 @@
 //! What a client's signature covers: the proxy may reuse a client's request for a
 //! chunk fill only when the signature does not cover the headers a fill changes.
 
-use http::{header, HeaderMap};
+use http::HeaderMap;
+
+use super::signature::Signature;
 
 /// How a request is authenticated, as far as the proxy needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,29 +21,22 @@ pub enum ClientAuth {
 impl ClientAuth {
     /// From the Authorization header, else the presign parameters `classify` found.
     pub fn of(headers: &HeaderMap, presign: &[(String, String)]) -> Self {
-        if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-            if let Some(rest) = value.strip_prefix("AWS4-HMAC-SHA256") {
-                let field = |name: &str| {
-                    rest.split(',')
-                        .map(str::trim)
-                        .find_map(|part| part.strip_prefix(name))
-                        .map(str::to_owned)
-                };
-                return Self::v4(field("SignedHeaders="), field("Credential="));
-            }
-            return Self::V2;
-        }
-        let param = |name: &str| presign.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        if param("X-Amz-Signature").is_some() {
-            return Self::v4(param("X-Amz-SignedHeaders"), param("X-Amz-Credential"));
-        }
-        if param("Signature").is_some() {
-            return Self::V2;
-        }
-        Self::Anonymous
+        Self::from(Signature::of(headers, presign))
     }
+}
 
-    fn v4(signed_headers: Option<String>, credential: Option<String>) -> Self {
+impl From<Signature<'_>> for ClientAuth {
+    fn from(signature: Signature<'_>) -> Self {
+        match signature {
+            Signature::Anonymous => Self::Anonymous,
+            Signature::V2 => Self::V2,
+            Signature::V4(params) => Self::v4(params.signed_headers, params.credential),
+        }
+    }
+}
+
+impl ClientAuth {
+    fn v4(signed_headers: Option<&str>, credential: Option<&str>) -> Self {
         let signed_headers = signed_headers
             .unwrap_or_default()
             .split(';')
@@ -79,6 +74,7 @@ impl ClientAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     #[test]
     fn boto3_header_signature_covers_range() {

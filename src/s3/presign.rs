@@ -5,8 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The longest a SigV4 presigned URL may live (seven days).
-const MAX_EXPIRES: u64 = 604_800;
+use super::signature::{SigV4Params, Signature, MAX_EXPIRES, SIGV4_ALGORITHM};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presigned {
@@ -30,21 +29,22 @@ pub enum PresignError {
 /// The presigned URL's window, if the query is a SigV4 presign (`None` for any
 /// other request), checked at `now`.
 pub fn check(presign: &[(String, String)], now: SystemTime) -> Option<Result<Presigned, PresignError>> {
-    let param = |name: &str| presign.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    param("X-Amz-Signature")?;
-    Some(window(&param, now))
+    let params = Signature::of_query(presign).presigned()?;
+    Some(window(&params, now))
 }
 
-fn window<'a>(param: &impl Fn(&str) -> Option<&'a str>, now: SystemTime) -> Result<Presigned, PresignError> {
+fn window(params: &SigV4Params<'_>, now: SystemTime) -> Result<Presigned, PresignError> {
     let malformed = PresignError::Malformed;
-    if param("X-Amz-Algorithm") != Some("AWS4-HMAC-SHA256") {
+    let presign = params.presigned.expect("a presigned query");
+    if presign.algorithm != Some(SIGV4_ALGORITHM) {
         return Err(malformed("X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\""));
     }
-    let date = param("X-Amz-Date").ok_or(malformed("X-Amz-Date must be given"))?;
+    let date = params.amz_date.ok_or(malformed("X-Amz-Date must be given"))?;
     let signed_at = parse_amz_date(date).ok_or(malformed(
         "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"",
     ))?;
-    let expires: u64 = param("X-Amz-Expires")
+    let expires: u64 = presign
+        .expires
         .and_then(|v| v.parse().ok())
         .ok_or(malformed("X-Amz-Expires should be a number"))?;
     if expires == 0 || expires > MAX_EXPIRES {
@@ -53,13 +53,13 @@ fn window<'a>(param: &impl Fn(&str) -> Option<&'a str>, now: SystemTime) -> Resu
         ));
     }
     // <key id>/<yyyymmdd>/<region>/s3/aws4_request, the date that of X-Amz-Date.
-    let credential = param("X-Amz-Credential").ok_or(malformed("X-Amz-Credential must be given"))?;
+    let credential = params.credential.ok_or(malformed("X-Amz-Credential must be given"))?;
     let scope: Vec<&str> = credential.split('/').collect();
     match scope.as_slice() {
         [key, day, region, "s3", "aws4_request"] if !key.is_empty() && !region.is_empty() && *day == &date[..8] => {}
         _ => return Err(malformed("Error parsing the X-Amz-Credential parameter")),
     }
-    if param("X-Amz-SignedHeaders").is_none_or(str::is_empty) {
+    if params.signed_headers.is_none_or(str::is_empty) {
         return Err(malformed("X-Amz-SignedHeaders must be given"));
     }
     let end = signed_at + Duration::from_secs(expires);

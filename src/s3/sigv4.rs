@@ -8,15 +8,13 @@
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 
 use super::presign::parse_amz_date;
+use super::signature::{Signature, MAX_EXPIRES, SIGV4_ALGORITHM};
 
 /// The clock skew a header-signed request may have, as S3 allows.
 const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
-/// The longest a presigned URL may live.
-const MAX_EXPIRES: u64 = 604_800;
-const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
 /// What a request says of its signature, before it is checked.
 struct Claimed<'a> {
@@ -134,7 +132,7 @@ pub fn verify(
     for path in paths {
         let canonical = canonical_request(request.method, path, &params, request, &claimed)?;
         let string_to_sign = format!(
-            "{ALGORITHM}\n{}\n{scope}\n{}",
+            "{SIGV4_ALGORITHM}\n{}\n{scope}\n{}",
             claimed.amz_date,
             hex_sha256(canonical.as_bytes())
         );
@@ -177,45 +175,41 @@ fn query_params(query: &str) -> Vec<(String, String)> {
 }
 
 fn claim<'a>(request: &Signed<'a>, params: &'a [(String, String)]) -> Result<Claimed<'a>, SigV4Error> {
-    let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let (credential, signed_headers, signature, amz_date, payload_hash, expires) =
-        match header(header::AUTHORIZATION.as_str()) {
-            Some(value) => {
-                let rest = value.strip_prefix(ALGORITHM).ok_or(SigV4Error::NotSigV4)?;
-                let field = |name: &str| {
-                    rest.split(',')
-                        .map(str::trim)
-                        .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
-                };
-                (
-                    field("Credential").ok_or(SigV4Error::Malformed("Credential"))?,
-                    field("SignedHeaders").ok_or(SigV4Error::Malformed("SignedHeaders"))?,
-                    field("Signature").ok_or(SigV4Error::Malformed("Signature"))?,
-                    header("x-amz-date").ok_or(SigV4Error::Malformed("x-amz-date"))?,
-                    header("x-amz-content-sha256").ok_or(SigV4Error::Malformed("x-amz-content-sha256"))?,
-                    None,
-                )
+    let Signature::V4(claim) = Signature::of(request.headers, params) else {
+        return Err(SigV4Error::NotSigV4);
+    };
+    let (credential, signed_headers, signature, amz_date, payload_hash, expires) = match claim.presigned {
+        None => (
+            claim.credential.ok_or(SigV4Error::Malformed("Credential"))?,
+            claim.signed_headers.ok_or(SigV4Error::Malformed("SignedHeaders"))?,
+            claim.signature.ok_or(SigV4Error::Malformed("Signature"))?,
+            claim.amz_date.ok_or(SigV4Error::Malformed("x-amz-date"))?,
+            claim
+                .payload_hash
+                .ok_or(SigV4Error::Malformed("x-amz-content-sha256"))?,
+            None,
+        ),
+        Some(presign) => {
+            if presign.algorithm != Some(SIGV4_ALGORITHM) {
+                return Err(SigV4Error::Malformed("X-Amz-Algorithm"));
             }
-            None => {
-                let signature = param("X-Amz-Signature").ok_or(SigV4Error::NotSigV4)?;
-                if param("X-Amz-Algorithm") != Some(ALGORITHM) {
-                    return Err(SigV4Error::Malformed("X-Amz-Algorithm"));
-                }
-                let expires: u64 = param("X-Amz-Expires")
-                    .and_then(|v| v.parse().ok())
-                    .filter(|e| (1..=MAX_EXPIRES).contains(e))
-                    .ok_or(SigV4Error::Malformed("X-Amz-Expires"))?;
-                (
-                    param("X-Amz-Credential").ok_or(SigV4Error::Malformed("X-Amz-Credential"))?,
-                    param("X-Amz-SignedHeaders").ok_or(SigV4Error::Malformed("X-Amz-SignedHeaders"))?,
-                    signature,
-                    param("X-Amz-Date").ok_or(SigV4Error::Malformed("X-Amz-Date"))?,
-                    param("X-Amz-Content-Sha256").unwrap_or("UNSIGNED-PAYLOAD"),
-                    Some(expires),
-                )
-            }
-        };
+            let expires: u64 = presign
+                .expires
+                .and_then(|v| v.parse().ok())
+                .filter(|e| (1..=MAX_EXPIRES).contains(e))
+                .ok_or(SigV4Error::Malformed("X-Amz-Expires"))?;
+            (
+                claim.credential.ok_or(SigV4Error::Malformed("X-Amz-Credential"))?,
+                claim
+                    .signed_headers
+                    .ok_or(SigV4Error::Malformed("X-Amz-SignedHeaders"))?,
+                claim.signature.expect("a presigned query is named by its signature"),
+                claim.amz_date.ok_or(SigV4Error::Malformed("X-Amz-Date"))?,
+                claim.payload_hash.unwrap_or("UNSIGNED-PAYLOAD"),
+                Some(expires),
+            )
+        }
+    };
     let mut scope = credential.split('/');
     let mut part = || {
         scope
@@ -333,7 +327,7 @@ fn hex_sha256(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{header, HeaderValue};
 
     const KEY: &str = "AKIAVERIFIED";
     const SECRET: &str = "verified/secret+key=for-tests";
