@@ -1,16 +1,29 @@
-//! The request path, top to bottom: route, classify, plan, authorize at the origin,
-//! then answer from the cache or relay the origin's answer.
+//! The request path, top to bottom, one stage per module:
+//!
+//! 1. [`admit`]: the Host is checked and routed, the request classified; it becomes
+//!    one `ObjectRead`, or a refusal.
+//! 2. [`plan`]: what the cache may do with it (the grant it would be served from
+//!    included), or why it passes through uncached.
+//! 3. [`authorize`]: the origin authorizes the client's own request (a 304 when the
+//!    cache holds the version); its answer is checked, then decided on once.
+//! 4. [`respond`]: the cache answers (a head from metadata, a body from chunks), or
+//!    [`relay`] passes the origin's answer on.
+//!
+//! Beside the path: the cold herd (`plan::ColdGate`, `region`), grants (`grant`),
+//! the peer server (`peer`), the chunk sources (`upstream`, `fill`, `lead`).
 
 mod access;
-mod cached;
+mod admit;
+mod authorize;
 mod error;
 mod fill;
-mod forward;
 mod grant;
 mod lead;
 mod peer;
 mod plan;
 mod region;
+mod relay;
+mod respond;
 mod upstream;
 
 use std::sync::Arc;
@@ -24,26 +37,28 @@ use tokio::sync::Semaphore;
 
 use crate::body::ProxyBody;
 use crate::cache::grants::Grants;
-use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkSource, ChunkWriter, ObjectId, ObjectMeta, PartMeta};
+use crate::cache::{ChunkCache, ChunkSource, ObjectId, ObjectMeta, PartMeta};
 use crate::config::{AuthConfig, Config};
 use crate::credentials::FillCredentials;
 use crate::error::error_chain;
-use crate::origin::{self, OriginBody, Route, Router};
+use crate::origin::{OriginBody, Router};
 use crate::peers::protocol::ChunkRequest;
 use crate::peers::Peers;
 use crate::s3::keys::VerifiedKeys;
 use crate::s3::range::RangeRequest;
-use crate::s3::response::{cacheable, meta_from_response, part_from_response, Asked};
-use crate::s3::{self, ContentRange, Operation};
+use crate::s3::response::{meta_from_response, Asked};
+use crate::s3::sigv4::Signed;
+use crate::s3::{self, Operation};
 use crate::telemetry;
 use access::{AccessLog, LoggedBody};
-pub use cached::{Busy, ConnectionShare};
-use cached::{CachedObject, ReadAheadBudget, Shape};
+use admit::ObjectRead;
+use authorize::{Probe, Verdict};
 pub use error::ProxyError;
 use fill::{Fill, FillAuth};
-use lead::Lead;
-use plan::{ColdGate, Entry, Plan, Release};
-use region::{Advice, RegionGate};
+use plan::{ColdGate, ColdTurn, Entry, Plan, Release};
+use region::{Advice, RegionGate, Report};
+pub use respond::{Busy, ConnectionShare};
+use respond::{CachedObject, EarlyRead, ReadAheadBudget, Shape};
 use upstream::{Regional, Upstream};
 
 /// How a request was answered, for the `x-s3-accel-cache` header and the logs.
@@ -249,245 +264,201 @@ impl Proxy {
         request_id: &str,
         log: &mut AccessLog,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        // Route first: the Host decides whether the bucket is in the name or the path
-        // (and a Host two readers could read two ways goes no further).
-        forward::check_host(&request)?;
-        // Read before hop-by-hop headers go: `Transfer-Encoding` is one of them.
-        let body = carries_body(&request);
-        // From here on the request is exactly what the origin will see: a header the
-        // client names in `Connection` is not forwarded, so nothing may read it.
-        forward::strip_hop_by_hop(request.headers_mut());
-        let authority = forward::client_authority(&request).unwrap_or_default();
-        let route = self.router.route(&authority)?;
-        log.region.clone_from(&route.region.config.name);
-
-        // Classify before anything reaches the origin: only object reads go on.
-        let uri = request.uri();
-        let object = s3::classify(
-            request.method(),
-            uri.path(),
-            uri.query(),
-            route.bucket_from_host.as_deref(),
-        )?;
-        log.bucket.clone_from(&object.bucket);
-        log.key.clone_from(&object.key);
-        log.operation = match object.operation {
-            Operation::GetObject => "get",
-            Operation::HeadObject => "head",
-        };
-        if body {
-            return Err(ProxyError::UnexpectedBody(request.method().clone()));
-        }
-        // With presigned grants on, an expired or malformed presigned URL is refused
-        // here, before any cache lookup, as the origin would refuse it.
-        let window = match self.grants.is_some() && self.auth.presigned {
-            true => s3::presign::check(&object.presign, std::time::SystemTime::now()).transpose()?,
-            false => None,
-        };
-        let id = plan::object_id(&route, &object);
-        let grant = self.asked(
-            &s3::sigv4::Signed {
-                method: request.method().as_str(),
-                authority: &authority,
-                path: uri.path(),
-                query: uri.query().unwrap_or(""),
-                headers: request.headers(),
-            },
-            &object,
-            &id,
-            window,
-            route.region.config.signing_region.as_deref(),
-        )?;
-
+        // Admit first: only an object read, routed by a Host read one way, goes on.
+        let presigned = self.grants.is_some() && self.auth.presigned;
+        let read = admit::admit(&mut request, &self.router, presigned, log)?;
+        // The grant the request would be served from is part of its plan.
+        let grant = self.asked(&signed(&request, &read.authority), &read)?;
         // The client's own signed request, unchanged: the origin authorizes it.
-        let probe = forward::origin_request(&request, route.region.client.origin(), &authority)?;
-        // Parsed once: the plan serves it, and a relayed answer is checked against it.
-        let range = s3::range::parse(request.headers().get(header::RANGE).and_then(|v| v.to_str().ok()));
-        let asked = (range, object.part_number.is_some());
-
+        let probe = relay::origin_request(&request, read.route.region.client.origin(), &read.authority)?;
         // What must never be cached passes through before the cache is consulted.
-        let plan = plan::plan(&request, &object, range, &route, self.credentials.as_ref());
-        let answer = match plan {
-            Err(reason) => self.relay(&route, probe, asked, Outcome::Bypass(reason)).await,
-            Ok(plan) => {
-                let plan = Plan { grant, ..plan };
-                self.serve(&route, &authority, probe, plan, (object.operation, asked), request_id)
-                    .await
-            }
+        let answer = match plan::plan(&request, &read, grant, self.credentials.as_ref()) {
+            Err(reason) => self.relay(&read, probe, Outcome::Bypass(reason)).await,
+            Ok(plan) => match (read.object.operation, plan.auth.clone()) {
+                (Operation::HeadObject, _) => self.head(&read, probe, plan).await,
+                (Operation::GetObject, Ok(auth)) => self.get(&read, probe, plan, auth, request_id).await,
+                // No one can sign its fills: relayed.
+                (Operation::GetObject, Err(reason)) => self.relay(&read, probe, Outcome::Bypass(reason)).await,
+            },
         };
         if let Ok((response, Outcome::Origin | Outcome::Bypass(_))) = &answer {
-            self.observe(&id, response.status());
+            self.observe(&read.id, response.status());
         }
         answer
     }
 
-    /// An object read the cache may answer: HEAD, or GET (relayed when no one can
-    /// sign its fills).
-    async fn serve(
-        &self,
-        route: &Route,
-        authority: &str,
-        probe: Request<Empty<Bytes>>,
-        plan: Plan,
-        (operation, asked): (Operation, (RangeRequest, bool)),
-        request_id: &str,
-    ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        match (operation, plan.auth.clone()) {
-            (Operation::HeadObject, _) => self.head(route, authority, probe, plan).await,
-            (Operation::GetObject, Ok(auth)) => self.get(route, authority, probe, plan, auth, request_id).await,
-            (Operation::GetObject, Err(reason)) => self.relay(route, probe, asked, Outcome::Bypass(reason)).await,
-        }
-    }
-
     /// Sends the client's request to the origin and relays the answer, once it is
-    /// known to answer what was `asked` (a range, of a part or not).
+    /// known to answer what was asked (a range, of a part or not).
     async fn relay(
         &self,
-        route: &Route,
+        read: &ObjectRead,
         probe: Request<Empty<Bytes>>,
-        (range, part): (RangeRequest, bool),
         outcome: Outcome,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        let response = route.region.client.send(probe, "relay").await?;
-        if let Err(mismatch) = forward::answers(&response, range, part, None) {
-            origin::poison(&response);
-            return Err(mismatch);
-        }
-        Ok((forward::client_response(response), outcome))
+        let response = read.route.region.client.send(probe, "relay").await?;
+        let (range, part) = read.asked();
+        authorize::check(&response, range, part, None)?;
+        Ok((relay::client_response(response), outcome))
     }
 
     /// GET: the origin authorizes the client's request (with `If-None-Match` on the
     /// cached ETag, so that it answers 304 instead of a body), then the cache answers.
     async fn get(
         &self,
-        route: &Route,
-        authority: &str,
+        read: &ObjectRead,
         probe: Request<Empty<Bytes>>,
         plan: Plan,
         auth: FillAuth,
         request_id: &str,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        let grant = plan.grant.as_ref();
-        let mut cached = self.cache.meta(&plan.object).await;
-        // A cold request probes alone; those behind it come back with its metadata
-        // and probe cheaply, all at once; if its answer is not cacheable, at once too.
-        let mut turn = None;
-        let mut report = None;
-        if cached.is_none() {
-            match self.cold.enter(&plan.object, self.cold_patience).await {
-                Entry::Turn(entered) => {
-                    turn = Some(entered);
-                    // This node's first: the region may know the object, or be probing it.
-                    if let Some(gate) = &self.region_gate {
-                        match gate.ask(&plan.object).await {
-                            Advice::Known(meta) => {
-                                self.cache.insert_meta(&plan.object, meta.clone());
-                                cached = Some(meta);
-                            }
-                            Advice::Probe(told) => report = Some(told),
-                            Advice::Alone => {}
-                        }
-                    }
-                }
-                Entry::Waited(Some(Release::Done)) => cached = self.cache.meta(&plan.object).await,
-                Entry::Waited(_) => {}
-            }
-        }
-        let part = match (plan.part, &cached) {
+        // A cold request probes alone (in its node, then its region); those behind it
+        // come back with its metadata and probe cheaply, all at once.
+        let herd = self.enter_herd(&plan.object).await;
+        let part = match (plan.part, &herd.cached) {
             (Some(number), Some(_)) => self.cache.part(&plan.object, number).await,
             _ => None,
         };
-        // Ask for a 304 only when the cache could answer all of it (a part it has the
-        // bounds of, checksums it has seen), and the client asked for no 304 itself.
-        let answerable = cached
-            .as_ref()
-            .filter(|_| !plan.client_conditionals)
-            .and_then(|meta| Some((meta, Shape::of(meta, part.as_ref(), plan.range, plan.checksum_mode)?)));
-        // A live grant for this version answers without the origin, when the client's
-        // own preconditions hold for it.
-        let live = match &answerable {
-            Some((meta, Ok(_))) if plan.preconditions_hold(meta) => self.live_grant(grant, &plan.object, &meta.etag),
-            _ => None,
-        };
-        let answerable = match (answerable, live, grant) {
-            (Some((meta, Ok(shape))), Some(live), Some(asked)) => {
-                self.revalidate(route, probe, asked, &live);
-                let object = self.cached_object(route, authority, &plan, auth, meta.clone());
-                let (mut response, source) = object.respond(shape, plan.overrides, request_id, None).await?;
-                response.extensions_mut().insert(grant::Authorized(live.kind.as_str()));
-                return Ok((response, Outcome::of(source)));
-            }
-            (answerable, _, _) => answerable,
-        };
+        let answerable = answerable(&plan, herd.cached.as_ref(), part.as_ref());
+        // A live grant for this version answers without the origin.
+        if let Some(served) = self.serve_granted(read, &probe, &plan, &auth, answerable.as_ref(), request_id) {
+            return served.await;
+        }
         let condition = answerable
             .as_ref()
             .and_then(|(meta, _)| HeaderValue::from_str(&meta.etag).ok());
         // A likely hit reads its first chunk from the tiers while the origin decides:
         // nothing is sent before the origin's answer, and it is dropped on a refusal.
-        let early = answerable.and_then(|(meta, shape)| {
-            let first = shape.as_ref().ok()?.span?.0;
-            let chunk_size = self.cache.chunk_size();
-            let key = CacheKey::chunk(&plan.object, &meta.etag, chunk_size, first / chunk_size);
-            let cache = self.cache.clone();
-            Some(EarlyRead(tokio::spawn(async move { cache.peek(&key).await })))
-        });
-        let unconditional = condition.is_some().then(|| forward::copy(&probe));
+        let early =
+            answerable.and_then(|(meta, shape)| EarlyRead::start(&self.cache, &plan.object, meta, &shape.ok()?));
         let asked_at = Instant::now();
-        let mut response = self.probe(route, probe, condition.clone()).await?;
-        let mut condition_added = condition.is_some();
-        if let Some(unconditional) = unconditional
-            .filter(|_| response.status() == StatusCode::NOT_MODIFIED && rewritten(&response, cached.as_ref()))
-        {
-            // Same ETag, another Last-Modified: rewritten with the same bytes, perhaps
-            // with new metadata. Ask again without the condition to learn it.
-            response = self.probe(route, unconditional, None).await?;
-            condition_added = false;
+        let (response, added) = authorize::ask(&read.route, probe, condition.as_ref(), herd.cached.as_ref()).await?;
+        authorize::check(
+            &response,
+            plan.range,
+            plan.part.is_some(),
+            condition.as_ref().filter(|_| added),
+        )?;
+        let origin_id = s3::request_id_of(response.headers()).unwrap_or(request_id).to_owned();
+        // Decided once, written once; the herd, the grant and the metric follow from it.
+        let verdict = authorize::decide(&plan, herd.cached.clone(), part, &response, added);
+        authorize::apply(&verdict, &plan.object, &self.cache);
+        self.settle(herd, &verdict, &plan, &response, asked_at);
+        self.answer(read, &plan, auth, verdict, response, early, &origin_id)
+            .await
+    }
+
+    /// Enters the herd of requests for `object`: the cached metadata, or this
+    /// request's turn to probe (and the region's advice on a cold object).
+    async fn enter_herd(&self, object: &ObjectId) -> Herd {
+        let mut herd = Herd {
+            cached: self.cache.meta(object).await,
+            turn: None,
+            report: None,
+        };
+        if herd.cached.is_some() {
+            return herd;
         }
-        // A stray answer is neither trusted nor relayed, and its connection never reused.
-        let sent = condition.as_ref().filter(|_| condition_added);
-        if let Err(mismatch) = forward::answers(&response, plan.range, plan.part.is_some(), sent) {
-            origin::poison(&response);
-            return Err(mismatch);
+        match self.cold.enter(object, self.cold_patience).await {
+            Entry::Turn(entered) => {
+                herd.turn = Some(entered);
+                // This node's first: the region may know the object, or be probing it.
+                if let Some(gate) = &self.region_gate {
+                    match gate.ask(object).await {
+                        Advice::Known(meta) => {
+                            self.cache.insert_meta(object, meta.clone());
+                            herd.cached = Some(meta);
+                        }
+                        Advice::Probe(told) => herd.report = Some(told),
+                        Advice::Alone => {}
+                    }
+                }
+            }
+            Entry::Waited(Some(Release::Done)) => herd.cached = self.cache.meta(object).await,
+            Entry::Waited(_) => {}
         }
-        let origin_id = response
-            .headers()
-            .get(s3::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(request_id)
-            .to_owned();
-        let verdict = self.verdict(&plan, cached, part, &response, condition_added);
-        if let Some(turn) = turn {
+        herd
+    }
+
+    /// A hit a live grant answers without the origin, when the client's own
+    /// preconditions hold for the cached version. The origin is asked again in the
+    /// background.
+    fn serve_granted<'a>(
+        &'a self,
+        read: &'a ObjectRead,
+        probe: &Request<Empty<Bytes>>,
+        plan: &'a Plan,
+        auth: &FillAuth,
+        answerable: Option<&(&ObjectMeta, Result<Shape, ProxyError>)>,
+        request_id: &'a str,
+    ) -> Option<impl std::future::Future<Output = Result<(Response<ProxyBody>, Outcome), ProxyError>> + 'a> {
+        let (meta, shape) = match answerable? {
+            (meta, Ok(shape)) if plan.preconditions_hold(meta) => (*meta, shape.clone()),
+            _ => return None,
+        };
+        let asked = plan.grant.as_ref()?;
+        let live = self.live_grant(Some(asked), &plan.object, &meta.etag)?;
+        self.revalidate(&read.route, probe, asked, &live);
+        let object = self.cached_object(read, plan, auth.clone(), meta.clone());
+        Some(async move {
+            let (mut response, source) = object.respond(shape, plan.overrides.clone(), request_id, None).await?;
+            response.extensions_mut().insert(grant::Authorized(live.kind.as_str()));
+            Ok((response, Outcome::of(source)))
+        })
+    }
+
+    /// What follows from the verdict besides the answer: the cold turn released with
+    /// what was learned, the grant recorded, the region told, the probe counted.
+    fn settle(&self, herd: Herd, verdict: &Verdict, plan: &Plan, response: &Response<OriginBody>, asked_at: Instant) {
+        if let Some(turn) = herd.turn {
             turn.release(match verdict.learned {
                 true => Release::Done,
                 false => Release::GiveUp,
             });
         }
         let served_etag = match &verdict.serve {
-            Some((meta, _)) => Some(meta.etag.clone()),
-            None => response
-                .headers()
-                .get(header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            Some((meta, _)) => Some(meta.etag.as_str()),
+            None => response.headers().get(header::ETAG).and_then(|v| v.to_str().ok()),
         };
-        self.record_grant(grant, &plan.object, response.status(), served_etag.as_deref(), asked_at);
-        if let Some(report) = report {
+        self.record_grant(
+            plan.grant.as_ref(),
+            &plan.object,
+            response.status(),
+            served_etag,
+            asked_at,
+        );
+        if let Some(report) = herd.report {
             report.send(verdict.serve.as_ref().filter(|_| verdict.learned).map(|(meta, _)| meta));
         }
         metrics::counter!(telemetry::PROBES, "outcome" => verdict.probe.label()).increment(1);
+    }
+
+    /// The answer: the origin's own (relayed), or the cache's, its first chunk from
+    /// the probe's body (cold), the early read (current), or the tiers.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        read: &ObjectRead,
+        plan: &Plan,
+        auth: FillAuth,
+        verdict: Verdict,
+        response: Response<OriginBody>,
+        early: Option<EarlyRead>,
+        origin_id: &str,
+    ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
+        let authorized_hit = verdict.authorized_hit();
         let Some((meta, part)) = verdict.serve else {
-            return Ok((forward::client_response(response), Outcome::Origin));
+            return Ok((relay::client_response(response), Outcome::Origin));
         };
         let shape = match Shape::of(&meta, part.as_ref(), plan.range, plan.checksum_mode) {
             Some(shape) => shape?,
             // The cache cannot answer as the origin would (checksums it could not
             // read): the origin's own answer goes.
-            None => return Ok((forward::client_response(response), Outcome::Origin)),
+            None => return Ok((relay::client_response(response), Outcome::Origin)),
         };
-        let object = self.cached_object(route, authority, &plan, auth, meta);
+        let object = self.cached_object(read, plan, auth, meta);
         let head = match verdict.probe {
             // A cold probe's body is the data: its first chunk streams to the client.
-            Probe::Cold => self.lead(&object, &shape, response),
+            Probe::Cold => lead::start(&self.cache, &self.fill_permits, &object, &shape, response),
             // The early read was of the version the cache held: good for that version only.
             Probe::NotModified | Probe::SameEtag => {
                 drop(response);
@@ -498,190 +469,22 @@ impl Proxy {
             }
             Probe::Changed | Probe::Uncacheable | Probe::Refused => None,
         };
-        let (response, source) = object.respond(shape, plan.overrides, &origin_id, head).await?;
-        if matches!(verdict.probe, Probe::NotModified | Probe::SameEtag) {
+        let (response, source) = object.respond(shape, plan.overrides.clone(), origin_id, head).await?;
+        if authorized_hit {
             telemetry::hit_authorized("origin");
         }
         Ok((response, Outcome::of(source)))
-    }
-
-    /// The first chunk of a cold answer, streamed from the probe's own body: kept
-    /// when the body carries that chunk whole, read once when it carries only part
-    /// of it. `None` (the cache answers alone) when the body starts elsewhere than
-    /// the answer, the chunk is already cached or arriving, or fill memory is full.
-    fn lead(&self, object: &Arc<CachedObject>, shape: &Shape, response: Response<OriginBody>) -> Option<ChunkRead> {
-        let (first, last) = shape.span?;
-        let starts = match response.status() {
-            StatusCode::OK => 0,
-            _ => ContentRange::of(response.headers())?.first,
-        };
-        if starts != first {
-            return None;
-        }
-        let chunk_size = self.cache.chunk_size();
-        let index = first / chunk_size;
-        let chunk_last = ((index + 1) * chunk_size).min(object.meta.size) - 1;
-        let end = last.min(chunk_last);
-        let permit = self.fill_permits.clone().try_acquire_owned().ok()?;
-        let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
-            let key = object.key(index);
-            // A chunk another node owns is its to fetch: this node drops the probe's
-            // body (what was in flight is all it costs) and reads the chunk upstream.
-            if !object.upstream.owns(&key) {
-                return None;
-            }
-            let writer = self.cache.claim(&key)?;
-            let read = writer.read();
-            (writer, read)
-        } else {
-            let (writer, read) = ChunkWriter::unkept();
-            (writer, read.starting_at(first - index * chunk_size))
-        };
-        let lead = Lead {
-            writer,
-            object: object.clone(),
-            index,
-            length: end - first + 1,
-            permit,
-        };
-        tokio::spawn(lead.feed(response.into_body()));
-        Some(read)
-    }
-
-    /// Sends the client's request to the origin, with `If-None-Match: condition`.
-    async fn probe(
-        &self,
-        route: &Route,
-        mut probe: Request<Empty<Bytes>>,
-        condition: Option<HeaderValue>,
-    ) -> Result<Response<OriginBody>, ProxyError> {
-        if let Some(etag) = condition {
-            probe.headers_mut().insert(header::IF_NONE_MATCH, etag);
-        }
-        let started = Instant::now();
-        let response = route.region.client.send(probe, "probe").await?;
-        metrics::histogram!(telemetry::PROBE_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(response)
-    }
-
-    /// What the origin's answer to a probe means for the cache, decided once: what
-    /// to serve from it (if anything), what was learned, and the probe's metric.
-    fn verdict(
-        &self,
-        plan: &Plan,
-        cached: Option<ObjectMeta>,
-        part: Option<PartMeta>,
-        response: &Response<OriginBody>,
-        condition_added: bool,
-    ) -> Verdict {
-        let status = response.status();
-        let headers = response.headers();
-        let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
-        let relay = |probe| Verdict {
-            serve: None,
-            learned: false,
-            probe,
-        };
-        match status {
-            // Authorized, and the cached version is current.
-            StatusCode::NOT_MODIFIED if condition_added => Verdict {
-                serve: cached.map(|meta| (meta, part)),
-                learned: true,
-                probe: Probe::NotModified,
-            },
-            StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
-                let asked = Asked::of(plan.part, plan.range);
-                let learned = plan
-                    .learns
-                    .then(|| meta_from_response(status, headers, asked, plan.checksum_mode))
-                    .flatten();
-                let cold = cached.is_none();
-                let same = cached.filter(|meta| etag == Some(meta.etag.as_str()));
-                let (meta, probe) = match (same, learned) {
-                    // The same version (an origin that ignores the condition, or an
-                    // unconditional probe): its body is dropped; what it says of the
-                    // object refreshes the metadata.
-                    (Some(old), Some(new)) => {
-                        let meta = refreshed(&old, new);
-                        if meta != old {
-                            self.cache.insert_meta(&plan.object, meta.clone());
-                        }
-                        (meta, Probe::SameEtag)
-                    }
-                    // The same version, in an answer that tells no size (overrides,
-                    // a 200 to a range or a part): served from the cache all the same.
-                    (Some(old), None) if !plan.learns || cacheable(headers) => (old, Probe::SameEtag),
-                    // Cold: the origin said yes; chunks are filled once for every
-                    // client reading this object now.
-                    (None, Some(new)) if cold => {
-                        self.cache.insert_meta(&plan.object, new.clone());
-                        (new, Probe::Cold)
-                    }
-                    // Changed: relay the new version; the next read caches it.
-                    (_, Some(new)) => {
-                        self.cache.insert_meta(&plan.object, new);
-                        return relay(Probe::Changed);
-                    }
-                    // Not cacheable (SSE-C, `no-store`, no ETag or size): relayed,
-                    // and nothing older is served in its place.
-                    (_, None) => {
-                        if !cold {
-                            self.cache.remove_meta(&plan.object);
-                        }
-                        return relay(Probe::Uncacheable);
-                    }
-                };
-                let part = match plan.part {
-                    Some(number) => {
-                        let learned = plan
-                            .learns
-                            .then(|| part_from_response(status, headers, plan.checksum_mode))
-                            .flatten()
-                            .filter(|learned| learned.etag == meta.etag && learned.last < meta.size)
-                            // "The part is the whole object" holds only of an object that size.
-                            .filter(|learned| !learned.whole || learned.last + 1 == meta.size);
-                        if let Some(learned) = &learned {
-                            self.cache.insert_part(&plan.object, number, learned.clone());
-                        }
-                        learned.or(part)
-                    }
-                    None => None,
-                };
-                // A part whose bounds the cache does not know is the origin's to answer:
-                // never the whole object in its place.
-                if plan.part.is_some() && part.is_none() {
-                    return Verdict {
-                        serve: None,
-                        learned: true,
-                        probe: Probe::Uncacheable,
-                    };
-                }
-                Verdict {
-                    serve: Some((meta, part)),
-                    learned: true,
-                    probe,
-                }
-            }
-            StatusCode::NOT_FOUND => {
-                if cached.is_some() {
-                    self.cache.remove_meta(&plan.object);
-                }
-                relay(Probe::Refused)
-            }
-            _ => relay(Probe::Refused),
-        }
     }
 
     /// HEAD: the origin's answer is relayed (it is the authorization anyway) and
     /// refreshes the metadata; `Range: bytes=0-0` also warms the whole object.
     async fn head(
         &self,
-        route: &Route,
-        authority: &str,
+        read: &ObjectRead,
         probe: Request<Empty<Bytes>>,
         plan: Plan,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
-        let response: Response<OriginBody> = route.region.client.send(probe, "probe").await?;
+        let response: Response<OriginBody> = read.route.region.client.send(probe, "probe").await?;
         let status = response.status();
         // A part's HEAD tells the part's length, never the object's.
         // (s3s-fs answers a ranged HEAD with 200 and the object's length.)
@@ -691,7 +494,7 @@ impl Proxy {
             .flatten();
         if let Some(new) = learned {
             let meta = match self.cache.meta(&plan.object).await {
-                Some(old) if old.etag == new.etag => refreshed(&old, new),
+                Some(old) if old.etag == new.etag => authorize::refreshed(&old, new),
                 _ => new,
             };
             self.cache.insert_meta(&plan.object, meta.clone());
@@ -700,26 +503,21 @@ impl Proxy {
                 // Warming has no client: no connection's share is drawn on.
                 (true, Ok(auth)) => {
                     let plan = Plan { share: None, ..plan };
-                    self.warm(self.cached_object(route, authority, &plan, auth, meta))
+                    self.warm(self.cached_object(read, &plan, auth, meta))
                 }
                 (true, Err(reason)) => tracing::debug!(reason, "not warming: no one can sign its fills"),
                 (false, _) => {}
             }
         }
-        Ok((forward::client_response(response), Outcome::Origin))
+        Ok((relay::client_response(response), Outcome::Origin))
     }
 
-    fn cached_object(
-        &self,
-        route: &Route,
-        authority: &str,
-        plan: &Plan,
-        auth: FillAuth,
-        meta: ObjectMeta,
-    ) -> Arc<CachedObject> {
+    /// The object as the cache answers it: its chunks from the tiers, else from the
+    /// region's owner of each (with peers), else from the origin.
+    fn cached_object(&self, read: &ObjectRead, plan: &Plan, auth: FillAuth, meta: ObjectMeta) -> Arc<CachedObject> {
         let fill = Fill {
-            region: route.region.clone(),
-            authority: authority.to_owned(),
+            region: read.route.region.clone(),
+            authority: read.authority.clone(),
             auth,
             etag: meta.etag.clone(),
             size: meta.size,
@@ -737,7 +535,7 @@ impl Proxy {
                     size: meta.size,
                     chunk_size: self.cache.chunk_size(),
                     index: 0,
-                    authority: authority.to_owned(),
+                    authority: read.authority.clone(),
                     signer,
                     checksums: checksum_pairs(meta.checksums.as_ref()),
                 },
@@ -751,7 +549,7 @@ impl Proxy {
             object: plan.object.clone(),
             meta,
             upstream,
-            region: route.region.config.name.clone(),
+            region: read.route.region.config.name.clone(),
             read_ahead: self.read_ahead,
             budget: self.read_ahead_budget.clone(),
             share: plan.share.clone(),
@@ -784,92 +582,34 @@ fn checksum_pairs(checksums: Option<&http::HeaderMap>) -> Vec<(String, String)> 
         .collect()
 }
 
-/// A read of a hit's first chunk from the tiers, started before the origin answers;
-/// stopped if it is not wanted.
-struct EarlyRead(tokio::task::JoinHandle<Option<ChunkRead>>);
+/// The requests for one object as this one entered them: what the cache held, and
+/// this request's turn to probe a cold object (with the region's report to send).
+struct Herd {
+    cached: Option<ObjectMeta>,
+    turn: Option<ColdTurn>,
+    report: Option<Report>,
+}
 
-impl EarlyRead {
-    async fn take(mut self) -> Option<ChunkRead> {
-        (&mut self.0).await.ok().flatten()
+/// What the cache could answer of `plan` from `cached`, when it could answer all of
+/// it (a part it has the bounds of, checksums it has seen) and the client asked for
+/// no 304 itself: only then does the probe ask for a 304.
+fn answerable<'a>(
+    plan: &Plan,
+    cached: Option<&'a ObjectMeta>,
+    part: Option<&PartMeta>,
+) -> Option<(&'a ObjectMeta, Result<Shape, ProxyError>)> {
+    let meta = cached.filter(|_| !plan.client_conditionals)?;
+    Some((meta, Shape::of(meta, part, plan.range, plan.checksum_mode)?))
+}
+
+/// The parts of the client's request its signature covers.
+fn signed<'a, B>(request: &'a Request<B>, authority: &'a str) -> Signed<'a> {
+    let uri = request.uri();
+    Signed {
+        method: request.method().as_str(),
+        authority,
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers: request.headers(),
     }
-}
-
-impl Drop for EarlyRead {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// What a probe's answer means, decided once.
-struct Verdict {
-    /// Serve this version (and part) from the cache, or relay the origin's answer.
-    serve: Option<(ObjectMeta, Option<PartMeta>)>,
-    /// The cache now holds the object's metadata (cold waiters may read it).
-    learned: bool,
-    probe: Probe,
-}
-
-/// What the origin said to a probe: `s3accel_probes_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Probe {
-    /// 304 to the cache's condition: the cached version is current.
-    NotModified,
-    /// 200/206 of the cached version (its body dropped).
-    SameEtag,
-    /// The first answer about an object: its metadata is learned.
-    Cold,
-    /// Another version: relayed, and cached from the next read.
-    Changed,
-    /// An answer that must not be cached (SSE-C, `no-store`, no ETag or size).
-    Uncacheable,
-    /// A denial, an error, or any other status: relayed.
-    Refused,
-}
-
-impl Probe {
-    fn label(self) -> &'static str {
-        match self {
-            Self::NotModified => "not_modified",
-            Self::SameEtag => "same_etag",
-            Self::Cold => "cold",
-            Self::Changed => "changed",
-            Self::Uncacheable => "uncacheable",
-            Self::Refused => "refused",
-        }
-    }
-}
-
-/// The metadata of the same object version, refreshed by a newer answer: its
-/// headers (a metadata-only change keeps the ETag), and the checksums it told, or
-/// those already known.
-fn refreshed(old: &ObjectMeta, new: ObjectMeta) -> ObjectMeta {
-    ObjectMeta {
-        checksums: new.checksums.or_else(|| old.checksums.clone()),
-        ..new
-    }
-}
-
-/// Whether a 304 shows the object was rewritten since its metadata was stored: its
-/// Last-Modified differs (an origin that sends none cannot tell).
-fn rewritten(response: &Response<OriginBody>, cached: Option<&ObjectMeta>) -> bool {
-    let last_modified = |headers: &http::HeaderMap| headers.get(header::LAST_MODIFIED).cloned();
-    match (
-        last_modified(response.headers()),
-        cached.and_then(|meta| last_modified(&meta.headers)),
-    ) {
-        (Some(now), Some(stored)) => now != stored,
-        _ => false,
-    }
-}
-
-/// A GET or HEAD with a body is not something S3 clients send; refusing it keeps
-/// the forwarded request free of a body we would have to drop.
-fn carries_body<B: Body>(request: &Request<B>) -> bool {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() != "0");
-    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
-    (declared || chunked) && matches!(*request.method(), Method::GET | Method::HEAD)
 }

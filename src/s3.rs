@@ -26,6 +26,11 @@ pub fn new_request_id() -> String {
 /// The name of the header every response carries.
 pub const REQUEST_ID: &str = "x-amz-request-id";
 
+/// The request id a response carries, when it carries a readable one.
+pub fn request_id_of(headers: &HeaderMap) -> Option<&str> {
+    headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
+}
+
 const SSE_C_PREFIX: &str = "x-amz-server-side-encryption-customer-";
 
 /// Whether a request or response uses customer-provided keys (SSE-C): such bytes

@@ -64,14 +64,13 @@ const FILL_CHANGES: [header::HeaderName; 5] = [
 /// not: only an unsigned request's target can lose its `partNumber`.
 pub fn fill_auth(
     method: &Method,
-    (target, presign): (&PathAndQuery, &[(String, String)]),
-    headers: &HeaderMap,
+    target: &PathAndQuery,
+    (headers, auth): (&HeaderMap, &ClientAuth),
     object_target: PathAndQuery,
     part: bool,
     credentials: Option<&Arc<FillCredentials>>,
     signing_region: Option<&str>,
 ) -> Result<FillAuth, &'static str> {
-    let auth = ClientAuth::of(headers, presign);
     // The signature covers the method (a HEAD's can only be reused when there is
     // none), the query, and every header it lists.
     let reusable = auth.is_anonymous()

@@ -8,14 +8,13 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::Empty;
 
+use super::admit::ObjectRead;
 use super::error::ProxyError;
+use super::relay;
 use super::Proxy;
 use crate::cache::grants::{Grant, GrantKey, GrantKind};
 use crate::cache::ObjectId;
 use crate::origin::{self, Route};
-use crate::s3::auth::ClientAuth;
-use crate::s3::classify::ObjectRequest;
-use crate::s3::presign::Presigned;
 use crate::s3::signature::Signature;
 use crate::s3::sigv4::{self, SigV4Error, Signed};
 use crate::telemetry;
@@ -39,17 +38,12 @@ impl Proxy {
     /// checked: `window`), or an unsigned read's of an allow-listed bucket. Never
     /// one of the other kind: a signed request never uses an anonymous grant, and the
     /// reverse.
-    pub(super) fn asked(
-        &self,
-        target: &Signed<'_>,
-        object: &ObjectRequest,
-        id: &ObjectId,
-        window: Option<Presigned>,
-        signing_region: Option<&str>,
-    ) -> Result<Option<Asked>, ProxyError> {
+    pub(super) fn asked(&self, target: &Signed<'_>, read: &ObjectRead) -> Result<Option<Asked>, ProxyError> {
         if self.grants.is_none() {
             return Ok(None);
         }
+        let id = &read.id;
+        let signing_region = read.route.region.config.signing_region.as_deref();
         // A key s3-accel verifies: its signature is checked here (a bad one is
         // refused here), and the principal's grant is its key's for the object.
         if let Some(keys) = &self.verified {
@@ -65,17 +59,12 @@ impl Proxy {
                 Err(refused) => return Err(refused.into()),
             }
         }
-        Ok(self.asked_unverified(target, object, id, window))
+        Ok(self.asked_unverified(target, read))
     }
 
-    fn asked_unverified(
-        &self,
-        target: &Signed<'_>,
-        object: &ObjectRequest,
-        id: &ObjectId,
-        window: Option<Presigned>,
-    ) -> Option<Asked> {
-        if let Some(window) = window {
+    fn asked_unverified(&self, target: &Signed<'_>, read: &ObjectRead) -> Option<Asked> {
+        let (object, id) = (&read.object, &read.id);
+        if let Some(window) = &read.window {
             let signed = Signature::of_query(&object.presign)
                 .presigned()
                 .and_then(|params| params.signed_headers)
@@ -98,7 +87,7 @@ impl Proxy {
             });
         }
         let anonymous = !self.auth.anonymous_buckets.is_empty()
-            && matches!(ClientAuth::of(target.headers, &object.presign), ClientAuth::Anonymous)
+            && read.auth.is_anonymous()
             && !target.headers.contains_key(header::AUTHORIZATION)
             && self.auth.anonymous_buckets.contains(&object.bucket)
             // S3 refuses `response-*` overrides to anonymous requests: the origin says so.
@@ -153,13 +142,13 @@ impl Proxy {
     /// TTL (`probe`: the client's own request): a yes renews it, a changed object
     /// is forgotten (its next read is cold), a no drops grants as any refusal does.
     /// One such probe per grant at a time; the client is not kept waiting.
-    pub(super) fn revalidate(&self, route: &Route, probe: Request<Empty<Bytes>>, asked: &Asked, grant: &Grant) {
+    pub(super) fn revalidate(&self, route: &Route, probe: &Request<Empty<Bytes>>, asked: &Asked, grant: &Grant) {
         let Some(grants) = self.grants.clone() else { return };
         if grant.at.elapsed() < grants.ttl() / 2 || !self.revalidating.lock().expect("revalidating").insert(asked.key) {
             return;
         }
         let (region, cache, revalidating) = (route.region.clone(), self.cache.clone(), self.revalidating.clone());
-        let (asked, grant) = (*asked, grant.clone());
+        let (asked, grant, probe) = (*asked, grant.clone(), relay::copy(probe));
         tokio::spawn(async move {
             let mut probe = probe;
             if let Ok(etag) = HeaderValue::from_str(&grant.etag) {

@@ -6,17 +6,69 @@
 
 use std::sync::Arc;
 
+use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::cached::CachedObject;
 use super::fill::FillError;
-use crate::cache::ChunkWriter;
+use super::respond::{CachedObject, Shape};
+use crate::cache::{ChunkCache, ChunkRead, ChunkWriter};
 use crate::origin::OriginBody;
+use crate::s3::ContentRange;
 use crate::telemetry;
 
+/// The first chunk of a cold answer, streamed from the probe's own body: kept
+/// when the body carries that chunk whole, read once when it carries only part
+/// of it. `None` (the cache answers alone) when the body starts elsewhere than
+/// the answer, the chunk is already cached or arriving, or fill memory (`permits`)
+/// is full.
+pub fn start(
+    cache: &ChunkCache,
+    permits: &Arc<Semaphore>,
+    object: &Arc<CachedObject>,
+    shape: &Shape,
+    response: Response<OriginBody>,
+) -> Option<ChunkRead> {
+    let (first, last) = shape.span?;
+    let starts = match response.status() {
+        StatusCode::OK => 0,
+        _ => ContentRange::of(response.headers())?.first,
+    };
+    if starts != first {
+        return None;
+    }
+    let chunk_size = cache.chunk_size();
+    let index = first / chunk_size;
+    let chunk_last = ((index + 1) * chunk_size).min(object.meta.size) - 1;
+    let end = last.min(chunk_last);
+    let permit = permits.clone().try_acquire_owned().ok()?;
+    let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
+        let key = object.key(index);
+        // A chunk another node owns is its to fetch: this node drops the probe's
+        // body (what was in flight is all it costs) and reads the chunk upstream.
+        if !object.upstream.owns(&key) {
+            return None;
+        }
+        let writer = cache.claim(&key)?;
+        let read = writer.read();
+        (writer, read)
+    } else {
+        let (writer, read) = ChunkWriter::unkept();
+        (writer, read.starting_at(first - index * chunk_size))
+    };
+    let lead = Lead {
+        writer,
+        object: object.clone(),
+        index,
+        length: end - first + 1,
+        permit,
+    };
+    tokio::spawn(lead.feed(response.into_body()));
+    Some(read)
+}
+
 /// What the probe's body is fed into.
-pub struct Lead {
+struct Lead {
     pub writer: ChunkWriter,
     /// The object, and the chunk of it the body starts in.
     pub object: Arc<CachedObject>,

@@ -233,7 +233,7 @@ impl Proxy {
         };
         telemetry::peer_request("owner", "ok");
         let length = chunk.length();
-        let body = super::cached::first_frames(first)
+        let body = super::respond::first_frames(first)
             .scan(0u64, |at, bytes| {
                 let piece = (*at, bytes);
                 *at += piece.1.len() as u64;

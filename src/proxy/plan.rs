@@ -11,19 +11,20 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::Request;
 
+use super::admit::ObjectRead;
 use super::fill::{fill_auth, FillAuth};
+use super::grant::Asked;
 use crate::cache::ObjectId;
 use crate::credentials::FillCredentials;
-use crate::origin::Route;
+use crate::s3;
 use crate::s3::range::RangeRequest;
-use crate::s3::{self, ObjectRequest};
 
 /// A request the cache may serve.
 pub struct Plan {
     /// The object version's chunks and metadata (never a part's number).
     pub object: ObjectId,
     /// The grant the request would be served from, when a mode is on.
-    pub grant: Option<super::grant::Asked>,
+    pub grant: Option<Asked>,
     /// `?partNumber=N`: a range of the object whose bounds the origin gives.
     pub part: Option<u16>,
     pub range: RangeRequest,
@@ -61,14 +62,15 @@ impl Plan {
     }
 }
 
-/// Plans a cacheable request, or says why it passes through uncached.
+/// Plans a cacheable request, built once (the grant it would be served from
+/// included), or says why it passes through uncached.
 pub fn plan<B>(
     request: &Request<B>,
-    object: &ObjectRequest,
-    range: RangeRequest,
-    route: &Route,
+    read: &ObjectRead,
+    grant: Option<Asked>,
     credentials: Option<&Arc<FillCredentials>>,
 ) -> Result<Plan, &'static str> {
+    let (object, range) = (&read.object, read.range);
     let headers = request.headers();
     if s3::is_sse_c(headers) {
         return Err("sse_c");
@@ -90,19 +92,19 @@ pub fn plan<B>(
         None => uri.path().to_owned(),
     };
     let object_target = PathAndQuery::try_from(object_target).map_err(|_| "unsigned_target")?;
-    let region = &route.region.config;
+    let region = &read.route.region.config;
     let auth = fill_auth(
         request.method(),
-        (&target, &object.presign),
-        headers,
+        &target,
+        (headers, &read.auth),
         object_target,
         object.part_number.is_some(),
         credentials,
         region.signing_region.as_deref(),
     );
     Ok(Plan {
-        object: object_id(route, object),
-        grant: None,
+        object: read.id.clone(),
+        grant,
         part: object.part_number,
         range,
         overrides: object.overrides.clone(),
@@ -115,16 +117,6 @@ pub fn plan<B>(
         if_match: headers.get(header::IF_MATCH).cloned(),
         if_unmodified_since: headers.contains_key(header::IF_UNMODIFIED_SINCE),
     })
-}
-
-/// The object version a request reads, as the cache names it.
-pub fn object_id(route: &Route, object: &ObjectRequest) -> ObjectId {
-    ObjectId {
-        origin: route.region.client.origin().to_string(),
-        bucket: object.bucket.clone(),
-        key: object.raw_key.clone(),
-        version_id: object.version_id.clone(),
-    }
 }
 
 /// Lets one cold request per object ask the origin first, so that the others wait

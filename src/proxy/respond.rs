@@ -28,7 +28,7 @@ use crate::telemetry;
 
 /// The head of an answer from the cache: status, the span of the object it
 /// carries, and the headers that depend on what was asked (range, part, checksums).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Shape {
     pub status: StatusCode,
     /// Inclusive; `None` for an empty object.
@@ -621,6 +621,31 @@ pub(super) fn first_frames(first: Bytes) -> impl Stream<Item = Bytes> {
         rest
     });
     stream::once(std::future::ready(lead)).chain(stream::iter(rest).then(|rest| rest))
+}
+
+/// A read of a hit's first chunk from the tiers, started before the origin answers;
+/// stopped if it is not wanted.
+pub struct EarlyRead(tokio::task::JoinHandle<Option<ChunkRead>>);
+
+impl EarlyRead {
+    /// Reads the first chunk `shape` answers from, of version `meta` of `object`.
+    pub fn start(cache: &Arc<ChunkCache>, object: &ObjectId, meta: &ObjectMeta, shape: &Shape) -> Option<Self> {
+        let first = shape.span?.0;
+        let chunk_size = cache.chunk_size();
+        let key = CacheKey::chunk(object, &meta.etag, chunk_size, first / chunk_size);
+        let cache = cache.clone();
+        Some(Self(tokio::spawn(async move { cache.peek(&key).await })))
+    }
+
+    pub async fn take(mut self) -> Option<ChunkRead> {
+        (&mut self.0).await.ok().flatten()
+    }
+}
+
+impl Drop for EarlyRead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

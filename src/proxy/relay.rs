@@ -1,18 +1,18 @@
-//! Forwarding a client's signed request to the origin and relaying the answer:
-//! only hop-by-hop headers change, everything the client signed travels as is.
+//! Relaying: the client's signed request as the origin gets it, and the origin's
+//! answer as the client gets it. Only hop-by-hop headers change; everything the
+//! client signed travels as is.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 
 use super::error::ProxyError;
 use crate::body::ProxyBody;
 use crate::origin::OriginBody;
-use crate::s3::range::{self, RangeRequest};
 use crate::s3::Endpoint;
-use crate::s3::{ContentRange, RequestError};
+use crate::s3::RequestError;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -38,52 +38,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP.iter().chain(&named).chain([&header::UPGRADE]) {
         headers.remove(name);
     }
-}
-
-/// Refuses a request whose Host is ambiguous (RFC 9112 §3.2: two Host headers, a
-/// Host with userinfo, a Host that disagrees with an absolute-form target), before
-/// it can be routed by one reading and signed or answered by another.
-pub fn check_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadHost("more than one Host header"));
-    }
-    let host = host.map(|h| h.to_str().map_err(|_| ProxyError::BadHost("a Host that is not ASCII")));
-    let host = host.transpose()?;
-    if host.is_some_and(|h| h.contains('@')) || request.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(ProxyError::BadHost("a Host with userinfo"));
-    }
-    let names_host = request
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|name| name.trim().eq_ignore_ascii_case("host"));
-    if names_host {
-        return Err(ProxyError::BadHost("a Connection header that names Host"));
-    }
-    if let (Some(host), Some(authority)) = (host, request.uri().authority()) {
-        if !host.eq_ignore_ascii_case(authority.as_str()) {
-            return Err(ProxyError::BadHost(
-                "a Host that differs from the request-target's authority",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The authority the client addressed: `:authority` for h2 and absolute-form
-/// targets, else the Host header.
-pub fn client_authority<B>(request: &Request<B>) -> Option<String> {
-    request.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
-        request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-    })
 }
 
 /// The request to send the origin: same method, same raw request-target, same
@@ -123,45 +77,6 @@ pub fn origin_request<B>(
     Ok(request)
 }
 
-/// Whether `response` can be the origin's answer to a GET of `range` (of a part,
-/// when `part`): a 206 must carry the range asked for, a 304 the ETag it was asked
-/// about. Anything else is a stray answer (another request's, read from a
-/// connection whose framing went wrong), not to be trusted or relayed.
-pub fn answers<B>(
-    response: &Response<B>,
-    range: RangeRequest,
-    part: bool,
-    condition: Option<&HeaderValue>,
-) -> Result<(), ProxyError> {
-    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
-    let length: Option<u64> = header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
-    match response.status() {
-        StatusCode::PARTIAL_CONTENT => {
-            let Some(content_range) = ContentRange::of(response.headers()) else {
-                return Err(ProxyError::OriginMismatch("a 206 without a readable Content-Range"));
-            };
-            let ContentRange { first, last, size } = content_range;
-            if length.is_some_and(|length| length != content_range.length()) {
-                return Err(ProxyError::OriginMismatch(
-                    "a Content-Length that is not its Content-Range's",
-                ));
-            }
-            match range {
-                RangeRequest::Whole if !part => Err(ProxyError::OriginMismatch("a 206 to a read of the whole object")),
-                RangeRequest::One(asked) if range::resolve(asked, size) != Some((first, last)) => Err(
-                    ProxyError::OriginMismatch("a Content-Range that is not the range asked for"),
-                ),
-                _ => Ok(()),
-            }
-        }
-        StatusCode::NOT_MODIFIED => match (condition, response.headers().get(header::ETAG)) {
-            (Some(asked), Some(etag)) if asked != etag => Err(ProxyError::OriginMismatch("a 304 for another ETag")),
-            _ => Ok(()),
-        },
-        _ => Ok(()),
-    }
-}
-
 /// A second copy of an origin request (bodies are empty: nothing to share).
 pub fn copy(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
     let mut copy = Request::new(Empty::new());
@@ -184,6 +99,7 @@ pub fn client_response(origin: Response<OriginBody>) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::admit::client_authority;
 
     #[test]
     fn hop_by_hop_headers_go_signed_ones_stay() {
