@@ -15,7 +15,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::proxy::Proxy;
+use crate::cache::grants::Grants;
+use crate::cache::ChunkCache;
+use crate::credentials::FillCredentials;
+use crate::origin::Region;
+use crate::peers::Peers;
 use crate::telemetry;
 
 /// An origin answered this recently: ready without asking it again.
@@ -27,16 +31,26 @@ const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct AdminServer {
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    node: Node,
+}
+
+/// What the admin listener reports on and acts on: the node's parts, as `App`
+/// built them.
+pub struct Node {
+    pub cache: Arc<ChunkCache>,
+    pub regions: Vec<Arc<Region>>,
+    pub grants: Option<Arc<Grants>>,
+    pub credentials: Option<Arc<FillCredentials>>,
+    pub peers: Option<Arc<Peers>>,
 }
 
 impl AdminServer {
-    pub async fn bind(address: SocketAddr, proxy: Arc<Proxy>) -> io::Result<Self> {
+    pub async fn bind(address: SocketAddr, node: Node) -> io::Result<Self> {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("binding the admin listener {address}: {e}")))?;
         telemetry::prometheus();
-        Ok(Self { listener, proxy })
+        Ok(Self { listener, node })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -81,7 +95,7 @@ impl AdminServer {
                     "admin changes are taken from loopback only (kubectl exec or port-forward)\n".into(),
                 );
             }
-            return match (request.method(), self.proxy.grants()) {
+            return match (request.method(), self.node.grants.as_ref()) {
                 (&Method::POST, Some(grants)) => {
                     flush(grants, "admin endpoint");
                     text(StatusCode::OK, "grants flushed\n".into())
@@ -95,12 +109,12 @@ impl AdminServer {
         }
         match request.uri().path() {
             "/metrics" => {
-                self.proxy.cache().publish_gauges();
-                if let Some(grants) = self.proxy.grants() {
+                self.node.cache.publish_gauges();
+                if let Some(grants) = self.node.grants.as_ref() {
                     metrics::gauge!(telemetry::GRANTS).set(grants.len() as f64);
                     metrics::gauge!(telemetry::GRANT_DROPS).set(grants.drops_held() as f64);
                 }
-                if let Some(credentials) = self.proxy.credentials() {
+                if let Some(credentials) = self.node.credentials.as_ref() {
                     credentials.publish_gauges();
                 }
                 let mut response = text(StatusCode::OK, telemetry::prometheus().render());
@@ -125,7 +139,7 @@ impl AdminServer {
     /// The body names the regions that did not answer.
     async fn readiness(&self) -> Response<Full<Bytes>> {
         let mut unreachable = Vec::new();
-        for region in self.proxy.regions() {
+        for region in &self.node.regions {
             let client = &region.client;
             if client.reached_within(RECENT) {
                 continue;
@@ -140,15 +154,15 @@ impl AdminServer {
                 unreachable.push(format!("{} ({origin})", region.config.name));
             }
         }
-        let regions = self.proxy.regions().len();
+        let regions = self.node.regions.len();
         let list = unreachable.join(", ");
         // A disk tier out of service is a slower node, not one to take out of rotation.
-        let disk = match self.proxy.cache().disk_health().degraded() {
+        let disk = match self.node.cache.disk_health().degraded() {
             Some(reason) => format!("disk: degraded ({reason})\n"),
             None => String::new(),
         };
         // The region as this node sees it (a node alone still serves).
-        let disk = match self.proxy.peers() {
+        let disk = match &self.node.peers {
             Some(peers) => {
                 let members = peers.members();
                 format!(
@@ -161,7 +175,7 @@ impl AdminServer {
         };
         // Without valid keys of its own, the node relays every read a client signed
         // over its Range (boto3, the aws CLI): out of rotation until they come.
-        if let Some(reason) = self.proxy.credentials().and_then(|c| c.unready()) {
+        if let Some(reason) = self.node.credentials.as_ref().and_then(|c| c.unready()) {
             let origins = match unreachable.is_empty() {
                 true => String::new(),
                 false => format!("origins not reachable: {list}\n"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::server::Front;
-use crate::{admin, cache, credentials, error, origin, peers, proxy, s3, server, telemetry, tls};
+use crate::{admin, cache, credentials, error, grants, origin, peers, proxy, s3, server, telemetry, tls};
 
 /// A bound, not yet running s3-accel.
 pub struct App {
@@ -51,17 +51,25 @@ impl App {
             None => None,
         };
         let credentials = credentials::FillCredentials::start(&config.credentials).await;
-        let proxy = proxy::Proxy::new(router, cache.clone(), config, peers, verified, credentials);
-        if let Some(grants) = proxy.grants() {
+        let grants = grants::Granting::new(&config.auth, verified);
+        let node = admin::Node {
+            cache: cache.clone(),
+            regions: router.regions().to_vec(),
+            grants: grants.as_ref().map(|grants| grants.store().clone()),
+            credentials: credentials.clone(),
+            peers: peers.clone(),
+        };
+        if let Some(grants) = &node.grants {
             tokio::spawn(admin::flush_on_hangup(grants.clone()));
         }
+        let proxy = proxy::Proxy::new(router, cache.clone(), config, peers, grants, credentials);
         let peer_server = match &config.peers {
             Some(peers) => Some(
                 server::Server::bind(peers.listen, proxy.clone(), config.server.clone(), None, Front::Peers).await?,
             ),
             None => None,
         };
-        let admin = admin::AdminServer::bind(config.admin_listen, proxy.clone()).await?;
+        let admin = admin::AdminServer::bind(config.admin_listen, node).await?;
         let (acceptor, certificate) = match &config.tls {
             Some(tls) => {
                 let certificate = tls::ReloadableCert::load(tls)?;

@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod grants;
+pub mod herd;
 pub mod origin;
 pub mod peers;
 pub mod prefetch;

@@ -17,7 +17,6 @@ mod admit;
 mod authorize;
 mod error;
 mod fill;
-mod grant;
 mod lead;
 mod peer;
 mod plan;
@@ -27,7 +26,7 @@ mod respond;
 mod upstream;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -36,15 +35,15 @@ use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 
 use crate::body::ProxyBody;
-use crate::cache::grants::Grants;
-use crate::cache::{ChunkCache, ChunkSource, ObjectId, ObjectMeta, PartMeta};
-use crate::config::{AuthConfig, Config};
+use crate::cache::{ChunkCache, ChunkSource, ObjectMeta, PartMeta};
+use crate::config::Config;
 use crate::credentials::FillCredentials;
 use crate::error::error_chain;
+use crate::grants::{self, Granting};
+use crate::herd::{self, Entered, Herd};
 use crate::origin::{OriginBody, Router};
 use crate::peers::protocol::ChunkRequest;
 use crate::peers::Peers;
-use crate::s3::keys::VerifiedKeys;
 use crate::s3::range::RangeRequest;
 use crate::s3::response::{meta_from_response, Asked};
 use crate::s3::sigv4::Signed;
@@ -55,8 +54,8 @@ use admit::ObjectRead;
 use authorize::{Probe, Verdict};
 pub use error::ProxyError;
 use fill::{Fill, FillAuth};
-use plan::{ColdGate, ColdTurn, Entry, Plan, Release};
-use region::{Advice, RegionGate, Report};
+use plan::Plan;
+use region::RegionGate;
 pub use respond::{Busy, ConnectionShare};
 use respond::{CachedObject, EarlyRead, ReadAheadBudget, Shape};
 use upstream::{Regional, Upstream};
@@ -106,25 +105,14 @@ pub struct Proxy {
     read_ahead_budget: Arc<ReadAheadBudget>,
     /// `cache.read_ahead_per_connection`.
     per_connection: u64,
-    cold: ColdGate,
-    cold_patience: Duration,
+    /// Of the requests for a cold object, one (in the node, in the region) probes
+    /// with a body.
+    herd: Herd,
     /// The region's other nodes, when this one is not alone.
     peers: Option<Arc<Peers>>,
-    /// With peers: one node of the region probes a cold object with a body.
-    region_gate: Option<RegionGate>,
     /// Origin decisions served again without asking, when a mode is on.
-    grants: Option<Arc<Grants>>,
-    /// `verified_keys`: the access keys whose SigV4 is checked here.
-    verified: Option<Arc<VerifiedKeys>>,
-    /// Grants being asked about again in the background.
-    revalidating: Arc<std::sync::Mutex<std::collections::HashSet<crate::cache::grants::GrantKey>>>,
-    auth: AuthConfig,
-    /// Turns of this node's gate held for other nodes probing (it owns the objects'
-    /// metadata keys), with an id each.
-    remote_turns: RemoteTurns,
+    grants: Option<Arc<Granting>>,
 }
-
-type RemoteTurns = Arc<std::sync::Mutex<std::collections::HashMap<ObjectId, (u64, plan::ColdTurn)>>>;
 
 impl Proxy {
     pub fn new(
@@ -132,7 +120,7 @@ impl Proxy {
         cache: Arc<ChunkCache>,
         config: &Config,
         peers: Option<Arc<Peers>>,
-        verified: Option<Arc<VerifiedKeys>>,
+        grants: Option<Arc<Granting>>,
         credentials: Option<Arc<FillCredentials>>,
     ) -> Arc<Self> {
         let fill_permits = (config.cache.fill_memory / config.cache.chunk_size).max(1) as usize;
@@ -148,49 +136,23 @@ impl Proxy {
                 config.cache.read_ahead_wait,
             )),
             per_connection: config.cache.read_ahead_per_connection,
-            cold: ColdGate::default(),
-            cold_patience: config.origin_client.first_byte_timeout,
-            region_gate: peers.clone().map(|peers| RegionGate {
-                peers,
-                patience: config.origin_client.first_byte_timeout,
-            }),
+            herd: Herd::new(
+                config.origin_client.first_byte_timeout,
+                peers.clone().map(|peers| -> Arc<dyn herd::Region> {
+                    Arc::new(RegionGate {
+                        peers,
+                        patience: config.origin_client.first_byte_timeout,
+                    })
+                }),
+            ),
             peers,
-            remote_turns: RemoteTurns::default(),
-            grants: config.auth.grants().then(|| {
-                let auth = &config.auth;
-                Arc::new(Grants::new(auth.grant_ttl, auth.grant_memory, auth.grant_entries))
-            }),
-            auth: config.auth.clone(),
-            revalidating: Arc::default(),
-            verified,
+            grants,
         })
     }
 
     /// A new client connection's share of the read-ahead budget.
     pub fn connection_share(&self) -> ConnectionShare {
         ConnectionShare::new(self.per_connection)
-    }
-
-    /// The grant store, when a mode keeps grants.
-    pub fn grants(&self) -> Option<&Arc<Grants>> {
-        self.grants.as_ref()
-    }
-
-    pub fn cache(&self) -> &Arc<ChunkCache> {
-        &self.cache
-    }
-
-    /// The proxy's own read credentials, when it has any.
-    pub fn credentials(&self) -> Option<&Arc<FillCredentials>> {
-        self.credentials.as_ref()
-    }
-
-    pub fn peers(&self) -> Option<&Arc<Peers>> {
-        self.peers.as_ref()
-    }
-
-    pub fn regions(&self) -> &[Arc<crate::origin::Region>] {
-        self.router.regions()
     }
 
     /// Answers one client request. Never fails: errors become S3 error responses.
@@ -248,7 +210,7 @@ impl Proxy {
         log.cache = header(CACHE_HEADER).unwrap_or_else(|| "error".into());
         log.authorized = response
             .extensions()
-            .get::<grant::Authorized>()
+            .get::<grants::Authorized>()
             .map_or("origin", |authorized| authorized.0);
         log.status = response.status().as_u16();
         let declared = match (method == Method::HEAD, response.status()) {
@@ -265,10 +227,13 @@ impl Proxy {
         log: &mut AccessLog,
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         // Admit first: only an object read, routed by a Host read one way, goes on.
-        let presigned = self.grants.is_some() && self.auth.presigned;
+        let presigned = self.grants.as_ref().is_some_and(|grants| grants.presigned());
         let read = admit::admit(&mut request, &self.router, presigned, log)?;
         // The grant the request would be served from is part of its plan.
-        let grant = self.asked(&signed(&request, &read.authority), &read)?;
+        let grant = match &self.grants {
+            Some(grants) => grants.asked(&signed(&request, &read.authority), &read.for_grants())?,
+            None => None,
+        };
         // The client's own signed request, unchanged: the origin authorizes it.
         let probe = relay::origin_request(&request, read.route.region.client.origin(), &read.authority)?;
         // What must never be cached passes through before the cache is consulted.
@@ -281,8 +246,8 @@ impl Proxy {
                 (Operation::GetObject, Err(reason)) => self.relay(&read, probe, Outcome::Bypass(reason)).await,
             },
         };
-        if let Ok((response, Outcome::Origin | Outcome::Bypass(_))) = &answer {
-            self.observe(&read.id, response.status());
+        if let (Some(grants), Ok((response, Outcome::Origin | Outcome::Bypass(_)))) = (&self.grants, &answer) {
+            grants.observe(&read.id, response.status());
         }
         answer
     }
@@ -313,7 +278,7 @@ impl Proxy {
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         // A cold request probes alone (in its node, then its region); those behind it
         // come back with its metadata and probe cheaply, all at once.
-        let herd = self.enter_herd(&plan.object).await;
+        let herd = self.herd.enter(&self.cache, &plan.object).await;
         let part = match (plan.part, &herd.cached) {
             (Some(number), Some(_)) => self.cache.part(&plan.object, number).await,
             _ => None,
@@ -347,38 +312,6 @@ impl Proxy {
             .await
     }
 
-    /// Enters the herd of requests for `object`: the cached metadata, or this
-    /// request's turn to probe (and the region's advice on a cold object).
-    async fn enter_herd(&self, object: &ObjectId) -> Herd {
-        let mut herd = Herd {
-            cached: self.cache.meta(object).await,
-            turn: None,
-            report: None,
-        };
-        if herd.cached.is_some() {
-            return herd;
-        }
-        match self.cold.enter(object, self.cold_patience).await {
-            Entry::Turn(entered) => {
-                herd.turn = Some(entered);
-                // This node's first: the region may know the object, or be probing it.
-                if let Some(gate) = &self.region_gate {
-                    match gate.ask(object).await {
-                        Advice::Known(meta) => {
-                            self.cache.insert_meta(object, meta.clone());
-                            herd.cached = Some(meta);
-                        }
-                        Advice::Probe(told) => herd.report = Some(told),
-                        Advice::Alone => {}
-                    }
-                }
-            }
-            Entry::Waited(Some(Release::Done)) => herd.cached = self.cache.meta(object).await,
-            Entry::Waited(_) => {}
-        }
-        herd
-    }
-
     /// A hit a live grant answers without the origin, when the client's own
     /// preconditions hold for the cached version. The origin is asked again in the
     /// background.
@@ -395,39 +328,41 @@ impl Proxy {
             (meta, Ok(shape)) if plan.preconditions_hold(meta) => (*meta, shape.clone()),
             _ => return None,
         };
-        let asked = plan.grant.as_ref()?;
-        let live = self.live_grant(Some(asked), &plan.object, &meta.etag)?;
-        self.revalidate(&read.route, probe, asked, &live);
+        let (grants, asked) = (self.grants.as_ref()?, plan.grant.as_ref()?);
+        let live = grants.live(asked, &plan.object, &meta.etag)?;
+        grants.revalidate((&read.route.region, &self.cache), || relay::copy(probe), asked, &live);
         let object = self.cached_object(read, plan, auth.clone(), meta.clone());
         Some(async move {
             let (mut response, source) = object.respond(shape, plan.overrides.clone(), request_id, None).await?;
-            response.extensions_mut().insert(grant::Authorized(live.kind.as_str()));
+            response.extensions_mut().insert(grants::Authorized(live.kind.as_str()));
             Ok((response, Outcome::of(source)))
         })
     }
 
     /// What follows from the verdict besides the answer: the cold turn released with
     /// what was learned, the grant recorded, the region told, the probe counted.
-    fn settle(&self, herd: Herd, verdict: &Verdict, plan: &Plan, response: &Response<OriginBody>, asked_at: Instant) {
-        if let Some(turn) = herd.turn {
-            turn.release(match verdict.learned {
-                true => Release::Done,
-                false => Release::GiveUp,
-            });
-        }
+    fn settle(
+        &self,
+        herd: Entered,
+        verdict: &Verdict,
+        plan: &Plan,
+        response: &Response<OriginBody>,
+        asked_at: Instant,
+    ) {
+        let learned = verdict.serve.as_ref().filter(|_| verdict.learned).map(|(meta, _)| meta);
+        herd.finish(verdict.learned, learned);
         let served_etag = match &verdict.serve {
             Some((meta, _)) => Some(meta.etag.as_str()),
             None => response.headers().get(header::ETAG).and_then(|v| v.to_str().ok()),
         };
-        self.record_grant(
-            plan.grant.as_ref(),
-            &plan.object,
-            response.status(),
-            served_etag,
-            asked_at,
-        );
-        if let Some(report) = herd.report {
-            report.send(verdict.serve.as_ref().filter(|_| verdict.learned).map(|(meta, _)| meta));
+        if let Some(grants) = &self.grants {
+            grants.record(
+                plan.grant.as_ref(),
+                &plan.object,
+                response.status(),
+                served_etag,
+                asked_at,
+            );
         }
         metrics::counter!(telemetry::PROBES, "outcome" => verdict.probe.label()).increment(1);
     }
@@ -580,14 +515,6 @@ fn checksum_pairs(checksums: Option<&http::HeaderMap>) -> Vec<(String, String)> 
         .flatten()
         .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
         .collect()
-}
-
-/// The requests for one object as this one entered them: what the cache held, and
-/// this request's turn to probe a cold object (with the region's report to send).
-struct Herd {
-    cached: Option<ObjectMeta>,
-    turn: Option<ColdTurn>,
-    report: Option<Report>,
 }
 
 /// What the cache could answer of `plan` from `cached`, when it could answer all of

@@ -11,6 +11,7 @@ use super::access::AccessLog;
 use super::error::ProxyError;
 use super::relay;
 use crate::cache::ObjectId;
+use crate::grants;
 use crate::origin::{Route, Router};
 use crate::s3::auth::ClientAuth;
 use crate::s3::presign::{self, Presigned};
@@ -34,6 +35,17 @@ pub struct ObjectRead {
 }
 
 impl ObjectRead {
+    /// What the grant decision reads of this request.
+    pub fn for_grants(&self) -> grants::Read<'_> {
+        grants::Read {
+            object: &self.object,
+            id: &self.id,
+            auth: &self.auth,
+            window: self.window.as_ref(),
+            signing_region: self.route.region.config.signing_region.as_deref(),
+        }
+    }
+
     /// What was asked of the origin, as a relayed answer is checked against it.
     pub fn asked(&self) -> (RangeRequest, bool) {
         (self.range, self.object.part_number.is_some())

@@ -14,10 +14,10 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 
 use super::fill::{Fill, FillAuth, FillError};
-use super::plan::{Entry, Release};
 use super::Proxy;
 use crate::body::{BoxError, ProxyBody};
 use crate::cache::{ObjectId, ObjectMeta};
+use crate::herd::Held;
 use crate::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
 use crate::peers::protocol::{
     chunk_reply, ChunkRequest, ObjectNote, Signer, CHUNK_PATH, CHUNK_REPLY, COLD_PATH, HELLO_PATH, HELLO_REPLY,
@@ -120,30 +120,10 @@ impl Proxy {
             ),
             None => status(StatusCode::NOT_FOUND),
         };
-        if let Some(meta) = self.cache.meta(&object).await {
-            return known(Some(meta));
-        }
-        match self.cold.enter(&object, self.cold_patience).await {
-            Entry::Turn(turn) => {
-                let id = fastrand::u64(..);
-                self.remote_turns
-                    .lock()
-                    .expect("remote turns")
-                    .insert(object.clone(), (id, turn));
-                // An asker that never tells lets the turn go when a probe would have
-                // timed out (dropped, the turn passes to one waiter).
-                let (turns, patience) = (self.remote_turns.clone(), self.cold_patience);
-                tokio::spawn(async move {
-                    tokio::time::sleep(patience).await;
-                    let mut turns = turns.lock().expect("remote turns");
-                    if turns.get(&object).is_some_and(|(held, _)| *held == id) {
-                        turns.remove(&object);
-                    }
-                });
-                status(StatusCode::ACCEPTED)
-            }
-            Entry::Waited(Some(Release::Done)) => known(self.cache.meta(&object).await),
-            Entry::Waited(_) => status(StatusCode::NOT_FOUND),
+        match self.herd.hold(&self.cache, &object).await {
+            Held::Known(meta) => known(Some(*meta)),
+            Held::Yours => status(StatusCode::ACCEPTED),
+            Held::Unknown => known(None),
         }
     }
 
@@ -151,16 +131,7 @@ impl Proxy {
     /// nodes they answer for) go on with it.
     fn learned(&self, note: ObjectNote) -> Response<ProxyBody> {
         let meta = note.meta.as_deref().and_then(ObjectMeta::from_bytes);
-        if let Some(meta) = &meta {
-            self.cache.insert_meta(&note.object, meta.clone());
-        }
-        let turn = self.remote_turns.lock().expect("remote turns").remove(&note.object);
-        if let Some((_, turn)) = turn {
-            turn.release(match meta {
-                Some(_) => Release::Done,
-                None => Release::GiveUp,
-            });
-        }
+        self.herd.told(&self.cache, &note.object, meta);
         status(StatusCode::OK)
     }
 

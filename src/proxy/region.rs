@@ -1,8 +1,6 @@
-//! The region's cold gate: of all the nodes whose clients read an object nobody in
-//! the region knows yet, one probes the origin with a body; the others wait for
-//! what it learns and probe with a condition (a 304: no body). The gate for an
-//! object is on the node that owns its metadata key; each node's own gate lets one
-//! of its requests ask.
+//! The region's cold gate over the peer wire: [`herd::Region`] asks the node that
+//! owns an object's metadata key, and [`herd::Report`] tells it what a probe
+//! learned. Here, because the herd and the peers know nothing of each other.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +8,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
 use crate::cache::{CacheKey, ObjectId, ObjectMeta};
+use crate::herd::{self, Advice};
 use crate::peers::client::PeerError;
 use crate::peers::protocol::{ObjectNote, COLD_PATH, LEARNED_PATH};
 use crate::peers::Peers;
@@ -24,18 +26,14 @@ pub struct RegionGate {
     pub patience: Duration,
 }
 
-/// What the owner of an object's gate said to a node about to probe it cold.
-pub enum Advice {
-    /// The region knows the object: probe with a condition.
-    Known(ObjectMeta),
-    /// No node is probing it: probe it, then tell the owner what was learned.
-    Probe(Report),
-    /// Decide alone (this node holds the gate, or its owner could not say).
-    Alone,
+impl herd::Region for RegionGate {
+    fn ask<'a>(&'a self, object: &'a ObjectId) -> BoxFuture<'a, Advice> {
+        self.ask(object).boxed()
+    }
 }
 
 impl RegionGate {
-    pub async fn ask(&self, object: &ObjectId) -> Advice {
+    async fn ask(&self, object: &ObjectId) -> Advice {
         let members = self.peers.members();
         let Some(owner) = members.ranked(CacheKey::meta(object).stable_hash()).first().copied() else {
             return Advice::Alone;
@@ -55,10 +53,12 @@ impl RegionGate {
         let wait = self.patience + Duration::from_secs(5);
         match self.peers.client.post(address, COLD_PATH, note.encode(), wait).await {
             Ok((StatusCode::OK, body)) => match ObjectMeta::from_bytes(&body) {
-                Some(meta) => Advice::Known(meta),
+                Some(meta) => Advice::Known(Box::new(meta)),
                 None => Advice::Alone,
             },
-            Ok((StatusCode::ACCEPTED, _)) => Advice::Probe(Report(Some((self.peers.clone(), address, object.clone())))),
+            Ok((StatusCode::ACCEPTED, _)) => {
+                Advice::Probe(Box::new(Report(Some((self.peers.clone(), address, object.clone())))))
+            }
             Ok(_) => Advice::Alone,
             Err(error) => {
                 tracing::warn!(node, error = %crate::error::error_chain(&error), "the owner of an object's gate did not answer");
@@ -76,13 +76,15 @@ impl RegionGate {
 /// nodes probe as they would.
 pub struct Report(Option<(Arc<Peers>, SocketAddr, ObjectId)>);
 
-impl Report {
+impl herd::Report for Report {
     /// Tells the owner (in the background) the object's metadata, or that the
     /// origin's answer could not be cached.
-    pub fn send(mut self, meta: Option<&ObjectMeta>) {
+    fn send(mut self: Box<Self>, meta: Option<&ObjectMeta>) {
         self.tell(meta.map(ObjectMeta::to_bytes));
     }
+}
 
+impl Report {
     fn tell(&mut self, meta: Option<Vec<u8>>) {
         let Some((peers, owner, object)) = self.0.take() else {
             return;

@@ -1,22 +1,27 @@
-//! The request path's side of grants: which grant a request would be served from
-//! (if its mode is on), serving a hit from a live one without the origin, recording
-//! the origin's yes, and dropping grants on the origin's no.
+//! Grants, the request path's side: which grant a request would be served from
+//! (if its mode is on), a live one for a hit served without the origin, recording
+//! the origin's yes, dropping grants on the origin's no, and asking again in the
+//! background before one runs out. The store itself is [`crate::cache::grants`]
+//! (an in-memory foyer cache: the cache facade is the only module naming foyer).
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::Empty;
 
-use super::admit::ObjectRead;
-use super::error::ProxyError;
-use super::relay;
-use super::Proxy;
-use crate::cache::grants::{Grant, GrantKey, GrantKind};
-use crate::cache::ObjectId;
-use crate::origin::{self, Route};
+pub use crate::cache::grants::{Grant, GrantKey, GrantKind, Grants};
+use crate::cache::{ChunkCache, ObjectId};
+use crate::config::AuthConfig;
+use crate::origin::{self, Region};
+use crate::s3::auth::ClientAuth;
+use crate::s3::keys::VerifiedKeys;
+use crate::s3::presign::Presigned;
 use crate::s3::signature::Signature;
 use crate::s3::sigv4::{self, SigV4Error, Signed};
+use crate::s3::ObjectRequest;
 use crate::telemetry;
 
 /// A response extension: the grant kind that authorized a hit without the origin
@@ -33,21 +38,62 @@ pub struct Asked {
     pub ends: Option<SystemTime>,
 }
 
-impl Proxy {
+/// What of an admitted read the grant decision depends on.
+pub struct Read<'a> {
+    pub object: &'a ObjectRequest,
+    pub id: &'a ObjectId,
+    /// How the client signed.
+    pub auth: &'a ClientAuth,
+    /// A presigned URL's window, checked.
+    pub window: Option<&'a Presigned>,
+    /// The region SigV4 signatures are checked for (any, when `None`).
+    pub signing_region: Option<&'a str>,
+}
+
+/// The grants of one node, when a mode keeps them (`auth.grants`).
+pub struct Granting {
+    store: Arc<Grants>,
+    /// `verified_keys`: the access keys whose SigV4 is checked here.
+    verified: Option<Arc<VerifiedKeys>>,
+    config: AuthConfig,
+    /// Grants being asked about again in the background.
+    revalidating: Arc<Mutex<HashSet<GrantKey>>>,
+}
+
+impl Granting {
+    /// The grants `config` keeps, or `None` when no mode is on.
+    pub fn new(config: &AuthConfig, verified: Option<Arc<VerifiedKeys>>) -> Option<Arc<Self>> {
+        config.grants().then(|| {
+            Arc::new(Self {
+                store: Arc::new(Grants::new(config.grant_ttl, config.grant_memory, config.grant_entries)),
+                verified,
+                config: config.clone(),
+                revalidating: Arc::default(),
+            })
+        })
+    }
+
+    /// The store: flushed by the admin endpoint and SIGHUP, gauged by `/metrics`.
+    pub fn store(&self) -> &Arc<Grants> {
+        &self.store
+    }
+
+    /// Whether presigned URLs are served from grants (their window is then checked
+    /// on admission).
+    pub fn presigned(&self) -> bool {
+        self.config.presigned
+    }
+
     /// The grant `request` would be served from: a presigned URL's (whose window was
     /// checked: `window`), or an unsigned read's of an allow-listed bucket. Never
     /// one of the other kind: a signed request never uses an anonymous grant, and the
     /// reverse.
-    pub(super) fn asked(&self, target: &Signed<'_>, read: &ObjectRead) -> Result<Option<Asked>, ProxyError> {
-        if self.grants.is_none() {
-            return Ok(None);
-        }
-        let id = &read.id;
-        let signing_region = read.route.region.config.signing_region.as_deref();
+    pub fn asked(&self, target: &Signed<'_>, read: &Read<'_>) -> Result<Option<Asked>, SigV4Error> {
+        let id = read.id;
         // A key s3-accel verifies: its signature is checked here (a bad one is
         // refused here), and the principal's grant is its key's for the object.
         if let Some(keys) = &self.verified {
-            match sigv4::verify(target, |key| keys.secret(key), signing_region, SystemTime::now()) {
+            match sigv4::verify(target, |key| keys.secret(key), read.signing_region, SystemTime::now()) {
                 Ok(verified) => {
                     return Ok(Some(Asked {
                         key: GrantKey::verified(&verified.access_key, verified.session_token.as_deref(), id),
@@ -56,15 +102,15 @@ impl Proxy {
                     }))
                 }
                 Err(SigV4Error::UnknownKey | SigV4Error::NotSigV4) => {}
-                Err(refused) => return Err(refused.into()),
+                Err(refused) => return Err(refused),
             }
         }
         Ok(self.asked_unverified(target, read))
     }
 
-    fn asked_unverified(&self, target: &Signed<'_>, read: &ObjectRead) -> Option<Asked> {
-        let (object, id) = (&read.object, &read.id);
-        if let Some(window) = &read.window {
+    fn asked_unverified(&self, target: &Signed<'_>, read: &Read<'_>) -> Option<Asked> {
+        let (object, id) = (read.object, read.id);
+        if let Some(window) = read.window {
             let signed = Signature::of_query(&object.presign)
                 .presigned()
                 .and_then(|params| params.signed_headers)
@@ -86,10 +132,10 @@ impl Proxy {
                 ends: Some(window.expires),
             });
         }
-        let anonymous = !self.auth.anonymous_buckets.is_empty()
+        let anonymous = !self.config.anonymous_buckets.is_empty()
             && read.auth.is_anonymous()
             && !target.headers.contains_key(header::AUTHORIZATION)
-            && self.auth.anonymous_buckets.contains(&object.bucket)
+            && self.config.anonymous_buckets.contains(&object.bucket)
             // S3 refuses `response-*` overrides to anonymous requests: the origin says so.
             && object.overrides.is_empty();
         anonymous.then(|| Asked {
@@ -101,7 +147,7 @@ impl Proxy {
 
     /// Records the origin's answer to a request that asked for a grant: a yes for
     /// version `etag`, decided no earlier than `asked_at`.
-    pub(super) fn record_grant(
+    pub fn record(
         &self,
         asked: Option<&Asked>,
         id: &ObjectId,
@@ -109,7 +155,7 @@ impl Proxy {
         etag: Option<&str>,
         asked_at: Instant,
     ) {
-        let (Some(grants), Some(asked), Some(etag)) = (&self.grants, asked, etag) else {
+        let (grants, Some(asked), Some(etag)) = (&self.store, asked, etag) else {
             return;
         };
         if matches!(
@@ -121,8 +167,8 @@ impl Proxy {
     }
 
     /// The origin said no: a 403 drops every grant of the bucket, a 404 the object's.
-    pub(super) fn observe(&self, id: &ObjectId, status: StatusCode) {
-        let Some(grants) = &self.grants else { return };
+    pub fn observe(&self, id: &ObjectId, status: StatusCode) {
+        let grants = &self.store;
         match status {
             StatusCode::FORBIDDEN => grants.drop_bucket(id),
             StatusCode::NOT_FOUND => grants.drop_object(id),
@@ -132,8 +178,8 @@ impl Proxy {
 
     /// A live grant under `asked` for this version, counted as the way the hit was
     /// authorized.
-    pub(super) fn live_grant(&self, asked: Option<&Asked>, id: &ObjectId, etag: &str) -> Option<Grant> {
-        let grant = self.grants.as_ref()?.live(&asked?.key, id, etag)?;
+    pub fn live(&self, asked: &Asked, id: &ObjectId, etag: &str) -> Option<Grant> {
+        let grant = self.store.live(&asked.key, id, etag)?;
         telemetry::hit_authorized(grant.kind.as_str());
         Some(grant)
     }
@@ -142,13 +188,19 @@ impl Proxy {
     /// TTL (`probe`: the client's own request): a yes renews it, a changed object
     /// is forgotten (its next read is cold), a no drops grants as any refusal does.
     /// One such probe per grant at a time; the client is not kept waiting.
-    pub(super) fn revalidate(&self, route: &Route, probe: &Request<Empty<Bytes>>, asked: &Asked, grant: &Grant) {
-        let Some(grants) = self.grants.clone() else { return };
+    pub fn revalidate(
+        &self,
+        (region, cache): (&Arc<Region>, &Arc<ChunkCache>),
+        probe: impl FnOnce() -> Request<Empty<Bytes>>,
+        asked: &Asked,
+        grant: &Grant,
+    ) {
+        let grants = self.store.clone();
         if grant.at.elapsed() < grants.ttl() / 2 || !self.revalidating.lock().expect("revalidating").insert(asked.key) {
             return;
         }
-        let (region, cache, revalidating) = (route.region.clone(), self.cache.clone(), self.revalidating.clone());
-        let (asked, grant, probe) = (*asked, grant.clone(), relay::copy(probe));
+        let (region, cache, revalidating) = (region.clone(), cache.clone(), self.revalidating.clone());
+        let (asked, grant, probe) = (*asked, grant.clone(), probe());
         tokio::spawn(async move {
             let mut probe = probe;
             if let Ok(etag) = HeaderValue::from_str(&grant.etag) {
