@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::server::Front;
-use crate::{admin, cache, credentials, error, grants, origin, peers, proxy, s3, server, telemetry, tls};
+use crate::{admin, cache, credentials, error, fetch, grants, herd, origin, peers, proxy, s3, server, telemetry, tls};
+
+mod region;
 
 /// A bound, not yet running s3-accel.
 pub struct App {
@@ -62,13 +64,41 @@ impl App {
         if let Some(grants) = &node.grants {
             tokio::spawn(admin::flush_on_hangup(grants.clone()));
         }
-        let proxy = proxy::Proxy::new(router, cache.clone(), config, peers, grants, credentials);
-        let peer_server = match &config.peers {
-            Some(peers) => Some(
-                server::Server::bind(peers.listen, proxy.clone(), config.server.clone(), None, Front::Peers).await?,
-            ),
-            None => None,
+        let fill_permits = fetch::budget::fill_permits(config.cache.fill_memory, config.cache.chunk_size);
+        // One herd for the node: its own requests, and the turns it holds for others.
+        let patience = config.origin_client.first_byte_timeout;
+        let region = peers
+            .clone()
+            .map(|peers| -> Arc<dyn herd::Region> { Arc::new(region::RegionGate { peers, patience }) });
+        let herd = Arc::new(herd::Herd::new(patience, region));
+        let peer_server = match (&config.peers, &peers) {
+            (Some(listen), Some(peers)) => {
+                let owner = peers::server::PeerServer {
+                    peers: peers.clone(),
+                    cache: cache.clone(),
+                    regions: router.regions().to_vec(),
+                    credentials: credentials.clone(),
+                    fill_permits: fill_permits.clone(),
+                    cold: Arc::new(region::OwnedGates {
+                        herd: herd.clone(),
+                        cache: cache.clone(),
+                    }),
+                };
+                let front = Front::Peers(Arc::new(owner));
+                Some(server::Server::bind(listen.listen, front, config.server.clone(), None).await?)
+            }
+            _ => None,
         };
+        let parts = proxy::Parts {
+            router,
+            cache: cache.clone(),
+            peers,
+            herd,
+            grants,
+            credentials,
+            fill_permits,
+        };
+        let proxy = proxy::Proxy::new(parts, config);
         let admin = admin::AdminServer::bind(config.admin_listen, node).await?;
         let (acceptor, certificate) = match &config.tls {
             Some(tls) => {
@@ -81,7 +111,7 @@ impl App {
             None => (None, None),
         };
         let server =
-            server::Server::bind(config.listen, proxy, config.server.clone(), acceptor, Front::Clients).await?;
+            server::Server::bind(config.listen, Front::Clients(proxy), config.server.clone(), acceptor).await?;
         Ok(Self {
             server,
             peer_server,

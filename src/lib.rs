@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod fetch;
 pub mod grants;
 pub mod herd;
 pub mod origin;

@@ -6,6 +6,9 @@ pub mod client;
 pub mod membership;
 pub mod placement;
 pub mod protocol;
+pub mod server;
+pub mod upstream;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

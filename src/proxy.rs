@@ -9,21 +9,18 @@
 //! 4. [`respond`]: the cache answers (a head from metadata, a body from chunks), or
 //!    [`relay`] passes the origin's answer on.
 //!
-//! Beside the path: the cold herd (`plan::ColdGate`, `region`), grants (`grant`),
-//! the peer server (`peer`), the chunk sources (`upstream`, `fill`, `lead`).
+//! Beside the path, in modules of their own: the cold herd (`crate::herd`), grants
+//! (`crate::grants`), the chunk sources (`crate::fetch`, `crate::peers::upstream`);
+//! here, the cold probe's body as a first chunk (`lead`) and the access log.
 
 mod access;
 mod admit;
 mod authorize;
 mod error;
-mod fill;
 mod lead;
-mod peer;
 mod plan;
-mod region;
 mod relay;
 mod respond;
-mod upstream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,11 +36,13 @@ use crate::cache::{ChunkCache, ChunkSource, ObjectMeta, PartMeta};
 use crate::config::Config;
 use crate::credentials::FillCredentials;
 use crate::error::error_chain;
+use crate::fetch::budget::ReadAheadBudget;
+pub use crate::fetch::budget::{Busy, ConnectionShare};
+use crate::fetch::{Fill, FillAuth};
 use crate::grants::{self, Granting};
-use crate::herd::{self, Entered, Herd};
+use crate::herd::{Entered, Herd};
 use crate::origin::{OriginBody, Router};
-use crate::peers::protocol::ChunkRequest;
-use crate::peers::Peers;
+use crate::peers::{upstream as regional, Peers};
 use crate::s3::range::RangeRequest;
 use crate::s3::response::{meta_from_response, Asked};
 use crate::s3::sigv4::Signed;
@@ -53,12 +52,8 @@ use access::{AccessLog, LoggedBody};
 use admit::ObjectRead;
 use authorize::{Probe, Verdict};
 pub use error::ProxyError;
-use fill::{Fill, FillAuth};
 use plan::Plan;
-use region::RegionGate;
-pub use respond::{Busy, ConnectionShare};
-use respond::{CachedObject, EarlyRead, ReadAheadBudget, Shape};
-use upstream::{Regional, Upstream};
+use respond::{CachedObject, EarlyRead, Shape};
 
 /// How a request was answered, for the `x-s3-accel-cache` header and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,46 +102,43 @@ pub struct Proxy {
     per_connection: u64,
     /// Of the requests for a cold object, one (in the node, in the region) probes
     /// with a body.
-    herd: Herd,
+    herd: Arc<Herd>,
     /// The region's other nodes, when this one is not alone.
     peers: Option<Arc<Peers>>,
     /// Origin decisions served again without asking, when a mode is on.
     grants: Option<Arc<Granting>>,
 }
 
+/// What the request path works with, as `App` built it.
+pub struct Parts {
+    pub router: Router,
+    pub cache: Arc<ChunkCache>,
+    pub peers: Option<Arc<Peers>>,
+    pub herd: Arc<Herd>,
+    pub grants: Option<Arc<Granting>>,
+    pub credentials: Option<Arc<FillCredentials>>,
+    /// Fill memory, shared with the peer listener's fills.
+    pub fill_permits: Arc<Semaphore>,
+}
+
 impl Proxy {
-    pub fn new(
-        router: Router,
-        cache: Arc<ChunkCache>,
-        config: &Config,
-        peers: Option<Arc<Peers>>,
-        grants: Option<Arc<Granting>>,
-        credentials: Option<Arc<FillCredentials>>,
-    ) -> Arc<Self> {
-        let fill_permits = (config.cache.fill_memory / config.cache.chunk_size).max(1) as usize;
+    pub fn new(parts: Parts, config: &Config) -> Arc<Self> {
+        let cache = &config.cache;
         Arc::new(Self {
-            router,
-            cache,
-            credentials,
-            fill_permits: Arc::new(Semaphore::new(fill_permits)),
-            read_ahead: config.cache.read_ahead,
+            router: parts.router,
+            cache: parts.cache,
+            credentials: parts.credentials,
+            fill_permits: parts.fill_permits,
+            read_ahead: cache.read_ahead,
             read_ahead_budget: Arc::new(ReadAheadBudget::new(
-                config.cache.read_ahead_memory,
-                config.cache.chunk_size,
-                config.cache.read_ahead_wait,
+                cache.read_ahead_memory,
+                cache.chunk_size,
+                cache.read_ahead_wait,
             )),
-            per_connection: config.cache.read_ahead_per_connection,
-            herd: Herd::new(
-                config.origin_client.first_byte_timeout,
-                peers.clone().map(|peers| -> Arc<dyn herd::Region> {
-                    Arc::new(RegionGate {
-                        peers,
-                        patience: config.origin_client.first_byte_timeout,
-                    })
-                }),
-            ),
-            peers,
-            grants,
+            per_connection: cache.read_ahead_per_connection,
+            herd: parts.herd,
+            peers: parts.peers,
+            grants: parts.grants,
         })
     }
 
@@ -450,35 +442,18 @@ impl Proxy {
     /// The object as the cache answers it: its chunks from the tiers, else from the
     /// region's owner of each (with peers), else from the origin.
     fn cached_object(&self, read: &ObjectRead, plan: &Plan, auth: FillAuth, meta: ObjectMeta) -> Arc<CachedObject> {
-        let fill = Fill {
-            region: read.route.region.clone(),
-            authority: read.authority.clone(),
+        let version = (meta.etag.clone(), meta.size, meta.checksums.as_ref());
+        let chunk_size = self.cache.chunk_size();
+        let fill = Fill::new(
+            &read.route.region,
+            read.authority.clone(),
             auth,
-            etag: meta.etag.clone(),
-            size: meta.size,
-            chunk_size: self.cache.chunk_size(),
-            permits: self.fill_permits.clone(),
-            crc: meta.checksums.as_ref().and_then(s3::full_object_crc),
-        };
-        let fill = Arc::new(fill);
+            version,
+            chunk_size,
+            &self.fill_permits,
+        );
         // With peers, chunks come from their owners; the request path does not know.
-        let upstream: Arc<dyn Upstream> = match (&self.peers, peer::signer(&fill.auth)) {
-            (Some(peers), Some(signer)) => Arc::new(Regional {
-                template: ChunkRequest {
-                    object: plan.object.clone(),
-                    etag: meta.etag.clone(),
-                    size: meta.size,
-                    chunk_size: self.cache.chunk_size(),
-                    index: 0,
-                    authority: read.authority.clone(),
-                    signer,
-                    checksums: checksum_pairs(meta.checksums.as_ref()),
-                },
-                fill,
-                peers: peers.clone(),
-            }),
-            _ => fill,
-        };
+        let upstream = regional::upstream(self.peers.as_ref(), fill, &plan.object, meta.checksums.as_ref());
         Arc::new(CachedObject {
             cache: self.cache.clone(),
             object: plan.object.clone(),
@@ -506,15 +481,6 @@ impl Proxy {
             }
         });
     }
-}
-
-/// The object's checksum headers, as text pairs for a peer.
-fn checksum_pairs(checksums: Option<&http::HeaderMap>) -> Vec<(String, String)> {
-    checksums
-        .into_iter()
-        .flatten()
-        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
-        .collect()
 }
 
 /// What the cache could answer of `plan` from `cached`, when it could answer all of

@@ -23,40 +23,38 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::config::ServerConfig;
+use crate::peers::server::PeerServer;
 use crate::proxy::{ConnectionShare, Proxy};
 use crate::telemetry;
 
 pub struct Server {
     listener: TcpListener,
-    proxy: Arc<Proxy>,
     config: ServerConfig,
     tls: Option<TlsAcceptor>,
     front: Front,
 }
 
-/// Whom a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whom a listener serves, and with what.
+#[derive(Clone)]
 pub enum Front {
     /// S3 clients.
-    Clients,
+    Clients(Arc<Proxy>),
     /// The region's other nodes (signed peer requests only).
-    Peers,
+    Peers(Arc<PeerServer>),
 }
 
 impl Server {
     pub async fn bind(
         address: SocketAddr,
-        proxy: Arc<Proxy>,
+        front: Front,
         config: ServerConfig,
         tls: Option<TlsAcceptor>,
-        front: Front,
     ) -> io::Result<Self> {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("binding {address}: {e}")))?;
         Ok(Self {
             listener,
-            proxy,
             config,
             tls,
             front,
@@ -107,11 +105,10 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let connection = Connection {
-                proxy: self.proxy.clone(),
                 builder: builder.clone(),
                 tls: self.tls.clone(),
                 config: self.config.clone(),
-                front: self.front,
+                front: self.front.clone(),
                 stop: stopped.clone(),
                 _alive: alive.clone(),
             };
@@ -132,7 +129,6 @@ impl Server {
 
 /// One accepted connection.
 struct Connection {
-    proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
     config: ServerConfig,
@@ -163,20 +159,26 @@ impl Connection {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let (proxy, front) = (self.proxy.clone(), self.front);
-        let watch = Arc::new(Watch::new(proxy.connection_share()));
+        let front = self.front.clone();
+        let clients = matches!(front, Front::Clients(_));
+        let share = match &front {
+            Front::Clients(proxy) => proxy.connection_share(),
+            // Peers draw on no client's share.
+            Front::Peers(_) => ConnectionShare::new(0),
+        };
+        let watch = Arc::new(Watch::new(share));
         let service = {
             let watch = watch.clone();
             service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                let (proxy, watch) = (proxy.clone(), watch.clone());
+                let (front, watch) = (front.clone(), watch.clone());
                 let guard = watch.begin();
                 async move {
                     let response = match front {
-                        Front::Clients => {
+                        Front::Clients(proxy) => {
                             request.extensions_mut().insert(watch.share.clone());
                             proxy.handle(request).await
                         }
-                        Front::Peers => proxy.handle_peer(request).await,
+                        Front::Peers(peers) => peers.handle(request).await,
                     };
                     Ok::<_, Infallible>(response.map(|body| guard.watch(body).boxed_unsync()))
                 }
@@ -209,7 +211,7 @@ impl Connection {
                         return;
                     }
                     // Peers' connections are closed by their own pools, never under them.
-                    if closing.is_none() && front == Front::Clients && watch.idle_for() >= self.config.idle_timeout {
+                    if closing.is_none() && clients && watch.idle_for() >= self.config.idle_timeout {
                         telemetry::client_cut("idle");
                         connection.as_mut().graceful_shutdown();
                         closing = Some((tokio::time::Instant::now(), self.config.send_timeout));

@@ -14,7 +14,7 @@ use s3_accel::cache::ObjectId;
 use s3_accel::peers::auth::{KeyRing, PeerKeys};
 use s3_accel::peers::client::PeerClient;
 use s3_accel::peers::membership::{Member, Members};
-use s3_accel::peers::protocol::{ChunkRequest, Signer, PEER_SOURCE};
+use s3_accel::peers::protocol::{ChunkRequest, Signer};
 
 use crate::client::{Client, Get, Object};
 use crate::target::{Target, PEER_SECRET};
@@ -97,14 +97,8 @@ pub async fn measure(
             .address
             .expect("every member has an address");
         let started = Instant::now();
-        let response = peers.chunk(owner, &request, Duration::from_secs(30)).await?;
-        let source = response
-            .headers()
-            .get(PEER_SOURCE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let mut body = response.into_body();
+        let answer = peers.chunk(owner, &request, Duration::from_secs(30)).await?;
+        let (source, mut body) = (answer.source, answer.body);
         let first = body.frame().await;
         let ttfb = started.elapsed();
         anyhow::ensure!(matches!(first, Some(Ok(_))), "the owner's answer had no body");

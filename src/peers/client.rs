@@ -4,19 +4,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::auth::{KeyRing, PEER_DATE, PEER_SIGNATURE};
-use super::protocol::Hello;
-use super::protocol::{ChunkRequest, CHUNK_PATH, HELLO_PATH, HELLO_REPLY};
+use super::auth::{KeyRing, PeerAuthError};
+use super::protocol::{ChunkRequest, Hello, CHUNK_PATH, HELLO_PATH, PEER_SOURCE};
+use super::wire;
 
 /// How long a peer may take to connect: peers are in one region, a few hops away.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -36,6 +36,19 @@ pub enum PeerError {
     BadHello,
     #[error("reading the peer's answer")]
     Body(#[source] hyper::Error),
+    #[error("the peer's answer is not signed for this chunk: {0}")]
+    Unsigned(#[source] PeerAuthError),
+    #[error("the peer declared {declared:?} bytes for a {expected}-byte chunk")]
+    Length { declared: Option<u64>, expected: u64 },
+}
+
+/// An owner's answer to a chunk request, its head checked: signed for the request
+/// by a node holding the region's key, declaring the chunk's length.
+pub struct PeerChunk {
+    /// Where the owner found the chunk (`memory`, `disk`, `fill`, `coalesced`).
+    pub source: String,
+    /// The chunk's bytes: the reader's to count and check.
+    pub body: Incoming,
 }
 
 #[derive(Clone)]
@@ -56,18 +69,15 @@ impl PeerClient {
     }
 
     fn request(&self, method: Method, address: SocketAddr, path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let signature = self.keys.current().sign(method.as_str(), path, &body, now);
-        Request::builder()
+        let mut headers = http::HeaderMap::new();
+        wire::sign_request(&mut headers, &self.keys.current(), method.as_str(), path, &body);
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{address}{path}"))
-            .header(PEER_DATE, now)
-            .header(PEER_SIGNATURE, signature)
             .body(Full::new(Bytes::from(body)))
-            .expect("a valid peer request")
+            .expect("a valid peer request");
+        *request.headers_mut() = headers;
+        request
     }
 
     /// Who the peer at `address` is.
@@ -78,34 +88,10 @@ impl PeerClient {
             if response.status() != StatusCode::OK {
                 return Err(PeerError::Status(response.status()));
             }
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let (date, signature) = (header(PEER_DATE), header(PEER_SIGNATURE));
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(PeerError::Body)?
-                .to_bytes();
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(PeerError::Body)?.to_bytes();
             // Only a node holding the region's key may claim a name and a weight.
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            self.keys
-                .current()
-                .verify(
-                    (HELLO_REPLY, HELLO_PATH, &body),
-                    date.as_deref(),
-                    signature.as_deref(),
-                    now,
-                )
-                .map_err(|_| PeerError::BadHello)?;
+            wire::verify_hello(&parts.headers, &self.keys.current(), &body).map_err(|_| PeerError::BadHello)?;
             Hello::decode(std::str::from_utf8(&body).map_err(|_| PeerError::BadHello)?).ok_or(PeerError::BadHello)
         };
         tokio::time::timeout(HELLO_TIMEOUT, answer)
@@ -134,22 +120,42 @@ impl PeerClient {
             .map_err(|_| PeerError::Timeout)?
     }
 
-    /// Asks the peer at `address` for a chunk; its answer's head, once it comes
-    /// (within `first_byte`).
+    /// Asks the peer at `address` for a chunk; its answer, once its head comes
+    /// (within `first_byte`) and is checked.
     pub async fn chunk(
         &self,
         address: SocketAddr,
         chunk: &ChunkRequest,
         first_byte: Duration,
-    ) -> Result<Response<Incoming>, PeerError> {
-        let request = self.request(Method::POST, address, CHUNK_PATH, chunk.encode());
+    ) -> Result<PeerChunk, PeerError> {
+        let asked = chunk.encode();
+        let request = self.request(Method::POST, address, CHUNK_PATH, asked.clone());
         let response = tokio::time::timeout(first_byte, self.http.request(request))
             .await
             .map_err(|_| PeerError::Timeout)?
             .map_err(PeerError::Unreachable)?;
-        match response.status() {
-            StatusCode::OK => Ok(response),
-            status => Err(PeerError::Status(status)),
+        if response.status() != StatusCode::OK {
+            return Err(PeerError::Status(response.status()));
         }
+        let expected = chunk.length();
+        wire::verify_chunk(response.headers(), &self.keys.current(), &asked, expected).map_err(PeerError::Unsigned)?;
+        let declared = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared != Some(expected) {
+            return Err(PeerError::Length { declared, expected });
+        }
+        let source = response
+            .headers()
+            .get(PEER_SOURCE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(PeerChunk {
+            source,
+            body: response.into_body(),
+        })
     }
 }

@@ -10,9 +10,9 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::fill::FillError;
 use super::respond::{CachedObject, Shape};
 use crate::cache::{ChunkCache, ChunkRead, ChunkWriter};
+use crate::fetch::FillError;
 use crate::origin::OriginBody;
 use crate::s3::ContentRange;
 use crate::telemetry;

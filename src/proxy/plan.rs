@@ -8,9 +8,9 @@ use http::uri::PathAndQuery;
 use http::Request;
 
 use super::admit::ObjectRead;
-use super::fill::{fill_auth, FillAuth};
 use crate::cache::ObjectId;
 use crate::credentials::FillCredentials;
+use crate::fetch::{fill_auth, FillAuth};
 use crate::grants::Asked;
 use crate::s3;
 use crate::s3::range::RangeRequest;

@@ -1,6 +1,6 @@
-//! Where the chunks the local tiers do not hold come from, behind one interface: the
-//! origin (a fill) today; a region's owner peer, then the origin, with peers. The
-//! request path asks for chunks and never learns which.
+//! Chunks from the region, as an [`Upstream`]: the owner first (which serves from
+//! its tiers or fills once for the whole region), then the next node in line, then
+//! the origin from where they left off.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,54 +8,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use http::header::{self, HeaderMap};
 use http_body_util::BodyExt;
 
-use super::fill::{Fill, FillError};
+use super::client::PeerError;
+use super::protocol::{ChunkRequest, Signer};
+use super::Peers;
 use crate::body::BoxError;
-use crate::cache::{CacheKey, ChunkSink};
-use crate::peers::auth::{PEER_DATE, PEER_SIGNATURE};
-use crate::peers::client::PeerError;
-use crate::peers::protocol::{chunk_reply, ChunkRequest, CHUNK_PATH, CHUNK_REPLY};
-use crate::peers::Peers;
+use crate::cache::{CacheKey, ChunkSink, ObjectId};
+use crate::fetch::{Fill, FillAuth, FillError, Upstream};
 use crate::telemetry;
-
-pub trait Upstream: Send + Sync {
-    /// Fetches chunk `index` of the object version, pushing its bytes to `sink` as
-    /// they arrive, and returns it whole once it is checked. The cache runs the
-    /// future in a task of its own, so a client that goes away does not cancel it.
-    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<Bytes, FillError>>;
-
-    /// Whether chunk `index` is checked whole against the object's checksum before
-    /// it is kept (its readers' last bytes then wait for the check).
-    fn checks(&self, index: u64) -> bool;
-
-    /// Checks chunk `index`, whole, wherever its bytes came from (a fill, a peer, a
-    /// cold probe's body).
-    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError>;
-
-    /// Whether this node keeps chunk `key` on its disk too, or in memory only (a
-    /// copy of a chunk another node owns: repeated reads stay local, the region's
-    /// disks hold each chunk once).
-    fn owns(&self, key: &CacheKey) -> bool;
-}
-
-impl Upstream for Fill {
-    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<Bytes, FillError>> {
-        Fill::fetch(&self, index, sink, 0).boxed()
-    }
-
-    fn checks(&self, index: u64) -> bool {
-        Fill::checks(self, index)
-    }
-
-    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError> {
-        Fill::verify(self, index, chunk)
-    }
-
-    fn owns(&self, _key: &CacheKey) -> bool {
-        true
-    }
-}
 
 /// Chunks from the region: the owner first (which serves from its tiers or fills
 /// once for the whole region), then the next node in line, then the origin from
@@ -66,6 +28,33 @@ pub struct Regional {
     pub peers: Arc<Peers>,
     /// The chunk requests of this object version, but for their index.
     pub template: ChunkRequest,
+}
+
+/// Where an object version's chunks come from: with peers, the region (when the
+/// fill's signer can travel to an owner); alone, the origin.
+pub fn upstream(
+    peers: Option<&Arc<Peers>>,
+    fill: Arc<Fill>,
+    object: &ObjectId,
+    checksums: Option<&HeaderMap>,
+) -> Arc<dyn Upstream> {
+    let (Some(peers), Some(signer)) = (peers, signer(&fill.auth)) else {
+        return fill;
+    };
+    Arc::new(Regional {
+        template: ChunkRequest {
+            object: object.clone(),
+            etag: fill.etag.clone(),
+            size: fill.size,
+            chunk_size: fill.chunk_size,
+            index: 0,
+            authority: fill.authority.clone(),
+            signer,
+            checksums: checksum_pairs(checksums),
+        },
+        fill,
+        peers: peers.clone(),
+    })
 }
 
 /// How long an owner may take to start answering: longer than its own wait for the
@@ -176,43 +165,14 @@ async fn from_peer(
         Err(_) => "failed",
     };
     metrics::histogram!(telemetry::PEER_SECONDS, "outcome" => outcome).record(asked.elapsed().as_secs_f64());
-    let response = match answer {
-        Ok(response) => response,
+    let mut body = match answer {
+        Ok(chunk) => chunk.body,
         Err(PeerError::Status(http::StatusCode::PRECONDITION_FAILED)) => return Err(PeerFailure::Changed),
         Err(PeerError::Status(status)) => return Err(PeerFailure::Refused(status)),
         Err(error) => return Err(PeerFailure::Broken(error.into())),
     };
     let broken = |error: BoxError| PeerFailure::Broken(error);
     let expected = request.length();
-    // The answer must be signed for this request and this length by a node holding
-    // the region's key: nothing else on the network can pass for an owner.
-    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let signed = chunk_reply(&request.encode(), expected);
-    if let Err(refused) = peers.keys.current().verify(
-        (CHUNK_REPLY, CHUNK_PATH, &signed),
-        header(PEER_DATE),
-        header(PEER_SIGNATURE),
-        now,
-    ) {
-        return Err(broken(
-            format!("the peer's answer is not signed for this chunk: {refused}").into(),
-        ));
-    }
-    let declared = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared != Some(expected) {
-        return Err(broken(
-            format!("the peer declared {declared:?} bytes for a {expected}-byte chunk").into(),
-        ));
-    }
-    let mut body = response.into_body();
     let mut got = 0u64;
     loop {
         let frame = match tokio::time::timeout(PEER_IDLE, body.frame()).await {
@@ -237,4 +197,32 @@ async fn from_peer(
         return Err(broken(format!("the peer sent {got} of {expected} bytes").into()));
     }
     Ok(())
+}
+
+/// What a reader tells an owner about who may sign its fill: `None` when the
+/// signer cannot travel (a header value that is not text).
+pub fn signer(auth: &FillAuth) -> Option<Signer> {
+    match auth {
+        FillAuth::Proxy { target, region, .. } => Some(Signer::Proxy {
+            target: target.as_str().to_owned(),
+            region: region.clone(),
+        }),
+        FillAuth::Client { target, headers } => Some(Signer::Client {
+            target: target.as_str().to_owned(),
+            headers: headers
+                .iter()
+                .filter(|(name, _)| *name != header::HOST)
+                .map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+                .collect::<Option<_>>()?,
+        }),
+    }
+}
+
+/// The object's checksum headers, as text pairs for a peer.
+fn checksum_pairs(checksums: Option<&HeaderMap>) -> Vec<(String, String)> {
+    checksums
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect()
 }

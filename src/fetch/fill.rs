@@ -15,7 +15,7 @@ use crate::cache::ChunkSink;
 use crate::credentials::{FillCredentials, Snapshot};
 use crate::origin::{error_code, poison, sign_s3, OriginBody, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
-use crate::s3::ContentRange;
+use crate::s3::{self, ContentRange};
 use crate::telemetry;
 
 /// Counts a fill in `s3accel_fills_in_flight` while it lives.
@@ -145,6 +145,28 @@ pub struct Fill {
 }
 
 impl Fill {
+    /// The fill of version `(etag, size, checksums)` of the object `authority` names
+    /// at `region`'s origin, in chunks of `chunk_size`, drawing on `permits`.
+    pub fn new(
+        region: &Arc<Region>,
+        authority: String,
+        auth: FillAuth,
+        (etag, size, checksums): (String, u64, Option<&HeaderMap>),
+        chunk_size: u64,
+        permits: &Arc<Semaphore>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            region: region.clone(),
+            authority,
+            auth,
+            etag,
+            size,
+            chunk_size,
+            permits: permits.clone(),
+            crc: checksums.and_then(s3::full_object_crc),
+        })
+    }
+
     /// Inclusive byte range of chunk `index`.
     pub fn chunk_range(&self, index: u64) -> (u64, u64) {
         let start = index * self.chunk_size;

@@ -1,6 +1,7 @@
-//! The region's cold gate over the peer wire: [`herd::Region`] asks the node that
-//! owns an object's metadata key, and [`herd::Report`] tells it what a probe
-//! learned. Here, because the herd and the peers know nothing of each other.
+//! The herd and the peers, bridged (neither knows the other): the region's cold
+//! gate over the peer wire. [`herd::Region`] asks the node that owns an object's
+//! metadata key, [`herd::Report`] tells it what a probe learned, and on the owner's
+//! side [`ColdOwner`] answers with this node's herd.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +12,11 @@ use http::StatusCode;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::cache::{CacheKey, ObjectId, ObjectMeta};
-use crate::herd::{self, Advice};
+use crate::cache::{CacheKey, ChunkCache, ObjectId, ObjectMeta};
+use crate::herd::{self, Advice, Held, Herd};
 use crate::peers::client::PeerError;
 use crate::peers::protocol::{ObjectNote, COLD_PATH, LEARNED_PATH};
+use crate::peers::server::{Cold, ColdOwner};
 use crate::peers::Peers;
 
 /// How long telling an owner what was learned may take.
@@ -104,5 +106,28 @@ impl Report {
 impl Drop for Report {
     fn drop(&mut self) {
         self.tell(None);
+    }
+}
+
+/// This node's herd, answering for the objects whose gates it owns.
+pub struct OwnedGates {
+    pub herd: Arc<Herd>,
+    pub cache: Arc<ChunkCache>,
+}
+
+impl ColdOwner for OwnedGates {
+    fn hold<'a>(&'a self, object: &'a ObjectId) -> BoxFuture<'a, Cold> {
+        async move {
+            match self.herd.hold(&self.cache, object).await {
+                Held::Known(meta) => Cold::Known(meta),
+                Held::Yours => Cold::Yours,
+                Held::Unknown => Cold::Unknown,
+            }
+        }
+        .boxed()
+    }
+
+    fn told(&self, object: &ObjectId, meta: Option<ObjectMeta>) {
+        self.herd.told(&self.cache, object, meta);
     }
 }

@@ -1,29 +1,61 @@
-//! The peer listener's requests: who this node is, and the chunks it owns, served
-//! from its tiers or filled from the origin once for the whole region. A peer's
-//! request is never passed on to another peer.
+//! The owner's side of the peer wire: who this node is, the cold gate of the
+//! objects whose metadata keys it owns, and the chunks it owns, served from its
+//! tiers or filled from the origin once for the whole region. A peer's request is
+//! never passed on to another peer. Every request must be signed with the region's
+//! key; an unsigned or stale one gets 403 and nothing else.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::{stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
+use tokio::sync::Semaphore;
 
-use super::fill::{Fill, FillAuth, FillError};
-use super::Proxy;
-use crate::body::{BoxError, ProxyBody};
-use crate::cache::{ObjectId, ObjectMeta};
-use crate::herd::Held;
-use crate::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
-use crate::peers::protocol::{
-    chunk_reply, ChunkRequest, ObjectNote, Signer, CHUNK_PATH, CHUNK_REPLY, COLD_PATH, HELLO_PATH, HELLO_REPLY,
-    LEARNED_PATH, MAX_REQUEST_BYTES, PEER_SOURCE,
+use super::protocol::{
+    ChunkRequest, ObjectNote, Signer, CHUNK_PATH, COLD_PATH, HELLO_PATH, LEARNED_PATH, MAX_REQUEST_BYTES, PEER_SOURCE,
 };
-use crate::{s3, telemetry};
+use super::{wire, Peers};
+use crate::body::{first_frames, BoxError, ProxyBody};
+use crate::cache::{ChunkCache, ObjectId, ObjectMeta};
+use crate::credentials::FillCredentials;
+use crate::fetch::{Fill, FillAuth, FillError};
+use crate::origin::Region;
+use crate::telemetry;
+
+/// The cold gates this node holds for the region (the herd's, which the peers do
+/// not know: whoever wires both bridges them).
+pub trait ColdOwner: Send + Sync {
+    /// Another node is about to probe `object` cold: the metadata, or its turn.
+    fn hold<'a>(&'a self, object: &'a ObjectId) -> BoxFuture<'a, Cold>;
+    /// What the probe of the node given the turn learned.
+    fn told(&self, object: &ObjectId, meta: Option<ObjectMeta>);
+}
+
+/// What the owner of an object's gate answers a node about to probe it cold.
+pub enum Cold {
+    /// The object's metadata (200).
+    Known(Box<ObjectMeta>),
+    /// The asker's turn (202): the owner holds it until told what was learned.
+    Yours,
+    /// Neither (404): the asker decides alone.
+    Unknown,
+}
+
+/// What the peer listener serves from: this node's view of the region, its cache,
+/// its origins and fill memory, and the gates it holds.
+pub struct PeerServer {
+    pub peers: Arc<Peers>,
+    pub cache: Arc<ChunkCache>,
+    pub regions: Vec<Arc<Region>>,
+    pub credentials: Option<Arc<FillCredentials>>,
+    pub fill_permits: Arc<Semaphore>,
+    pub cold: Arc<dyn ColdOwner>,
+}
 
 fn status(status: StatusCode) -> Response<ProxyBody> {
     let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
@@ -31,34 +63,22 @@ fn status(status: StatusCode) -> Response<ProxyBody> {
     response
 }
 
-impl Proxy {
-    /// Answers one request on the peer listener. Every request must be signed with
-    /// the region's key; an unsigned or stale one gets 403 and nothing else.
-    pub async fn handle_peer<B>(&self, request: Request<B>) -> Response<ProxyBody>
+impl PeerServer {
+    /// Answers one request on the peer listener.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody>
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let Some(peers) = &self.peers else {
-            return status(StatusCode::NOT_FOUND);
-        };
+        let peers = &self.peers;
         let (parts, body) = request.into_parts();
         let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => return status(StatusCode::PAYLOAD_TOO_LARGE),
         };
-        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
         let path = parts.uri.path();
-        let signed = (parts.method.as_str(), path, &body[..]);
-        if let Err(refused) = peers
-            .keys
-            .current()
-            .verify(signed, header(PEER_DATE), header(PEER_SIGNATURE), now)
-        {
+        let keys = peers.keys.current();
+        if let Err(refused) = wire::verify_request(&parts.headers, &keys, parts.method.as_str(), path, &body) {
             tracing::warn!(path, reason = %refused, "peer request refused");
             telemetry::peer_request("owner", "refused");
             return status(StatusCode::FORBIDDEN);
@@ -67,21 +87,10 @@ impl Proxy {
             (&Method::GET, HELLO_PATH) => {
                 // The answer is signed too: only a node holding the region's key can
                 // claim a name and a share of the keys.
-                let hello = peers.hello.encode();
-                let signature = peers
-                    .keys
-                    .current()
-                    .sign(HELLO_REPLY, HELLO_PATH, hello.as_bytes(), now);
-                let mut response = Response::new(
-                    Full::new(Bytes::from(hello))
-                        .map_err(|never| match never {})
-                        .boxed_unsync(),
-                );
-                let headers = response.headers_mut();
-                headers.insert(PEER_DATE, HeaderValue::from(now));
-                if let Ok(signature) = HeaderValue::from_str(&signature) {
-                    headers.insert(PEER_SIGNATURE, signature);
-                }
+                let hello = Bytes::from(peers.hello.encode());
+                let mut response =
+                    Response::new(Full::new(hello.clone()).map_err(|never| match never {}).boxed_unsync());
+                wire::sign_hello(response.headers_mut(), &keys, &hello);
                 response
             }
             (&Method::POST, COLD_PATH) => match ObjectNote::decode(&body) {
@@ -95,7 +104,7 @@ impl Proxy {
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
                 Ok(chunk) => {
                     let mut response = self.serve_chunk(chunk).await;
-                    sign_chunk_reply(&mut response, &peers.keys.current(), &body, now);
+                    wire::sign_chunk(response.headers_mut(), &keys, &body);
                     response
                 }
                 Err(error) => {
@@ -120,10 +129,10 @@ impl Proxy {
             ),
             None => status(StatusCode::NOT_FOUND),
         };
-        match self.herd.hold(&self.cache, &object).await {
-            Held::Known(meta) => known(Some(*meta)),
-            Held::Yours => status(StatusCode::ACCEPTED),
-            Held::Unknown => known(None),
+        match self.cold.hold(&object).await {
+            Cold::Known(meta) => known(Some(*meta)),
+            Cold::Yours => status(StatusCode::ACCEPTED),
+            Cold::Unknown => known(None),
         }
     }
 
@@ -131,7 +140,7 @@ impl Proxy {
     /// nodes they answer for) go on with it.
     fn learned(&self, note: ObjectNote) -> Response<ProxyBody> {
         let meta = note.meta.as_deref().and_then(ObjectMeta::from_bytes);
-        self.herd.told(&self.cache, &note.object, meta);
+        self.cold.told(&note.object, meta);
         status(StatusCode::OK)
     }
 
@@ -142,8 +151,7 @@ impl Proxy {
             return status(StatusCode::CONFLICT);
         }
         let Some(region) = self
-            .router
-            .regions()
+            .regions
             .iter()
             .find(|region| region.client.origin().to_string() == chunk.object.origin)
         else {
@@ -169,16 +177,15 @@ impl Proxy {
             }
         };
         let checksums = header_map(&chunk.checksums).unwrap_or_default();
-        let fill = Arc::new(Fill {
-            region: region.clone(),
-            authority: chunk.authority.clone(),
+        let version = (chunk.etag.clone(), chunk.size, Some(&checksums));
+        let fill = Fill::new(
+            region,
+            chunk.authority.clone(),
             auth,
-            etag: chunk.etag.clone(),
-            size: chunk.size,
-            chunk_size: chunk.chunk_size,
-            permits: self.fill_permits.clone(),
-            crc: s3::full_object_crc(&checksums),
-        });
+            version,
+            chunk.chunk_size,
+            &self.fill_permits,
+        );
         let index = chunk.index;
         let mut read = self
             .cache
@@ -204,7 +211,7 @@ impl Proxy {
         };
         telemetry::peer_request("owner", "ok");
         let length = chunk.length();
-        let body = super::respond::first_frames(first)
+        let body = first_frames(first)
             .scan(0u64, |at, bytes| {
                 let piece = (*at, bytes);
                 *at += piece.1.len() as u64;
@@ -238,25 +245,6 @@ impl Proxy {
     }
 }
 
-/// Signs an answer to a chunk request: only a node holding the region's key can
-/// answer one, and only this one.
-fn sign_chunk_reply(response: &mut Response<ProxyBody>, keys: &PeerKeys, request: &[u8], now: u64) {
-    let Some(length) = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
-        return;
-    };
-    let signature = keys.sign(CHUNK_REPLY, CHUNK_PATH, &chunk_reply(request, length), now);
-    let headers = response.headers_mut();
-    headers.insert(PEER_DATE, HeaderValue::from(now));
-    if let Ok(signature) = HeaderValue::from_str(&signature) {
-        headers.insert(PEER_SIGNATURE, signature);
-    }
-}
-
 fn header_map(pairs: &[(String, String)]) -> Option<HeaderMap> {
     let mut headers = HeaderMap::new();
     for (name, value) in pairs {
@@ -266,23 +254,4 @@ fn header_map(pairs: &[(String, String)]) -> Option<HeaderMap> {
         );
     }
     Some(headers)
-}
-
-/// What a reader tells an owner about who may sign its fill: `None` when the
-/// signer cannot travel (a header value that is not text).
-pub fn signer(auth: &FillAuth) -> Option<Signer> {
-    match auth {
-        FillAuth::Proxy { target, region, .. } => Some(Signer::Proxy {
-            target: target.as_str().to_owned(),
-            region: region.clone(),
-        }),
-        FillAuth::Client { target, headers } => Some(Signer::Client {
-            target: target.as_str().to_owned(),
-            headers: headers
-                .iter()
-                .filter(|(name, _)| *name != header::HOST)
-                .map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
-                .collect::<Option<_>>()?,
-        }),
-    }
 }

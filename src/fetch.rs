@@ -1,0 +1,55 @@
+//! Where the chunks the local tiers do not hold come from, behind one interface
+//! ([`Upstream`]): the origin ([`fill`]), or, with peers, the region's owner first
+//! (`peers::upstream`). The request path asks for chunks and never learns which.
+//! The memory chunks in flight may take is bounded here too ([`budget`]).
+
+pub mod budget;
+pub mod fill;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use crate::cache::{CacheKey, ChunkSink};
+pub use fill::{fill_auth, Fill, FillAuth, FillError};
+
+/// A source of an object version's chunks.
+pub trait Upstream: Send + Sync {
+    /// Fetches chunk `index` of the object version, pushing its bytes to `sink` as
+    /// they arrive, and returns it whole once it is checked. The cache runs the
+    /// future in a task of its own, so a client that goes away does not cancel it.
+    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<Bytes, FillError>>;
+
+    /// Whether chunk `index` is checked whole against the object's checksum before
+    /// it is kept (its readers' last bytes then wait for the check).
+    fn checks(&self, index: u64) -> bool;
+
+    /// Checks chunk `index`, whole, wherever its bytes came from (a fill, a peer, a
+    /// cold probe's body).
+    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError>;
+
+    /// Whether this node keeps chunk `key` on its disk too, or in memory only (a
+    /// copy of a chunk another node owns: repeated reads stay local, the region's
+    /// disks hold each chunk once).
+    fn owns(&self, key: &CacheKey) -> bool;
+}
+
+impl Upstream for Fill {
+    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<Bytes, FillError>> {
+        Fill::fetch(&self, index, sink, 0).boxed()
+    }
+
+    fn checks(&self, index: u64) -> bool {
+        Fill::checks(self, index)
+    }
+
+    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError> {
+        Fill::verify(self, index, chunk)
+    }
+
+    fn owns(&self, _key: &CacheKey) -> bool {
+        true
+    }
+}
