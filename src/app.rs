@@ -38,20 +38,7 @@ impl App {
             ),
             None => None,
         };
-        let verified = match &config.auth.verified_keys {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    io::Error::other(format!("cannot read auth.verified_keys_file {}: {e}", path.display()))
-                })?;
-                let keys = Arc::new(
-                    s3::keys::VerifiedKeys::from_text(&text)
-                        .map_err(|e| io::Error::other(format!("auth.verified_keys_file {}: {e}", path.display())))?,
-                );
-                tokio::spawn(keys.clone().watch(path.clone(), config.auth.verified_keys_reload, text));
-                Some(keys)
-            }
-            None => None,
-        };
+        let verified = verified_keys(config)?;
         let credentials = credentials::FillCredentials::start(&config.credentials).await;
         let grants = grants::Granting::new(&config.auth, verified);
         let node = admin::Node {
@@ -155,4 +142,24 @@ impl App {
             watch.abort();
         }
     }
+}
+
+/// The access keys whose SigV4 is checked here (`auth.verified_keys_file`), read
+/// again as the file changes.
+fn verified_keys(config: &Config) -> io::Result<Option<Arc<s3::keys::VerifiedKeys>>> {
+    let keys = match &config.auth.verified_keys {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                io::Error::other(format!("cannot read auth.verified_keys_file {}: {e}", path.display()))
+            })?;
+            let keys = Arc::new(
+                s3::keys::VerifiedKeys::from_text(&text)
+                    .map_err(|e| io::Error::other(format!("auth.verified_keys_file {}: {e}", path.display())))?,
+            );
+            tokio::spawn(keys.clone().watch(path.clone(), config.auth.verified_keys_reload, text));
+            Some(keys)
+        }
+        None => None,
+    };
+    Ok(keys)
 }

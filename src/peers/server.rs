@@ -21,7 +21,7 @@ use super::protocol::{
 };
 use super::{wire, Peers};
 use crate::body::{first_frames, BoxError, ProxyBody};
-use crate::cache::{ChunkCache, ObjectId, ObjectMeta};
+use crate::cache::{ChunkCache, ChunkRead, ObjectId, ObjectMeta};
 use crate::credentials::FillCredentials;
 use crate::fetch::{Fill, FillAuth, FillError};
 use crate::origin::Region;
@@ -157,24 +157,9 @@ impl PeerServer {
         else {
             return status(StatusCode::NOT_FOUND);
         };
-        let auth = match &chunk.signer {
-            Signer::Proxy { target, region } => match (
-                self.credentials.as_ref().filter(|c| c.current().is_some()),
-                PathAndQuery::try_from(target.as_str()),
-            ) {
-                (Some(credentials), Ok(target)) => FillAuth::Proxy {
-                    target,
-                    credentials: credentials.clone(),
-                    region: region.clone(),
-                },
-                _ => return status(StatusCode::FORBIDDEN),
-            },
-            Signer::Client { target, headers } => {
-                match (PathAndQuery::try_from(target.as_str()), header_map(headers)) {
-                    (Ok(target), Some(headers)) => FillAuth::Client { target, headers },
-                    _ => return status(StatusCode::BAD_REQUEST),
-                }
-            }
+        let auth = match self.fill_auth(&chunk.signer) {
+            Ok(auth) => auth,
+            Err(refused) => return status(refused),
         };
         let checksums = header_map(&chunk.checksums).unwrap_or_default();
         let version = (chunk.etag.clone(), chunk.size, Some(&checksums));
@@ -211,30 +196,8 @@ impl PeerServer {
         };
         telemetry::peer_request("owner", "ok");
         let length = chunk.length();
-        let body = first_frames(first)
-            .scan(0u64, |at, bytes| {
-                let piece = (*at, bytes);
-                *at += piece.1.len() as u64;
-                std::future::ready(Some(Ok::<_, BoxError>(piece)))
-            })
-            .chain(stream::unfold(read, |mut read| async move {
-                let next = read.next().await?;
-                Some((next.map_err(|e| -> BoxError { Box::new(e) }), read))
-            }))
-            .scan(0u64, move |sent, piece| {
-                // The pieces of one read are contiguous and end at the chunk's end; a
-                // gap or an overrun would be a bug, and is a cut, never wrong bytes.
-                let piece = piece.and_then(|(at, bytes): (u64, Bytes)| {
-                    if at != *sent || at + bytes.len() as u64 > length {
-                        return Err("a peer chunk's pieces do not line up".into());
-                    }
-                    *sent += bytes.len() as u64;
-                    telemetry::peer_bytes("out", bytes.len() as u64);
-                    Ok(Frame::data(bytes))
-                });
-                std::future::ready(Some(piece))
-            });
-        let mut response = Response::new(StreamBody::new(body).boxed_unsync());
+        let body = chunk_body(first, read, length);
+        let mut response = Response::new(body);
         response
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -242,6 +205,30 @@ impl PeerServer {
             .headers_mut()
             .insert(PEER_SOURCE, HeaderValue::from_static(source.as_str()));
         response
+    }
+
+    /// Who signs a fill for a reader: this node's own credentials (valid ones), or
+    /// the reader's client's request as it travelled; else the status to answer.
+    fn fill_auth(&self, signer: &Signer) -> Result<FillAuth, StatusCode> {
+        match signer {
+            Signer::Proxy { target, region } => match (
+                self.credentials.as_ref().filter(|c| c.current().is_some()),
+                PathAndQuery::try_from(target.as_str()),
+            ) {
+                (Some(credentials), Ok(target)) => Ok(FillAuth::Proxy {
+                    target,
+                    credentials: credentials.clone(),
+                    region: region.clone(),
+                }),
+                _ => Err(StatusCode::FORBIDDEN),
+            },
+            Signer::Client { target, headers } => {
+                match (PathAndQuery::try_from(target.as_str()), header_map(headers)) {
+                    (Ok(target), Some(headers)) => Ok(FillAuth::Client { target, headers }),
+                    _ => Err(StatusCode::BAD_REQUEST),
+                }
+            }
+        }
     }
 }
 
@@ -254,4 +241,33 @@ fn header_map(pairs: &[(String, String)]) -> Option<HeaderMap> {
         );
     }
     Some(headers)
+}
+
+/// A chunk's answer to a peer: `first`, then the rest of `read`, checked to line up
+/// and end at the chunk's `length`.
+fn chunk_body(first: Bytes, read: ChunkRead, length: u64) -> ProxyBody {
+    let body = first_frames(first)
+        .scan(0u64, |at, bytes| {
+            let piece = (*at, bytes);
+            *at += piece.1.len() as u64;
+            std::future::ready(Some(Ok::<_, BoxError>(piece)))
+        })
+        .chain(stream::unfold(read, |mut read| async move {
+            let next = read.next().await?;
+            Some((next.map_err(|e| -> BoxError { Box::new(e) }), read))
+        }))
+        .scan(0u64, move |sent, piece| {
+            // The pieces of one read are contiguous and end at the chunk's end; a
+            // gap or an overrun would be a bug, and is a cut, never wrong bytes.
+            let piece = piece.and_then(|(at, bytes): (u64, Bytes)| {
+                if at != *sent || at + bytes.len() as u64 > length {
+                    return Err("a peer chunk's pieces do not line up".into());
+                }
+                *sent += bytes.len() as u64;
+                telemetry::peer_bytes("out", bytes.len() as u64);
+                Ok(Frame::data(bytes))
+            });
+            std::future::ready(Some(piece))
+        });
+    StreamBody::new(body).boxed_unsync()
 }

@@ -262,22 +262,13 @@ fn decide_body(
             return Verdict::relay(Probe::Uncacheable, writes);
         }
     };
-    let part = match plan.part {
-        Some(number) => {
-            let learned = plan
-                .learns
-                .then(|| part_from_response(status, headers, plan.checksum_mode))
-                .flatten()
-                .filter(|learned| learned.etag == meta.etag && learned.last < meta.size)
-                // "The part is the whole object" holds only of an object that size.
-                .filter(|learned| !learned.whole || learned.last + 1 == meta.size);
-            if let Some(learned) = &learned {
-                writes.part = Some((number, learned.clone()));
-            }
-            learned.or(part)
+    let part = plan.part.and_then(|number| {
+        let learned = learned_part(plan, response, &meta);
+        if let Some(learned) = &learned {
+            writes.part = Some((number, learned.clone()));
         }
-        None => None,
-    };
+        learned.or(part)
+    });
     // A part whose bounds the cache does not know is the origin's to answer:
     // never the whole object in its place.
     if plan.part.is_some() && part.is_none() {
@@ -294,6 +285,17 @@ fn decide_body(
         probe,
         writes,
     }
+}
+
+/// The bounds of the part asked for, from an answer about version `meta`: only
+/// when they lie inside it, and "the part is the whole object" only of an object
+/// that size.
+fn learned_part(plan: &Plan, response: &Response<OriginBody>, meta: &ObjectMeta) -> Option<PartMeta> {
+    plan.learns
+        .then(|| part_from_response(response.status(), response.headers(), plan.checksum_mode))
+        .flatten()
+        .filter(|learned| learned.etag == meta.etag && learned.last < meta.size)
+        .filter(|learned| !learned.whole || learned.last + 1 == meta.size)
 }
 
 /// Writes what `verdict` changes in the cache.

@@ -237,44 +237,19 @@ impl CachedObject {
         .boxed()
     }
 
-    async fn body(
-        self: Arc<Self>,
-        first: u64,
-        last: u64,
-        head: Option<ChunkRead>,
-    ) -> Result<(ProxyBody, ChunkSource), ProxyError> {
-        let chunk_size = self.cache.chunk_size();
-        let (head_index, tail_index) = (first / chunk_size, last / chunk_size);
-        // The part of chunk `index` inside [first, last].
-        let span = move |index: u64| {
-            let start = index * chunk_size;
-            (first.saturating_sub(start), (last - start + 1).min(chunk_size))
-        };
-        // The chunk the client waits for first takes its budget before any read-ahead
-        // does (the semaphores are fair), and is read in this task: no hop before the
-        // first byte. (The whole chunk's length even for a few bytes of it: a slice
-        // keeps the whole chunk's memory alive.)
-        let (from, to) = span(head_index);
-        let charge = self
-            .budget
-            .reserve(
-                &self.key(head_index),
-                self.chunk_length(head_index),
-                false,
-                self.share.as_ref(),
-            )
-            .await
-            .inspect_err(|_| telemetry::budget_waited("busy"))?;
-        // The read-ahead runs on its own, not when the client's connection asks for
-        // more: a task takes each later chunk's budget in order and starts its read,
-        // `read_ahead` chunks at most ahead of the client.
-        // When the client waits for a chunk the read-ahead has not reached (its part
-        // of the budget is held by others), that chunk is wanted now: it is taken
-        // from the whole budget, as a first chunk is, within `read_ahead_wait`.
-        let (ahead, mut chunks) = mpsc::channel(self.read_ahead);
-        let wanted = Arc::new(Wanted::default());
+    /// Starts the read-ahead of chunks `head + 1..=tail` (their parts `span` gives):
+    /// a task takes each chunk's budget in order and starts its read, `read_ahead`
+    /// chunks at most ahead of the client; a chunk `wanted` now is taken from the
+    /// whole budget, as a first chunk is, within `read_ahead_wait`.
+    fn start_read_ahead(
+        self: &Arc<Self>,
+        (head_index, tail_index): (u64, u64),
+        span: impl Fn(u64) -> (u64, u64) + Send + 'static,
+        wanted: Arc<Wanted>,
+    ) -> mpsc::Receiver<tokio::task::JoinHandle<stream::BoxStream<'static, Result<Bytes, ChunkError>>>> {
+        let (ahead, chunks) = mpsc::channel(self.read_ahead);
         if tail_index > head_index {
-            let (this, wanted) = (self.clone(), wanted.clone());
+            let this = self.clone();
             tokio::spawn(async move {
                 for index in head_index + 1..=tail_index {
                     let (from, to) = span(index);
@@ -312,6 +287,45 @@ impl CachedObject {
                 }
             });
         }
+        chunks
+    }
+
+    async fn body(
+        self: Arc<Self>,
+        first: u64,
+        last: u64,
+        head: Option<ChunkRead>,
+    ) -> Result<(ProxyBody, ChunkSource), ProxyError> {
+        let chunk_size = self.cache.chunk_size();
+        let (head_index, tail_index) = (first / chunk_size, last / chunk_size);
+        // The part of chunk `index` inside [first, last].
+        let span = move |index: u64| {
+            let start = index * chunk_size;
+            (first.saturating_sub(start), (last - start + 1).min(chunk_size))
+        };
+        // The chunk the client waits for first takes its budget before any read-ahead
+        // does (the semaphores are fair), and is read in this task: no hop before the
+        // first byte. (The whole chunk's length even for a few bytes of it: a slice
+        // keeps the whole chunk's memory alive.)
+        let (from, to) = span(head_index);
+        let charge = self
+            .budget
+            .reserve(
+                &self.key(head_index),
+                self.chunk_length(head_index),
+                false,
+                self.share.as_ref(),
+            )
+            .await
+            .inspect_err(|_| telemetry::budget_waited("busy"))?;
+        // The read-ahead runs on its own, not when the client's connection asks for
+        // more: a task takes each later chunk's budget in order and starts its read,
+        // `read_ahead` chunks at most ahead of the client.
+        // When the client waits for a chunk the read-ahead has not reached (its part
+        // of the budget is held by others), that chunk is wanted now: it is taken
+        // from the whole budget, as a first chunk is, within `read_ahead_wait`.
+        let wanted = Arc::new(Wanted::default());
+        let mut chunks = self.start_read_ahead((head_index, tail_index), span, wanted.clone());
         let read = match head {
             Some(read) => read,
             None => self.clone().read(head_index).await,

@@ -32,6 +32,9 @@ pub struct SigV4Params<'a> {
     pub amz_date: Option<&'a str>,
     /// `x-amz-content-sha256` header, or `X-Amz-Content-Sha256` of a presigned query.
     pub payload_hash: Option<&'a str>,
+    /// The session token signed with (temporary keys): `x-amz-security-token`, else
+    /// `X-Amz-Security-Token` of the query.
+    pub security_token: Option<&'a str>,
     /// Set for a presigned query, `None` for the Authorization header.
     pub presigned: Option<Presign<'a>>,
 }
@@ -49,6 +52,7 @@ impl<'a> Signature<'a> {
     /// From the Authorization header, else the query's (decoded) parameters.
     pub fn of(headers: &'a HeaderMap, query: &'a [(String, String)]) -> Self {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let token = header("x-amz-security-token").or_else(|| param(query, "X-Amz-Security-Token"));
         if let Some(value) = header(header::AUTHORIZATION.as_str()) {
             let Some(rest) = value.strip_prefix(SIGV4_ALGORITHM) else {
                 return Self::V2;
@@ -64,15 +68,22 @@ impl<'a> Signature<'a> {
                 signature: field("Signature"),
                 amz_date: header("x-amz-date"),
                 payload_hash: header("x-amz-content-sha256"),
+                security_token: token,
                 presigned: None,
             });
         }
-        Self::of_query(query)
+        match Self::of_query(query) {
+            Self::V4(params) => Self::V4(SigV4Params {
+                security_token: token,
+                ..params
+            }),
+            other => other,
+        }
     }
 
     /// From the query's (decoded) parameters alone: a presigned URL's.
     pub fn of_query(query: &'a [(String, String)]) -> Self {
-        let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let param = |name: &str| param(query, name);
         if let Some(signature) = param("X-Amz-Signature") {
             return Self::V4(SigV4Params {
                 credential: param("X-Amz-Credential"),
@@ -80,6 +91,7 @@ impl<'a> Signature<'a> {
                 signature: Some(signature),
                 amz_date: param("X-Amz-Date"),
                 payload_hash: param("X-Amz-Content-Sha256"),
+                security_token: param("X-Amz-Security-Token"),
                 presigned: Some(Presign {
                     algorithm: param("X-Amz-Algorithm"),
                     expires: param("X-Amz-Expires"),
@@ -99,6 +111,10 @@ impl<'a> Signature<'a> {
             _ => None,
         }
     }
+}
+
+fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ struct Claimed<'a> {
     payload_hash: &'a str,
     /// Presigned: the URL's lifetime in seconds.
     expires: Option<u64>,
+    security_token: Option<&'a str>,
 }
 
 /// A signature checked against the key's secret.
@@ -91,25 +92,7 @@ pub fn verify(
     if claimed.service != "s3" || claimed.terminator != "aws4_request" {
         return Err(SigV4Error::Scope("another service"));
     }
-    let signed_at = parse_amz_date(claimed.amz_date).ok_or(SigV4Error::Malformed("X-Amz-Date"))?;
-    let skew = match now.duration_since(signed_at) {
-        Ok(ago) => ago,
-        Err(ahead) => ahead.duration(),
-    };
-    let expires = match claimed.expires {
-        Some(seconds) => {
-            if signed_at > now + MAX_SKEW {
-                return Err(SigV4Error::Skewed);
-            }
-            let end = signed_at + Duration::from_secs(seconds);
-            if now >= end {
-                return Err(SigV4Error::Expired);
-            }
-            Some(end)
-        }
-        None if skew > MAX_SKEW => return Err(SigV4Error::Skewed),
-        None => None,
-    };
+    let (signed_at, expires) = window(&claimed, now)?;
     let secret = secret_of(claimed.access_key).ok_or(SigV4Error::UnknownKey)?;
     let scope = format!(
         "{}/{}/{}/{}",
@@ -144,22 +127,36 @@ pub fn verify(
     if !matched {
         return Err(SigV4Error::Mismatch);
     }
-    let token = request
-        .headers
-        .get("x-amz-security-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| {
-            params
-                .iter()
-                .find(|(k, _)| k == "X-Amz-Security-Token")
-                .map(|(_, v)| v.clone())
-        });
     Ok(Verified {
-        session_token: token,
+        session_token: claimed.security_token.map(str::to_owned),
         access_key: claimed.access_key.to_owned(),
         expires,
     })
+}
+
+/// When the request was signed, and (presigned) when it stops being good: refused
+/// when too far from `now`, or expired.
+fn window(claimed: &Claimed<'_>, now: SystemTime) -> Result<(SystemTime, Option<SystemTime>), SigV4Error> {
+    let signed_at = parse_amz_date(claimed.amz_date).ok_or(SigV4Error::Malformed("X-Amz-Date"))?;
+    let skew = match now.duration_since(signed_at) {
+        Ok(ago) => ago,
+        Err(ahead) => ahead.duration(),
+    };
+    let expires = match claimed.expires {
+        Some(seconds) => {
+            if signed_at > now + MAX_SKEW {
+                return Err(SigV4Error::Skewed);
+            }
+            let end = signed_at + Duration::from_secs(seconds);
+            if now >= end {
+                return Err(SigV4Error::Expired);
+            }
+            Some(end)
+        }
+        None if skew > MAX_SKEW => return Err(SigV4Error::Skewed),
+        None => None,
+    };
+    Ok((signed_at, expires))
 }
 
 /// The query's parameters, percent-decoded, in order.
@@ -228,6 +225,7 @@ fn claim<'a>(request: &Signed<'a>, params: &'a [(String, String)]) -> Result<Cla
         amz_date,
         payload_hash,
         expires,
+        security_token: claim.security_token,
     };
     if scope.next().is_some() {
         return Err(SigV4Error::Malformed("Credential"));
