@@ -1,10 +1,12 @@
 //! Where the chunks the local tiers do not hold come from, behind one interface
 //! ([`Upstream`]): the origin ([`fill`]), or, with peers, the region's owner first
 //! (`peers::upstream`). The request path asks for chunks and never learns which.
-//! The memory chunks in flight may take is bounded here too ([`budget`]).
+//! A cold probe's own body can be a first chunk ([`lead`]). The memory chunks in
+//! flight may take is bounded here too ([`budget`]).
 
 pub mod budget;
 pub mod fill;
+pub mod lead;
 
 use std::sync::Arc;
 

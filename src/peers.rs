@@ -1,5 +1,8 @@
-//! The DaemonSet peers of a region as one cache: who they are, which of them owns
-//! each key, how they ask each other for chunks, and how they trust those requests.
+//! The DaemonSet peers of a region as one cache: who they are ([`membership`]),
+//! which of them owns each key ([`placement`]), what travels between them
+//! ([`protocol`]) and how both ends sign and check it ([`auth`], [`wire`]); the
+//! reader's side ([`client`], and [`upstream`]: chunks from their owner, then the
+//! origin) and the owner's ([`server`]).
 
 pub mod auth;
 pub mod client;

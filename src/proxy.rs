@@ -11,13 +11,12 @@
 //!
 //! Beside the path, in modules of their own: the cold herd (`crate::herd`), grants
 //! (`crate::grants`), the chunk sources (`crate::fetch`, `crate::peers::upstream`);
-//! here, the cold probe's body as a first chunk (`lead`) and the access log.
+//! here, the access log.
 
 mod access;
 mod admit;
 mod authorize;
 mod error;
-mod lead;
 mod plan;
 mod relay;
 mod respond;
@@ -38,7 +37,7 @@ use crate::credentials::FillCredentials;
 use crate::error::error_chain;
 use crate::fetch::budget::ReadAheadBudget;
 pub use crate::fetch::budget::{Busy, ConnectionShare};
-use crate::fetch::{Fill, FillAuth};
+use crate::fetch::{lead, Fill, FillAuth};
 use crate::grants::{self, Granting};
 use crate::herd::{Entered, Herd};
 use crate::origin::{OriginBody, Router};
@@ -385,7 +384,10 @@ impl Proxy {
         let object = self.cached_object(read, plan, auth, meta);
         let head = match verdict.probe {
             // A cold probe's body is the data: its first chunk streams to the client.
-            Probe::Cold => lead::start(&self.cache, &self.fill_permits, &object, &shape, response),
+            Probe::Cold => {
+                let span = shape.span;
+                span.and_then(|span| lead::start(&self.cache, &self.fill_permits, object.cold(), span, response))
+            }
             // The early read was of the version the cache held: good for that version only.
             Probe::NotModified | Probe::SameEtag => {
                 drop(response);

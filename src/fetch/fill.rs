@@ -257,7 +257,8 @@ impl Fill {
                     last,
                     size: self.size,
                 };
-                if ContentRange::of(response.headers()) != Some(asked) {
+                // Exactly as this node would write it: no other spelling is taken.
+                if header(header::CONTENT_RANGE) != Some(asked.to_string().as_str()) {
                     return Err(FillError::Range {
                         first,
                         last,

@@ -77,7 +77,7 @@ impl PeerServer {
             Err(_) => return status(StatusCode::PAYLOAD_TOO_LARGE),
         };
         let path = parts.uri.path();
-        let keys = peers.keys.current();
+        let (keys, now) = (peers.keys.current(), wire::now());
         if let Err(refused) = wire::verify_request(&parts.headers, &keys, parts.method.as_str(), path, &body) {
             tracing::warn!(path, reason = %refused, "peer request refused");
             telemetry::peer_request("owner", "refused");
@@ -104,7 +104,8 @@ impl PeerServer {
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
                 Ok(chunk) => {
                     let mut response = self.serve_chunk(chunk).await;
-                    wire::sign_chunk(response.headers_mut(), &keys, &body);
+                    // The keys in force now (they may have rotated during the fill).
+                    wire::sign_chunk(response.headers_mut(), &peers.keys.current(), &body, now);
                     response
                 }
                 Err(error) => {

@@ -47,10 +47,12 @@ pub fn verify_hello(headers: &HeaderMap, keys: &PeerKeys, hello: &[u8]) -> Resul
     verify(headers, keys, (HELLO_REPLY, HELLO_PATH, hello))
 }
 
-/// Signs an answer to the chunk request `request` (its body, as received), of the
-/// length its Content-Length declares: only a node holding the region's key can
-/// answer one, and only this one. An answer without a length is not signed.
-pub fn sign_chunk(headers: &mut HeaderMap, keys: &PeerKeys, request: &[u8]) {
+/// Signs an answer to the chunk request `request` (its body, as received at `at`),
+/// of the length its Content-Length declares: only a node holding the region's key
+/// can answer one, and only this one. An answer without a length is not signed.
+/// Dated when the request came: an answer that took longer than the allowed skew
+/// to start (a slow fill) reads as stale, and the reader fills the chunk itself.
+pub fn sign_chunk(headers: &mut HeaderMap, keys: &PeerKeys, request: &[u8], at: u64) {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -60,7 +62,7 @@ pub fn sign_chunk(headers: &mut HeaderMap, keys: &PeerKeys, request: &[u8]) {
             headers,
             keys,
             (CHUNK_REPLY, CHUNK_PATH, &chunk_reply(request, length)),
-            now(),
+            at,
         );
     }
 }
@@ -98,7 +100,7 @@ mod tests {
         let other = keys("another-region-key-long-enough-for-hmac-0123456789");
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(100u64));
-        sign_chunk(&mut headers, &region, b"request");
+        sign_chunk(&mut headers, &region, b"request", now());
         assert_eq!(verify_chunk(&headers, &region, b"request", 100), Ok(()));
         assert!(
             verify_chunk(&headers, &region, b"request", 99).is_err(),

@@ -19,7 +19,7 @@ use crate::cache::{
     CacheKey, ChunkCache, ChunkError, ChunkRead, ChunkSource, Dangling, ObjectId, ObjectMeta, PartMeta,
 };
 use crate::fetch::budget::{Budgeted, ConnectionShare, Held, ReadAheadBudget};
-use crate::fetch::{FillError, Upstream};
+use crate::fetch::{lead, FillError, Upstream};
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::{ContentRange, REQUEST_ID};
 use crate::telemetry;
@@ -122,6 +122,17 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
+    /// What a cold probe's body needs to be this object's first chunk.
+    pub fn cold(&self) -> lead::Cold<'_> {
+        lead::Cold {
+            object: &self.object,
+            etag: &self.meta.etag,
+            size: self.meta.size,
+            upstream: &self.upstream,
+            region: &self.region,
+        }
+    }
+
     pub fn key(&self, index: u64) -> CacheKey {
         CacheKey::chunk(&self.object, &self.meta.etag, self.cache.chunk_size(), index)
     }

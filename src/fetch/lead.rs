@@ -10,26 +10,34 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::respond::{CachedObject, Shape};
-use crate::cache::{ChunkCache, ChunkRead, ChunkWriter};
-use crate::fetch::FillError;
+use super::{FillError, Upstream};
+use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkWriter, ObjectId};
 use crate::origin::OriginBody;
 use crate::s3::ContentRange;
 use crate::telemetry;
 
-/// The first chunk of a cold answer, streamed from the probe's own body: kept
-/// when the body carries that chunk whole, read once when it carries only part
-/// of it. `None` (the cache answers alone) when the body starts elsewhere than
-/// the answer, the chunk is already cached or arriving, or fill memory (`permits`)
-/// is full.
+/// The object version a cold probe's body is of: how its chunks are named, where
+/// they come from (and are checked), and the region counted.
+pub struct Cold<'a> {
+    pub object: &'a ObjectId,
+    pub etag: &'a str,
+    pub size: u64,
+    pub upstream: &'a Arc<dyn Upstream>,
+    pub region: &'a str,
+}
+
+/// The first chunk of a cold answer of bytes `first..=last`, streamed from the
+/// probe's own body: kept when the body carries that chunk whole, read once when
+/// it carries only part of it. `None` (the cache answers alone) when the body
+/// starts elsewhere than the answer, the chunk is already cached or arriving, or
+/// fill memory (`permits`) is full.
 pub fn start(
     cache: &ChunkCache,
     permits: &Arc<Semaphore>,
-    object: &Arc<CachedObject>,
-    shape: &Shape,
+    cold: Cold<'_>,
+    (first, last): (u64, u64),
     response: Response<OriginBody>,
 ) -> Option<ChunkRead> {
-    let (first, last) = shape.span?;
     let starts = match response.status() {
         StatusCode::OK => 0,
         _ => ContentRange::of(response.headers())?.first,
@@ -39,14 +47,14 @@ pub fn start(
     }
     let chunk_size = cache.chunk_size();
     let index = first / chunk_size;
-    let chunk_last = ((index + 1) * chunk_size).min(object.meta.size) - 1;
+    let chunk_last = ((index + 1) * chunk_size).min(cold.size) - 1;
     let end = last.min(chunk_last);
     let permit = permits.clone().try_acquire_owned().ok()?;
     let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
-        let key = object.key(index);
+        let key = CacheKey::chunk(cold.object, cold.etag, chunk_size, index);
         // A chunk another node owns is its to fetch: this node drops the probe's
         // body (what was in flight is all it costs) and reads the chunk upstream.
-        if !object.upstream.owns(&key) {
+        if !cold.upstream.owns(&key) {
             return None;
         }
         let writer = cache.claim(&key)?;
@@ -58,7 +66,8 @@ pub fn start(
     };
     let lead = Lead {
         writer,
-        object: object.clone(),
+        upstream: cold.upstream.clone(),
+        region: cold.region.to_owned(),
         index,
         length: end - first + 1,
         permit,
@@ -69,24 +78,27 @@ pub fn start(
 
 /// What the probe's body is fed into.
 struct Lead {
-    pub writer: ChunkWriter,
-    /// The object, and the chunk of it the body starts in.
-    pub object: Arc<CachedObject>,
-    pub index: u64,
+    writer: ChunkWriter,
+    /// Where the object's chunks come from: how the body's chunk is checked.
+    upstream: Arc<dyn Upstream>,
+    region: String,
+    /// The chunk the body starts in.
+    index: u64,
     /// Bytes of the body that chunk takes.
-    pub length: u64,
+    length: u64,
     /// Its share of the fill memory, held while the chunk arrives.
-    pub permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 }
 
 impl Lead {
     /// Reads the first `length` bytes of `body` into the writer, then drops the body
     /// (closing its connection if more was coming). Runs in a task of its own, paced
     /// by the origin, not by the client.
-    pub async fn feed(self, mut body: OriginBody) {
+    async fn feed(self, mut body: OriginBody) {
         let Self {
             writer,
-            object,
+            upstream,
+            region,
             index,
             length,
             permit,
@@ -114,11 +126,11 @@ impl Lead {
         }
         // Checked as a fill is, before it is kept.
         let whole = writer.sink().assemble();
-        if let Err(error) = object.upstream.verify(index, &whole) {
+        if let Err(error) = upstream.verify(index, &whole) {
             tracing::warn!(%error, "a cold probe's body is not the object's; not cached");
             return writer.fail(Arc::new(error));
         }
-        metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => object.region.clone()).increment(length);
+        metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(length);
         writer.finish(whole);
         drop(permit);
     }
