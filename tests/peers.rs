@@ -11,7 +11,8 @@ use s3_accel::cache::{CacheKey, ObjectId};
 use s3_accel::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
 use s3_accel::peers::placement::{self, Node};
 use s3_accel::peers::protocol::Hello;
-use s3_accel::peers::protocol::{ChunkRequest, CHUNK_PATH, HELLO_PATH, HELLO_REPLY};
+use s3_accel::peers::protocol::{ChunkRequest, CHUNK_PATH, COLD_PATH, HELLO_PATH, HELLO_REPLY};
+use s3_accel::peers::wire;
 
 use crate::ops::admin_get;
 use crate::support::client::{Call, TestClient};
@@ -35,6 +36,9 @@ struct Layout {
     views: Option<Vec<Vec<u8>>>,
     /// Peer addresses every node is told about besides the region's own.
     also: Vec<SocketAddr>,
+    /// `(from, to, relay, target)`: node `from` reaches node `to` only through the
+    /// relay at `relay`, which is told `to`'s peer address through `target`.
+    relayed: Option<(u8, u8, SocketAddr, Arc<std::sync::OnceLock<SocketAddr>>)>,
 }
 
 impl Layout {
@@ -45,6 +49,7 @@ impl Layout {
             processes: 0,
             views: None,
             also: Vec::new(),
+            relayed: None,
         }
     }
 }
@@ -79,6 +84,9 @@ impl Region {
             })
             .collect();
         let all: Vec<u8> = (0..layout.count).collect();
+        if let Some((_, to, _, target)) = &layout.relayed {
+            target.set(peers[usize::from(*to)]).unwrap();
+        }
         let mut region = Self {
             nodes: Vec::new(),
             processes: Vec::new(),
@@ -90,7 +98,10 @@ impl Region {
             let view = layout.views.as_ref().map_or(&all, |views| &views[i]);
             let list = view
                 .iter()
-                .map(|&p| peers[p as usize])
+                .map(|&p| match &layout.relayed {
+                    Some((from, to, relay, _)) if usize::from(*from) == i && p == *to => *relay,
+                    _ => peers[p as usize],
+                })
                 .chain(layout.also.iter().copied())
                 .map(|p| format!("\"{p}\""))
                 .collect::<Vec<_>>();
@@ -575,8 +586,11 @@ async fn impostor() -> (SocketAddr, Arc<AtomicU64>) {
                 let counter = counter.clone();
                 async move {
                     let path = request.uri().path().to_owned();
+                    let nonce = request
+                        .headers()
+                        .get(wire::PEER_NONCE)
+                        .map(|v| v.to_str().unwrap().to_owned());
                     let body = request.into_body().collect().await.unwrap().to_bytes();
-                    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
                     let response = match path.as_str() {
                         HELLO_PATH => {
                             let hello = Hello {
@@ -586,11 +600,9 @@ async fn impostor() -> (SocketAddr, Arc<AtomicU64>) {
                             }
                             .encode();
                             let keys = PeerKeys::from_text(SECRET).unwrap();
-                            let signature = keys.sign(HELLO_REPLY, HELLO_PATH, hello.as_bytes(), now);
-                            http::Response::builder()
-                                .header(PEER_DATE, now)
-                                .header(PEER_SIGNATURE, signature)
-                                .body(Full::new(bytes::Bytes::from(hello)))
+                            let mut response = http::Response::new(Full::new(bytes::Bytes::from(hello.clone())));
+                            wire::sign_hello(response.headers_mut(), &keys, nonce.as_deref(), hello.as_bytes());
+                            Ok(response)
                         }
                         CHUNK_PATH => {
                             counter.fetch_add(1, Ordering::SeqCst);
@@ -632,5 +644,110 @@ async fn an_answer_not_signed_for_the_chunk_is_never_served() {
     assert!(
         answered.load(Ordering::SeqCst) > 0,
         "the impostor was asked for chunks (it claims nearly all of them)"
+    );
+}
+
+/// A relay on the peer network that passes everything on to `target`, but rewrites
+/// each cold-gate answer carrying an object's metadata: half the size, another
+/// Content-Type (what an on-path attacker without the region's key can do). Counts
+/// the answers it rewrote.
+async fn rewriting_relay(target: Arc<std::sync::OnceLock<SocketAddr>>) -> (SocketAddr, Arc<AtomicU64>) {
+    use http_body_util::{BodyExt, Full};
+    use s3_accel::cache::ObjectMeta;
+    let listener = tokio::net::TcpListener::bind("127.0.0.10:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let rewrote = Arc::new(AtomicU64::new(0));
+    let counter = rewrote.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (counter, target) = (counter.clone(), target.clone());
+            let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let (counter, target) = (counter.clone(), target.clone());
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let body = body.collect().await?.to_bytes();
+                    let upstream = tokio::net::TcpStream::connect(*target.get().unwrap()).await.unwrap();
+                    let (mut sender, connection) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(upstream))
+                            .await
+                            .unwrap();
+                    tokio::spawn(connection);
+                    let path = parts.uri.path().to_owned();
+                    let forwarded = http::Request::from_parts(parts, Full::new(body));
+                    let (mut parts, body) = sender.send_request(forwarded).await?.into_parts();
+                    let mut body = body.collect().await?.to_bytes();
+                    if path == COLD_PATH && parts.status == StatusCode::OK {
+                        let mut meta = ObjectMeta::from_bytes(&body).expect("an object's metadata");
+                        meta.size /= 2;
+                        meta.headers
+                            .insert(http::header::CONTENT_TYPE, "text/html".parse().unwrap());
+                        body = bytes::Bytes::from(meta.to_bytes());
+                        parts.headers.insert(http::header::CONTENT_LENGTH, body.len().into());
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok::<_, hyper::Error>(http::Response::from_parts(parts, Full::new(body)))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (address, rewrote)
+}
+
+#[tokio::test]
+async fn a_cold_gate_answer_rewritten_on_the_way_is_never_used() {
+    let size = 3 << 20;
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    let keys: Vec<String> = (0..8).map(|i| format!("object-{i}.bin")).collect();
+    let objects: Vec<Vec<u8>> = (0..8).map(|i| object_bytes(40 + i, size)).collect();
+    for (key, data) in keys.iter().zip(&objects) {
+        origin.put(BUCKET, key, data, &[]).await;
+    }
+    let target = Arc::new(std::sync::OnceLock::new());
+    let (relay, rewrote) = rewriting_relay(target.clone()).await;
+    let region = Region::start_with(
+        &origin,
+        Layout {
+            relayed: Some((0, 1, relay, target)),
+            ..Layout::of(2)
+        },
+    )
+    .await;
+    // Node 1 learns every object first; node 0 then asks the owner of each one's
+    // gate, node 1 for about half of them, through the relay.
+    for (key, data) in keys.iter().zip(&objects) {
+        let reply = get(&region.nodes[1], read(key)).await;
+        assert_eq!(sha256_hex(&reply.body), sha256_hex(data));
+    }
+    for (key, data) in keys.iter().zip(&objects) {
+        for _ in 0..2 {
+            let reply = get(&region.nodes[0], read(key)).await;
+            assert_eq!(reply.status, StatusCode::OK, "{key}");
+            assert_eq!(reply.body.len(), size, "{key}: the rewritten size was served");
+            assert_eq!(sha256_hex(&reply.body), sha256_hex(data), "{key}");
+            assert_ne!(
+                reply
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .map(|v| v.to_str().unwrap()),
+                Some("text/html"),
+                "{key}: the rewritten Content-Type was served"
+            );
+        }
+    }
+    println!(
+        "cold-gate answers rewritten on the way: {}",
+        rewrote.load(Ordering::SeqCst)
+    );
+    assert!(
+        rewrote.load(Ordering::SeqCst) > 0,
+        "no cold-gate answer went through the relay: the test proves nothing"
     );
 }

@@ -64,6 +64,9 @@ impl RegionGate {
             Ok(_) => Advice::Alone,
             Err(error) => {
                 tracing::warn!(node, error = %crate::error::error_chain(&error), "the owner of an object's gate did not answer");
+                // An answer that is not the owner's (altered on the way, or too long)
+                // is not used: this node decides alone. Only an owner that cannot be
+                // reached is ejected; its chunk answers are checked on their own.
                 if matches!(error, PeerError::Unreachable(_)) {
                     self.peers.eject(node);
                 }

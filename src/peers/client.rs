@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -36,8 +36,10 @@ pub enum PeerError {
     BadHello,
     #[error("reading the peer's answer")]
     Body(#[source] hyper::Error),
-    #[error("the peer's answer is not signed for this chunk: {0}")]
+    #[error("the peer's answer is not signed for this request: {0}")]
     Unsigned(#[source] PeerAuthError),
+    #[error("the peer's answer is longer than any answer can be")]
+    TooLong,
     #[error("the peer declared {declared:?} bytes for a {expected}-byte chunk")]
     Length { declared: Option<u64>, expected: u64 },
 }
@@ -82,7 +84,11 @@ impl PeerClient {
 
     /// Who the peer at `address` is.
     pub async fn hello(&self, address: SocketAddr) -> Result<Hello, PeerError> {
-        let request = self.request(Method::GET, address, HELLO_PATH, Vec::new());
+        let mut request = self.request(Method::GET, address, HELLO_PATH, Vec::new());
+        let nonce = wire::nonce();
+        request
+            .headers_mut()
+            .insert(wire::PEER_NONCE, http::HeaderValue::from_str(&nonce).expect("hex"));
         let answer = async {
             let response = self.http.request(request).await.map_err(PeerError::Unreachable)?;
             if response.status() != StatusCode::OK {
@@ -91,7 +97,7 @@ impl PeerClient {
             let (parts, body) = response.into_parts();
             let body = body.collect().await.map_err(PeerError::Body)?.to_bytes();
             // Only a node holding the region's key may claim a name and a weight.
-            wire::verify_hello(&parts.headers, &self.keys.current(), &body).map_err(|_| PeerError::BadHello)?;
+            wire::verify_hello(&parts.headers, &self.keys.current(), &nonce, &body).map_err(|_| PeerError::BadHello)?;
             Hello::decode(std::str::from_utf8(&body).map_err(|_| PeerError::BadHello)?).ok_or(PeerError::BadHello)
         };
         tokio::time::timeout(HELLO_TIMEOUT, answer)
@@ -100,7 +106,8 @@ impl PeerClient {
     }
 
     /// Posts `body` to `path` on the peer at `address`: the status and body of its
-    /// answer, within `timeout`.
+    /// answer, within `timeout`, once the answer is known to be the owner's answer
+    /// to this request (signed for it, whole) and no longer than an answer can be.
     pub async fn post(
         &self,
         address: SocketAddr,
@@ -108,12 +115,24 @@ impl PeerClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), PeerError> {
+        let asked = body.clone();
         let request = self.request(Method::POST, address, path, body);
         let answer = async {
             let response = self.http.request(request).await.map_err(PeerError::Unreachable)?;
-            let status = response.status();
-            let body = response.into_body().collect().await.map_err(PeerError::Body)?;
-            Ok((status, body.to_bytes()))
+            let (parts, body) = response.into_parts();
+            let body = match Limited::new(body, wire::MAX_ANSWER_BYTES).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(error) => {
+                    return Err(match error.downcast::<hyper::Error>() {
+                        Ok(error) => PeerError::Body(*error),
+                        Err(_) => PeerError::TooLong,
+                    })
+                }
+            };
+            let answer = (parts.status.as_u16(), &body[..]);
+            wire::verify_answer(&parts.headers, &self.keys.current(), path, &asked, answer)
+                .map_err(PeerError::Unsigned)?;
+            Ok((parts.status, body))
         };
         tokio::time::timeout(timeout, answer)
             .await

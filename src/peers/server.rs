@@ -16,6 +16,7 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use tokio::sync::Semaphore;
 
+use super::auth::PeerKeys;
 use super::protocol::{
     ChunkRequest, ObjectNote, Signer, CHUNK_PATH, COLD_PATH, HELLO_PATH, LEARNED_PATH, MAX_REQUEST_BYTES, PEER_SOURCE,
 };
@@ -63,6 +64,18 @@ fn status(status: StatusCode) -> Response<ProxyBody> {
     response
 }
 
+fn answer(body: Bytes) -> Response<ProxyBody> {
+    Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync())
+}
+
+/// A whole answer to the request to `path` with body `request`, signed for it.
+fn signed((code, body): (StatusCode, Bytes), path: &str, request: &[u8], keys: &PeerKeys) -> Response<ProxyBody> {
+    let mut response = answer(body.clone());
+    *response.status_mut() = code;
+    wire::sign_answer(response.headers_mut(), keys, path, request, (code.as_u16(), &body));
+    response
+}
+
 impl PeerServer {
     /// Answers one request on the peer listener.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody>
@@ -88,17 +101,17 @@ impl PeerServer {
                 // The answer is signed too: only a node holding the region's key can
                 // claim a name and a share of the keys.
                 let hello = Bytes::from(peers.hello.encode());
-                let mut response =
-                    Response::new(Full::new(hello.clone()).map_err(|never| match never {}).boxed_unsync());
-                wire::sign_hello(response.headers_mut(), &keys, &hello);
+                let nonce = parts.headers.get(wire::PEER_NONCE).and_then(|v| v.to_str().ok());
+                let mut response = answer(hello.clone());
+                wire::sign_hello(response.headers_mut(), &keys, nonce, &hello);
                 response
             }
             (&Method::POST, COLD_PATH) => match ObjectNote::decode(&body) {
-                Ok(note) => self.serve_cold(note.object).await,
+                Ok(note) => signed(self.serve_cold(note.object).await, path, &body, &peers.keys.current()),
                 Err(_) => status(StatusCode::BAD_REQUEST),
             },
             (&Method::POST, LEARNED_PATH) => match ObjectNote::decode(&body) {
-                Ok(note) => self.learned(note),
+                Ok(note) => signed(self.learned(note), path, &body, &keys),
                 Err(_) => status(StatusCode::BAD_REQUEST),
             },
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
@@ -121,28 +134,20 @@ impl PeerServer {
     /// gate. It answers with the metadata when it knows it (once any probe under way
     /// here ends), or gives the asker the turn and holds it for it until it tells
     /// what it learned (or, silent, for as long as a probe may take).
-    async fn serve_cold(&self, object: ObjectId) -> Response<ProxyBody> {
-        let known = |meta: Option<ObjectMeta>| match meta {
-            Some(meta) => Response::new(
-                Full::new(Bytes::from(meta.to_bytes()))
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            ),
-            None => status(StatusCode::NOT_FOUND),
-        };
+    async fn serve_cold(&self, object: ObjectId) -> (StatusCode, Bytes) {
         match self.cold.hold(&object).await {
-            Cold::Known(meta) => known(Some(*meta)),
-            Cold::Yours => status(StatusCode::ACCEPTED),
-            Cold::Unknown => known(None),
+            Cold::Known(meta) => (StatusCode::OK, Bytes::from(meta.to_bytes())),
+            Cold::Yours => (StatusCode::ACCEPTED, Bytes::new()),
+            Cold::Unknown => (StatusCode::NOT_FOUND, Bytes::new()),
         }
     }
 
     /// What the probe of a node given the turn learned: the waiters here (and the
     /// nodes they answer for) go on with it.
-    fn learned(&self, note: ObjectNote) -> Response<ProxyBody> {
+    fn learned(&self, note: ObjectNote) -> (StatusCode, Bytes) {
         let meta = note.meta.as_deref().and_then(ObjectMeta::from_bytes);
         self.cold.told(&note.object, meta);
-        status(StatusCode::OK)
+        (StatusCode::OK, Bytes::new())
     }
 
     /// A chunk this node owns (or is next in line for), from its tiers or one fill.

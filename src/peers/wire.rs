@@ -36,15 +36,77 @@ pub fn verify_request(
     verify(headers, keys, (method, path, body))
 }
 
-/// Signs a hello's answer (`hello`, as sent).
-pub fn sign_hello(headers: &mut HeaderMap, keys: &PeerKeys, hello: &[u8]) {
-    sign(headers, keys, (HELLO_REPLY, HELLO_PATH, hello), now());
+/// Header of a hello request: a fresh random value the answer must be signed over,
+/// so that an answer recorded elsewhere cannot be replayed to this asker.
+pub const PEER_NONCE: &str = "x-s3-accel-peer-nonce";
+
+/// The longest answer to a cold-gate or learned request read: an object's metadata.
+pub const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// A fresh nonce for a hello request.
+pub fn nonce() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
-/// Whether a hello's answer is signed by a node holding the region's key: only such
-/// a node may claim a name and a share of the keys.
-pub fn verify_hello(headers: &HeaderMap, keys: &PeerKeys, hello: &[u8]) -> Result<(), PeerAuthError> {
-    verify(headers, keys, (HELLO_REPLY, HELLO_PATH, hello))
+/// Signs a hello's answer (`hello`, as sent) to a request that carried `nonce`.
+pub fn sign_hello(headers: &mut HeaderMap, keys: &PeerKeys, nonce: Option<&str>, hello: &[u8]) {
+    sign(
+        headers,
+        keys,
+        (HELLO_REPLY, HELLO_PATH, &hello_bytes(nonce, hello)),
+        now(),
+    );
+}
+
+/// Whether a hello's answer is signed by a node holding the region's key, for the
+/// `nonce` this node sent: only such a node may claim a name and a share of the
+/// keys, and only now.
+pub fn verify_hello(headers: &HeaderMap, keys: &PeerKeys, nonce: &str, hello: &[u8]) -> Result<(), PeerAuthError> {
+    verify(
+        headers,
+        keys,
+        (HELLO_REPLY, HELLO_PATH, &hello_bytes(Some(nonce), hello)),
+    )
+}
+
+/// What a hello's answer is signed over: the nonce asked with (when one was), then
+/// the hello. A request without one (an older asker) gets the hello alone.
+fn hello_bytes(nonce: Option<&str>, hello: &[u8]) -> Vec<u8> {
+    let mut signed = match nonce {
+        Some(nonce) => format!("nonce\t{nonce}\n").into_bytes(),
+        None => Vec::new(),
+    };
+    signed.extend_from_slice(hello);
+    signed
+}
+
+/// Signs an owner's whole answer (`status`, `body`) to the request to `path` with
+/// body `request`: bound to that request, so that no other answer passes for it.
+pub fn sign_answer(headers: &mut HeaderMap, keys: &PeerKeys, path: &str, request: &[u8], answer: (u16, &[u8])) {
+    sign(headers, keys, (ANSWER, path, &answer_bytes(request, answer)), now());
+}
+
+/// Whether an owner's whole answer (`status`, `body`) to the request to `path` with
+/// body `request` is signed for it by a node holding the region's key.
+pub fn verify_answer(
+    headers: &HeaderMap,
+    keys: &PeerKeys,
+    path: &str,
+    request: &[u8],
+    answer: (u16, &[u8]),
+) -> Result<(), PeerAuthError> {
+    verify(headers, keys, (ANSWER, path, &answer_bytes(request, answer)))
+}
+
+/// What a whole answer is signed as (in place of a method).
+const ANSWER: &str = "ANSWER";
+
+fn answer_bytes(request: &[u8], (status, body): (u16, &[u8])) -> Vec<u8> {
+    let mut signed = format!("request\t{}\n", request.len()).into_bytes();
+    signed.extend_from_slice(request);
+    signed.extend_from_slice(format!("status\t{status}\nbody\t{}\n", body.len()).as_bytes());
+    signed.extend_from_slice(body);
+    signed
 }
 
 /// Signs an answer to the chunk request `request` (its body, as received at `at`),
@@ -115,7 +177,7 @@ mod tests {
             "another region"
         );
         assert!(
-            verify_hello(&headers, &region, b"request").is_err(),
+            verify_hello(&headers, &region, "n", b"request").is_err(),
             "a chunk answer is no hello"
         );
         assert!(
@@ -129,5 +191,39 @@ mod tests {
             verify_request(&HeaderMap::new(), &region, "POST", CHUNK_PATH, b"body"),
             Err(PeerAuthError::Unsigned)
         );
+    }
+
+    #[test]
+    fn whole_answers_and_hellos_are_bound_to_what_was_asked() {
+        let region = keys("a-region-key-long-enough-for-hmac-0123456789");
+        let mut headers = HeaderMap::new();
+        sign_answer(&mut headers, &region, "/peer/v1/cold", b"note", (200, b"meta"));
+        assert_eq!(
+            verify_answer(&headers, &region, "/peer/v1/cold", b"note", (200, b"meta")),
+            Ok(())
+        );
+        for (path, request, answer, why) in [
+            ("/peer/v1/cold", &b"note"[..], (200, &b"meta2"[..]), "another body"),
+            ("/peer/v1/cold", &b"note"[..], (202, &b"meta"[..]), "another status"),
+            ("/peer/v1/cold", &b"other"[..], (200, &b"meta"[..]), "another request"),
+            ("/peer/v1/learned", &b"note"[..], (200, &b"meta"[..]), "another path"),
+            // The split between request and body is part of what is signed.
+            ("/peer/v1/cold", &b"notem"[..], (200, &b"eta"[..]), "bytes moved across"),
+        ] {
+            assert!(
+                verify_answer(&headers, &region, path, request, answer).is_err(),
+                "{why}"
+            );
+        }
+        let mut hello = HeaderMap::new();
+        sign_hello(&mut hello, &region, Some("abc"), b"node\tn\n");
+        assert_eq!(verify_hello(&hello, &region, "abc", b"node\tn\n"), Ok(()));
+        assert!(
+            verify_hello(&hello, &region, "abd", b"node\tn\n").is_err(),
+            "a replay to another asker"
+        );
+        let mut old = HeaderMap::new();
+        sign_hello(&mut old, &region, None, b"node\tn\n");
+        assert!(verify_hello(&old, &region, "abc", b"node\tn\n").is_err(), "no nonce");
     }
 }
