@@ -487,13 +487,18 @@ impl Proxy {
 
 /// What the cache could answer of `plan` from `cached`, when it could answer all of
 /// it (a part it has the bounds of, checksums it has seen) and the client asked for
-/// no 304 itself: only then does the probe ask for a 304.
+/// no 304 itself: only then does the probe ask for a 304. A part it does not know
+/// the bounds of is never answered with the whole object: some origins (Garage)
+/// answer a 304 for the object's ETag even for a part past the last one.
 fn answerable<'a>(
     plan: &Plan,
     cached: Option<&'a ObjectMeta>,
     part: Option<&PartMeta>,
 ) -> Option<(&'a ObjectMeta, Result<Shape, ProxyError>)> {
     let meta = cached.filter(|_| !plan.client_conditionals)?;
+    if plan.part.is_some() && part.is_none() {
+        return None;
+    }
     Some((meta, Shape::of(meta, part, plan.range, plan.checksum_mode)?))
 }
 

@@ -268,6 +268,35 @@ async fn part_reads_are_ranges_of_the_cached_object() {
 }
 
 #[tokio::test]
+async fn a_part_past_the_last_is_the_origins_error_even_from_an_origin_that_answers_304_first() {
+    // Garage answers If-None-Match on the object before it looks at partNumber.
+    let origin = TestOrigin::start_with(s3_accel_testkit::origin::OriginOptions {
+        honor_conditionals: true,
+        conditionals_before_parts: true,
+        ..Default::default()
+    })
+    .await;
+    origin.create_bucket(BUCKET).await;
+    let data = object_bytes(31, CHUNK);
+    origin.put(BUCKET, "single.bin", &data, &[]).await;
+    let proxy = proxy_for(&origin, &with_credentials("")).await;
+    let whole = get(&proxy, Call::get(&format!("/{BUCKET}/single.bin"), &presigned())).await;
+    assert_eq!(sha256_hex(&whole.body), sha256_hex(&data));
+    let part = |n: u32| Call::get(&format!("/{BUCKET}/single.bin?partNumber={n}"), &TestOrigin::signing());
+    let direct = origin.send(&part(2)).await;
+    assert_eq!(direct.status, StatusCode::RANGE_NOT_SATISFIABLE, "{}", direct.text());
+    for _ in 0..2 {
+        let reply = get(&proxy, part(2)).await;
+        assert_eq!(
+            (reply.status, outcome(&reply)),
+            (direct.status, "origin"),
+            "the whole object was served for a part past the last: {}",
+            reply.body.len()
+        );
+    }
+}
+
+#[tokio::test]
 async fn ranges_s3_accel_does_not_parse_get_the_origins_answer() {
     let (origin, _) = origin_with("weights.bin", CHUNK, &[]).await;
     let proxy = proxy_for(&origin, "").await;

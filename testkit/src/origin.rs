@@ -98,6 +98,9 @@ pub struct OriginOptions {
     /// head; only its body, read 4 KiB at a time (which caps one connection at
     /// about 120 MB/s of CPU on a small machine), is replaced.
     pub read_block: Option<usize>,
+    /// Answer `If-None-Match` on the object before looking at `partNumber`, as
+    /// Garage does: a 304 for the object's ETag even for a part past the last one.
+    pub conditionals_before_parts: bool,
 }
 
 pub struct Origin {
@@ -366,8 +369,14 @@ async fn answer(
     let response = Service::call(s3, request)
         .await
         .unwrap_or_else(|e| panic!("s3s failed: {e:?}"));
+    let object_etag = response.headers().get("etag").and_then(|v| v.to_str().ok());
+    let not_modified_first = options.conditionals_before_parts
+        && if_none_match
+            .as_deref()
+            .zip(object_etag)
+            .is_some_and(|(condition, etag)| condition.split(',').any(|c| c.trim() == "*" || c.trim() == etag));
     let (response, part_answered) = match (part_of, part_number) {
-        (Some(path), Some(number)) if response.status() == StatusCode::OK => {
+        (Some(path), Some(number)) if response.status() == StatusCode::OK && !not_modified_first => {
             let layout = stats.parts.lock().unwrap().get(&path).cloned();
             match answer_part(response, root, &path, number, layout, checksum_mode).await {
                 Ok(part) => (part, true),
