@@ -269,7 +269,7 @@ impl Proxy {
     ) -> Result<(Response<ProxyBody>, Outcome), ProxyError> {
         // A cold request probes alone (in its node, then its region); those behind it
         // come back with its metadata and probe cheaply, all at once.
-        let herd = self.herd.enter(&self.cache, &plan.object).await;
+        let mut herd = self.herd.enter(&self.cache, &plan.object).await;
         let part = match (plan.part, &herd.cached) {
             (Some(number), Some(_)) => self.cache.part(&plan.object, number).await,
             _ => None,
@@ -296,7 +296,7 @@ impl Proxy {
         )?;
         let origin_id = s3::request_id_of(response.headers()).unwrap_or(request_id).to_owned();
         // Decided once, written once; the herd, the grant and the metric follow from it.
-        let verdict = authorize::decide(&plan, herd.cached.clone(), part, &response, added);
+        let verdict = authorize::decide(&plan, herd.cached.take(), part, &response, added);
         authorize::apply(&verdict, &plan.object, &self.cache);
         self.settle(herd, &verdict, &plan, &response, asked_at);
         self.answer(read, &plan, auth, verdict, response, early, &origin_id)

@@ -95,7 +95,7 @@ impl PeerClient {
                 return Err(PeerError::Status(response.status()));
             }
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(PeerError::Body)?.to_bytes();
+            let body = whole(body).await?;
             // Only a node holding the region's key may claim a name and a weight.
             wire::verify_hello(&parts.headers, &self.keys.current(), &nonce, &body).map_err(|_| PeerError::BadHello)?;
             Hello::decode(std::str::from_utf8(&body).map_err(|_| PeerError::BadHello)?).ok_or(PeerError::BadHello)
@@ -120,15 +120,7 @@ impl PeerClient {
         let answer = async {
             let response = self.http.request(request).await.map_err(PeerError::Unreachable)?;
             let (parts, body) = response.into_parts();
-            let body = match Limited::new(body, wire::MAX_ANSWER_BYTES).collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(error) => {
-                    return Err(match error.downcast::<hyper::Error>() {
-                        Ok(error) => PeerError::Body(*error),
-                        Err(_) => PeerError::TooLong,
-                    })
-                }
-            };
+            let body = whole(body).await?;
             let answer = (parts.status.as_u16(), &body[..]);
             wire::verify_answer(&parts.headers, &self.keys.current(), path, &asked, answer)
                 .map_err(PeerError::Unsigned)?;
@@ -176,5 +168,17 @@ impl PeerClient {
             source,
             body: response.into_body(),
         })
+    }
+}
+
+/// A hello's or a whole answer's body, read to its end: at most an answer's length
+/// (a peer cannot make this node hold more).
+async fn whole(body: Incoming) -> Result<Bytes, PeerError> {
+    match Limited::new(body, wire::MAX_ANSWER_BYTES).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(error) => Err(match error.downcast::<hyper::Error>() {
+            Ok(error) => PeerError::Body(*error),
+            Err(_) => PeerError::TooLong,
+        }),
     }
 }

@@ -40,7 +40,7 @@ pub fn verify_request(
 /// so that an answer recorded elsewhere cannot be replayed to this asker.
 pub const PEER_NONCE: &str = "x-s3-accel-peer-nonce";
 
-/// The longest answer to a cold-gate or learned request read: an object's metadata.
+/// The longest hello, cold-gate or learned answer read (an object's metadata, a hello).
 pub const MAX_ANSWER_BYTES: usize = 64 << 10;
 
 /// A fresh nonce for a hello request.
