@@ -52,6 +52,7 @@ impl App {
             tokio::spawn(admin::flush_on_hangup(grants.clone()));
         }
         let fill_permits = fetch::budget::fill_permits(config.cache.fill_memory, config.cache.chunk_size);
+        let fills = fetch::Fills::new(fill_permits, cache.clone());
         // One herd for the node: its own requests, and the turns it holds for others.
         let patience = config.origin_client.first_byte_timeout;
         let region = peers
@@ -65,7 +66,7 @@ impl App {
                     cache: cache.clone(),
                     regions: router.regions().to_vec(),
                     credentials: credentials.clone(),
-                    fill_permits: fill_permits.clone(),
+                    fills: fills.clone(),
                     cold: Arc::new(region::OwnedGates {
                         herd: herd.clone(),
                         cache: cache.clone(),
@@ -83,7 +84,7 @@ impl App {
             herd,
             grants,
             credentials,
-            fill_permits,
+            fills,
         };
         let proxy = proxy::Proxy::new(parts, config);
         let admin = admin::AdminServer::bind(config.admin_listen, node).await?;

@@ -24,6 +24,7 @@ pub use value::CacheValue;
 pub use crate::s3::{ObjectMeta, PartMeta};
 
 use crate::config::CacheConfig;
+use crate::s3::Crc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -240,7 +241,10 @@ impl ChunkCache {
         let entry = match self.inner.get(key).await {
             Ok(entry) => entry?,
             Err(error) => {
+                // Unreadable (a chunk that no longer matches its CRC, a torn entry):
+                // forgotten, so that the next fill stores it afresh.
                 tracing::warn!(error = %error, "cache read failed; treating as a miss");
+                self.inner.remove(key);
                 return None;
             }
         };
@@ -256,7 +260,7 @@ impl ChunkCache {
     pub async fn meta(&self, object: &ObjectId) -> Option<ObjectMeta> {
         match self.entry(&CacheKey::meta(object)).await? {
             CacheValue::Meta(meta) => Some(meta),
-            CacheValue::Chunk(_) | CacheValue::Part(_) => None,
+            CacheValue::Chunk(..) | CacheValue::Part(_) => None,
         }
     }
 
@@ -269,7 +273,7 @@ impl ChunkCache {
     pub async fn part(&self, object: &ObjectId, number: u16) -> Option<PartMeta> {
         match self.entry(&CacheKey::part(object, number)).await? {
             CacheValue::Part(part) => Some(part),
-            CacheValue::Chunk(_) | CacheValue::Meta(_) => None,
+            CacheValue::Chunk(..) | CacheValue::Meta(_) => None,
         }
     }
 
@@ -280,6 +284,28 @@ impl ChunkCache {
 
     pub fn remove_meta(&self, object: &ObjectId) {
         self.inner.remove(&CacheKey::meta(object));
+    }
+
+    /// Drops version `etag` (`size` bytes) of `object`: every chunk of it, from the
+    /// tiers and the copies, and the object's metadata (the next read asks the
+    /// origin afresh). Removed again once the disk writes under way have landed:
+    /// an entry still on its way to disk would otherwise come back.
+    pub async fn drop_version(&self, object: &ObjectId, etag: &str, size: u64) {
+        let keys: Vec<CacheKey> = (0..size.div_ceil(self.chunk_size))
+            .map(|index| CacheKey::chunk(object, etag, self.chunk_size, index))
+            .chain([CacheKey::meta(object)])
+            .collect();
+        for pass in 0..2 {
+            if pass == 1 {
+                self.inner.storage().wait().await;
+            }
+            for key in &keys {
+                self.inner.remove(key);
+                if let Some(copies) = &self.copies {
+                    copies.remove(key);
+                }
+            }
+        }
     }
 
     /// Claims chunk `key`, arriving by another way than a fill (a cold probe's
@@ -331,7 +357,7 @@ impl ChunkCache {
         }
         let entry = self.entry_with_source(key).await?;
         match entry {
-            (CacheValue::Chunk(bytes), source) => Some(ChunkRead::whole(bytes, source)),
+            (CacheValue::Chunk(bytes, _), source) => Some(ChunkRead::whole(bytes, source)),
             (CacheValue::Meta(_) | CacheValue::Part(_), _) => None,
         }
     }
@@ -345,7 +371,7 @@ impl ChunkCache {
     pub async fn chunk<F, Fut, E>(&self, key: CacheKey, memory_only: bool, fill: F) -> ChunkRead
     where
         F: FnOnce(ChunkSink) -> Fut,
-        Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<(Bytes, Crc), E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
         let mut attempts = 0;
@@ -369,7 +395,7 @@ impl ChunkCache {
             let fetch = fill(writer.sink().clone());
             tokio::spawn(async move {
                 match fetch.await {
-                    Ok(whole) => writer.finish(whole),
+                    Ok((whole, crc)) => writer.finish(whole, crc),
                     Err(error) => writer.fail(Arc::new(error)),
                 }
             });

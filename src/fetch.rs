@@ -5,6 +5,7 @@
 //! flight may take is bounded here too ([`budget`]).
 
 pub mod budget;
+pub mod check;
 pub mod fill;
 pub mod lead;
 
@@ -15,22 +16,24 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::cache::{CacheKey, ChunkSink};
+use crate::s3::Crc;
+pub use check::Fills;
 pub use fill::{fill_auth, Fill, FillAuth, FillError};
 
 /// A source of an object version's chunks.
 pub trait Upstream: Send + Sync {
     /// Fetches chunk `index` of the object version, pushing its bytes to `sink` as
-    /// they arrive, and returns it whole once it is checked. The cache runs the
+    /// they arrive, and returns it whole with its CRC once it is checked. The cache runs the
     /// future in a task of its own, so a client that goes away does not cancel it.
-    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<Bytes, FillError>>;
+    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>>;
 
     /// Whether chunk `index` is checked whole against the object's checksum before
     /// it is kept (its readers' last bytes then wait for the check).
     fn checks(&self, index: u64) -> bool;
 
     /// Checks chunk `index`, whole, wherever its bytes came from (a fill, a peer, a
-    /// cold probe's body).
-    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError>;
+    /// cold probe's body): its CRC, to keep beside it.
+    fn verify(&self, index: u64, chunk: &Bytes) -> Result<Crc, FillError>;
 
     /// Whether this node keeps chunk `key` on its disk too, or in memory only (a
     /// copy of a chunk another node owns: repeated reads stay local, the region's
@@ -39,15 +42,15 @@ pub trait Upstream: Send + Sync {
 }
 
 impl Upstream for Fill {
-    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<Bytes, FillError>> {
-        Fill::fetch(&self, index, sink, 0).boxed()
+    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
+        Fill::fetch(&self, index, sink).boxed()
     }
 
     fn checks(&self, index: u64) -> bool {
         Fill::checks(self, index)
     }
 
-    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError> {
+    fn verify(&self, index: u64, chunk: &Bytes) -> Result<Crc, FillError> {
         Fill::verify(self, index, chunk)
     }
 

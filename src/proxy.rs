@@ -28,7 +28,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
-use tokio::sync::Semaphore;
 
 use crate::body::ProxyBody;
 use crate::cache::{ChunkCache, ChunkSource, ObjectMeta, PartMeta};
@@ -37,7 +36,7 @@ use crate::credentials::FillCredentials;
 use crate::error::error_chain;
 use crate::fetch::budget::ReadAheadBudget;
 pub use crate::fetch::budget::{Busy, ConnectionShare};
-use crate::fetch::{lead, Fill, FillAuth};
+use crate::fetch::{lead, Fill, FillAuth, Fills};
 use crate::grants::{self, Granting};
 use crate::herd::{Entered, Herd};
 use crate::origin::{OriginBody, Router};
@@ -94,7 +93,7 @@ pub struct Proxy {
     router: Router,
     cache: Arc<ChunkCache>,
     credentials: Option<Arc<FillCredentials>>,
-    fill_permits: Arc<Semaphore>,
+    fills: Arc<Fills>,
     read_ahead: usize,
     read_ahead_budget: Arc<ReadAheadBudget>,
     /// `cache.read_ahead_per_connection`.
@@ -116,8 +115,8 @@ pub struct Parts {
     pub herd: Arc<Herd>,
     pub grants: Option<Arc<Granting>>,
     pub credentials: Option<Arc<FillCredentials>>,
-    /// Fill memory, shared with the peer listener's fills.
-    pub fill_permits: Arc<Semaphore>,
+    /// Fill memory and whole-object checks, shared with the peer listener's fills.
+    pub fills: Arc<Fills>,
 }
 
 impl Proxy {
@@ -127,7 +126,7 @@ impl Proxy {
             router: parts.router,
             cache: parts.cache,
             credentials: parts.credentials,
-            fill_permits: parts.fill_permits,
+            fills: parts.fills,
             read_ahead: cache.read_ahead,
             read_ahead_budget: Arc::new(ReadAheadBudget::new(
                 cache.read_ahead_memory,
@@ -386,7 +385,7 @@ impl Proxy {
             // A cold probe's body is the data: its first chunk streams to the client.
             Probe::Cold => {
                 let span = shape.span;
-                span.and_then(|span| lead::start(&self.cache, &self.fill_permits, object.cold(), span, response))
+                span.and_then(|span| lead::start(&self.fills, object.cold(), span, response))
             }
             // The early read was of the version the cache held: good for that version only.
             Probe::NotModified | Probe::SameEtag => {
@@ -445,14 +444,13 @@ impl Proxy {
     /// region's owner of each (with peers), else from the origin.
     fn cached_object(&self, read: &ObjectRead, plan: &Plan, auth: FillAuth, meta: ObjectMeta) -> Arc<CachedObject> {
         let version = (meta.etag.clone(), meta.size, meta.checksums.as_ref());
-        let chunk_size = self.cache.chunk_size();
         let fill = Fill::new(
             &read.route.region,
             read.authority.clone(),
             auth,
+            &plan.object,
             version,
-            chunk_size,
-            &self.fill_permits,
+            &self.fills,
         );
         // With peers, chunks come from their owners; the request path does not know.
         let upstream = regional::upstream(self.peers.as_ref(), fill, &plan.object, meta.checksums.as_ref());

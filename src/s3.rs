@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod classify;
+pub mod crc;
 pub mod endpoint;
 pub mod keys;
 pub mod presign;
@@ -15,6 +16,7 @@ pub mod xml;
 use http::{HeaderMap, HeaderName};
 
 pub use classify::{classify, ObjectRequest, Operation, RequestError, ResourceType};
+pub use crc::Crc;
 pub use endpoint::Endpoint;
 pub use response::{ContentRange, ObjectMeta, PartMeta};
 
@@ -117,37 +119,14 @@ pub fn checksums(headers: &HeaderMap) -> Result<HeaderMap, UnreadableChecksum> {
     Ok(found)
 }
 
-/// The object's own CRC, from stored checksums, when one can check the whole
-/// object's bytes: a full-object CRC32, CRC32C or CRC64NVME (not a composite of parts).
+/// The object's own CRC, from stored checksums, as S3 writes it (see [`Crc::full_object`]).
 pub fn full_object_crc(checksums: &HeaderMap) -> Option<(crc_fast::CrcAlgorithm, String)> {
-    use crc_fast::CrcAlgorithm;
-    if checksums
-        .get(CHECKSUM_TYPE)
-        .is_some_and(|t| t.as_bytes() != b"FULL_OBJECT")
-    {
-        return None;
-    }
-    [
-        ("x-amz-checksum-crc32", CrcAlgorithm::Crc32IsoHdlc),
-        ("x-amz-checksum-crc32c", CrcAlgorithm::Crc32Iscsi),
-        ("x-amz-checksum-crc64nvme", CrcAlgorithm::Crc64Nvme),
-    ]
-    .into_iter()
-    .find_map(|(name, algorithm)| {
-        let value = checksums.get(name)?.to_str().ok()?;
-        (!value.contains('-')).then(|| (algorithm, value.to_owned()))
-    })
+    Crc::full_object(checksums).map(|crc| (crc.algorithm, crc.base64()))
 }
 
 /// `data`'s CRC as S3 writes it: base64 of the big-endian digest.
 pub fn crc_of(algorithm: crc_fast::CrcAlgorithm, data: &[u8]) -> String {
-    use base64::Engine;
-    let digest = crc_fast::checksum(algorithm, data);
-    let bytes = match algorithm {
-        crc_fast::CrcAlgorithm::Crc64Nvme => digest.to_be_bytes().to_vec(),
-        _ => (digest as u32).to_be_bytes().to_vec(),
-    };
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    Crc::of(algorithm, data).base64()
 }
 
 /// Base64 (padded) of `digest` bytes, optionally followed by `-<parts>`.

@@ -43,6 +43,14 @@ pub const CREDENTIAL_REFRESHES: &str = "s3accel_credential_refreshes_total";
 pub const CREDENTIAL_FORCED_REFRESHES: &str = "s3accel_credential_forced_refreshes_total";
 pub const CREDENTIAL_EXPIRY: &str = "s3accel_credential_expiry_seconds";
 pub const CREDENTIAL_REJECTIONS: &str = "s3accel_credential_rejections_total";
+pub const CORRUPT_CHUNKS: &str = "s3accel_corrupt_chunks_total";
+pub const OBJECT_CHECKS: &str = "s3accel_object_checks_total";
+
+/// An object version whose chunks were all seen here, checked against its
+/// full-object CRC: `ok`, or `mismatch` (every chunk of it dropped).
+pub fn object_checked(outcome: &'static str) {
+    metrics::counter!(OBJECT_CHECKS, "outcome" => outcome).increment(1);
+}
 
 /// A response that waited for read-ahead memory, and how that ended.
 pub fn budget_waited(outcome: &'static str) {
@@ -107,6 +115,14 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    describe_counter!(
+        CORRUPT_CHUNKS,
+        "Chunks whose bytes did not match their CRC when read back, by where they were found (disk, peer); never served."
+    );
+    describe_counter!(
+        OBJECT_CHECKS,
+        "Object versions checked whole against their full-object CRC once every chunk was seen, by outcome (ok, mismatch: dropped)."
+    );
     describe_counter!(
         CREDENTIAL_REFRESHES,
         "Attempts to get the fill credentials, by source and outcome (ok: new keys, unchanged, error)."

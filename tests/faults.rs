@@ -379,3 +379,121 @@ async fn a_full_or_read_only_disk_degrades_and_never_breaks() {
     }
     proxy.stop().await;
 }
+
+/// A multi-chunk object whose third chunk the origin sends changed (its disk flipped
+/// a bit; ETag, CRC and framing intact): each chunk passes every check it can have
+/// alone; together they are not the object's full-object CRC. The first read that
+/// sees every chunk is cut, every chunk of the version is dropped, and once the
+/// origin is mended the next read fills again (a cache that kept the chunks would
+/// serve the bad one as a hit, forever).
+#[tokio::test]
+async fn a_multi_chunk_object_corrupt_in_its_third_chunk_is_dropped_after_its_first_read() {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket("bucket").await;
+    let size = 5 * CHUNK + 321;
+    let data = object_bytes(14, size);
+    let crc = s3_accel_testkit::crc32_base64(&data);
+    origin
+        .put("bucket", "model.bin", &data, &[("x-amz-checksum-crc32", &crc)])
+        .await;
+    let config = format!("origin = \"{}\"\n{}", origin.url(), credentials());
+    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, DISK_CACHE).await;
+    let call = Call::get("/bucket/model.bin", &TestOrigin::signing()).header("x-amz-checksum-mode", "ENABLED");
+    let checks = |outcome: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let (_, metrics) = crate::ops::admin_get(proxy, "/metrics").await;
+            crate::ops::sample(
+                &metrics,
+                "s3accel_object_checks_total",
+                &format!("outcome=\"{outcome}\""),
+            )
+            .unwrap_or(0.0)
+        }
+    };
+    let mismatches = checks("mismatch").await;
+    let offset = (2 * CHUNK + 4321) as u64;
+    origin.corrupt("bucket", "model.bin", offset);
+    let first = proxy.send(&call).await;
+    let completed = matches!(&first, Ok(reply) if reply.status == StatusCode::OK && reply.body.len() == size);
+    assert!(
+        !completed,
+        "a read of an object that does not match its CRC never completes"
+    );
+    assert_eq!(
+        checks("mismatch").await - mismatches,
+        1.0,
+        "the version was found wrong once"
+    );
+
+    // The origin mended: the next read fills again, and the one after is a hit.
+    origin.corrupt("bucket", "model.bin", offset);
+    let before = origin.stats.body_bytes();
+    let mended = get(&proxy, call.clone()).await;
+    assert_eq!(mended.status, StatusCode::OK);
+    assert_eq!(
+        sha256_hex(&mended.body),
+        sha256_hex(&data),
+        "the bad chunk was served again"
+    );
+    let refilled = origin.stats.body_bytes() - before;
+    assert!(
+        refilled >= size as u64,
+        "every chunk was filled again ({refilled} bytes)"
+    );
+    let before = origin.stats.body_bytes();
+    let hit = get(&proxy, call.clone()).await;
+    assert_eq!(sha256_hex(&hit.body), sha256_hex(&data));
+    assert_eq!(outcome(&hit), "hit");
+    assert_eq!(origin.stats.body_bytes() - before, 0, "the mended version is cached");
+}
+
+/// A chunk whose bytes change on disk after it was stored (the filesystem under the
+/// disk tier flipped a bit) is caught when it is read back (by foyer's own checksum
+/// of each entry, before the CRC kept beside the chunk is looked at): never served,
+/// filled again; the object's other chunks still come from disk.
+#[tokio::test]
+async fn a_chunk_changed_on_disk_is_caught_when_read_back() {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket("bucket").await;
+    let size = 3 * CHUNK;
+    let data = object_bytes(15, size);
+    origin.put("bucket", "weights.bin", &data, &[]).await;
+    let config = format!("origin = \"{}\"\n{}", origin.url(), credentials());
+    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config, DISK_CACHE).await;
+    let call = Call::get("/bucket/weights.bin", &TestOrigin::signing());
+    assert_eq!(sha256_hex(&get(&proxy, call.clone()).await.body), sha256_hex(&data));
+    let dir = proxy.stop().await;
+
+    // Flip one byte of the second chunk where the disk tier wrote it.
+    let needle = &data[CHUNK + 1000..CHUNK + 1064];
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + 10] ^= 0x01;
+            std::fs::write(&path, &bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 1, "the chunk was found on disk once");
+
+    let proxy = TestProxy::start_in(dir, &config, DISK_CACHE).await;
+    let before = origin.stats.body_bytes();
+    let reread = get(&proxy, call).await;
+    assert_eq!(reread.status, StatusCode::OK);
+    assert_eq!(
+        sha256_hex(&reread.body),
+        sha256_hex(&data),
+        "the changed byte was served"
+    );
+    let refilled = origin.stats.body_bytes() - before;
+    assert_eq!(
+        refilled, CHUNK as u64,
+        "the changed chunk, and only it, was filled again"
+    );
+}

@@ -647,11 +647,20 @@ async fn an_answer_not_signed_for_the_chunk_is_never_served() {
     );
 }
 
-/// A relay on the peer network that passes everything on to `target`, but rewrites
-/// each cold-gate answer carrying an object's metadata: half the size, another
-/// Content-Type (what an on-path attacker without the region's key can do). Counts
-/// the answers it rewrote.
-async fn rewriting_relay(target: Arc<std::sync::OnceLock<SocketAddr>>) -> (SocketAddr, Arc<AtomicU64>) {
+/// What a relay on the peer network changes (what an on-path attacker without the
+/// region's key can do).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    /// Each cold-gate answer carrying an object's metadata: half the size, another
+    /// Content-Type.
+    ColdAnswer,
+    /// Each chunk answer: one byte in the middle of the chunk flipped, framing intact.
+    ChunkBody,
+}
+
+/// A relay on the peer network that passes everything on to `target`, but changes
+/// what `tamper` says. Counts the answers it changed.
+async fn rewriting_relay(target: Arc<std::sync::OnceLock<SocketAddr>>, tamper: Tamper) -> (SocketAddr, Arc<AtomicU64>) {
     use http_body_util::{BodyExt, Full};
     use s3_accel::cache::ObjectMeta;
     let listener = tokio::net::TcpListener::bind("127.0.0.10:0").await.unwrap();
@@ -679,7 +688,14 @@ async fn rewriting_relay(target: Arc<std::sync::OnceLock<SocketAddr>>) -> (Socke
                     let forwarded = http::Request::from_parts(parts, Full::new(body));
                     let (mut parts, body) = sender.send_request(forwarded).await?.into_parts();
                     let mut body = body.collect().await?.to_bytes();
-                    if path == COLD_PATH && parts.status == StatusCode::OK {
+                    if tamper == Tamper::ChunkBody && path == CHUNK_PATH && parts.status == StatusCode::OK {
+                        let mut flipped = body.to_vec();
+                        let middle = flipped.len() / 2;
+                        flipped[middle] ^= 0x20;
+                        body = bytes::Bytes::from(flipped);
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if tamper == Tamper::ColdAnswer && path == COLD_PATH && parts.status == StatusCode::OK {
                         let mut meta = ObjectMeta::from_bytes(&body).expect("an object's metadata");
                         meta.size /= 2;
                         meta.headers
@@ -711,7 +727,7 @@ async fn a_cold_gate_answer_rewritten_on_the_way_is_never_used() {
         origin.put(BUCKET, key, data, &[]).await;
     }
     let target = Arc::new(std::sync::OnceLock::new());
-    let (relay, rewrote) = rewriting_relay(target.clone()).await;
+    let (relay, rewrote) = rewriting_relay(target.clone(), Tamper::ColdAnswer).await;
     let region = Region::start_with(
         &origin,
         Layout {
@@ -749,5 +765,65 @@ async fn a_cold_gate_answer_rewritten_on_the_way_is_never_used() {
     assert!(
         rewrote.load(Ordering::SeqCst) > 0,
         "no cold-gate answer went through the relay: the test proves nothing"
+    );
+}
+
+/// Without TLS on the peer network, a relay flips one byte in the middle of every
+/// chunk answer node 1 sends node 0 (length, framing and the answer's signed head
+/// intact). The chunk's tag catches it: node 0 never serves those bytes, leaves
+/// node 1 alone, and fills from the origin. (Objects without checksums: the tag
+/// alone must catch it.)
+#[tokio::test]
+async fn a_chunk_body_changed_on_the_way_is_never_served() {
+    let size = 3 << 20;
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    let keys: Vec<String> = (0..4).map(|i| format!("object-{i}.bin")).collect();
+    let objects: Vec<Vec<u8>> = (0..4).map(|i| object_bytes(60 + i, size)).collect();
+    for (key, data) in keys.iter().zip(&objects) {
+        origin.put(BUCKET, key, data, &[]).await;
+    }
+    let target = Arc::new(std::sync::OnceLock::new());
+    let (relay, flipped) = rewriting_relay(target.clone(), Tamper::ChunkBody).await;
+    let region = Region::start_with(
+        &origin,
+        Layout {
+            relayed: Some((0, 1, relay, target)),
+            ..Layout::of(2)
+        },
+    )
+    .await;
+    // Node 1 fills the chunks it owns first; node 0 then asks it for them, through
+    // the relay.
+    for (key, data) in keys.iter().zip(&objects) {
+        let reply = get(&region.nodes[1], read(key)).await;
+        assert_eq!(sha256_hex(&reply.body), sha256_hex(data));
+    }
+    let corrupt = || async {
+        let (_, metrics) = admin_get(&region.nodes[0], "/metrics").await;
+        crate::ops::sample(&metrics, "s3accel_corrupt_chunks_total", "found=\"peer\"").unwrap_or(0.0)
+    };
+    let caught = corrupt().await;
+    for (key, data) in keys.iter().zip(&objects) {
+        for _ in 0..2 {
+            let reply = get(&region.nodes[0], read(key)).await;
+            assert_eq!(reply.status, StatusCode::OK, "{key}");
+            assert_eq!(
+                sha256_hex(&reply.body),
+                sha256_hex(data),
+                "{key}: a changed byte was served"
+            );
+        }
+    }
+    let flips = flipped.load(Ordering::SeqCst);
+    println!("chunk answers changed on the way: {flips}");
+    assert!(
+        flips > 0,
+        "no chunk answer went through the relay: the test proves nothing"
+    );
+    assert_eq!(
+        corrupt().await - caught,
+        flips as f64,
+        "every changed answer was caught by its tag"
     );
 }

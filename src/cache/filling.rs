@@ -10,6 +10,7 @@ use foyer::{Cache, HybridCache};
 use tokio::sync::watch;
 
 use super::{CacheKey, CacheValue, ChunkError, ChunkSource};
+use crate::s3::Crc;
 
 /// The chunks being filled, by key.
 pub(super) type Table = Arc<Mutex<HashMap<CacheKey, Arc<Filling>>>>;
@@ -157,15 +158,16 @@ impl ChunkWriter {
         self.destination.is_some()
     }
 
-    /// The chunk arrived whole and checked: stored, and its readers' streams end.
-    pub fn finish(mut self, whole: Bytes) {
+    /// The chunk arrived whole and checked: stored with its CRC (read back from
+    /// disk, it is checked against it), and its readers' streams end.
+    pub fn finish(mut self, whole: Bytes, crc: Crc) {
         self.ended = true;
         match self.destination.take() {
             Some(destination) => {
                 // Stored before it leaves the table: a lookup finds it in one or the other.
                 match &destination.store {
                     Store::Tiers(tiers) => {
-                        tiers.insert(destination.key.clone(), CacheValue::Chunk(whole.clone()));
+                        tiers.insert(destination.key.clone(), CacheValue::Chunk(whole.clone(), Some(crc)));
                     }
                     Store::Copies(copies) => {
                         copies.insert(destination.key.clone(), whole.clone());
@@ -180,8 +182,12 @@ impl ChunkWriter {
     }
 
     /// The bytes pushed so far are all there is (a chunk kept nowhere).
-    pub fn done(self) {
-        self.finish(Bytes::new())
+    pub fn done(mut self) {
+        self.ended = true;
+        if let Some(destination) = self.destination.take() {
+            release(&destination, &self.sink.0);
+        }
+        self.sink.0.end(End::Done);
     }
 
     /// The chunk will not arrive: its readers' streams fail with `error`.

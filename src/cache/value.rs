@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::key::{put_bytes, put_str};
 use crate::s3::response::{ObjectMeta, PartMeta};
+use crate::s3::Crc;
 
 const VALUE_VERSION: u8 = 1;
 const TAG_CHUNK: u8 = 0;
@@ -15,10 +16,13 @@ const TAG_META: u8 = 1;
 /// Metadata with what is known of the object's checksums.
 const TAG_META_CHECKSUMS: u8 = 2;
 const TAG_PART: u8 = 3;
+/// A chunk with its CRC, checked when it is read back.
+const TAG_CHUNK_CRC: u8 = 4;
 
 #[derive(Debug, Clone)]
 pub enum CacheValue {
-    Chunk(Bytes),
+    /// A chunk's bytes and their CRC (`None`: written before CRCs were kept).
+    Chunk(Bytes, Option<Crc>),
     Meta(ObjectMeta),
     Part(PartMeta),
 }
@@ -90,7 +94,7 @@ impl CacheValue {
     /// Bytes held in memory, for the memory tier's weigher.
     pub fn weight(&self) -> usize {
         match self {
-            Self::Chunk(bytes) => bytes.len(),
+            Self::Chunk(bytes, _) => bytes.len(),
             Self::Meta(meta) => {
                 64 + meta.etag.len() + headers_weight(&meta.headers) + meta.checksums.as_ref().map_or(0, headers_weight)
             }
@@ -136,9 +140,14 @@ fn read_bytes(reader: &mut impl Read) -> foyer::Result<Vec<u8>> {
 impl foyer::Code for CacheValue {
     fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
         match self {
-            Self::Chunk(bytes) => {
-                writer.write_all(&[VALUE_VERSION, TAG_CHUNK]).map_err(io)?;
+            Self::Chunk(bytes, crc) => {
+                let tag = if crc.is_some() { TAG_CHUNK_CRC } else { TAG_CHUNK };
+                writer.write_all(&[VALUE_VERSION, tag]).map_err(io)?;
                 writer.write_all(&(bytes.len() as u64).to_be_bytes()).map_err(io)?;
+                if let Some(crc) = crc {
+                    writer.write_all(&[crc.tag()]).map_err(io)?;
+                    writer.write_all(&crc.value.to_be_bytes()).map_err(io)?;
+                }
                 writer.write_all(bytes).map_err(io)
             }
             Self::Meta(meta) => {
@@ -175,14 +184,30 @@ impl foyer::Code for CacheValue {
         reader.read_exact(&mut size).map_err(io)?;
         let size = u64::from_be_bytes(size);
         match head[1] {
-            TAG_CHUNK => {
+            TAG_CHUNK | TAG_CHUNK_CRC => {
                 // A corrupt length must not become a huge allocation.
                 if size > MAX_CHUNK {
                     return Err(corrupt("chunk length"));
                 }
+                let crc = match head[1] {
+                    TAG_CHUNK => None,
+                    _ => {
+                        let mut crc = [0u8; 9];
+                        reader.read_exact(&mut crc).map_err(io)?;
+                        let algorithm = Crc::algorithm_of(crc[0]).ok_or_else(|| corrupt("crc algorithm"))?;
+                        let value = u64::from_be_bytes(crc[1..].try_into().expect("8 bytes"));
+                        Some(Crc { algorithm, value })
+                    }
+                };
                 let mut bytes = vec![0u8; size as usize];
                 reader.read_exact(&mut bytes).map_err(io)?;
-                Ok(Self::Chunk(bytes.into()))
+                // Bytes the disk changed after they were written (foyer checks its
+                // own framing, not every byte) are never served: a miss, filled again.
+                if crc.is_some_and(|crc| !crc.matches(&bytes)) {
+                    metrics::counter!(crate::telemetry::CORRUPT_CHUNKS, "found" => "disk").increment(1);
+                    return Err(corrupt("chunk bytes do not match their CRC"));
+                }
+                Ok(Self::Chunk(bytes.into(), crc))
             }
             TAG_META | TAG_META_CHECKSUMS => {
                 let etag = String::from_utf8(read_bytes(reader)?).map_err(|_| corrupt("etag"))?;
@@ -225,7 +250,7 @@ impl foyer::Code for CacheValue {
 
     fn estimated_size(&self) -> usize {
         match self {
-            Self::Chunk(bytes) => 10 + bytes.len(),
+            Self::Chunk(bytes, _) => 19 + bytes.len(),
             Self::Meta(_) | Self::Part(_) => self.weight(),
         }
     }
@@ -273,11 +298,28 @@ mod tests {
                 }
             }
         }
-        let chunk = CacheValue::Chunk(Bytes::from_static(b"chunk bytes"));
+        for crc in [None, Some(Crc::of(Crc::DEFAULT, b"chunk bytes"))] {
+            let chunk = CacheValue::Chunk(Bytes::from_static(b"chunk bytes"), crc);
+            let mut buf = Vec::new();
+            chunk.encode(&mut buf).unwrap();
+            assert!(
+                matches!(CacheValue::decode(&mut buf.as_slice()).unwrap(), CacheValue::Chunk(b, c) if b == "chunk bytes" && c == crc)
+            );
+            buf[0] = 99;
+            assert!(CacheValue::decode(&mut buf.as_slice()).is_err());
+        }
+    }
+
+    /// A chunk whose bytes changed after they were written (on disk) does not read.
+    #[test]
+    fn a_chunk_that_does_not_match_its_crc_does_not_read() {
+        let bytes = Bytes::from_static(b"chunk bytes, some of them");
         let mut buf = Vec::new();
-        chunk.encode(&mut buf).unwrap();
-        assert!(matches!(CacheValue::decode(&mut buf.as_slice()).unwrap(), CacheValue::Chunk(b) if b == "chunk bytes"));
-        buf[0] = 99;
+        CacheValue::Chunk(bytes.clone(), Some(Crc::of(Crc::DEFAULT, &bytes)))
+            .encode(&mut buf)
+            .unwrap();
+        let last = buf.len() - 1;
+        buf[last] ^= 0x01;
         assert!(CacheValue::decode(&mut buf.as_slice()).is_err());
     }
 

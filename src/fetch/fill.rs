@@ -3,20 +3,19 @@
 
 use std::sync::Arc;
 
+use super::check::{Fills, Verdict, Version};
+use crate::body::BoxError;
+use crate::cache::{ChunkSink, ObjectId};
+use crate::credentials::{FillCredentials, Snapshot};
+use crate::origin::{error_code, poison, sign_s3, OriginBody, OriginError, Region, SignError};
+use crate::s3::auth::ClientAuth;
+use crate::s3::{ContentRange, Crc};
+use crate::telemetry;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
-use tokio::sync::Semaphore;
-
-use crate::body::BoxError;
-use crate::cache::ChunkSink;
-use crate::credentials::{FillCredentials, Snapshot};
-use crate::origin::{error_code, poison, sign_s3, OriginBody, OriginError, Region, SignError};
-use crate::s3::auth::ClientAuth;
-use crate::s3::{self, ContentRange};
-use crate::telemetry;
 
 /// Counts a fill in `s3accel_fills_in_flight` while it lives.
 struct InFlight;
@@ -108,6 +107,10 @@ pub enum FillError {
     Length { got: u64, expected: u64 },
     #[error("the object's bytes do not match its stored checksum {expected}")]
     Checksum { expected: String },
+    /// Each chunk as it came, but together not the object: every chunk of the
+    /// version is dropped.
+    #[error("the object's chunks do not add up to its full-object checksum {expected}")]
+    ObjectChecksum { expected: String },
     #[error("the origin answered a fill of bytes {first}-{last}/{size} with Content-Range {got:?}")]
     Range {
         first: u64,
@@ -134,36 +137,39 @@ pub struct Fill {
     pub region: Arc<Region>,
     pub authority: String,
     pub auth: FillAuth,
+    pub object: ObjectId,
     pub etag: String,
     pub size: u64,
     pub chunk_size: u64,
-    /// Bounds the bytes being downloaded at once, over all requests.
-    pub permits: Arc<Semaphore>,
-    /// The object's full-object CRC, when the object is one chunk: its fill is
-    /// checked against it before it is stored.
-    pub crc: Option<(crc_fast::CrcAlgorithm, String)>,
+    /// The fill memory, the cache, the tallies of whole-object checks.
+    pub fills: Arc<Fills>,
+    /// The object's full-object CRC, when the origin gave one: a one-chunk object's
+    /// fill is checked against it before it is kept, a larger one's chunks once
+    /// they have all been seen.
+    pub crc: Option<Crc>,
 }
 
 impl Fill {
-    /// The fill of version `(etag, size, checksums)` of the object `authority` names
-    /// at `region`'s origin, in chunks of `chunk_size`, drawing on `permits`.
+    /// The fill of version `(etag, size, checksums)` of `object`, which `authority`
+    /// names at `region`'s origin, drawing on `fills`.
     pub fn new(
         region: &Arc<Region>,
         authority: String,
         auth: FillAuth,
+        object: &ObjectId,
         (etag, size, checksums): (String, u64, Option<&HeaderMap>),
-        chunk_size: u64,
-        permits: &Arc<Semaphore>,
+        fills: &Arc<Fills>,
     ) -> Arc<Self> {
         Arc::new(Self {
             region: region.clone(),
             authority,
             auth,
+            object: object.clone(),
             etag,
             size,
-            chunk_size,
-            permits: permits.clone(),
-            crc: checksums.and_then(s3::full_object_crc),
+            chunk_size: fills.cache.chunk_size(),
+            fills: fills.clone(),
+            crc: checksums.and_then(Crc::full_object),
         })
     }
 
@@ -173,73 +179,113 @@ impl Fill {
         (start, (start + self.chunk_size).min(self.size) - 1)
     }
 
-    /// Whether chunk `index` is checked against the object's CRC before it is kept:
-    /// when it is the whole object and its full-object CRC is known.
-    pub fn checks(&self, index: u64) -> bool {
-        index == 0 && self.size <= self.chunk_size && self.crc.is_some()
+    /// Whether a chunk's readers wait for its check before its last bytes: when
+    /// the object's full-object CRC is known (the chunk that completes the object
+    /// may show the whole is wrong).
+    pub fn checks(&self, _index: u64) -> bool {
+        self.crc.is_some()
     }
 
-    /// A one-chunk object is checked whole against its stored CRC.
-    pub fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError> {
-        match self.crc.as_ref().filter(|_| self.checks(index)) {
-            Some((algorithm, stored)) if crate::s3::crc_of(*algorithm, chunk) != *stored => Err(FillError::Checksum {
-                expected: stored.clone(),
-            }),
-            _ => Ok(()),
+    /// Chunk `index`'s CRC (kept beside it, and checked when it is read back),
+    /// once it is checked against the object's: a one-chunk object at once, a
+    /// larger one when its last chunk is seen here (then, on a mismatch, every
+    /// chunk of the version is dropped).
+    pub fn verify(&self, index: u64, chunk: &Bytes) -> Result<Crc, FillError> {
+        let Some(expected) = self.crc else {
+            return Ok(Crc::of(Crc::DEFAULT, chunk));
+        };
+        let crc = Crc::of(expected.algorithm, chunk);
+        if self.size <= self.chunk_size {
+            return match crc == expected {
+                true => Ok(crc),
+                false => Err(FillError::Checksum {
+                    expected: expected.base64(),
+                }),
+            };
+        }
+        let version = Version {
+            object: self.object.clone(),
+            etag: self.etag.clone(),
+        };
+        match self
+            .fills
+            .ledger
+            .tally(&version, (self.size, self.chunk_size), expected, index, crc)
+        {
+            Verdict::Pending => Ok(crc),
+            Verdict::Whole => {
+                telemetry::object_checked("ok");
+                Ok(crc)
+            }
+            Verdict::Mismatch => {
+                telemetry::object_checked("mismatch");
+                tracing::error!(
+                    bucket = self.object.bucket,
+                    key = self.object.key,
+                    etag = self.etag,
+                    "an object's chunks do not add up to its full-object CRC; dropping every chunk of it"
+                );
+                let (cache, object, etag, size) = (
+                    self.fills.cache.clone(),
+                    self.object.clone(),
+                    self.etag.clone(),
+                    self.size,
+                );
+                tokio::spawn(async move { cache.drop_version(&object, &etag, size).await });
+                Err(FillError::ObjectChecksum {
+                    expected: expected.base64(),
+                })
+            }
         }
     }
 
-    /// Fetches chunk `index` from its byte `skip` on (the sink has the bytes before,
-    /// from a peer that failed midway), pushing them to `sink` as they arrive, and
-    /// returns the chunk whole once it is checked. The future owns what it needs: the cache runs it in
-    /// a task of its own, so a client that goes away does not cancel it.
+    /// Fetches chunk `index`, pushing its bytes to `sink` as they arrive, and
+    /// returns the chunk whole with its CRC once it is checked. The future owns what
+    /// it needs: the cache runs it in a task of its own, so a client that goes away
+    /// does not cancel it.
     pub fn fetch(
         self: &Arc<Self>,
         index: u64,
         sink: ChunkSink,
-        skip: u64,
-    ) -> impl std::future::Future<Output = Result<Bytes, FillError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(Bytes, Crc), FillError>> + Send + 'static {
         let fill = self.clone();
         async move {
             let _permit = fill
+                .fills
                 .permits
                 .clone()
                 .acquire_owned()
                 .await
                 .expect("the fill semaphore is never closed");
             let _in_flight = InFlight::start();
-            let (start, last) = fill.chunk_range(index);
-            // Only what the sink does not have yet: a peer that died at 99 % costs 1 %.
-            let first = start + skip;
-            if first <= last {
-                let response = fill.send(first, last).await?;
-                let checked = fill.check(&response, first, last);
-                if checked.is_err() {
-                    poison(&response);
-                }
-                checked?;
-                let mut body = response.into_body();
-                let expected = last - first + 1;
-                let mut got = 0;
-                while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(FillError::Body)?;
-                    if let Ok(data) = frame.into_data() {
-                        got += data.len() as u64;
-                        if got > expected {
-                            return Err(FillError::Length { got, expected });
-                        }
-                        sink.push(data);
-                    }
-                }
-                if got != expected {
-                    return Err(FillError::Length { got, expected });
-                }
-                let region = fill.region.config.name.clone();
-                metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(expected);
+            let (first, last) = fill.chunk_range(index);
+            let response = fill.send(first, last).await?;
+            let checked = fill.check(&response, first, last);
+            if checked.is_err() {
+                poison(&response);
             }
+            checked?;
+            let mut body = response.into_body();
+            let expected = last - first + 1;
+            let mut got = 0;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(FillError::Body)?;
+                if let Ok(data) = frame.into_data() {
+                    got += data.len() as u64;
+                    if got > expected {
+                        return Err(FillError::Length { got, expected });
+                    }
+                    sink.push(data);
+                }
+            }
+            if got != expected {
+                return Err(FillError::Length { got, expected });
+            }
+            let region = fill.region.config.name.clone();
+            metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(expected);
             let chunk = sink.assemble();
-            fill.verify(index, &chunk)?;
-            Ok(chunk)
+            let crc = fill.verify(index, &chunk)?;
+            Ok((chunk, crc))
         }
     }
 

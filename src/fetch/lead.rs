@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::{FillError, Upstream};
-use crate::cache::{CacheKey, ChunkCache, ChunkRead, ChunkWriter, ObjectId};
+use super::{FillError, Fills, Upstream};
+use crate::cache::{CacheKey, ChunkRead, ChunkWriter, ObjectId};
 use crate::origin::OriginBody;
 use crate::s3::ContentRange;
 use crate::telemetry;
@@ -30,10 +30,9 @@ pub struct Cold<'a> {
 /// probe's own body: kept when the body carries that chunk whole, read once when
 /// it carries only part of it. `None` (the cache answers alone) when the body
 /// starts elsewhere than the answer, the chunk is already cached or arriving, or
-/// fill memory (`permits`) is full.
+/// fill memory is full.
 pub fn start(
-    cache: &ChunkCache,
-    permits: &Arc<Semaphore>,
+    fills: &Fills,
     cold: Cold<'_>,
     (first, last): (u64, u64),
     response: Response<OriginBody>,
@@ -45,11 +44,12 @@ pub fn start(
     if starts != first {
         return None;
     }
+    let cache = &fills.cache;
     let chunk_size = cache.chunk_size();
     let index = first / chunk_size;
     let chunk_last = ((index + 1) * chunk_size).min(cold.size) - 1;
     let end = last.min(chunk_last);
-    let permit = permits.clone().try_acquire_owned().ok()?;
+    let permit = fills.permits.clone().try_acquire_owned().ok()?;
     let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
         let key = CacheKey::chunk(cold.object, cold.etag, chunk_size, index);
         // A chunk another node owns is its to fetch: this node drops the probe's
@@ -126,12 +126,15 @@ impl Lead {
         }
         // Checked as a fill is, before it is kept.
         let whole = writer.sink().assemble();
-        if let Err(error) = upstream.verify(index, &whole) {
-            tracing::warn!(%error, "a cold probe's body is not the object's; not cached");
-            return writer.fail(Arc::new(error));
-        }
+        let crc = match upstream.verify(index, &whole) {
+            Ok(crc) => crc,
+            Err(error) => {
+                tracing::warn!(%error, "a cold probe's body is not the object's; not cached");
+                return writer.fail(Arc::new(error));
+            }
+        };
         metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(length);
-        writer.finish(whole);
+        writer.finish(whole, crc);
         drop(permit);
     }
 }

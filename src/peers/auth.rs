@@ -76,6 +76,21 @@ impl PeerKeys {
         hex(tag.as_ref())
     }
 
+    /// Running HMACs over a chunk answer's body, bound to the chunk request
+    /// `request` (its body): with the signing key alone (`signing`), else with
+    /// every key in force (a reader checks an answer signed with either).
+    pub fn body_macs(&self, request: &[u8], signing: bool) -> Vec<hmac::Context> {
+        let keys = if signing { &self.keys[..1] } else { &self.keys[..] };
+        let bound = signed_bytes(BODY_MAC, "", request, 0);
+        keys.iter()
+            .map(|key| {
+                let mut mac = hmac::Context::with_key(key);
+                mac.update(&bound);
+                mac
+            })
+            .collect()
+    }
+
     /// Whether a request's date and signature headers are those of a peer holding
     /// one of our keys, signed within the allowed skew of `now`.
     pub fn verify(
@@ -156,6 +171,10 @@ impl KeyRing {
         }
     }
 }
+
+/// What a chunk answer's body is signed as (in place of a method): no request or
+/// other answer can pass for it.
+const BODY_MAC: &str = "CHUNK-BODY";
 
 /// Length-prefixed fields, so that no two requests sign the same bytes.
 fn signed_bytes(method: &str, path: &str, chunk_key: &[u8], at: u64) -> Vec<u8> {

@@ -45,12 +45,14 @@ pub enum PeerError {
 }
 
 /// An owner's answer to a chunk request, its head checked: signed for the request
-/// by a node holding the region's key, declaring the chunk's length.
+/// by a node holding the region's key, declaring the chunk's length and its tag's.
 pub struct PeerChunk {
     /// Where the owner found the chunk (`memory`, `disk`, `fill`, `coalesced`).
     pub source: String,
-    /// The chunk's bytes: the reader's to count and check.
+    /// The chunk's bytes, then their tag: the reader's to count and check.
     pub body: Incoming,
+    /// What the tag must be, once fed the chunk's bytes.
+    pub tag: wire::BodyTag,
 }
 
 #[derive(Clone)]
@@ -148,7 +150,8 @@ impl PeerClient {
         if response.status() != StatusCode::OK {
             return Err(PeerError::Status(response.status()));
         }
-        let expected = chunk.length();
+        // The chunk, then its tag.
+        let expected = chunk.length() + wire::BODY_TAG_LEN as u64;
         wire::verify_chunk(response.headers(), &self.keys.current(), &asked, expected).map_err(PeerError::Unsigned)?;
         let declared = response
             .headers()
@@ -167,6 +170,7 @@ impl PeerClient {
         Ok(PeerChunk {
             source,
             body: response.into_body(),
+            tag: wire::BodyTag::checking(&self.keys.current(), &asked),
         })
     }
 }

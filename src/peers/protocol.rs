@@ -47,6 +47,9 @@ pub const COLD_PATH: &str = "/peer/v1/cold";
 /// What the probe of a node told to probe learned: the metadata, or nothing (the
 /// answer could not be cached).
 pub const LEARNED_PATH: &str = "/peer/v1/learned";
+/// "This version's chunks do not add up to the object": the body a chunk request
+/// of the version (any index). Every node drops what it holds of it.
+pub const DROP_PATH: &str = "/peer/v1/drop";
 /// What a hello's answer is signed as (in place of a method): a reply can never be
 /// replayed as a request, nor a request as a reply.
 pub const HELLO_REPLY: &str = "HELLO-REPLY";

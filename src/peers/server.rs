@@ -14,17 +14,17 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
-use tokio::sync::Semaphore;
 
 use super::auth::PeerKeys;
 use super::protocol::{
-    ChunkRequest, ObjectNote, Signer, CHUNK_PATH, COLD_PATH, HELLO_PATH, LEARNED_PATH, MAX_REQUEST_BYTES, PEER_SOURCE,
+    ChunkRequest, ObjectNote, Signer, CHUNK_PATH, COLD_PATH, DROP_PATH, HELLO_PATH, LEARNED_PATH, MAX_REQUEST_BYTES,
+    PEER_SOURCE,
 };
 use super::{wire, Peers};
 use crate::body::{first_frames, BoxError, ProxyBody};
 use crate::cache::{ChunkCache, ChunkRead, ObjectId, ObjectMeta};
 use crate::credentials::FillCredentials;
-use crate::fetch::{Fill, FillAuth, FillError};
+use crate::fetch::{Fill, FillAuth, FillError, Fills};
 use crate::origin::Region;
 use crate::telemetry;
 
@@ -54,7 +54,7 @@ pub struct PeerServer {
     pub cache: Arc<ChunkCache>,
     pub regions: Vec<Arc<Region>>,
     pub credentials: Option<Arc<FillCredentials>>,
-    pub fill_permits: Arc<Semaphore>,
+    pub fills: Arc<Fills>,
     pub cold: Arc<dyn ColdOwner>,
 }
 
@@ -114,9 +114,13 @@ impl PeerServer {
                 Ok(note) => signed(self.learned(note), path, &body, &keys),
                 Err(_) => status(StatusCode::BAD_REQUEST),
             },
+            (&Method::POST, DROP_PATH) => match ChunkRequest::decode(&body) {
+                Ok(version) => signed(self.drop_version(version).await, path, &body, &keys),
+                Err(_) => status(StatusCode::BAD_REQUEST),
+            },
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
                 Ok(chunk) => {
-                    let mut response = self.serve_chunk(chunk).await;
+                    let mut response = self.serve_chunk(chunk, &body).await;
                     // The keys in force now (they may have rotated during the fill).
                     wire::sign_chunk(response.headers_mut(), &peers.keys.current(), &body, now);
                     response
@@ -150,8 +154,27 @@ impl PeerServer {
         (StatusCode::OK, Bytes::new())
     }
 
-    /// A chunk this node owns (or is next in line for), from its tiers or one fill.
-    async fn serve_chunk(&self, chunk: ChunkRequest) -> Response<ProxyBody> {
+    /// A reader found that a version's chunks do not add up to the object: this
+    /// node's chunks of it go too (which one is wrong cannot be told).
+    async fn drop_version(&self, version: ChunkRequest) -> (StatusCode, Bytes) {
+        if version.chunk_size != self.cache.chunk_size() {
+            return (StatusCode::CONFLICT, Bytes::new());
+        }
+        tracing::warn!(
+            bucket = version.object.bucket,
+            key = version.object.key,
+            etag = version.etag,
+            "a peer found an object's chunks do not add up to its checksum; dropping them here"
+        );
+        self.cache
+            .drop_version(&version.object, &version.etag, version.size)
+            .await;
+        (StatusCode::OK, Bytes::new())
+    }
+
+    /// A chunk this node owns (or is next in line for), from its tiers or one fill,
+    /// followed by its tag for the request `asked` (the chunk request's body).
+    async fn serve_chunk(&self, chunk: ChunkRequest, asked: &[u8]) -> Response<ProxyBody> {
         if chunk.chunk_size != self.cache.chunk_size() {
             // Another chunk size makes other keys: the reader fills for itself.
             return status(StatusCode::CONFLICT);
@@ -173,14 +196,14 @@ impl PeerServer {
             region,
             chunk.authority.clone(),
             auth,
+            &chunk.object,
             version,
-            chunk.chunk_size,
-            &self.fill_permits,
+            &self.fills,
         );
         let index = chunk.index;
         let mut read = self
             .cache
-            .chunk(chunk.key(), false, move |sink| fill.fetch(index, sink, 0))
+            .chunk(chunk.key(), false, move |sink| fill.fetch(index, sink))
             .await;
         let source = read.source;
         // The first bytes before the head: a fill that fails outright is a clean 502,
@@ -202,11 +225,13 @@ impl PeerServer {
         };
         telemetry::peer_request("owner", "ok");
         let length = chunk.length();
-        let body = chunk_body(first, read, length);
+        let tag = wire::BodyTag::signing(&self.peers.keys.current(), asked);
+        let body = chunk_body(first, read, length, tag);
         let mut response = Response::new(body);
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        response.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(length + wire::BODY_TAG_LEN as u64),
+        );
         response
             .headers_mut()
             .insert(PEER_SOURCE, HeaderValue::from_static(source.as_str()));
@@ -250,8 +275,8 @@ fn header_map(pairs: &[(String, String)]) -> Option<HeaderMap> {
 }
 
 /// A chunk's answer to a peer: `first`, then the rest of `read`, checked to line up
-/// and end at the chunk's `length`.
-fn chunk_body(first: Bytes, read: ChunkRead, length: u64) -> ProxyBody {
+/// and end at the chunk's `length`, then `tag` over them all.
+fn chunk_body(first: Bytes, read: ChunkRead, length: u64, tag: wire::BodyTag) -> ProxyBody {
     let body = first_frames(first)
         .scan(0u64, |at, bytes| {
             let piece = (*at, bytes);
@@ -262,18 +287,30 @@ fn chunk_body(first: Bytes, read: ChunkRead, length: u64) -> ProxyBody {
             let next = read.next().await?;
             Some((next.map_err(|e| -> BoxError { Box::new(e) }), read))
         }))
-        .scan(0u64, move |sent, piece| {
+        .map(Some)
+        .chain(stream::once(std::future::ready(None)))
+        .scan((0u64, Some(tag)), move |(sent, tag), piece| {
             // The pieces of one read are contiguous and end at the chunk's end; a
             // gap or an overrun would be a bug, and is a cut, never wrong bytes.
-            let piece = piece.and_then(|(at, bytes): (u64, Bytes)| {
-                if at != *sent || at + bytes.len() as u64 > length {
-                    return Err("a peer chunk's pieces do not line up".into());
-                }
-                *sent += bytes.len() as u64;
-                telemetry::peer_bytes("out", bytes.len() as u64);
-                Ok(Frame::data(bytes))
-            });
-            std::future::ready(Some(piece))
+            let frame = match piece {
+                Some(piece) => piece.and_then(|(at, bytes): (u64, Bytes)| {
+                    if at != *sent || at + bytes.len() as u64 > length {
+                        return Err("a peer chunk's pieces do not line up".into());
+                    }
+                    *sent += bytes.len() as u64;
+                    telemetry::peer_bytes("out", bytes.len() as u64);
+                    if let Some(tag) = tag.as_mut() {
+                        tag.update(&bytes);
+                    }
+                    Ok(Frame::data(bytes))
+                }),
+                // The chunk whole: its tag follows.
+                None => match (*sent == length, tag.take()) {
+                    (true, Some(tag)) => Ok(Frame::data(tag.tag())),
+                    _ => Err("a peer chunk ended short".into()),
+                },
+            };
+            std::future::ready(Some(frame))
         });
     StreamBody::new(body).boxed_unsync()
 }

@@ -5,18 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap};
 use http_body_util::BodyExt;
 
-use super::client::PeerError;
-use super::protocol::{ChunkRequest, Signer};
-use super::Peers;
+use super::client::{PeerChunk, PeerError};
+use super::protocol::{ChunkRequest, Signer, DROP_PATH};
+use super::{wire, Peers};
 use crate::body::BoxError;
 use crate::cache::{CacheKey, ChunkSink, ObjectId};
 use crate::fetch::{Fill, FillAuth, FillError, Upstream};
+use crate::s3::Crc;
 use crate::telemetry;
 
 /// Chunks from the region: the owner first (which serves from its tiers or fills
@@ -66,61 +67,13 @@ const PEER_IDLE: Duration = Duration::from_secs(65);
 const PEERS_TRIED: usize = 2;
 
 impl Upstream for Regional {
-    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<Bytes, FillError>> {
+    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
         async move {
-            let request = ChunkRequest {
-                index,
-                ..self.template.clone()
-            };
-            let members = self.peers.members();
-            let mut pushed = 0;
-            let mut tried = 0;
-            // Why this node fills a chunk it does not own, if it comes to that.
-            let mut fallback = None;
-            for member in members.ranked(request.key().stable_hash()) {
-                // This node is next in line: it fills.
-                let Some(address) = member.address else { break };
-                if tried == PEERS_TRIED {
-                    break;
-                }
-                let node = &member.hello.node;
-                if self.peers.is_ejected(node) {
-                    fallback = fallback.or(Some("ejected"));
-                    continue;
-                }
-                tried += 1;
-                match from_peer(&self.peers, address, &request, &sink, &mut pushed).await {
-                    Ok(()) => {
-                        telemetry::peer_request("reader", "ok");
-                        let chunk = sink.assemble();
-                        if let Err(error) = self.fill.verify(index, &chunk) {
-                            // Bytes that are not the object's: this read is cut, and
-                            // the retry goes elsewhere.
-                            self.peers.eject(node);
-                            return Err(error);
-                        }
-                        return Ok(chunk);
-                    }
-                    Err(PeerFailure::Changed) => return Err(FillError::Changed),
-                    // The owner answered, but could not fill: the origin decides here.
-                    Err(PeerFailure::Refused(status)) => {
-                        telemetry::peer_request("reader", "refused");
-                        fallback = Some("refused");
-                        tracing::debug!(node, %status, "an owner could not serve a chunk; filling here");
-                        break;
-                    }
-                    Err(PeerFailure::Broken(error)) => {
-                        telemetry::peer_request("reader", "failed");
-                        fallback = Some("failed");
-                        tracing::warn!(node, error = %crate::error::error_chain(&*error), "a peer failed a chunk; trying the next");
-                        self.peers.eject(node);
-                    }
-                }
+            let fetched = self.through_region(index, &sink).await;
+            if matches!(fetched, Err(FillError::ObjectChecksum { .. })) {
+                self.drop_everywhere();
             }
-            if let Some(reason) = fallback {
-                telemetry::peer_fallback(reason);
-            }
-            Fill::fetch(&self.fill, index, sink, pushed).await
+            fetched
         }
         .boxed()
     }
@@ -129,14 +82,98 @@ impl Upstream for Regional {
         self.fill.checks(index)
     }
 
-    fn verify(&self, index: u64, chunk: &Bytes) -> Result<(), FillError> {
-        self.fill.verify(index, chunk)
+    fn verify(&self, index: u64, chunk: &Bytes) -> Result<Crc, FillError> {
+        let checked = self.fill.verify(index, chunk);
+        if matches!(checked, Err(FillError::ObjectChecksum { .. })) {
+            self.drop_everywhere();
+        }
+        checked
     }
 
     fn owns(&self, key: &CacheKey) -> bool {
         self.peers.owns(key.stable_hash())
     }
 }
+
+impl Regional {
+    /// Chunk `index` from its owner, else the next in line, else the origin.
+    async fn through_region(&self, index: u64, sink: &ChunkSink) -> Result<(Bytes, Crc), FillError> {
+        let request = ChunkRequest {
+            index,
+            ..self.template.clone()
+        };
+        let members = self.peers.members();
+        let mut tried = 0;
+        // Why this node fills a chunk it does not own, if it comes to that.
+        let mut fallback = None;
+        for member in members.ranked(request.key().stable_hash()) {
+            // This node is next in line: it fills.
+            let Some(address) = member.address else { break };
+            if tried == PEERS_TRIED {
+                break;
+            }
+            let node = &member.hello.node;
+            if self.peers.is_ejected(node) {
+                fallback = fallback.or(Some("ejected"));
+                continue;
+            }
+            tried += 1;
+            match from_peer(&self.peers, address, &request).await {
+                Ok(chunk) => {
+                    telemetry::peer_request("reader", "ok");
+                    return match self.fill.verify(index, &chunk) {
+                        Ok(crc) => {
+                            sink.push(chunk.clone());
+                            Ok((chunk, crc))
+                        }
+                        Err(error) => {
+                            // The owner's own bytes are not the object's: left alone for
+                            // a while; the retry goes elsewhere.
+                            self.peers.eject(node);
+                            Err(error)
+                        }
+                    };
+                }
+                Err(PeerFailure::Changed) => return Err(FillError::Changed),
+                // The owner answered, but could not fill: the origin decides here.
+                Err(PeerFailure::Refused(status)) => {
+                    telemetry::peer_request("reader", "refused");
+                    fallback = Some("refused");
+                    tracing::debug!(node, %status, "an owner could not serve a chunk; filling here");
+                    break;
+                }
+                Err(PeerFailure::Broken(error)) => {
+                    telemetry::peer_request("reader", "failed");
+                    fallback = Some("failed");
+                    tracing::warn!(node, error = %crate::error::error_chain(&*error), "a peer failed a chunk; trying the next");
+                    self.peers.eject(node);
+                }
+            }
+        }
+        if let Some(reason) = fallback {
+            telemetry::peer_fallback(reason);
+        }
+        Fill::fetch(&self.fill, index, sink.clone()).await
+    }
+
+    /// Tells every node of the region to drop this version (its chunks do not add
+    /// up to the object), in the background.
+    fn drop_everywhere(&self) {
+        let body = self.template.encode();
+        for member in &self.peers.members().members {
+            let Some(address) = member.address else { continue };
+            let (peers, body) = (self.peers.clone(), body.clone());
+            tokio::spawn(async move {
+                if let Err(error) = peers.client.post(address, DROP_PATH, body, DROP_TIMEOUT).await {
+                    tracing::warn!(%address, error = %crate::error::error_chain(&error), "telling a peer to drop a version");
+                }
+            });
+        }
+    }
+}
+
+/// How long a peer may take to say it dropped a version.
+const DROP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a peer did not deliver a chunk.
 enum PeerFailure {
@@ -149,14 +186,10 @@ enum PeerFailure {
     Broken(BoxError),
 }
 
-/// Streams the chunk from a peer into `sink`, past the `pushed` bytes already there.
-async fn from_peer(
-    peers: &Peers,
-    address: std::net::SocketAddr,
-    request: &ChunkRequest,
-    sink: &ChunkSink,
-    pushed: &mut u64,
-) -> Result<(), PeerFailure> {
+/// The chunk from a peer, whole, once its tag shows every byte is the owner's
+/// answer to this request: nothing of it is used before (a byte changed on the way
+/// is a broken exchange, never a byte served).
+async fn from_peer(peers: &Peers, address: std::net::SocketAddr, request: &ChunkRequest) -> Result<Bytes, PeerFailure> {
     let asked = std::time::Instant::now();
     let answer = peers.client.chunk(address, request, PEER_FIRST_BYTE).await;
     let outcome = match &answer {
@@ -165,15 +198,15 @@ async fn from_peer(
         Err(_) => "failed",
     };
     metrics::histogram!(telemetry::PEER_SECONDS, "outcome" => outcome).record(asked.elapsed().as_secs_f64());
-    let mut body = match answer {
-        Ok(chunk) => chunk.body,
+    let PeerChunk { mut body, mut tag, .. } = match answer {
+        Ok(chunk) => chunk,
         Err(PeerError::Status(http::StatusCode::PRECONDITION_FAILED)) => return Err(PeerFailure::Changed),
         Err(PeerError::Status(status)) => return Err(PeerFailure::Refused(status)),
         Err(error) => return Err(PeerFailure::Broken(error.into())),
     };
     let broken = |error: BoxError| PeerFailure::Broken(error);
-    let expected = request.length();
-    let mut got = 0u64;
+    let length = request.length() as usize;
+    let mut chunk = BytesMut::with_capacity(length + wire::BODY_TAG_LEN);
     loop {
         let frame = match tokio::time::timeout(PEER_IDLE, body.frame()).await {
             Err(_) => return Err(broken("the peer went silent".into())),
@@ -181,22 +214,25 @@ async fn from_peer(
             Ok(Some(frame)) => frame.map_err(|e| broken(e.into()))?,
         };
         if let Ok(data) = frame.into_data() {
-            let at = got;
-            got += data.len() as u64;
-            if got > expected {
+            if chunk.len() + data.len() > length + wire::BODY_TAG_LEN {
                 return Err(broken("the peer sent more than the chunk".into()));
             }
-            if got > *pushed {
-                sink.push(data.slice((*pushed).saturating_sub(at) as usize..));
-                *pushed = got;
-            }
+            chunk.extend_from_slice(&data);
             telemetry::peer_bytes("in", data.len() as u64);
         }
     }
-    if got != expected {
-        return Err(broken(format!("the peer sent {got} of {expected} bytes").into()));
+    if chunk.len() != length + wire::BODY_TAG_LEN {
+        return Err(broken(
+            format!("the peer sent {} of {length} bytes", chunk.len()).into(),
+        ));
     }
-    Ok(())
+    let sent_tag = chunk.split_off(length);
+    tag.update(&chunk);
+    if !tag.matches(&sent_tag) {
+        metrics::counter!(telemetry::CORRUPT_CHUNKS, "found" => "peer").increment(1);
+        return Err(broken("the chunk's bytes do not match their tag".into()));
+    }
+    Ok(chunk.freeze())
 }
 
 /// What a reader tells an owner about who may sign its fill: `None` when the

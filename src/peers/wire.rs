@@ -6,6 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 
 use super::auth::{PeerAuthError, PeerKeys, PEER_DATE, PEER_SIGNATURE};
@@ -110,8 +111,9 @@ fn answer_bytes(request: &[u8], (status, body): (u16, &[u8])) -> Vec<u8> {
 }
 
 /// Signs an answer to the chunk request `request` (its body, as received at `at`),
-/// of the length its Content-Length declares: only a node holding the region's key
-/// can answer one, and only this one. An answer without a length is not signed.
+/// of the length its Content-Length declares (the chunk, then its [`BodyTag`]): only
+/// a node holding the region's key can answer one, and only this one. An answer
+/// without a length is not signed.
 /// Dated when the request came: an answer that took longer than the allowed skew
 /// to start (a slow fill) reads as stale, and the reader fills the chunk itself.
 pub fn sign_chunk(headers: &mut HeaderMap, keys: &PeerKeys, request: &[u8], at: u64) {
@@ -130,9 +132,49 @@ pub fn sign_chunk(headers: &mut HeaderMap, keys: &PeerKeys, request: &[u8], at: 
 }
 
 /// Whether an answer to the chunk request `request` (its body, as sent) is signed
-/// for that request and `length` bytes by a node holding the region's key.
+/// for that request and `length` bytes (the chunk and its tag) by a node holding
+/// the region's key.
 pub fn verify_chunk(headers: &HeaderMap, keys: &PeerKeys, request: &[u8], length: u64) -> Result<(), PeerAuthError> {
     verify(headers, keys, (CHUNK_REPLY, CHUNK_PATH, &chunk_reply(request, length)))
+}
+
+/// Bytes of the tag after a chunk's bytes in an owner's answer.
+pub const BODY_TAG_LEN: usize = 32;
+
+/// The tag after a chunk's bytes in an owner's answer: an HMAC of the bytes, bound to
+/// the request they answer, computed as they go. The answer's signature covers its
+/// head; the tag, its bytes: a reader uses none of them before the tag checks.
+pub struct BodyTag(Vec<aws_lc_rs::hmac::Context>);
+
+impl BodyTag {
+    /// The owner's tag of its answer to `request` (the chunk request's body).
+    pub fn signing(keys: &PeerKeys, request: &[u8]) -> Self {
+        Self(keys.body_macs(request, true))
+    }
+
+    /// The reader's check of an answer to `request`, with every key in force.
+    pub fn checking(keys: &PeerKeys, request: &[u8]) -> Self {
+        Self(keys.body_macs(request, false))
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        for mac in &mut self.0 {
+            mac.update(bytes);
+        }
+    }
+
+    /// The tag, as the owner sends it.
+    pub fn tag(self) -> Bytes {
+        let mac = self.0.into_iter().next().expect("a signing key");
+        Bytes::copy_from_slice(mac.sign().as_ref())
+    }
+
+    /// Whether `tag` is this body's under one of the keys (compared in constant time).
+    pub fn matches(self, tag: &[u8]) -> bool {
+        self.0
+            .into_iter()
+            .any(|mac| aws_lc_rs::constant_time::verify_slices_are_equal(mac.sign().as_ref(), tag).is_ok())
+    }
 }
 
 fn sign(headers: &mut HeaderMap, keys: &PeerKeys, (method, path, bytes): (&str, &str, &[u8]), at: u64) {
@@ -184,6 +226,26 @@ mod tests {
             verify_request(&headers, &region, "POST", CHUNK_PATH, b"request").is_err(),
             "an answer is no request"
         );
+        // A body's tag checks for its bytes and its request, under either key.
+        let retiring =
+            keys("a-region-key-long-enough-for-hmac-0123456789\nanother-region-key-long-enough-for-hmac-0123456789");
+        let tag = |keys: &PeerKeys, request: &[u8], body: &[&[u8]]| {
+            let mut tag = BodyTag::signing(keys, request);
+            body.iter().for_each(|piece| tag.update(piece));
+            tag.tag()
+        };
+        let signed = tag(&other, b"request", &[b"chunk ", b"bytes"]);
+        let checks = |request: &[u8], body: &[u8]| {
+            let mut check = BodyTag::checking(&retiring, request);
+            check.update(body);
+            check.matches(&signed)
+        };
+        assert!(checks(b"request", b"chunk bytes"), "framed differently, the same bytes");
+        assert!(!checks(b"request", b"chunk bytez"), "another byte");
+        assert!(!checks(b"requesT", b"chunk bytes"), "another request");
+        let mut elsewhere = BodyTag::checking(&region, b"request");
+        elsewhere.update(b"chunk bytes");
+        assert!(!elsewhere.matches(&signed), "another region");
         let mut request = HeaderMap::new();
         sign_request(&mut request, &region, "POST", CHUNK_PATH, b"body");
         assert_eq!(verify_request(&request, &region, "POST", CHUNK_PATH, b"body"), Ok(()));

@@ -427,7 +427,9 @@ impl Piece {
             };
             // A fill that failed is tried once more, from where this response is:
             // every fill of a chunk is of one version (If-Match), so the bytes agree.
-            if self.retried || changed(&error) {
+            // Not when the version itself is wrong: another fill cannot mend what
+            // this response already sent.
+            if self.retried || settled(&error) {
                 return Some(Err(error));
             }
             tracing::debug!(error = %crate::error::error_chain(&error), index = self.index, at = self.at, "chunk fill failed; retrying once");
@@ -444,10 +446,11 @@ impl Piece {
     }
 }
 
-fn changed(error: &ChunkError) -> bool {
+/// Whether a failed fill says the version this response serves is gone or wrong.
+fn settled(error: &ChunkError) -> bool {
     error
         .fill_error::<FillError>()
-        .is_some_and(|e| matches!(e, FillError::Changed))
+        .is_some_and(|e| matches!(e, FillError::Changed | FillError::ObjectChecksum { .. }))
 }
 
 /// A chunk's bytes that stopped before the end a response needs (never expected:

@@ -119,6 +119,14 @@ pub struct Origin {
     _root: tempfile::TempDir,
 }
 
+impl Origin {
+    /// The file that holds `bucket/key`'s bytes (a test may change them in place:
+    /// the ETag and checksums stored beside them stay, as a faulty disk would leave them).
+    pub fn object_file(&self, bucket: &str, key: &str) -> std::path::PathBuf {
+        self._root.path().join(bucket).join(key)
+    }
+}
+
 impl Drop for Origin {
     fn drop(&mut self) {
         self.task.abort();

@@ -86,6 +86,21 @@ impl TestOrigin {
             .unwrap_or_else(|e| panic!("put {bucket}/{raw_key}: {e}"));
     }
 
+    /// Flips one byte of `bucket/key` at `offset`, in place at the origin: its ETag
+    /// and checksums stay (a faulty origin disk).
+    pub fn corrupt(&self, bucket: &str, key: &str, offset: u64) {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.origin.object_file(bucket, key))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, offset).unwrap();
+        byte[0] ^= 0x08;
+        file.write_all_at(&byte, offset).unwrap();
+    }
+
     /// Part reads of `bucket/raw_key` answer as if it was uploaded in these parts.
     pub fn set_parts(&self, bucket: &str, raw_key: &str, sizes: &[u64]) {
         self.origin.set_parts(bucket, raw_key, sizes);
