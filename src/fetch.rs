@@ -43,7 +43,7 @@ pub trait Upstream: Send + Sync {
 
 impl Upstream for Fill {
     fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
-        Fill::fetch(&self, index, sink).boxed()
+        Fill::fetch(&self, index, sink, 0).boxed()
     }
 
     fn checks(&self, index: u64) -> bool {

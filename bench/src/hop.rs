@@ -15,6 +15,7 @@ use s3_accel::peers::auth::{KeyRing, PeerKeys};
 use s3_accel::peers::client::PeerClient;
 use s3_accel::peers::membership::{Member, Members};
 use s3_accel::peers::protocol::{ChunkRequest, Signer};
+use s3_accel::peers::wire;
 
 use crate::client::{Client, Get, Object};
 use crate::target::{Target, PEER_SECRET};
@@ -28,14 +29,23 @@ pub struct PeerHop {
     /// Microseconds from the request to the first body byte, of the answers the
     /// owner served from its tiers.
     pub ttfb: Histogram<u64>,
+    /// Microseconds from the request to the chunk's first block, its tag checked:
+    /// what a reader waits before it uses the first byte (it uses none unchecked).
+    pub checked: Histogram<u64>,
     /// Answers the owner had to fill (not a hop's cost alone: not in `ttfb`).
     pub filled: u64,
+    /// CPU seconds per GiB of each check, on one core ([`integrity_costs`]).
+    pub costs: Vec<(&'static str, f64)>,
 }
 
 impl PeerHop {
     pub fn merge(&mut self, other: &PeerHop) {
         self.ttfb.add(&other.ttfb).expect("same bounds");
+        self.checked.add(&other.checked).expect("same bounds");
         self.filled += other.filled;
+        if self.costs.is_empty() {
+            self.costs.clone_from(&other.costs);
+        }
     }
 }
 
@@ -84,9 +94,12 @@ pub async fn measure(
         checksums: Vec::new(),
     };
     let chunks = object.len().div_ceil(chunk_size);
+    let histogram = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     let mut hop = PeerHop {
-        ttfb: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        ttfb: histogram(),
+        checked: histogram(),
         filled: 0,
+        costs: Vec::new(),
     };
     for sample in 0..SAMPLES {
         let request = ChunkRequest {
@@ -98,15 +111,84 @@ pub async fn measure(
             .expect("every member has an address");
         let started = Instant::now();
         let answer = peers.chunk(owner, &request, Duration::from_secs(30)).await?;
-        let (source, mut body) = (answer.source, answer.body);
+        let (source, mut body, mut tag) = (answer.source, answer.body, answer.tag);
         let first = body.frame().await;
         let ttfb = started.elapsed();
-        anyhow::ensure!(matches!(first, Some(Ok(_))), "the owner's answer had no body");
-        body.collect().await?;
+        let Some(Ok(first)) = first else {
+            anyhow::bail!("the owner's answer had no body");
+        };
+        // A reader uses a block once it and its tag are in: the first block's check
+        // is what a peer hop adds before a client's first byte.
+        let mut answer = first.into_data().unwrap_or_default().to_vec();
+        let length = request.length();
+        let first_block = wire::TAG_BLOCK.min(length) as usize + wire::BODY_TAG_LEN;
+        while answer.len() < first_block {
+            match body.frame().await {
+                Some(frame) => answer.extend_from_slice(&frame?.into_data().unwrap_or_default()),
+                None => anyhow::bail!("an owner's answer ended before its first block"),
+            }
+        }
+        tag.update(&answer[..first_block - wire::BODY_TAG_LEN]);
+        anyhow::ensure!(
+            tag.matches(&answer[first_block - wire::BODY_TAG_LEN..first_block]),
+            "an owner's chunk did not match its tag"
+        );
+        let checked = started.elapsed();
+        answer.extend_from_slice(&body.collect().await?.to_bytes());
+        anyhow::ensure!(
+            answer.len() as u64 == wire::tagged_length(length),
+            "an owner's answer of another length"
+        );
         match source.as_str() {
-            "memory" | "disk" => hop.ttfb.saturating_record(ttfb.as_micros() as u64),
+            "memory" | "disk" => {
+                hop.ttfb.saturating_record(ttfb.as_micros() as u64);
+                hop.checked.saturating_record(checked.as_micros() as u64);
+            }
             _ => hop.filled += 1,
         }
     }
+    hop.costs = integrity_costs(chunk_size);
     Ok(hop)
+}
+
+/// What checking costs, in CPU seconds per GiB on one core, over chunk-sized
+/// buffers: each CRC a chunk may be kept with, and the HMAC a chunk's tag is
+/// (computed by the owner, and again by the reader).
+pub fn integrity_costs(chunk_size: u64) -> Vec<(&'static str, f64)> {
+    use s3_accel::s3::Crc;
+    let chunk: Vec<u8> = (0..chunk_size)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let rounds = (4u64 << 30).div_ceil(chunk_size).max(1);
+    let gib = (rounds * chunk_size) as f64 / (1u64 << 30) as f64;
+    let time = |work: &dyn Fn(&[u8])| {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            work(std::hint::black_box(&chunk));
+        }
+        started.elapsed().as_secs_f64() / gib
+    };
+    let keys = PeerKeys::from_text(PEER_SECRET).expect("the bench's key");
+    vec![
+        (
+            "CRC32 (full-object check)",
+            time(&|c| {
+                std::hint::black_box(Crc::of(crc_fast::CrcAlgorithm::Crc32IsoHdlc, c));
+            }),
+        ),
+        (
+            "CRC64NVME (kept beside each chunk)",
+            time(&|c| {
+                std::hint::black_box(Crc::of(Crc::DEFAULT, c));
+            }),
+        ),
+        (
+            "HMAC-SHA256 (a peer chunk's tag, one end)",
+            time(&|c| {
+                let mut tag = wire::BodyTag::signing(&keys, b"request");
+                tag.update(c);
+                std::hint::black_box(tag.tag());
+            }),
+        ),
+    ]
 }

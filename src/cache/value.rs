@@ -201,8 +201,9 @@ impl foyer::Code for CacheValue {
                 };
                 let mut bytes = vec![0u8; size as usize];
                 reader.read_exact(&mut bytes).map_err(io)?;
-                // Bytes the disk changed after they were written (foyer checks its
-                // own framing, not every byte) are never served: a miss, filled again.
+                // Bytes that changed after they were written are never served: a
+                // miss, filled again. (foyer's own checksum of each entry catches a
+                // disk's flips first; this holds whatever wrote or read the value.)
                 if crc.is_some_and(|crc| !crc.matches(&bytes)) {
                     metrics::counter!(crate::telemetry::CORRUPT_CHUNKS, "found" => "disk").increment(1);
                     return Err(corrupt("chunk bytes do not match their CRC"));

@@ -47,6 +47,9 @@ pub struct Version {
 
 /// The CRCs seen of one version's chunks.
 struct Tally {
+    /// What the version was said to be when the tally began (size, chunk size,
+    /// full-object CRC): a fill that says otherwise starts the tally afresh.
+    shape: (u64, u64, Crc),
     crcs: Vec<Option<Crc>>,
     seen: usize,
     touched: u64,
@@ -87,55 +90,84 @@ impl Ledger {
         index: u64,
         crc: Crc,
     ) -> Verdict {
-        let chunks = size.div_ceil(chunk_size) as usize;
-        if chunks > MAX_SLOTS || index as usize >= chunks || crc.algorithm != expected.algorithm {
+        let chunks = size.div_ceil(chunk_size.max(1));
+        if chunks > MAX_SLOTS as u64 || index >= chunks || crc.algorithm != expected.algorithm {
             return Verdict::Pending;
         }
-        let mut state = self.state.lock().expect("the ledger");
-        state.clock += 1;
-        let touched = state.clock;
-        if !state.versions.contains_key(version) {
-            state.make_room(chunks);
-            state.slots += chunks;
-            let tally = Tally {
-                crcs: vec![None; chunks],
-                seen: 0,
-                touched,
+        let chunks = chunks as usize;
+        let shape = (size, chunk_size, expected);
+        let tally = {
+            // A panic elsewhere while it was held leaves nothing half-written here.
+            let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.clock += 1;
+            let touched = state.clock;
+            if state.versions.get(version).is_some_and(|tally| tally.shape != shape) {
+                state.remove(version);
+            }
+            if !state.versions.contains_key(version) {
+                state.make_room(chunks);
+                state.slots += chunks;
+                let tally = Tally {
+                    shape,
+                    crcs: vec![None; chunks],
+                    seen: 0,
+                    touched,
+                };
+                state.versions.insert(version.clone(), tally);
+            }
+            let Some(tally) = state.versions.get_mut(version) else {
+                return Verdict::Pending;
             };
-            state.versions.insert(version.clone(), tally);
-        }
-        let tally = state.versions.get_mut(version).expect("inserted above");
-        tally.touched = touched;
-        let slot = &mut tally.crcs[index as usize];
-        if slot.replace(crc).is_none() {
-            tally.seen += 1;
-        }
-        if tally.seen < chunks {
-            return Verdict::Pending;
-        }
-        let tally = state.versions.remove(version).expect("present");
-        state.slots -= chunks;
+            tally.touched = touched;
+            if tally.crcs[index as usize].replace(crc).is_none() {
+                tally.seen += 1;
+            }
+            if tally.seen < chunks {
+                return Verdict::Pending;
+            }
+            match state.remove(version) {
+                Some(tally) => tally,
+                None => return Verdict::Pending,
+            }
+        };
+        // Combined outside the lock: other fills tally meanwhile.
         let last = size - (chunks as u64 - 1) * chunk_size;
         let whole = tally
             .crcs
             .iter()
             .enumerate()
-            .map(|(i, crc)| {
-                (
-                    crc.expect("every chunk seen"),
-                    if i + 1 == chunks { last } else { chunk_size },
-                )
+            .map(|(i, crc)| (*crc, if i + 1 == chunks { last } else { chunk_size }))
+            .try_fold(None, |whole: Option<Crc>, (crc, length)| {
+                let crc = crc?;
+                Some(Some(match whole {
+                    None => crc,
+                    Some(whole) => whole.then(crc, length),
+                }))
             })
-            .reduce(|(whole, _), (next, length)| (whole.then(next, length), length))
-            .map(|(whole, _)| whole);
+            .flatten();
         match whole == Some(expected) {
             true => Verdict::Whole,
             false => Verdict::Mismatch,
         }
     }
+
+    /// Forgets what was tallied of `version` (its chunks were dropped: CRCs seen
+    /// before must not count with chunks filled after).
+    pub fn forget(&self, version: &Version) {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(version);
+    }
 }
 
 impl Tallies {
+    fn remove(&mut self, version: &Version) -> Option<Tally> {
+        let tally = self.versions.remove(version)?;
+        self.slots -= tally.crcs.len();
+        Some(tally)
+    }
+
     /// Forgets the least recently tallied versions until `chunks` more slots fit.
     fn make_room(&mut self, chunks: usize) {
         while !self.versions.is_empty() && (self.versions.len() >= MAX_VERSIONS || self.slots + chunks > MAX_SLOTS) {
@@ -145,8 +177,7 @@ impl Tallies {
                 .min_by_key(|(_, tally)| tally.touched)
                 .map(|(version, _)| version.clone())
                 .expect("not empty");
-            let tally = self.versions.remove(&oldest).expect("present");
-            self.slots -= tally.crcs.len();
+            self.remove(&oldest);
         }
     }
 }
@@ -195,6 +226,17 @@ mod tests {
         );
         assert_eq!(ledger.tally(&w, shape, expected, 2, crcs[2]), Verdict::Mismatch);
         // Tallied and done: nothing is held.
+        assert_eq!(ledger.state.lock().unwrap().slots, 0);
+        // A fill that says the version is another size starts afresh (and never
+        // panics on a slot that is not there).
+        assert_eq!(ledger.tally(&v, shape, expected, 0, crcs[0]), Verdict::Pending);
+        assert_eq!(
+            ledger.tally(&v, (100_000, 4096), expected, 20, crcs[0]),
+            Verdict::Pending
+        );
+        assert_eq!(ledger.tally(&v, shape, expected, 1, crcs[1]), Verdict::Pending);
+        // Forgotten: CRCs seen before a drop do not count after it.
+        ledger.forget(&v);
         assert_eq!(ledger.state.lock().unwrap().slots, 0);
     }
 

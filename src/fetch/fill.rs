@@ -239,14 +239,16 @@ impl Fill {
         }
     }
 
-    /// Fetches chunk `index`, pushing its bytes to `sink` as they arrive, and
-    /// returns the chunk whole with its CRC once it is checked. The future owns what
-    /// it needs: the cache runs it in a task of its own, so a client that goes away
-    /// does not cancel it.
+    /// Fetches chunk `index` from its byte `skip` on (the sink has the bytes before,
+    /// checked, from a peer that failed midway), pushing them to `sink` as they
+    /// arrive, and returns the chunk whole with its CRC once it is checked. The
+    /// future owns what it needs: the cache runs it in a task of its own, so a client
+    /// that goes away does not cancel it.
     pub fn fetch(
         self: &Arc<Self>,
         index: u64,
         sink: ChunkSink,
+        skip: u64,
     ) -> impl std::future::Future<Output = Result<(Bytes, Crc), FillError>> + Send + 'static {
         let fill = self.clone();
         async move {
@@ -258,35 +260,45 @@ impl Fill {
                 .await
                 .expect("the fill semaphore is never closed");
             let _in_flight = InFlight::start();
-            let (first, last) = fill.chunk_range(index);
-            let response = fill.send(first, last).await?;
-            let checked = fill.check(&response, first, last);
-            if checked.is_err() {
-                poison(&response);
+            let (start, last) = fill.chunk_range(index);
+            // Only what the sink does not have yet: a peer that died at 99 % costs 1 %.
+            let first = start + skip;
+            if first <= last {
+                fill.receive(first, last, &sink).await?;
             }
-            checked?;
-            let mut body = response.into_body();
-            let expected = last - first + 1;
-            let mut got = 0;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(FillError::Body)?;
-                if let Ok(data) = frame.into_data() {
-                    got += data.len() as u64;
-                    if got > expected {
-                        return Err(FillError::Length { got, expected });
-                    }
-                    sink.push(data);
-                }
-            }
-            if got != expected {
-                return Err(FillError::Length { got, expected });
-            }
-            let region = fill.region.config.name.clone();
-            metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(expected);
             let chunk = sink.assemble();
             let crc = fill.verify(index, &chunk)?;
             Ok((chunk, crc))
         }
+    }
+
+    /// Fills bytes `first..=last` into `sink`, checked as they come.
+    async fn receive(&self, first: u64, last: u64, sink: &ChunkSink) -> Result<(), FillError> {
+        let response = self.send(first, last).await?;
+        let checked = self.check(&response, first, last);
+        if checked.is_err() {
+            poison(&response);
+        }
+        checked?;
+        let mut body = response.into_body();
+        let expected = last - first + 1;
+        let mut got = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(FillError::Body)?;
+            if let Ok(data) = frame.into_data() {
+                got += data.len() as u64;
+                if got > expected {
+                    return Err(FillError::Length { got, expected });
+                }
+                sink.push(data);
+            }
+        }
+        if got != expected {
+            return Err(FillError::Length { got, expected });
+        }
+        let region = self.region.config.name.clone();
+        metrics::counter!(telemetry::ORIGIN_FILL_BYTES, "region" => region).increment(expected);
+        Ok(())
     }
 
     /// Whether `response` is the answer to a fill of bytes `first..=last` of this

@@ -150,8 +150,8 @@ impl PeerClient {
         if response.status() != StatusCode::OK {
             return Err(PeerError::Status(response.status()));
         }
-        // The chunk, then its tag.
-        let expected = chunk.length() + wire::BODY_TAG_LEN as u64;
+        // The chunk's blocks, each with its tag.
+        let expected = wire::tagged_length(chunk.length());
         wire::verify_chunk(response.headers(), &self.keys.current(), &asked, expected).map_err(PeerError::Unsigned)?;
         let declared = response
             .headers()

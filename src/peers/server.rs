@@ -24,6 +24,7 @@ use super::{wire, Peers};
 use crate::body::{first_frames, BoxError, ProxyBody};
 use crate::cache::{ChunkCache, ChunkRead, ObjectId, ObjectMeta};
 use crate::credentials::FillCredentials;
+use crate::fetch::check::Version;
 use crate::fetch::{Fill, FillAuth, FillError, Fills};
 use crate::origin::Region;
 use crate::telemetry;
@@ -46,6 +47,9 @@ pub enum Cold {
     /// Neither (404): the asker decides alone.
     Unknown,
 }
+
+/// The most chunks a peer's drop may name (a 16 TiB object of 16 MiB chunks).
+const MAX_DROPPED_CHUNKS: u64 = 1 << 20;
 
 /// What the peer listener serves from: this node's view of the region, its cache,
 /// its origins and fill memory, and the gates it holds.
@@ -160,12 +164,19 @@ impl PeerServer {
         if version.chunk_size != self.cache.chunk_size() {
             return (StatusCode::CONFLICT, Bytes::new());
         }
+        if version.size.div_ceil(version.chunk_size) > MAX_DROPPED_CHUNKS {
+            return (StatusCode::BAD_REQUEST, Bytes::new());
+        }
         tracing::warn!(
             bucket = version.object.bucket,
             key = version.object.key,
             etag = version.etag,
             "a peer found an object's chunks do not add up to its checksum; dropping them here"
         );
+        self.fills.ledger.forget(&Version {
+            object: version.object.clone(),
+            etag: version.etag.clone(),
+        });
         self.cache
             .drop_version(&version.object, &version.etag, version.size)
             .await;
@@ -203,7 +214,7 @@ impl PeerServer {
         let index = chunk.index;
         let mut read = self
             .cache
-            .chunk(chunk.key(), false, move |sink| fill.fetch(index, sink))
+            .chunk(chunk.key(), false, move |sink| fill.fetch(index, sink, 0))
             .await;
         let source = read.source;
         // The first bytes before the head: a fill that fails outright is a clean 502,
@@ -228,10 +239,9 @@ impl PeerServer {
         let tag = wire::BodyTag::signing(&self.peers.keys.current(), asked);
         let body = chunk_body(first, read, length, tag);
         let mut response = Response::new(body);
-        response.headers_mut().insert(
-            header::CONTENT_LENGTH,
-            HeaderValue::from(length + wire::BODY_TAG_LEN as u64),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(wire::tagged_length(length)));
         response
             .headers_mut()
             .insert(PEER_SOURCE, HeaderValue::from_static(source.as_str()));
@@ -275,9 +285,9 @@ fn header_map(pairs: &[(String, String)]) -> Option<HeaderMap> {
 }
 
 /// A chunk's answer to a peer: `first`, then the rest of `read`, checked to line up
-/// and end at the chunk's `length`, then `tag` over them all.
+/// and end at the chunk's `length`, in blocks each followed by its `tag`.
 fn chunk_body(first: Bytes, read: ChunkRead, length: u64, tag: wire::BodyTag) -> ProxyBody {
-    let body = first_frames(first)
+    let pieces = first_frames(first)
         .scan(0u64, |at, bytes| {
             let piece = (*at, bytes);
             *at += piece.1.len() as u64;
@@ -286,31 +296,47 @@ fn chunk_body(first: Bytes, read: ChunkRead, length: u64, tag: wire::BodyTag) ->
         .chain(stream::unfold(read, |mut read| async move {
             let next = read.next().await?;
             Some((next.map_err(|e| -> BoxError { Box::new(e) }), read))
-        }))
-        .map(Some)
-        .chain(stream::once(std::future::ready(None)))
-        .scan((0u64, Some(tag)), move |(sent, tag), piece| {
-            // The pieces of one read are contiguous and end at the chunk's end; a
-            // gap or an overrun would be a bug, and is a cut, never wrong bytes.
-            let frame = match piece {
-                Some(piece) => piece.and_then(|(at, bytes): (u64, Bytes)| {
-                    if at != *sent || at + bytes.len() as u64 > length {
-                        return Err("a peer chunk's pieces do not line up".into());
-                    }
-                    *sent += bytes.len() as u64;
-                    telemetry::peer_bytes("out", bytes.len() as u64);
-                    if let Some(tag) = tag.as_mut() {
-                        tag.update(&bytes);
-                    }
-                    Ok(Frame::data(bytes))
-                }),
-                // The chunk whole: its tag follows.
-                None => match (*sent == length, tag.take()) {
-                    (true, Some(tag)) => Ok(Frame::data(tag.tag())),
-                    _ => Err("a peer chunk ended short".into()),
-                },
-            };
-            std::future::ready(Some(frame))
+        }));
+    let mut tagging = Tagging { tag, sent: 0, length };
+    let body = pieces
+        .map(move |piece| tagging.frames(piece))
+        .flat_map(|frames| match frames {
+            Ok(frames) => stream::iter(frames.into_iter().map(|bytes| Ok(Frame::data(bytes)))).left_stream(),
+            Err(error) => stream::once(std::future::ready(Err(error))).right_stream(),
         });
     StreamBody::new(body).boxed_unsync()
+}
+
+/// Cuts a chunk's pieces into tagged blocks as they go.
+struct Tagging {
+    tag: wire::BodyTag,
+    /// Bytes of the chunk sent so far.
+    sent: u64,
+    length: u64,
+}
+
+impl Tagging {
+    /// The frames that carry `piece` (the piece at its offset in the chunk), with a
+    /// tag after each block it ends.
+    fn frames(&mut self, piece: Result<(u64, Bytes), BoxError>) -> Result<Vec<Bytes>, BoxError> {
+        let (at, mut bytes) = piece?;
+        // The pieces of one read are contiguous and end at the chunk's end; a gap or
+        // an overrun would be a bug, and is a cut, never wrong bytes.
+        if at != self.sent || at + bytes.len() as u64 > self.length {
+            return Err("a peer chunk's pieces do not line up".into());
+        }
+        telemetry::peer_bytes("out", bytes.len() as u64);
+        let mut frames = Vec::with_capacity(4);
+        while !bytes.is_empty() {
+            let block_left = wire::TAG_BLOCK - self.sent % wire::TAG_BLOCK;
+            let part = bytes.split_to(block_left.min(bytes.len() as u64) as usize);
+            self.sent += part.len() as u64;
+            self.tag.update(&part);
+            frames.push(part);
+            if self.sent.is_multiple_of(wire::TAG_BLOCK) || self.sent == self.length {
+                frames.push(self.tag.tag());
+            }
+        }
+        Ok(frames)
+    }
 }

@@ -103,6 +103,7 @@ impl Regional {
             ..self.template.clone()
         };
         let members = self.peers.members();
+        let mut pushed = 0;
         let mut tried = 0;
         // Why this node fills a chunk it does not own, if it comes to that.
         let mut fallback = None;
@@ -118,14 +119,12 @@ impl Regional {
                 continue;
             }
             tried += 1;
-            match from_peer(&self.peers, address, &request).await {
-                Ok(chunk) => {
+            match from_peer(&self.peers, address, &request, sink, &mut pushed).await {
+                Ok(()) => {
                     telemetry::peer_request("reader", "ok");
+                    let chunk = sink.assemble();
                     return match self.fill.verify(index, &chunk) {
-                        Ok(crc) => {
-                            sink.push(chunk.clone());
-                            Ok((chunk, crc))
-                        }
+                        Ok(crc) => Ok((chunk, crc)),
                         Err(error) => {
                             // The owner's own bytes are not the object's: left alone for
                             // a while; the retry goes elsewhere.
@@ -153,7 +152,7 @@ impl Regional {
         if let Some(reason) = fallback {
             telemetry::peer_fallback(reason);
         }
-        Fill::fetch(&self.fill, index, sink.clone()).await
+        Fill::fetch(&self.fill, index, sink.clone(), pushed).await
     }
 
     /// Tells every node of the region to drop this version (its chunks do not add
@@ -186,10 +185,17 @@ enum PeerFailure {
     Broken(BoxError),
 }
 
-/// The chunk from a peer, whole, once its tag shows every byte is the owner's
-/// answer to this request: nothing of it is used before (a byte changed on the way
-/// is a broken exchange, never a byte served).
-async fn from_peer(peers: &Peers, address: std::net::SocketAddr, request: &ChunkRequest) -> Result<Bytes, PeerFailure> {
+/// Streams the chunk from a peer into `sink`, past the `pushed` bytes already there,
+/// a block at a time, each once its tag shows it is the owner's answer to this
+/// request: no byte of a block is used before (a byte changed on the way is a
+/// broken exchange, never a byte served).
+async fn from_peer(
+    peers: &Peers,
+    address: std::net::SocketAddr,
+    request: &ChunkRequest,
+    sink: &ChunkSink,
+    pushed: &mut u64,
+) -> Result<(), PeerFailure> {
     let asked = std::time::Instant::now();
     let answer = peers.client.chunk(address, request, PEER_FIRST_BYTE).await;
     let outcome = match &answer {
@@ -198,15 +204,19 @@ async fn from_peer(peers: &Peers, address: std::net::SocketAddr, request: &Chunk
         Err(_) => "failed",
     };
     metrics::histogram!(telemetry::PEER_SECONDS, "outcome" => outcome).record(asked.elapsed().as_secs_f64());
-    let PeerChunk { mut body, mut tag, .. } = match answer {
+    let PeerChunk { mut body, tag, .. } = match answer {
         Ok(chunk) => chunk,
         Err(PeerError::Status(http::StatusCode::PRECONDITION_FAILED)) => return Err(PeerFailure::Changed),
         Err(PeerError::Status(status)) => return Err(PeerFailure::Refused(status)),
         Err(error) => return Err(PeerFailure::Broken(error.into())),
     };
     let broken = |error: BoxError| PeerFailure::Broken(error);
-    let length = request.length() as usize;
-    let mut chunk = BytesMut::with_capacity(length + wire::BODY_TAG_LEN);
+    let mut blocks = Blocks {
+        tag,
+        pending: BytesMut::new(),
+        got: 0,
+        length: request.length(),
+    };
     loop {
         let frame = match tokio::time::timeout(PEER_IDLE, body.frame()).await {
             Err(_) => return Err(broken("the peer went silent".into())),
@@ -214,25 +224,58 @@ async fn from_peer(peers: &Peers, address: std::net::SocketAddr, request: &Chunk
             Ok(Some(frame)) => frame.map_err(|e| broken(e.into()))?,
         };
         if let Ok(data) = frame.into_data() {
-            if chunk.len() + data.len() > length + wire::BODY_TAG_LEN {
-                return Err(broken("the peer sent more than the chunk".into()));
-            }
-            chunk.extend_from_slice(&data);
             telemetry::peer_bytes("in", data.len() as u64);
+            blocks.pending.extend_from_slice(&data);
+            while let Some(block) = blocks.next_checked().map_err(broken)? {
+                let at = blocks.got - block.len() as u64;
+                if blocks.got > *pushed {
+                    sink.push(block.slice((*pushed).saturating_sub(at) as usize..));
+                    *pushed = blocks.got;
+                }
+            }
         }
     }
-    if chunk.len() != length + wire::BODY_TAG_LEN {
+    if blocks.got != blocks.length || !blocks.pending.is_empty() {
         return Err(broken(
-            format!("the peer sent {} of {length} bytes", chunk.len()).into(),
+            format!("the peer sent {} of {} bytes", blocks.got, blocks.length).into(),
         ));
     }
-    let sent_tag = chunk.split_off(length);
-    tag.update(&chunk);
-    if !tag.matches(&sent_tag) {
-        metrics::counter!(telemetry::CORRUPT_CHUNKS, "found" => "peer").increment(1);
-        return Err(broken("the chunk's bytes do not match their tag".into()));
+    Ok(())
+}
+
+/// A chunk answer's bytes as they arrive, given out a checked block at a time.
+struct Blocks {
+    tag: wire::BodyTag,
+    /// Received, not yet checked.
+    pending: BytesMut,
+    /// Bytes of the chunk checked so far.
+    got: u64,
+    length: u64,
+}
+
+impl Blocks {
+    /// The next block, once it and its tag are in and the tag checks.
+    fn next_checked(&mut self) -> Result<Option<Bytes>, BoxError> {
+        let block = wire::TAG_BLOCK.min(self.length - self.got) as usize;
+        if block == 0 {
+            return match self.pending.is_empty() {
+                true => Ok(None),
+                false => Err("the peer sent more than the chunk".into()),
+            };
+        }
+        if self.pending.len() < block + wire::BODY_TAG_LEN {
+            return Ok(None);
+        }
+        let bytes = self.pending.split_to(block).freeze();
+        let sent = self.pending.split_to(wire::BODY_TAG_LEN);
+        self.tag.update(&bytes);
+        if !self.tag.matches(&sent) {
+            metrics::counter!(telemetry::CORRUPT_CHUNKS, "found" => "peer").increment(1);
+            return Err("a block of the chunk does not match its tag".into());
+        }
+        self.got += block as u64;
+        Ok(Some(bytes))
     }
-    Ok(chunk.freeze())
 }
 
 /// What a reader tells an owner about who may sign its fill: `None` when the

@@ -138,40 +138,86 @@ pub fn verify_chunk(headers: &HeaderMap, keys: &PeerKeys, request: &[u8], length
     verify(headers, keys, (CHUNK_REPLY, CHUNK_PATH, &chunk_reply(request, length)))
 }
 
-/// Bytes of the tag after a chunk's bytes in an owner's answer.
+/// Bytes of each tag in an owner's chunk answer.
 pub const BODY_TAG_LEN: usize = 32;
+/// An owner's chunk answer is the chunk in blocks of this many bytes (the last one
+/// shorter), each followed by its tag: a reader checks and uses one block while
+/// the next arrives, rather than waiting for the whole chunk.
+pub const TAG_BLOCK: u64 = 1 << 20;
 
-/// The tag after a chunk's bytes in an owner's answer: an HMAC of the bytes, bound to
-/// the request they answer, computed as they go. The answer's signature covers its
-/// head; the tag, its bytes: a reader uses none of them before the tag checks.
-pub struct BodyTag(Vec<aws_lc_rs::hmac::Context>);
+/// The length of an owner's answer carrying a `length`-byte chunk: the chunk and
+/// one tag per block.
+pub fn tagged_length(length: u64) -> u64 {
+    length + length.div_ceil(TAG_BLOCK) * BODY_TAG_LEN as u64
+}
+
+/// The tags in an owner's chunk answer: HMACs of each block of the chunk, bound to
+/// the request they answer and to the block's place in the chunk, computed as the
+/// bytes go. The answer's signature covers its head; the tags, its bytes: a reader
+/// uses no byte of a block before its tag checks.
+pub struct BodyTag {
+    /// Bound to the request, before any block.
+    bound: Vec<aws_lc_rs::hmac::Context>,
+    /// The block under way.
+    block: Vec<aws_lc_rs::hmac::Context>,
+    index: u64,
+}
 
 impl BodyTag {
-    /// The owner's tag of its answer to `request` (the chunk request's body).
+    /// The owner's tags of its answer to `request` (the chunk request's body).
     pub fn signing(keys: &PeerKeys, request: &[u8]) -> Self {
-        Self(keys.body_macs(request, true))
+        Self::of(keys.body_macs(request, true))
     }
 
     /// The reader's check of an answer to `request`, with every key in force.
     pub fn checking(keys: &PeerKeys, request: &[u8]) -> Self {
-        Self(keys.body_macs(request, false))
+        Self::of(keys.body_macs(request, false))
     }
 
+    fn of(bound: Vec<aws_lc_rs::hmac::Context>) -> Self {
+        let mut tag = Self {
+            bound,
+            block: Vec::new(),
+            index: 0,
+        };
+        tag.start_block();
+        tag
+    }
+
+    fn start_block(&mut self) {
+        self.block = self
+            .bound
+            .iter()
+            .map(|mac| {
+                let mut mac = mac.clone();
+                mac.update(&self.index.to_be_bytes());
+                mac
+            })
+            .collect();
+        self.index += 1;
+    }
+
+    /// More bytes of the block under way.
     pub fn update(&mut self, bytes: &[u8]) {
-        for mac in &mut self.0 {
+        for mac in &mut self.block {
             mac.update(bytes);
         }
     }
 
-    /// The tag, as the owner sends it.
-    pub fn tag(self) -> Bytes {
-        let mac = self.0.into_iter().next().expect("a signing key");
+    /// The block's tag, as the owner sends it; the next block starts.
+    pub fn tag(&mut self) -> Bytes {
+        let block = std::mem::take(&mut self.block);
+        self.start_block();
+        let mac = block.into_iter().next().expect("a signing key");
         Bytes::copy_from_slice(mac.sign().as_ref())
     }
 
-    /// Whether `tag` is this body's under one of the keys (compared in constant time).
-    pub fn matches(self, tag: &[u8]) -> bool {
-        self.0
+    /// Whether `tag` is the block's under one of the keys (compared in constant
+    /// time); the next block starts.
+    pub fn matches(&mut self, tag: &[u8]) -> bool {
+        let block = std::mem::take(&mut self.block);
+        self.start_block();
+        block
             .into_iter()
             .any(|mac| aws_lc_rs::constant_time::verify_slices_are_equal(mac.sign().as_ref(), tag).is_ok())
     }
@@ -229,12 +275,12 @@ mod tests {
         // A body's tag checks for its bytes and its request, under either key.
         let retiring =
             keys("a-region-key-long-enough-for-hmac-0123456789\nanother-region-key-long-enough-for-hmac-0123456789");
-        let tag = |keys: &PeerKeys, request: &[u8], body: &[&[u8]]| {
-            let mut tag = BodyTag::signing(keys, request);
-            body.iter().for_each(|piece| tag.update(piece));
-            tag.tag()
-        };
-        let signed = tag(&other, b"request", &[b"chunk ", b"bytes"]);
+        let mut owner = BodyTag::signing(&other, b"request");
+        owner.update(b"chunk ");
+        owner.update(b"bytes");
+        let signed = owner.tag();
+        owner.update(b"second block");
+        let second = owner.tag();
         let checks = |request: &[u8], body: &[u8]| {
             let mut check = BodyTag::checking(&retiring, request);
             check.update(body);
@@ -243,6 +289,14 @@ mod tests {
         assert!(checks(b"request", b"chunk bytes"), "framed differently, the same bytes");
         assert!(!checks(b"request", b"chunk bytez"), "another byte");
         assert!(!checks(b"requesT", b"chunk bytes"), "another request");
+        let mut reader = BodyTag::checking(&retiring, b"request");
+        reader.update(b"second block");
+        assert!(!reader.matches(&second), "a block in another place");
+        let mut reader = BodyTag::checking(&retiring, b"request");
+        reader.update(b"chunk bytes");
+        assert!(reader.matches(&signed));
+        reader.update(b"second block");
+        assert!(reader.matches(&second), "the blocks in order");
         let mut elsewhere = BodyTag::checking(&region, b"request");
         elsewhere.update(b"chunk bytes");
         assert!(!elsewhere.matches(&signed), "another region");
