@@ -165,8 +165,13 @@ impl AdminServer {
         let disk = match &self.node.peers {
             Some(peers) => {
                 let members = peers.members();
+                // Ready either way; an operator sees which (and `s3accel_peer_tls`).
+                let tls = match peers.tls {
+                    Some(_) => "peer TLS: on (mutual)",
+                    None => "peer TLS: off (the peer network is unprotected)",
+                };
                 format!(
-                    "{disk}peers: {} members, ring {:016x}\n",
+                    "{disk}peers: {} members, ring {:016x}\n{tls}\n",
                     members.members.len(),
                     members.fingerprint
                 )

@@ -73,7 +73,8 @@ impl App {
                     }),
                 };
                 let front = Front::Peers(Arc::new(owner));
-                Some(server::Server::bind(listen.listen, front, config.server.clone(), None).await?)
+                let tls = peers.tls.as_ref().map(|tls| tls.acceptor()).transpose()?;
+                Some(server::Server::bind(listen.listen, front, config.server.clone(), tls).await?)
             }
             _ => None,
         };

@@ -10,6 +10,7 @@ pub mod membership;
 pub mod placement;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod wire;
 
@@ -37,6 +38,8 @@ pub struct Peers {
     pub hello: Hello,
     pub keys: Arc<KeyRing>,
     pub client: PeerClient,
+    /// Mutual TLS on the peer port, when `peers.tls` is set.
+    pub tls: Option<Arc<tls::PeerTls>>,
     members: watch::Receiver<Arc<Members>>,
     /// Peers that failed a request lately, by node name, and until when.
     ejected: Mutex<HashMap<String, Instant>>,
@@ -54,6 +57,8 @@ pub enum PeersError {
     Keys(#[from] auth::PeerKeyError),
     #[error("peers.service: cannot start DNS discovery")]
     Dns(#[source] std::io::Error),
+    #[error("peers.tls: cannot load the peer certificate or CA")]
+    Tls(#[source] std::io::Error),
 }
 
 impl Peers {
@@ -65,7 +70,17 @@ impl Peers {
         })?;
         let keys = Arc::new(KeyRing::new(PeerKeys::from_text(&secret)?));
         tokio::spawn(keys.clone().watch(config.secret_file.clone(), KEY_RELOAD, secret));
-        let client = PeerClient::new(keys.clone());
+        let tls = config
+            .tls
+            .as_ref()
+            .map(tls::PeerTls::load)
+            .transpose()
+            .map_err(PeersError::Tls)?;
+        if let Some(tls) = &tls {
+            tokio::spawn(tls.clone().watch());
+        }
+        metrics::gauge!(crate::telemetry::PEER_TLS).set(if tls.is_some() { 1.0 } else { 0.0 });
+        let client = PeerClient::new(keys.clone(), tls.as_ref()).map_err(PeersError::Tls)?;
         let hello = Hello {
             node: config.node_name.clone(),
             boot_id: format!("{:016x}", fastrand::u64(..)),
@@ -93,6 +108,7 @@ impl Peers {
             hello,
             keys,
             client,
+            tls,
             members,
             ejected: Mutex::default(),
         }))

@@ -44,6 +44,7 @@ pub const CREDENTIAL_FORCED_REFRESHES: &str = "s3accel_credential_forced_refresh
 pub const CREDENTIAL_EXPIRY: &str = "s3accel_credential_expiry_seconds";
 pub const CREDENTIAL_REJECTIONS: &str = "s3accel_credential_rejections_total";
 pub const CORRUPT_CHUNKS: &str = "s3accel_corrupt_chunks_total";
+pub const PEER_TLS: &str = "s3accel_peer_tls";
 pub const OBJECT_CHECKS: &str = "s3accel_object_checks_total";
 
 /// An object version whose chunks were all seen here, checked against its
@@ -115,6 +116,10 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    describe_gauge!(
+        PEER_TLS,
+        "1 when the peer port runs mutual TLS ([peers.tls]); 0 when the peer network is unprotected (plain HTTP)."
+    );
     describe_counter!(
         CORRUPT_CHUNKS,
         "Chunks whose bytes did not match their CRC when read back, by where they were found (disk, peer); never served."

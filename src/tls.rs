@@ -98,7 +98,7 @@ fn stamp(cert: &Path, key: &Path) -> Option<SystemTime> {
     Some(modified(cert)?.max(modified(key)?))
 }
 
-fn load_certified_key(cert_file: &Path, key_file: &Path) -> io::Result<CertifiedKey> {
+pub(crate) fn load_certified_key(cert_file: &Path, key_file: &Path) -> io::Result<CertifiedKey> {
     let context = |path: &Path, e: &dyn std::fmt::Display| {
         io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
     };

@@ -39,6 +39,12 @@ struct Layout {
     /// `(from, to, relay, target)`: node `from` reaches node `to` only through the
     /// relay at `relay`, which is told `to`'s peer address through `target`.
     relayed: Option<(u8, u8, SocketAddr, Arc<std::sync::OnceLock<SocketAddr>>)>,
+    /// Mutual TLS on the peer port: the region's CA, and the name each node's
+    /// certificate carries (by default its own).
+    tls: Option<(Arc<RegionCa>, Vec<String>)>,
+    /// How many members each in-process node should come to see (by default, all
+    /// it is told about).
+    expected: Option<Vec<usize>>,
 }
 
 impl Layout {
@@ -50,7 +56,66 @@ impl Layout {
             views: None,
             also: Vec::new(),
             relayed: None,
+            tls: None,
+            expected: None,
         }
+    }
+
+    /// The same region, in mutual TLS, each node's certificate for its own name.
+    fn with_tls(self, ca: &Arc<RegionCa>) -> Self {
+        let names = (0..self.count).map(|i| format!("node-{i}")).collect();
+        Self {
+            tls: Some((ca.clone(), names)),
+            ..self
+        }
+    }
+}
+
+/// A region's CA, and the certificates it signs for node names (as cert-manager
+/// would write them: `tls.crt`, `tls.key`, `ca.crt`).
+pub(crate) struct RegionCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+impl RegionCa {
+    pub(crate) fn new() -> Arc<Self> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "s3-accel region CA");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), issuer.pem()).unwrap();
+        Arc::new(Self { issuer, dir })
+    }
+
+    /// Writes a new key and a certificate for `name` (server and client use) as
+    /// `<file>.crt` and `<file>.key`: their paths, and the certificate's DER.
+    pub(crate) fn issue(&self, file: &str, name: &str) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_file, key_file) = (
+            self.dir.path().join(format!("{file}.crt")),
+            self.dir.path().join(format!("{file}.key")),
+        );
+        // Written aside and renamed, as kubelet swaps a Secret's files.
+        for (path, text) in [(&key_file, key.serialize_pem()), (&cert_file, certificate.pem())] {
+            let aside = path.with_extension("new");
+            std::fs::write(&aside, text).unwrap();
+            std::fs::rename(&aside, path).unwrap();
+        }
+        (cert_file, key_file, certificate.der().to_vec())
+    }
+
+    fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
     }
 }
 
@@ -64,6 +129,8 @@ pub(crate) struct Region {
     configs: Vec<String>,
     /// How many members each in-process node should see.
     expected: Vec<usize>,
+    /// Each node's peer address.
+    peer_addresses: Vec<SocketAddr>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -92,6 +159,7 @@ impl Region {
             processes: Vec::new(),
             configs: Vec::new(),
             expected: Vec::new(),
+            peer_addresses: peers.clone(),
             _dirs: Vec::new(),
         };
         for (i, peer) in peers.iter().enumerate() {
@@ -106,11 +174,24 @@ impl Region {
                 .map(|p| format!("\"{p}\""))
                 .collect::<Vec<_>>();
             let cache_dir = tempfile::tempdir().unwrap();
+            let tls = match &layout.tls {
+                Some((ca, names)) => {
+                    let (cert, key, _) = ca.issue(&format!("node-{i}"), &names[i]);
+                    format!(
+                        "[peers.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+                         reload_interval = \"200ms\"\n",
+                        cert.display(),
+                        key.display(),
+                        ca.ca_file().display()
+                    )
+                }
+                None => String::new(),
+            };
             let text = format!(
                 "listen = \"127.0.0.{}:0\"\nadmin_listen = \"127.0.0.1:0\"\norigin = \"{}\"\n\
                  [credentials]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
                  [peers]\nnode_name = \"node-{i}\"\nlisten = \"{peer}\"\naddresses = [{}]\n\
-                 secret_file = \"{}\"\nrefresh = \"200ms\"\n[cache]\ndir = \"{}\"\n{}\n",
+                 secret_file = \"{}\"\nrefresh = \"200ms\"\n{tls}[cache]\ndir = \"{}\"\n{}\n",
                 i + 1,
                 origin.url(),
                 crate::support::origin::ACCESS_KEY,
@@ -123,7 +204,10 @@ impl Region {
             if i < usize::from(layout.count - layout.processes) {
                 region.nodes.push(TestProxy::from_config(&text).await);
                 region.configs.push(text);
-                region.expected.push(view.len().max(1) + layout.also.len());
+                region.expected.push(match &layout.expected {
+                    Some(expected) => expected[i],
+                    None => view.len().max(1) + layout.also.len(),
+                });
             } else {
                 let file = cache_dir.path().join("s3-accel.toml");
                 std::fs::write(&file, &text).unwrap();
@@ -793,6 +877,11 @@ async fn a_chunk_body_changed_on_the_way_is_never_served() {
         },
     )
     .await;
+    let (_, ready) = admin_get(&region.nodes[0], "/readyz").await;
+    assert!(
+        ready.contains("peer TLS: off (the peer network is unprotected)"),
+        "{ready}"
+    );
     // Node 1 fills the chunks it owns first; node 0 then asks it for them, through
     // the relay.
     for (key, data) in keys.iter().zip(&objects) {
@@ -826,4 +915,179 @@ async fn a_chunk_body_changed_on_the_way_is_never_served() {
         flips as f64,
         "every changed answer was caught by its tag"
     );
+}
+
+/// A TCP relay on the peer network that passes bytes on to `target` as they are,
+/// but flips one byte `at` bytes into each answer (what it can do to TLS without the
+/// keys). Counts the answers it changed, and the connections whose first byte was a
+/// TLS handshake record.
+async fn flipping_tcp_relay(
+    target: Arc<std::sync::OnceLock<SocketAddr>>,
+    at: u64,
+) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.11:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (flipped, tls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (flips, handshakes) = (flipped.clone(), tls.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(*target.get().unwrap()).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let handshakes = handshakes.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 16 << 10];
+                let mut first = true;
+                while let Ok(n) = client_read.read(&mut buffer).await {
+                    if n == 0 || server_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                    if std::mem::take(&mut first) && buffer[0] == 0x16 {
+                        handshakes.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            let flips = flips.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 16 << 10];
+                let mut passed = 0u64;
+                while let Ok(n) = server_read.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if passed <= at && at < passed + n as u64 {
+                        buffer[(at - passed) as usize] ^= 0x01;
+                        flips.fetch_add(1, Ordering::SeqCst);
+                    }
+                    passed += n as u64;
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (address, flipped, tls)
+}
+
+/// In mutual TLS, a relay that flips one byte of what node 1 sends node 0 (past
+/// the handshake and the hellos) breaks that connection, never a byte: node 0 falls
+/// back to the origin and every read is byte-exact.
+#[tokio::test]
+async fn with_peer_tls_a_byte_changed_on_the_way_breaks_the_connection_never_a_read() {
+    let size = 3 << 20;
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    let keys: Vec<String> = (0..4).map(|i| format!("object-{i}.bin")).collect();
+    let objects: Vec<Vec<u8>> = (0..4).map(|i| object_bytes(70 + i, size)).collect();
+    for (key, data) in keys.iter().zip(&objects) {
+        origin.put(BUCKET, key, data, &[]).await;
+    }
+    let target = Arc::new(std::sync::OnceLock::new());
+    let (relay, flipped, handshakes) = flipping_tcp_relay(target.clone(), 300 << 10).await;
+    let ca = RegionCa::new();
+    let region = Region::start_with(
+        &origin,
+        Layout {
+            relayed: Some((0, 1, relay, target)),
+            ..Layout::of(2)
+        }
+        .with_tls(&ca),
+    )
+    .await;
+    for node in &region.nodes {
+        let (_, ready) = admin_get(node, "/readyz").await;
+        assert!(ready.contains("peer TLS: on"), "{ready}");
+    }
+    for (key, data) in keys.iter().zip(&objects) {
+        let reply = get(&region.nodes[1], read(key)).await;
+        assert_eq!(sha256_hex(&reply.body), sha256_hex(data));
+    }
+    for (key, data) in keys.iter().zip(&objects) {
+        for _ in 0..2 {
+            let reply = get(&region.nodes[0], read(key)).await;
+            assert_eq!(reply.status, StatusCode::OK, "{key}");
+            assert_eq!(
+                sha256_hex(&reply.body),
+                sha256_hex(data),
+                "{key}: a changed byte was served"
+            );
+        }
+    }
+    println!(
+        "answers changed on the way: {}, over {} TLS connections",
+        flipped.load(Ordering::SeqCst),
+        handshakes.load(Ordering::SeqCst)
+    );
+    assert!(handshakes.load(Ordering::SeqCst) > 0, "the peer connections were TLS");
+    assert!(
+        flipped.load(Ordering::SeqCst) > 0,
+        "no answer went through the relay: the test proves nothing"
+    );
+}
+
+/// A node holding the region's key and a certificate the region's CA signed, but
+/// for another node's name, is no member: the hello it answers claims a name its
+/// certificate does not carry. The other node leaves it out (and still serves).
+#[tokio::test]
+async fn a_peer_whose_certificate_names_another_node_is_refused() {
+    let (origin, data) = origin_with_model(80, 3 << 20).await;
+    let ca = RegionCa::new();
+    let mut layout = Layout::of(2).with_tls(&ca);
+    // Node 1 says it is node-1; its certificate says node-7.
+    layout.tls.as_mut().unwrap().1[1] = "node-7".into();
+    layout.expected = Some(vec![1, 2]);
+    let region = Region::start_with(&origin, layout).await;
+    // Given a few rounds of hellos, node 0 still sees itself alone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, ready) = admin_get(&region.nodes[0], "/readyz").await;
+    assert!(ready.contains("peers: 1 members"), "the impostor was taken in: {ready}");
+    let (_, ready) = admin_get(&region.nodes[1], "/readyz").await;
+    assert!(
+        ready.contains("peers: 2 members"),
+        "node 0's own certificate is good: {ready}"
+    );
+    every_node_serves(&region, &data, "a region with an impostor still serves").await;
+}
+
+/// A node's certificate rotated on disk (a renewal: a new key, the same name) is
+/// the one it presents to the next peer that connects, without a restart; the
+/// region keeps serving through it.
+#[tokio::test]
+async fn a_peer_certificate_rotated_on_disk_is_taken_without_a_restart() {
+    let (origin, data) = origin_with_model(81, 3 << 20).await;
+    let ca = RegionCa::new();
+    let region = Region::start_with(&origin, Layout::of(2).with_tls(&ca)).await;
+    every_node_serves(&region, &data, "before the rotation").await;
+    let presented = || async {
+        let (cert, key, _) = ca.issue("asker", "node-0");
+        let files = s3_accel::config::PeerTlsConfig {
+            cert_file: cert,
+            key_file: key,
+            ca_file: ca.ca_file(),
+            reload_interval: Duration::from_secs(60),
+        };
+        let tls = s3_accel::peers::tls::PeerTls::load(&files).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config(true).unwrap()));
+        let tcp = tokio::net::TcpStream::connect(region.peer_addresses[1]).await.unwrap();
+        let server_name = rustls::pki_types::ServerName::IpAddress(region.peer_addresses[1].ip().into());
+        let stream = connector.connect(server_name, tcp).await.unwrap();
+        stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    };
+    let before = presented().await;
+    let (_, _, renewed) = ca.issue("node-1", "node-1");
+    assert_ne!(before, renewed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while presented().await != renewed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewed certificate was never presented"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    every_node_serves(&region, &data, "after the rotation").await;
+    region.formed().await;
 }

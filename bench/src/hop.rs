@@ -59,7 +59,7 @@ pub async fn measure(
     // The herd's chunks are still being written to the nodes' disks for a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let keys = Arc::new(KeyRing::new(PeerKeys::from_text(PEER_SECRET)?));
-    let peers = PeerClient::new(keys);
+    let peers = PeerClient::new(keys, None)?;
     let mut members = Vec::new();
     for address in target.peer_addresses() {
         let hello = peers

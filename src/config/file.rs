@@ -56,6 +56,19 @@ pub struct PeersSection {
     pub service: Option<String>,
     pub secret_file: Option<String>,
     pub refresh: Option<String>,
+    /// Mutual TLS on the peer port.
+    pub tls: Option<PeerTlsSection>,
+}
+
+/// `[peers.tls]`: this node's certificate (its node name in the SAN) and the
+/// region's CA, PEM files as a cert-manager `Certificate` writes them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTlsSection {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub reload_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

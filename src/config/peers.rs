@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::file::PeersSection;
+use super::file::{PeerTlsSection, PeersSection};
 use super::{duration_or, invalid, ConfigError};
 
 #[derive(Debug, Clone)]
@@ -21,6 +21,19 @@ pub struct PeersConfig {
     pub secret_file: PathBuf,
     /// How often the members are looked up again.
     pub refresh: Duration,
+    /// Mutual TLS on the peer port; `None`: plain HTTP (the network is trusted).
+    pub tls: Option<PeerTlsConfig>,
+}
+
+/// `[peers.tls]`.
+#[derive(Debug, Clone)]
+pub struct PeerTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The region's CA: every peer's certificate must be signed by it.
+    pub ca_file: PathBuf,
+    /// How often the files are checked for new ones.
+    pub reload_interval: Duration,
 }
 
 /// Where the peers are.
@@ -100,6 +113,24 @@ pub(super) fn peers_config(section: &PeersSection) -> Result<PeersConfig, Config
         discovery,
         secret_file,
         refresh: duration_or(section.refresh.as_deref(), "peers.refresh", Duration::from_secs(5))?,
+        tls: section.tls.as_ref().map(peer_tls).transpose()?,
+    })
+}
+
+fn peer_tls(section: &PeerTlsSection) -> Result<PeerTlsConfig, ConfigError> {
+    let file = |value: &Option<String>, key: &'static str| match value.as_deref().map(str::trim) {
+        Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(invalid(key, "a PEM file is required with [peers.tls]")),
+    };
+    Ok(PeerTlsConfig {
+        cert_file: file(&section.cert_file, "peers.tls.cert_file")?,
+        key_file: file(&section.key_file, "peers.tls.key_file")?,
+        ca_file: file(&section.ca_file, "peers.tls.ca_file")?,
+        reload_interval: duration_or(
+            section.reload_interval.as_deref(),
+            "peers.tls.reload_interval",
+            Duration::from_secs(10),
+        )?,
     })
 }
 

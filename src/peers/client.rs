@@ -1,9 +1,10 @@
-//! Requests to peers: signed, over plain HTTP/1.1 on the peer port, with short
-//! timeouts (a dead peer must cost a client little: the next in line, or the
-//! origin, serves instead).
+//! Requests to peers: signed, over HTTP/1.1 on the peer port (in mutual TLS when
+//! `peers.tls` is set), with short timeouts (a dead peer must cost a client little:
+//! the next in line, or the origin, serves instead).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,11 +12,13 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::auth::{KeyRing, PeerAuthError};
 use super::protocol::{ChunkRequest, Hello, CHUNK_PATH, HELLO_PATH, PEER_SOURCE};
+use super::tls::{self, PeerTls};
 use super::wire;
 
 /// How long a peer may take to connect: peers are in one region, a few hops away.
@@ -42,6 +45,10 @@ pub enum PeerError {
     TooLong,
     #[error("the peer declared {declared:?} bytes for a {expected}-byte chunk")]
     Length { declared: Option<u64>, expected: u64 },
+    #[error("TLS with the peer failed")]
+    Tls(#[source] std::io::Error),
+    #[error("the peer's certificate does not name {node}, the node its hello claims")]
+    NotNamed { node: String },
 }
 
 /// An owner's answer to a chunk request, its head checked: signed for the request
@@ -57,27 +64,89 @@ pub struct PeerChunk {
 
 #[derive(Clone)]
 pub struct PeerClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    transport: Transport,
     keys: Arc<KeyRing>,
 }
 
+/// How requests reach peers: plain HTTP, or mutual TLS.
+#[derive(Clone)]
+enum Transport {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls {
+        http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+        /// For hellos: any member's certificate (the answer names the member).
+        hello: tokio_rustls::TlsConnector,
+        /// The node each address's hello named, checked against its certificate:
+        /// every other request's certificate must name it too.
+        names: Arc<RwLock<HashMap<SocketAddr, String>>>,
+    },
+}
+
+/// The server name a request to a member's address must find in its certificate:
+/// the node its hello named.
+struct MemberNames(Arc<RwLock<HashMap<SocketAddr, String>>>);
+
+impl hyper_rustls::ResolveServerName for MemberNames {
+    fn resolve(&self, uri: &http::Uri) -> Result<ServerName<'static>, Box<dyn std::error::Error + Sync + Send>> {
+        let address: SocketAddr = uri.authority().ok_or("no authority")?.as_str().parse()?;
+        let names = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let node = names.get(&address).ok_or("no hello from this address yet")?;
+        Ok(ServerName::try_from(node.clone())?)
+    }
+}
+
 impl PeerClient {
-    pub fn new(keys: Arc<KeyRing>) -> Self {
+    /// A client signing with `keys`, in mutual TLS with `tls` when it is set.
+    pub fn new(keys: Arc<KeyRing>, tls: Option<&Arc<PeerTls>>) -> std::io::Result<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new())
+        let builder = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Self { http, keys }
+            .clone();
+        let transport = match tls {
+            None => Transport::Plain(builder.build(connector)),
+            Some(tls) => {
+                connector.enforce_http(false);
+                let names = Arc::new(RwLock::new(HashMap::new()));
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.client_config(false)?)
+                    .https_only()
+                    .with_server_name_resolver(MemberNames(names.clone()))
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Transport::Tls {
+                    http: builder.build(https),
+                    hello: tokio_rustls::TlsConnector::from(Arc::new(tls.client_config(true)?)),
+                    names,
+                }
+            }
+        };
+        Ok(Self { transport, keys })
+    }
+
+    /// Whether requests to peers go in mutual TLS.
+    pub fn is_protected(&self) -> bool {
+        matches!(self.transport, Transport::Tls { .. })
+    }
+
+    fn send(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        match &self.transport {
+            Transport::Plain(http) => http.request(request),
+            Transport::Tls { http, .. } => http.request(request),
+        }
     }
 
     fn request(&self, method: Method, address: SocketAddr, path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
         let mut headers = http::HeaderMap::new();
         wire::sign_request(&mut headers, &self.keys.current(), method.as_str(), path, &body);
+        let scheme = match self.transport {
+            Transport::Plain(_) => "http",
+            Transport::Tls { .. } => "https",
+        };
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{address}{path}"))
+            .uri(format!("{scheme}://{address}{path}"))
             .body(Full::new(Bytes::from(body)))
             .expect("a valid peer request");
         *request.headers_mut() = headers;
@@ -92,7 +161,13 @@ impl PeerClient {
             .headers_mut()
             .insert(wire::PEER_NONCE, http::HeaderValue::from_str(&nonce).expect("hex"));
         let answer = async {
-            let response = self.http.request(request).await.map_err(PeerError::Unreachable)?;
+            let (response, certificate) = match &self.transport {
+                Transport::Plain(http) => (http.request(request).await.map_err(PeerError::Unreachable)?, None),
+                Transport::Tls { hello, .. } => {
+                    let (response, certificate) = tls_exchange(hello, address, request).await?;
+                    (response, Some(certificate))
+                }
+            };
             if response.status() != StatusCode::OK {
                 return Err(PeerError::Status(response.status()));
             }
@@ -100,7 +175,20 @@ impl PeerClient {
             let body = whole(body).await?;
             // Only a node holding the region's key may claim a name and a weight.
             wire::verify_hello(&parts.headers, &self.keys.current(), &nonce, &body).map_err(|_| PeerError::BadHello)?;
-            Hello::decode(std::str::from_utf8(&body).map_err(|_| PeerError::BadHello)?).ok_or(PeerError::BadHello)
+            let hello = Hello::decode(std::str::from_utf8(&body).map_err(|_| PeerError::BadHello)?)
+                .ok_or(PeerError::BadHello)?;
+            // And, in TLS, only the node its certificate names: a node of the region
+            // cannot pass for another.
+            if let (Some(certificate), Transport::Tls { names, .. }) = (certificate, &self.transport) {
+                if !tls::names(&certificate, &hello.node) {
+                    return Err(PeerError::NotNamed { node: hello.node });
+                }
+                names
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(address, hello.node.clone());
+            }
+            Ok(hello)
         };
         tokio::time::timeout(HELLO_TIMEOUT, answer)
             .await
@@ -120,7 +208,7 @@ impl PeerClient {
         let asked = body.clone();
         let request = self.request(Method::POST, address, path, body);
         let answer = async {
-            let response = self.http.request(request).await.map_err(PeerError::Unreachable)?;
+            let response = self.send(request).await.map_err(PeerError::Unreachable)?;
             let (parts, body) = response.into_parts();
             let body = whole(body).await?;
             let answer = (parts.status.as_u16(), &body[..]);
@@ -143,7 +231,7 @@ impl PeerClient {
     ) -> Result<PeerChunk, PeerError> {
         let asked = chunk.encode();
         let request = self.request(Method::POST, address, CHUNK_PATH, asked.clone());
-        let response = tokio::time::timeout(first_byte, self.http.request(request))
+        let response = tokio::time::timeout(first_byte, self.send(request))
             .await
             .map_err(|_| PeerError::Timeout)?
             .map_err(PeerError::Unreachable)?;
@@ -173,6 +261,45 @@ impl PeerClient {
             tag: wire::BodyTag::checking(&self.keys.current(), &asked),
         })
     }
+}
+
+/// One request in TLS on a connection of its own, and the certificate the peer
+/// presented (signed by the region's CA; which node it names is the caller's to check).
+async fn tls_exchange(
+    connector: &tokio_rustls::TlsConnector,
+    address: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> Result<(http::Response<Incoming>, CertificateDer<'static>), PeerError> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| PeerError::Timeout)?
+        .map_err(PeerError::Tls)?;
+    let _ = tcp.set_nodelay(true);
+    let stream = connector
+        .connect(ServerName::IpAddress(address.ip().into()), tcp)
+        .await
+        .map_err(PeerError::Tls)?;
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|certificate| certificate.clone().into_owned())
+        .ok_or_else(|| PeerError::Tls(std::io::Error::other("the peer presented no certificate")))?;
+    // On a connection of its own: the target in origin form, as a pooled client sends it.
+    let mut request = request;
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    *request.uri_mut() = target.parse().map_err(|e| PeerError::Tls(std::io::Error::other(e)))?;
+    request.headers_mut().insert(
+        http::header::HOST,
+        http::HeaderValue::from_str(&address.to_string()).expect("an address"),
+    );
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(PeerError::Body)?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(PeerError::Body)?;
+    Ok((response, certificate))
 }
 
 /// A hello's or a whole answer's body, read to its end: at most an answer's length
