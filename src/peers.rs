@@ -73,7 +73,7 @@ impl Peers {
         let tls = config
             .tls
             .as_ref()
-            .map(tls::PeerTls::load)
+            .map(|files| tls::PeerTls::load(files, &config.node_name))
             .transpose()
             .map_err(PeersError::Tls)?;
         if let Some(tls) = &tls {

@@ -655,7 +655,13 @@ async fn an_object_changed_mid_herd_is_never_served_mixed() {
 /// machine on the network answering for an owner would send. Counts the chunk
 /// requests it answered.
 async fn impostor() -> (SocketAddr, Arc<AtomicU64>) {
+    impostor_with(None, "impostor").await
+}
+
+/// The same impostor claiming to be node `claims`, in TLS with `tls` when set.
+async fn impostor_with(tls: Option<Arc<rustls::ServerConfig>>, claims: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
     use http_body_util::{BodyExt, Full};
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let listener = tokio::net::TcpListener::bind("127.0.0.9:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let answered = Arc::new(AtomicU64::new(0));
@@ -678,7 +684,7 @@ async fn impostor() -> (SocketAddr, Arc<AtomicU64>) {
                     let response = match path.as_str() {
                         HELLO_PATH => {
                             let hello = Hello {
-                                node: "impostor".into(),
+                                node: claims.into(),
                                 boot_id: "0".into(),
                                 disk_capacity: 1 << 50,
                             }
@@ -702,10 +708,24 @@ async fn impostor() -> (SocketAddr, Arc<AtomicU64>) {
                     Ok::<_, std::convert::Infallible>(response.unwrap())
                 }
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let http = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                    None => {
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            });
         }
     });
     (address, answered)
@@ -1029,28 +1049,109 @@ async fn with_peer_tls_a_byte_changed_on_the_way_breaks_the_connection_never_a_r
     );
 }
 
-/// A node holding the region's key and a certificate the region's CA signed, but
-/// for another node's name, is no member: the hello it answers claims a name its
-/// certificate does not carry. The other node leaves it out (and still serves).
+/// A machine holding the region's key, answering hellos as node `node-9`, is a
+/// member only when its certificate is the region CA's and names `node-9`: not
+/// with another node's certificate, not with a certificate of another CA (the
+/// last case shows the test can tell).
 #[tokio::test]
 async fn a_peer_whose_certificate_names_another_node_is_refused() {
     let (origin, data) = origin_with_model(80, 3 << 20).await;
-    let ca = RegionCa::new();
-    let mut layout = Layout::of(2).with_tls(&ca);
-    // Node 1 says it is node-1; its certificate says node-7.
-    layout.tls.as_mut().unwrap().1[1] = "node-7".into();
-    layout.expected = Some(vec![1, 2]);
-    let region = Region::start_with(&origin, layout).await;
-    // Given a few rounds of hellos, node 0 still sees itself alone.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (_, ready) = admin_get(&region.nodes[0], "/readyz").await;
-    assert!(ready.contains("peers: 1 members"), "the impostor was taken in: {ready}");
-    let (_, ready) = admin_get(&region.nodes[1], "/readyz").await;
-    assert!(
-        ready.contains("peers: 2 members"),
-        "node 0's own certificate is good: {ready}"
-    );
-    every_node_serves(&region, &data, "a region with an impostor still serves").await;
+    let (ca, foreign) = (RegionCa::new(), RegionCa::new());
+    for (issuer, name, member) in [
+        (&ca, "node-7", false),
+        (&foreign, "node-9", false),
+        (&ca, "node-9", true),
+    ] {
+        let (cert, key, _) = issuer.issue("impostor", name);
+        let chain = rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut std::fs::read(&key).unwrap().as_slice())
+            .unwrap()
+            .unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let (impostor, _) = impostor_with(Some(Arc::new(config)), "node-9").await;
+        let count = if member { 3 } else { 2 };
+        let layout = Layout {
+            also: vec![impostor],
+            expected: Some(vec![count, count]),
+            ..Layout::of(2)
+        }
+        .with_tls(&ca);
+        let region = Region::start_with(&origin, layout).await;
+        // Given a few rounds of hellos, the count holds.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for node in &region.nodes {
+            let (_, ready) = admin_get(node, "/readyz").await;
+            assert!(
+                ready.contains(&format!("peers: {count} members")),
+                "{name} from {}: {ready}",
+                if std::ptr::eq(issuer, &ca) {
+                    "the region CA"
+                } else {
+                    "another CA"
+                }
+            );
+        }
+        if !member {
+            every_node_serves(&region, &data, "a region beside an impostor still serves").await;
+        }
+    }
+}
+
+/// The peer port answers only a client whose certificate the region's CA signed:
+/// none, or one of another CA, gets no answer at all.
+#[tokio::test]
+async fn the_peer_port_answers_only_certificates_of_the_region() {
+    let (origin, _) = origin_with_model(82, 1 << 20).await;
+    let (ca, foreign) = (RegionCa::new(), RegionCa::new());
+    let region = Region::start_with(&origin, Layout::of(1).with_tls(&ca)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pemfile::certs(&mut std::fs::read(ca.ca_file()).unwrap().as_slice()) {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let identity = |issuer: &RegionCa| {
+        let (cert, key, _) = issuer.issue("client", "node-5");
+        (
+            rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            rustls_pemfile::private_key(&mut std::fs::read(&key).unwrap().as_slice())
+                .unwrap()
+                .unwrap(),
+        )
+    };
+    let builder = || rustls::ClientConfig::builder().with_root_certificates(roots.clone());
+    let (ours, theirs) = (identity(&ca), identity(&foreign));
+    for (config, answered) in [
+        (builder().with_no_client_auth(), false),
+        (builder().with_client_auth_cert(theirs.0, theirs.1).unwrap(), false),
+        (builder().with_client_auth_cert(ours.0, ours.1).unwrap(), true),
+    ] {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let address = region.peer_addresses[0];
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            let name = rustls::pki_types::ServerName::try_from("node-0").unwrap();
+            let stream = connector.connect(name, tcp).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let request = http::Request::get(HELLO_PATH)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sender.send_request(request).await?.status())
+        };
+        let status = tokio::time::timeout(Duration::from_secs(5), exchange).await.unwrap();
+        match answered {
+            // Unsigned, so refused, but answered: TLS let it through.
+            true => assert_eq!(status.unwrap(), StatusCode::FORBIDDEN),
+            false => assert!(status.is_err(), "answered without a region certificate: {status:?}"),
+        }
+    }
 }
 
 /// A node's certificate rotated on disk (a renewal: a new key, the same name) is
@@ -1070,7 +1171,7 @@ async fn a_peer_certificate_rotated_on_disk_is_taken_without_a_restart() {
             ca_file: ca.ca_file(),
             reload_interval: Duration::from_secs(60),
         };
-        let tls = s3_accel::peers::tls::PeerTls::load(&files).unwrap();
+        let tls = s3_accel::peers::tls::PeerTls::load(&files, "node-0").unwrap();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config(true).unwrap()));
         let tcp = tokio::net::TcpStream::connect(region.peer_addresses[1]).await.unwrap();
         let server_name = rustls::pki_types::ServerName::IpAddress(region.peer_addresses[1].ip().into());

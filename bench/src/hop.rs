@@ -111,7 +111,8 @@ pub async fn measure(
             .expect("every member has an address");
         let started = Instant::now();
         let answer = peers.chunk(owner, &request, Duration::from_secs(30)).await?;
-        let (source, mut body, mut tag) = (answer.source, answer.body, answer.tag);
+        let (source, mut body) = (answer.source, answer.body);
+        let mut tag = answer.tag.context("a plain peer answer carries tags")?;
         let first = body.frame().await;
         let ttfb = started.elapsed();
         let Some(Ok(first)) = first else {

@@ -58,8 +58,9 @@ pub struct PeerChunk {
     pub source: String,
     /// The chunk's bytes, then their tag: the reader's to count and check.
     pub body: Incoming,
-    /// What the tag must be, once fed the chunk's bytes.
-    pub tag: wire::BodyTag,
+    /// What each block's tag must be, once fed the block's bytes (`None` in TLS:
+    /// the answer has no tags).
+    pub tag: Option<wire::BodyTag>,
 }
 
 #[derive(Clone)]
@@ -238,8 +239,9 @@ impl PeerClient {
         if response.status() != StatusCode::OK {
             return Err(PeerError::Status(response.status()));
         }
-        // The chunk's blocks, each with its tag.
-        let expected = wire::tagged_length(chunk.length());
+        // The chunk's blocks, each with its tag (in TLS, the chunk alone).
+        let tagged = !self.is_protected();
+        let expected = wire::tagged_length(chunk.length(), tagged);
         wire::verify_chunk(response.headers(), &self.keys.current(), &asked, expected).map_err(PeerError::Unsigned)?;
         let declared = response
             .headers()
@@ -258,7 +260,7 @@ impl PeerClient {
         Ok(PeerChunk {
             source,
             body: response.into_body(),
-            tag: wire::BodyTag::checking(&self.keys.current(), &asked),
+            tag: tagged.then(|| wire::BodyTag::checking(&self.keys.current(), &asked)),
         })
     }
 }

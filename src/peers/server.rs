@@ -236,12 +236,18 @@ impl PeerServer {
         };
         telemetry::peer_request("owner", "ok");
         let length = chunk.length();
-        let tag = wire::BodyTag::signing(&self.peers.keys.current(), asked);
+        // In TLS the channel authenticates every byte; without it, the tags do.
+        let tag = self
+            .peers
+            .tls
+            .is_none()
+            .then(|| wire::BodyTag::signing(&self.peers.keys.current(), asked));
+        let tagged = wire::tagged_length(length, tag.is_some());
         let body = chunk_body(first, read, length, tag);
         let mut response = Response::new(body);
         response
             .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(wire::tagged_length(length)));
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(tagged));
         response
             .headers_mut()
             .insert(PEER_SOURCE, HeaderValue::from_static(source.as_str()));
@@ -285,8 +291,9 @@ fn header_map(pairs: &[(String, String)]) -> Option<HeaderMap> {
 }
 
 /// A chunk's answer to a peer: `first`, then the rest of `read`, checked to line up
-/// and end at the chunk's `length`, in blocks each followed by its `tag`.
-fn chunk_body(first: Bytes, read: ChunkRead, length: u64, tag: wire::BodyTag) -> ProxyBody {
+/// and end at the chunk's `length`, in blocks each followed by its `tag` (when there
+/// is one).
+fn chunk_body(first: Bytes, read: ChunkRead, length: u64, tag: Option<wire::BodyTag>) -> ProxyBody {
     let pieces = first_frames(first)
         .scan(0u64, |at, bytes| {
             let piece = (*at, bytes);
@@ -307,9 +314,9 @@ fn chunk_body(first: Bytes, read: ChunkRead, length: u64, tag: wire::BodyTag) ->
     StreamBody::new(body).boxed_unsync()
 }
 
-/// Cuts a chunk's pieces into tagged blocks as they go.
+/// Cuts a chunk's pieces into tagged blocks as they go (or passes them on, untagged).
 struct Tagging {
-    tag: wire::BodyTag,
+    tag: Option<wire::BodyTag>,
     /// Bytes of the chunk sent so far.
     sent: u64,
     length: u64,
@@ -326,15 +333,19 @@ impl Tagging {
             return Err("a peer chunk's pieces do not line up".into());
         }
         telemetry::peer_bytes("out", bytes.len() as u64);
+        let Some(tag) = self.tag.as_mut() else {
+            self.sent += bytes.len() as u64;
+            return Ok(vec![bytes]);
+        };
         let mut frames = Vec::with_capacity(4);
         while !bytes.is_empty() {
             let block_left = wire::TAG_BLOCK - self.sent % wire::TAG_BLOCK;
             let part = bytes.split_to(block_left.min(bytes.len() as u64) as usize);
             self.sent += part.len() as u64;
-            self.tag.update(&part);
+            tag.update(&part);
             frames.push(part);
             if self.sent.is_multiple_of(wire::TAG_BLOCK) || self.sent == self.length {
-                frames.push(self.tag.tag());
+                frames.push(tag.tag());
             }
         }
         Ok(frames)

@@ -31,6 +31,8 @@ struct Loaded {
 
 pub struct PeerTls {
     files: PeerTlsConfig,
+    /// This node's name: its own certificate must carry it.
+    node: String,
     provider: Arc<CryptoProvider>,
     loaded: RwLock<Arc<Loaded>>,
 }
@@ -42,11 +44,13 @@ impl std::fmt::Debug for PeerTls {
 }
 
 impl PeerTls {
-    pub fn load(files: &PeerTlsConfig) -> io::Result<Arc<Self>> {
+    /// Loads the files of node `node`, whose certificate must name it.
+    pub fn load(files: &PeerTlsConfig, node: &str) -> io::Result<Arc<Self>> {
         let provider = Arc::new(aws_lc_rs::default_provider());
-        let loaded = read(files, &provider)?;
+        let loaded = read(files, node, &provider)?;
         Ok(Arc::new(Self {
             files: files.clone(),
+            node: node.to_owned(),
             provider,
             loaded: RwLock::new(Arc::new(loaded)),
         }))
@@ -63,7 +67,7 @@ impl PeerTls {
         if now.is_none() || now == self.current().stamp {
             return;
         }
-        match read(&self.files, &self.provider) {
+        match read(&self.files, &self.node, &self.provider) {
             Ok(loaded) => {
                 *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
                 tracing::info!(cert = %self.files.cert_file.display(), "peer TLS certificate and CA reloaded");
@@ -90,6 +94,10 @@ impl PeerTls {
             .with_client_cert_verifier(Arc::new(Peers(self.clone())))
             .with_cert_resolver(Arc::new(Peers(self.clone())));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Every connection checks the certificates in force: a resumed session would
+        // carry a peer's certificate past a CA's removal.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 
@@ -97,7 +105,7 @@ impl PeerTls {
     /// signed by the region's CA and name that member (`chain_only`: any member, for
     /// a hello, whose answer names it; the caller checks the name then).
     pub fn client_config(self: &Arc<Self>, chain_only: bool) -> io::Result<rustls::ClientConfig> {
-        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+        let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(io::Error::other)?
             .dangerous()
@@ -106,6 +114,7 @@ impl PeerTls {
                 chain_only,
             }))
             .with_client_cert_resolver(Arc::new(Peers(self.clone())));
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
     }
 
@@ -114,12 +123,21 @@ impl PeerTls {
     }
 }
 
-/// Whether `certificate` (a peer's, its chain already checked) names `node`.
+/// Whether `certificate` (a peer's, its chain already checked) names `node`, and
+/// only by its exact name: a wildcard would name every node under it.
 pub fn names(certificate: &CertificateDer<'_>, node: &str) -> bool {
-    let (Ok(parsed), Ok(name)) = (ParsedCertificate::try_from(certificate), ServerName::try_from(node)) else {
+    let Ok(parsed) = ParsedCertificate::try_from(certificate) else {
         return false;
     };
-    rustls::client::verify_server_name(&parsed, &name).is_ok()
+    let valid = |name: &str| {
+        ServerName::try_from(name).is_ok_and(|name| rustls::client::verify_server_name(&parsed, &name).is_ok())
+    };
+    // A name that differs from the node's in its first label only matches a wildcard.
+    let sibling = match node.split_once('.') {
+        Some((_, rest)) => format!("s3-accel-wildcard-probe.{rest}"),
+        None => "s3-accel-wildcard-probe".to_owned(),
+    };
+    valid(node) && !valid(&sibling)
 }
 
 fn stamp(files: &PeerTlsConfig) -> Option<SystemTime> {
@@ -131,9 +149,20 @@ fn stamp(files: &PeerTlsConfig) -> Option<SystemTime> {
     )
 }
 
-fn read(files: &PeerTlsConfig, provider: &Arc<CryptoProvider>) -> io::Result<Loaded> {
+fn read(files: &PeerTlsConfig, node: &str, provider: &Arc<CryptoProvider>) -> io::Result<Loaded> {
     let stamp = stamp(files);
     let key = load_certified_key(&files.cert_file, &files.key_file)?;
+    // A certificate that does not name this node would leave it out of every
+    // peer's region: refused, as a configuration error.
+    if !key.cert.first().is_some_and(|certificate| names(certificate, node)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: the certificate does not name this node ({node}) in its SAN (a wildcard does not count)",
+                files.cert_file.display()
+            ),
+        ));
+    }
     let invalid = |e: &dyn std::fmt::Display| {
         io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", files.ca_file.display()))
     };
@@ -269,5 +298,31 @@ impl ServerCertVerifier for Owners {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.tls.algorithms().supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(names: &[&str]) -> CertificateDer<'static> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        rcgen::generate_simple_self_signed(names).unwrap().cert.der().clone()
+    }
+
+    #[test]
+    fn a_certificate_names_a_node_only_by_its_exact_name() {
+        assert!(names(&certificate(&["node-1"]), "node-1"));
+        assert!(!names(&certificate(&["node-1"]), "node-2"));
+        let k8s = "ip-10-0-0-1.ec2.internal";
+        assert!(names(&certificate(&[k8s, "other"]), k8s));
+        assert!(
+            !names(&certificate(&["*.ec2.internal"]), k8s),
+            "a wildcard names every node"
+        );
+        assert!(
+            !names(&certificate(&["*.ec2.internal", k8s]), k8s),
+            "with a wildcard beside it"
+        );
     }
 }

@@ -243,9 +243,10 @@ async fn from_peer(
     Ok(())
 }
 
-/// A chunk answer's bytes as they arrive, given out a checked block at a time.
+/// A chunk answer's bytes as they arrive, given out a checked block at a time (in
+/// TLS, as they arrive: the channel checked them).
 struct Blocks {
-    tag: wire::BodyTag,
+    tag: Option<wire::BodyTag>,
     /// Received, not yet checked.
     pending: BytesMut,
     /// Bytes of the chunk checked so far.
@@ -256,20 +257,31 @@ struct Blocks {
 impl Blocks {
     /// The next block, once it and its tag are in and the tag checks.
     fn next_checked(&mut self) -> Result<Option<Bytes>, BoxError> {
-        let block = wire::TAG_BLOCK.min(self.length - self.got) as usize;
-        if block == 0 {
+        let left = self.length - self.got;
+        if left == 0 {
             return match self.pending.is_empty() {
                 true => Ok(None),
                 false => Err("the peer sent more than the chunk".into()),
             };
         }
+        let Some(tag) = self.tag.as_mut() else {
+            if self.pending.is_empty() {
+                return Ok(None);
+            }
+            if self.pending.len() as u64 > left {
+                return Err("the peer sent more than the chunk".into());
+            }
+            self.got += self.pending.len() as u64;
+            return Ok(Some(self.pending.split().freeze()));
+        };
+        let block = wire::TAG_BLOCK.min(left) as usize;
         if self.pending.len() < block + wire::BODY_TAG_LEN {
             return Ok(None);
         }
         let bytes = self.pending.split_to(block).freeze();
         let sent = self.pending.split_to(wire::BODY_TAG_LEN);
-        self.tag.update(&bytes);
-        if !self.tag.matches(&sent) {
+        tag.update(&bytes);
+        if !tag.matches(&sent) {
             metrics::counter!(telemetry::CORRUPT_CHUNKS, "found" => "peer").increment(1);
             return Err("a block of the chunk does not match its tag".into());
         }

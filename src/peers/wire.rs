@@ -145,10 +145,14 @@ pub const BODY_TAG_LEN: usize = 32;
 /// the next arrives, rather than waiting for the whole chunk.
 pub const TAG_BLOCK: u64 = 1 << 20;
 
-/// The length of an owner's answer carrying a `length`-byte chunk: the chunk and
-/// one tag per block.
-pub fn tagged_length(length: u64) -> u64 {
-    length + length.div_ceil(TAG_BLOCK) * BODY_TAG_LEN as u64
+/// The length of an owner's answer carrying a `length`-byte chunk: the chunk and,
+/// when `tagged` (no TLS on the peer port: the tags are what authenticates the
+/// bytes), one tag per block.
+pub fn tagged_length(length: u64, tagged: bool) -> u64 {
+    match tagged {
+        true => length + length.div_ceil(TAG_BLOCK) * BODY_TAG_LEN as u64,
+        false => length,
+    }
 }
 
 /// The tags in an owner's chunk answer: HMACs of each block of the chunk, bound to
