@@ -137,7 +137,7 @@ pub async fn measure(
         let checked = started.elapsed();
         answer.extend_from_slice(&body.collect().await?.to_bytes());
         anyhow::ensure!(
-            answer.len() as u64 == wire::tagged_length(length),
+            answer.len() as u64 == wire::tagged_length(length, true),
             "an owner's answer of another length"
         );
         match source.as_str() {
