@@ -55,11 +55,15 @@ pub async fn measure(
     client: &Client,
     object: &Object,
     chunk_size: u64,
+    tls: Option<s3_accel::config::PeerTlsConfig>,
 ) -> anyhow::Result<PeerHop> {
     // The herd's chunks are still being written to the nodes' disks for a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let keys = Arc::new(KeyRing::new(PeerKeys::from_text(PEER_SECRET)?));
-    let peers = PeerClient::new(keys, None)?;
+    let tls = tls
+        .map(|files| s3_accel::peers::tls::PeerTls::load(&files, crate::target::READER))
+        .transpose()?;
+    let peers = PeerClient::new(keys, tls.as_ref())?;
     let mut members = Vec::new();
     for address in target.peer_addresses() {
         let hello = peers
@@ -112,32 +116,38 @@ pub async fn measure(
         let started = Instant::now();
         let answer = peers.chunk(owner, &request, Duration::from_secs(30)).await?;
         let (source, mut body) = (answer.source, answer.body);
-        let mut tag = answer.tag.context("a plain peer answer carries tags")?;
+        let tag = answer.tag;
         let first = body.frame().await;
         let ttfb = started.elapsed();
         let Some(Ok(first)) = first else {
             anyhow::bail!("the owner's answer had no body");
         };
-        // A reader uses a block once it and its tag are in: the first block's check
-        // is what a peer hop adds before a client's first byte.
         let mut answer = first.into_data().unwrap_or_default().to_vec();
         let length = request.length();
-        let first_block = wire::TAG_BLOCK.min(length) as usize + wire::BODY_TAG_LEN;
-        while answer.len() < first_block {
-            match body.frame().await {
-                Some(frame) => answer.extend_from_slice(&frame?.into_data().unwrap_or_default()),
-                None => anyhow::bail!("an owner's answer ended before its first block"),
+        // A reader uses a block once it and its tag are in: the first block's check
+        // is what a peer hop adds before a client's first byte. (In TLS there are no
+        // tags: the first byte is checked as it comes.)
+        let checked = match tag {
+            Some(mut tag) => {
+                let first_block = wire::TAG_BLOCK.min(length) as usize + wire::BODY_TAG_LEN;
+                while answer.len() < first_block {
+                    match body.frame().await {
+                        Some(frame) => answer.extend_from_slice(&frame?.into_data().unwrap_or_default()),
+                        None => anyhow::bail!("an owner's answer ended before its first block"),
+                    }
+                }
+                tag.update(&answer[..first_block - wire::BODY_TAG_LEN]);
+                anyhow::ensure!(
+                    tag.matches(&answer[first_block - wire::BODY_TAG_LEN..first_block]),
+                    "an owner's chunk did not match its tag"
+                );
+                started.elapsed()
             }
-        }
-        tag.update(&answer[..first_block - wire::BODY_TAG_LEN]);
-        anyhow::ensure!(
-            tag.matches(&answer[first_block - wire::BODY_TAG_LEN..first_block]),
-            "an owner's chunk did not match its tag"
-        );
-        let checked = started.elapsed();
+            None => ttfb,
+        };
         answer.extend_from_slice(&body.collect().await?.to_bytes());
         anyhow::ensure!(
-            answer.len() as u64 == wire::tagged_length(length, true),
+            answer.len() as u64 == wire::tagged_length(length, !peers.is_protected()),
             "an owner's answer of another length"
         );
         match source.as_str() {

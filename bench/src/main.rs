@@ -86,6 +86,10 @@ pub struct Args {
     /// region-herd: how many s3-accel processes form the region.
     #[arg(long, default_value_t = 4)]
     pub nodes: usize,
+    /// region-herd: the region's peer port in mutual TLS (`[peers.tls]`, a CA and a
+    /// certificate per node made for the run).
+    #[arg(long)]
+    pub peer_tls: bool,
     /// Where the Markdown tables and SVG charts go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     pub results: PathBuf,

@@ -147,6 +147,8 @@ pub struct RunResult {
     pub origin_requests: u64,
     pub origin_bytes: u64,
     pub peak_rss: Option<u64>,
+    /// CPU seconds the target's processes used during the run (user and system).
+    pub cpu_seconds: Option<f64>,
     pub timed_out: bool,
     /// A region's owners answering warm chunk requests (region-herd, with peers).
     pub peer_hop: Option<crate::hop::PeerHop>,
@@ -161,6 +163,7 @@ impl RunResult {
             origin_requests: 0,
             origin_bytes: 0,
             peak_rss: None,
+            cpu_seconds: None,
             timed_out: false,
             peer_hop: None,
         }
@@ -172,6 +175,10 @@ impl RunResult {
         self.origin_requests += other.origin_requests;
         self.origin_bytes += other.origin_bytes;
         self.peak_rss = self.peak_rss.max(other.peak_rss);
+        self.cpu_seconds = match (self.cpu_seconds, other.cpu_seconds) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
         self.timed_out |= other.timed_out;
         match (&mut self.peer_hop, &other.peer_hop) {
             (Some(hop), Some(other)) => hop.merge(other),
@@ -390,6 +397,15 @@ impl<'a> Report<'a> {
                 ))
             ));
         }
+        let per_gib = |run: &RunResult| {
+            run.cpu_seconds
+                .map(|cpu| cpu / (run.tally.bytes as f64 / (1u64 << 30) as f64).max(1e-9))
+        };
+        if let (Some(Some(region)), Some(Some(alone))) = (region.map(per_gib), alone.map(per_gib)) {
+            goals.push(format!(
+                "CPU of the nodes per GiB served to clients: {region:.3} s with peers, {alone:.3} s alone"
+            ));
+        }
         let per_node = |run: &RunResult| run.gb_per_s() / self.nodes.max(1) as f64;
         if let (Some(region), Some(alone)) = (region, alone) {
             goals.push(format!(
@@ -554,6 +570,7 @@ mod tests {
                 origin_requests: 1,
                 origin_bytes,
                 peak_rss: None,
+                cpu_seconds: None,
                 timed_out: false,
                 peer_hop: hop,
             }
@@ -602,6 +619,7 @@ mod tests {
                 origin_requests: 1,
                 origin_bytes,
                 peak_rss: Some(100 << 20),
+                cpu_seconds: None,
                 timed_out: false,
                 peer_hop: None,
             }

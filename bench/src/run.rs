@@ -97,6 +97,7 @@ impl Bench {
             peers: None,
             nodes: self.args.nodes,
             presigned_grants: self.args.presigned,
+            peer_tls: self.args.peer_tls,
         }
     }
 
@@ -135,6 +136,7 @@ impl Bench {
         }
         let stats = &self.origin.stats;
         let (requests_before, bytes_before) = (stats.requests(), stats.body_bytes());
+        let cpu_before = target.cpu_seconds();
         let requests = match scenario.workload {
             Workload::Zipf { requests, .. } => requests as u64,
             _ => 0,
@@ -154,6 +156,7 @@ impl Bench {
             origin_requests: stats.requests() - requests_before,
             origin_bytes: stats.body_bytes() - bytes_before,
             peak_rss: target.peak_rss(),
+            cpu_seconds: target.cpu_seconds().map(|after| after - cpu_before.unwrap_or(0.0)),
             timed_out,
             peer_hop: None,
         };
@@ -165,6 +168,7 @@ impl Bench {
                     &self.client,
                     &objects[0],
                     self.args.chunk_size,
+                    self.args.peer_tls.then(|| crate::target::reader_tls(dir.path())),
                 )
                 .await
                 .context("measuring the peer hop")?,
@@ -392,6 +396,7 @@ pub async fn demo(args: Args) -> anyhow::Result<()> {
             origin_requests: stats.requests() - requests_before,
             origin_bytes: stats.body_bytes() - bytes_before,
             peak_rss: accel.peak_rss(),
+            cpu_seconds: None,
             timed_out,
             peer_hop: None,
         };

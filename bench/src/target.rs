@@ -61,6 +61,53 @@ pub struct PeerSettings {
     pub listen: SocketAddr,
     pub addresses: Vec<SocketAddr>,
     pub secret_file: PathBuf,
+    /// Mutual TLS on the peer port: this node's certificate files.
+    pub tls: Option<s3_accel::config::PeerTlsConfig>,
+}
+
+/// Where a run's peer TLS files are: the region's CA and one certificate per node.
+fn tls_dir(dir: &Path) -> PathBuf {
+    dir.join("peer-tls")
+}
+
+/// The files of a certificate for `node`, signed by the run's CA.
+fn node_tls(dir: &Path, node: &str) -> s3_accel::config::PeerTlsConfig {
+    let tls = tls_dir(dir);
+    s3_accel::config::PeerTlsConfig {
+        cert_file: tls.join(format!("{node}.crt")),
+        key_file: tls.join(format!("{node}.key")),
+        ca_file: tls.join("ca.crt"),
+        reload_interval: Duration::from_secs(10),
+    }
+}
+
+/// The certificate the bench reads peers' chunks with, as a reader node would.
+pub fn reader_tls(dir: &Path) -> s3_accel::config::PeerTlsConfig {
+    node_tls(dir, READER)
+}
+
+/// The node name of the bench's own peer requests.
+pub const READER: &str = "bench-reader";
+
+/// A CA for the run and a certificate (server and client use) for each of `nodes`.
+fn issue_peer_certificates(dir: &Path, nodes: &[String]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(tls_dir(dir))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate()?)?;
+    std::fs::write(tls_dir(dir).join("ca.crt"), ca.pem())?;
+    for node in nodes {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(vec![node.clone()])?;
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let files = node_tls(dir, node);
+        std::fs::write(&files.cert_file, params.signed_by(&key, &ca)?.pem())?;
+        std::fs::write(&files.key_file, key.serialize_pem())?;
+    }
+    Ok(())
 }
 
 /// What a proxy is started with.
@@ -83,6 +130,8 @@ pub struct ProxySettings<'a> {
     pub nodes: usize,
     /// s3-accel serves a presigned URL read again from a grant (`[auth]`).
     pub presigned_grants: bool,
+    /// A region's peer port in mutual TLS.
+    pub peer_tls: bool,
 }
 
 impl ProxySettings<'_> {
@@ -92,11 +141,17 @@ impl ProxySettings<'_> {
         let peers = self.peers.as_ref().map_or(String::new(), |peers| {
             let list: Vec<String> = peers.addresses.iter().map(|a| format!("\"{a}\"")).collect();
             format!(
-                "[peers]\nnode_name = \"{}\"\nlisten = \"{}\"\naddresses = [{}]\nsecret_file = \"{}\"\nrefresh = \"1s\"\n",
+                "[peers]\nnode_name = \"{}\"\nlisten = \"{}\"\naddresses = [{}]\nsecret_file = \"{}\"\nrefresh = \"1s\"\n{}",
                 peers.node,
                 peers.listen,
                 list.join(", "),
-                peers.secret_file.display()
+                peers.secret_file.display(),
+                peers.tls.as_ref().map_or(String::new(), |tls| format!(
+                    "[peers.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+                    tls.cert_file.display(),
+                    tls.key_file.display(),
+                    tls.ca_file.display()
+                ))
             )
         });
         format!(
@@ -180,6 +235,15 @@ impl Target {
         }
     }
 
+    /// CPU seconds (user and system) the target's s3-accel processes used so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        match self {
+            Target::S3Accel(accel) => accel.child.id().and_then(cpu_seconds),
+            Target::Nodes(nodes) => nodes.iter().map(|n| n.child.id().and_then(cpu_seconds)).sum(),
+            Target::Direct(_) | Target::Nginx(_) => None,
+        }
+    }
+
     pub async fn stop(self) {
         match self {
             Target::Direct(_) => {}
@@ -203,6 +267,14 @@ async fn start_nodes(settings: &ProxySettings<'_>, peers: bool) -> anyhow::Resul
         .collect::<anyhow::Result<Vec<_>>>()?;
     let secret_file = settings.dir.join("peer-key");
     std::fs::write(&secret_file, format!("{PEER_SECRET}\n"))?;
+    let tls = peers && settings.peer_tls;
+    if tls {
+        let names: Vec<String> = (0..count)
+            .map(|i| format!("node-{i}"))
+            .chain([READER.to_owned()])
+            .collect();
+        issue_peer_certificates(settings.dir, &names)?;
+    }
     let mut nodes = Vec::with_capacity(count);
     let mut admins = Vec::with_capacity(count);
     for (i, &listen) in peer_addresses.iter().enumerate() {
@@ -218,6 +290,7 @@ async fn start_nodes(settings: &ProxySettings<'_>, peers: bool) -> anyhow::Resul
                 listen,
                 addresses: peer_addresses.clone(),
                 secret_file: secret_file.clone(),
+                tls: tls.then(|| node_tls(settings.dir, &format!("node-{i}"))),
             }),
             ..*settings
         };
@@ -302,6 +375,17 @@ impl S3Accel {
 }
 
 /// `VmHWM` of a process: the most resident memory it has had.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces): utime and stime are the
+    // 14th and 15th of the line, the 12th and 13th after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks as f64 / per_second.max(1) as f64)
+}
+
 fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

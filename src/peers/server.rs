@@ -306,12 +306,30 @@ fn chunk_body(first: Bytes, read: ChunkRead, length: u64, tag: Option<wire::Body
         }));
     let mut tagging = Tagging { tag, sent: 0, length };
     let body = pieces
+        // Cut at block boundaries first, so that no block's tag is computed before
+        // the bytes ahead of it are sent (a whole chunk from memory is one piece).
+        .flat_map(|piece| stream::iter(at_blocks(piece)))
         .map(move |piece| tagging.frames(piece))
         .flat_map(|frames| match frames {
             Ok(frames) => stream::iter(frames.into_iter().map(|bytes| Ok(Frame::data(bytes)))).left_stream(),
             Err(error) => stream::once(std::future::ready(Err(error))).right_stream(),
         });
     StreamBody::new(body).boxed_unsync()
+}
+
+/// A piece of a chunk (at its offset), cut where tag blocks end.
+fn at_blocks(piece: Result<(u64, Bytes), BoxError>) -> Vec<Result<(u64, Bytes), BoxError>> {
+    let Ok((mut at, mut bytes)) = piece else {
+        return vec![piece];
+    };
+    let mut parts = Vec::with_capacity(1);
+    while !bytes.is_empty() {
+        let block_left = wire::TAG_BLOCK - at % wire::TAG_BLOCK;
+        let part = bytes.split_to(block_left.min(bytes.len() as u64) as usize);
+        parts.push(Ok((at, part.clone())));
+        at += part.len() as u64;
+    }
+    parts
 }
 
 /// Cuts a chunk's pieces into tagged blocks as they go (or passes them on, untagged).
