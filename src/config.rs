@@ -17,7 +17,7 @@ use clap::Args;
 pub use auth::AuthConfig;
 pub use credentials::{AssumeRole, CredentialSource, CredentialsConfig};
 use file::ConfigFile;
-pub use peers::{Discovery, PeerTlsConfig, PeersConfig};
+pub use peers::{Discovery, PeerIdentity, PeerTlsConfig, PeersConfig};
 use units::{parse_duration, parse_size};
 
 use crate::s3::Endpoint;

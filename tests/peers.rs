@@ -42,6 +42,8 @@ struct Layout {
     /// Mutual TLS on the peer port: the region's CA, and the name each node's
     /// certificate carries (by default its own).
     tls: Option<(Arc<RegionCa>, Vec<String>)>,
+    /// `peers.tls.identity`: `node` (the default) or `region`.
+    identity: &'static str,
     /// How many members each in-process node should come to see (by default, all
     /// it is told about).
     expected: Option<Vec<usize>>,
@@ -57,6 +59,7 @@ impl Layout {
             also: Vec::new(),
             relayed: None,
             tls: None,
+            identity: "node",
             expected: None,
         }
     }
@@ -179,10 +182,11 @@ impl Region {
                     let (cert, key, _) = ca.issue(&format!("node-{i}"), &names[i]);
                     format!(
                         "[peers.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
-                         reload_interval = \"200ms\"\n",
+                         reload_interval = \"200ms\"\nidentity = \"{}\"\n",
                         cert.display(),
                         key.display(),
-                        ca.ca_file().display()
+                        ca.ca_file().display(),
+                        layout.identity
                     )
                 }
                 None => String::new(),
@@ -1170,6 +1174,7 @@ async fn a_peer_certificate_rotated_on_disk_is_taken_without_a_restart() {
             key_file: key,
             ca_file: ca.ca_file(),
             reload_interval: Duration::from_secs(60),
+            identity: s3_accel::config::PeerIdentity::Node,
         };
         let tls = s3_accel::peers::tls::PeerTls::load(&files, "node-0").unwrap();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config(true).unwrap()));
@@ -1191,4 +1196,21 @@ async fn a_peer_certificate_rotated_on_disk_is_taken_without_a_restart() {
     }
     every_node_serves(&region, &data, "after the rotation").await;
     region.formed().await;
+}
+
+/// With one certificate for the region's nodes (`identity = "region"`, as a
+/// Kubernetes Secret gives a DaemonSet's pods), naming none of them, the region
+/// forms and serves in TLS; with `identity = "node"` the same certificate would keep
+/// a node from starting.
+#[tokio::test]
+async fn with_one_certificate_for_the_region_the_peers_form_in_tls() {
+    let (origin, data) = origin_with_model(83, 3 << 20).await;
+    let ca = RegionCa::new();
+    let mut layout = Layout::of(2).with_tls(&ca);
+    layout.tls.as_mut().unwrap().1 = vec!["s3-accel-peers".into(); 2];
+    layout.identity = "region";
+    let region = Region::start_with(&origin, layout).await;
+    every_node_serves(&region, &data, "a region sharing one certificate").await;
+    let (_, ready) = admin_get(&region.nodes[0], "/readyz").await;
+    assert!(ready.contains("peer TLS: on"), "{ready}");
 }

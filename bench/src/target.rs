@@ -78,6 +78,7 @@ fn node_tls(dir: &Path, node: &str) -> s3_accel::config::PeerTlsConfig {
         key_file: tls.join(format!("{node}.key")),
         ca_file: tls.join("ca.crt"),
         reload_interval: Duration::from_secs(10),
+        identity: s3_accel::config::PeerIdentity::Node,
     }
 }
 

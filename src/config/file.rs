@@ -69,6 +69,8 @@ pub struct PeerTlsSection {
     pub key_file: Option<String>,
     pub ca_file: Option<String>,
     pub reload_interval: Option<String>,
+    /// `node` (each certificate names its node) or `region` (one for the region's nodes).
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -34,6 +34,18 @@ pub struct PeerTlsConfig {
     pub ca_file: PathBuf,
     /// How often the files are checked for new ones.
     pub reload_interval: Duration,
+    pub identity: PeerIdentity,
+}
+
+/// What a peer's certificate proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerIdentity {
+    /// Which node it is: its SAN holds the node's name, and a peer whose hello
+    /// claims another name is no member (certificates issued per node).
+    Node,
+    /// That it is a node of the region: signed by the region's CA (one certificate
+    /// shared by the region's pods, as a Kubernetes Secret gives a DaemonSet).
+    Region,
 }
 
 /// Where the peers are.
@@ -131,6 +143,16 @@ fn peer_tls(section: &PeerTlsSection) -> Result<PeerTlsConfig, ConfigError> {
             "peers.tls.reload_interval",
             Duration::from_secs(10),
         )?,
+        identity: match section.identity.as_deref().unwrap_or("node") {
+            "node" => PeerIdentity::Node,
+            "region" => PeerIdentity::Region,
+            other => {
+                return Err(invalid(
+                    "peers.tls.identity",
+                    format!("`{other}` is neither `node` nor `region`"),
+                ))
+            }
+        },
     })
 }
 

@@ -80,6 +80,8 @@ enum Transport {
         /// The node each address's hello named, checked against its certificate:
         /// every other request's certificate must name it too.
         names: Arc<RwLock<HashMap<SocketAddr, String>>>,
+        /// Whether certificates name their node (else they only show the region).
+        per_node: bool,
     },
 }
 
@@ -120,6 +122,7 @@ impl PeerClient {
                     http: builder.build(https),
                     hello: tokio_rustls::TlsConnector::from(Arc::new(tls.client_config(true)?)),
                     names,
+                    per_node: tls.per_node(),
                 }
             }
         };
@@ -178,10 +181,10 @@ impl PeerClient {
             wire::verify_hello(&parts.headers, &self.keys.current(), &nonce, &body).map_err(|_| PeerError::BadHello)?;
             let hello = Hello::decode(std::str::from_utf8(&body).map_err(|_| PeerError::BadHello)?)
                 .ok_or(PeerError::BadHello)?;
-            // And, in TLS, only the node its certificate names: a node of the region
-            // cannot pass for another.
-            if let (Some(certificate), Transport::Tls { names, .. }) = (certificate, &self.transport) {
-                if !tls::names(&certificate, &hello.node) {
+            // And, in TLS with certificates per node, only the node its certificate
+            // names: a node of the region cannot pass for another.
+            if let (Some(certificate), Transport::Tls { names, per_node, .. }) = (certificate, &self.transport) {
+                if *per_node && !tls::names(&certificate, &hello.node) {
                     return Err(PeerError::NotNamed { node: hello.node });
                 }
                 names

@@ -18,7 +18,7 @@ use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiC
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
-use crate::config::PeerTlsConfig;
+use crate::config::{PeerIdentity, PeerTlsConfig};
 use crate::tls::load_certified_key;
 
 /// This node's certificate and the region's CA, as last read.
@@ -105,6 +105,7 @@ impl PeerTls {
     /// signed by the region's CA and name that member (`chain_only`: any member, for
     /// a hello, whose answer names it; the caller checks the name then).
     pub fn client_config(self: &Arc<Self>, chain_only: bool) -> io::Result<rustls::ClientConfig> {
+        let chain_only = chain_only || !self.per_node();
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(io::Error::other)?
@@ -116,6 +117,12 @@ impl PeerTls {
             .with_client_cert_resolver(Arc::new(Peers(self.clone())));
         config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
+    }
+
+    /// Whether certificates name their node (`identity = "node"`), rather than only
+    /// show a node of the region.
+    pub fn per_node(&self) -> bool {
+        self.files.identity == PeerIdentity::Node
     }
 
     fn algorithms(&self) -> WebPkiSupportedAlgorithms {
@@ -154,7 +161,7 @@ fn read(files: &PeerTlsConfig, node: &str, provider: &Arc<CryptoProvider>) -> io
     let key = load_certified_key(&files.cert_file, &files.key_file)?;
     // A certificate that does not name this node would leave it out of every
     // peer's region: refused, as a configuration error.
-    if !key.cert.first().is_some_and(|certificate| names(certificate, node)) {
+    if files.identity == PeerIdentity::Node && !key.cert.first().is_some_and(|certificate| names(certificate, node)) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
