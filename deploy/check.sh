@@ -162,8 +162,8 @@ render() { "${KUSTOMIZE_CMD[@]}" "$1" >"$2"; }
 
 # variant REGION COMPONENT: a kustomization in $WORK that adds a component
 # (hostnetwork, credentials/web-identity, ...) to a region overlay (kustomize wants
-# relative paths). A component with a credentials.toml gets it appended to the
-# region's config, as its kustomization.yaml tells operators to do.
+# relative paths). A component's TOML fragment (credentials.toml, peer-tls.toml) is
+# appended to the region's config, as its kustomization.yaml tells operators to do.
 variant() {
     local region=$1 component=$2 dir rel
     dir=$WORK/variant-$region-${component//\//-}
@@ -177,8 +177,9 @@ resources:
 components:
   - $rel/$component
 EOF
-    if [ -f "$K8S/$component/credentials.toml" ]; then
-        cat "$K8S/overlays/$region/s3-accel.toml" "$K8S/$component/credentials.toml" >"$dir/s3-accel.toml"
+    local fragments=("$K8S/$component"/*.toml)
+    if [ "${#fragments[@]}" -gt 0 ]; then
+        cat "$K8S/overlays/$region/s3-accel.toml" "${fragments[@]}" >"$dir/s3-accel.toml"
         cat >>"$dir/kustomization.yaml" <<EOF
 configMapGenerator:
   - name: s3-accel-config
@@ -232,8 +233,9 @@ for overlay in "$K8S"/overlays/*/; do
     names+=("overlays/$region" "overlays/$region + hostnetwork")
     dir_of["overlays/$region"]=${overlay%/}
     dir_of["overlays/$region + hostnetwork"]=$(variant "$region" hostnetwork)
-    for component in "$K8S"/credentials/*/; do
-        component=credentials/$(basename "$component")
+    for component in "$K8S"/credentials/*/ "$K8S"/peer-tls/; do
+        component=${component#"$K8S"/}
+        component=${component%/}
         names+=("overlays/$region + $component")
         dir_of["overlays/$region + $component"]=$(variant "$region" "$component")
     done

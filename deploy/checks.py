@@ -22,7 +22,12 @@ import yaml
 
 # Kinds that are CustomResources: no schema in kubernetes-validate; `servicemonitor`
 # checks them instead of `schema`.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    # cert-manager's (peer-tls): checked by `consistency` (check_peer_tls).
+    ("cert-manager.io/v1", "Issuer"),
+    ("cert-manager.io/v1", "Certificate"),
+}
 
 # The metrics s3-accel exports (README.md, "Metrics"), and which are histograms.
 METRICS = {
@@ -90,7 +95,7 @@ def cmd_schema(args):
     for doc in docs:
         ident = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
         if (doc.get("apiVersion"), doc.get("kind")) in CUSTOM_KINDS:
-            print(f"  {ident}: custom resource, checked by `servicemonitor`")
+            print(f"  {ident}: custom resource, checked by `servicemonitor` or `consistency`")
             continue
         for version in args.kubernetes_version:
             try:
@@ -260,6 +265,61 @@ def mount_of(main, path):
     return max(mounts, key=lambda m: len(m["mountPath"]), default=None)
 
 
+# The keys cert-manager writes into a Certificate's Secret.
+CERT_MANAGER_KEYS = {"cert_file": "tls.crt", "key_file": "tls.key", "ca_file": "ca.crt"}
+
+
+def check_peer_tls(tls, docs, main, volumes, fails):
+    """[peers.tls] reads what a cert-manager Certificate writes, mounted whole, from a
+    CA the render defines; a Secret shared by the DaemonSet's pods names no node."""
+    certificates = {c["metadata"]["name"]: c for c in find(docs, "Certificate")}
+    issuers = {i["metadata"]["name"]: i for i in find(docs, "Issuer")}
+    for c in certificates.values():
+        spec = c.get("spec", {})
+        name = c["metadata"]["name"]
+        fails.check(spec.get("secretName") and spec.get("issuerRef", {}).get("name"),
+                    f"Certificate/{name} needs spec.secretName and spec.issuerRef.name")
+        ref = spec.get("issuerRef", {})
+        fails.check(ref.get("kind", "Issuer") == "Issuer" and ref.get("name") in issuers,
+                    f"Certificate/{name}: its Issuer `{ref.get('name')}` is not in the render")
+        fails.check(spec.get("isCA") or spec.get("dnsNames") or spec.get("commonName"),
+                    f"Certificate/{name} names nothing")
+    for i in issuers.values():
+        spec = i.get("spec", {})
+        name = i["metadata"]["name"]
+        if not fails.check(len([k for k in ("selfSigned", "ca") if k in spec]) == 1,
+                           f"Issuer/{name} must be selfSigned or ca"):
+            continue
+        if "ca" in spec:
+            roots = [c for c in certificates.values()
+                     if c["spec"].get("secretName") == spec["ca"].get("secretName") and c["spec"].get("isCA")]
+            fails.check(roots, f"Issuer/{name}: no CA Certificate (isCA) writes Secret {spec['ca'].get('secretName')}")
+    directories = set()
+    for key, file in CERT_MANAGER_KEYS.items():
+        path = tls.get(key, "")
+        mount = mount_of(main, path)
+        if not fails.check(mount, f"peers.tls.{key} {path} is on no volume mount"):
+            continue
+        fails.check("subPath" not in mount, f"peers.tls.{key}: the Secret must be mounted whole (a subPath never updates)")
+        fails.check(path == f"{mount['mountPath'].rstrip('/')}/{file}",
+                    f"peers.tls.{key} must be {mount['mountPath'].rstrip('/')}/{file} (cert-manager's key)")
+        directories.add(mount["name"])
+    if not fails.check(len(directories) == 1, "peers.tls files must come from one Secret (one Certificate)"):
+        return
+    secret = volumes.get(directories.pop(), {}).get("secret", {}).get("secretName")
+    issued = [c for c in certificates.values() if c["spec"].get("secretName") == secret]
+    if fails.check(issued, f"peers.tls: Secret {secret} is written by no Certificate in the render"):
+        usages = set(issued[0]["spec"].get("usages", []))
+        fails.check({"server auth", "client auth"} <= usages,
+                    f"Certificate/{issued[0]['metadata']['name']}: a peer is server and client: usages need "
+                    "`server auth` and `client auth`")
+        fails.check(not issued[0]["spec"].get("isCA"), "peers.tls: the peers' certificate must not be the CA")
+        # One Secret for every pod of the DaemonSet: it cannot name each node.
+        fails.check(tls.get("identity") == "region",
+                    "peers.tls.identity must be `region` with one Certificate for the DaemonSet's pods "
+                    "(`node` needs a certificate per node)")
+
+
 def check_credentials(credentials, pod, main, volumes, fails):
     """The pod gives the configured credentials source what it reads (README, Credentials)."""
     env = {e["name"]: e for e in main.get("env", [])}
@@ -406,6 +466,11 @@ def cmd_consistency(args):
                 "maxSurge must be 0: two pods on one node would open the same cache directory")
 
     check_credentials(config.get("credentials", {}), pod, main, volumes, fails)
+    tls = config.get("peers", {}).get("tls")
+    if tls is not None:
+        check_peer_tls(tls, docs, main, volumes, fails)
+    else:
+        fails.check(not find(docs, "Certificate"), "Certificates in the render, but no [peers.tls] reads them")
 
     # Hardening, every container.
     pod_sc = pod.get("securityContext", {})
