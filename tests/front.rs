@@ -474,14 +474,17 @@ async fn every_shipped_config_file_loads() {
         .iter()
         .flat_map(|dir| toml_files(&root.join(dir)))
         .collect();
-    // The credentials components' snippets are appended to a region's config, as
-    // their kustomization.yaml says; the Secret directory is a stand-in here.
+    // The components' snippets (credentials, peer TLS) are appended to a region's
+    // config, as their kustomization.yaml says; the Secret directory is a stand-in here.
     let secret_dir = tempfile::tempdir().unwrap();
     std::fs::write(secret_dir.path().join("accessKey"), "AKIASNIPPET").unwrap();
     std::fs::write(secret_dir.path().join("secretKey"), "snippet-secret").unwrap();
     let region = root.join("deploy/kubernetes/overlays/ord1/s3-accel.toml");
     for path in &files {
-        let loaded = if path.starts_with(root.join("deploy/kubernetes/credentials")) {
+        let snippet = ["deploy/kubernetes/credentials", "deploy/kubernetes/peer-tls"]
+            .iter()
+            .any(|component| path.starts_with(root.join(component)));
+        let loaded = if snippet {
             let snippet = std::fs::read_to_string(path).unwrap().replace(
                 "/var/run/secrets/s3-accel/keys",
                 &secret_dir.path().display().to_string(),
