@@ -296,6 +296,47 @@ async fn a_part_past_the_last_is_the_origins_error_even_from_an_origin_that_answ
     }
 }
 
+/// Garage answers part 1 of an object uploaded in one piece as a part: 206, with
+/// Content-Range and `x-amz-mp-parts-count: 1` (S3 answers 200, the object). The
+/// cache answers as the origin does, miss and hit alike.
+#[tokio::test]
+async fn part_one_of_a_single_piece_object_is_answered_as_the_origin_answers_it() {
+    let origin = TestOrigin::start_with(s3_accel_testkit::origin::OriginOptions {
+        honor_conditionals: true,
+        single_part_as_part: true,
+        conditionals_before_parts: true,
+        ..Default::default()
+    })
+    .await;
+    origin.create_bucket(BUCKET).await;
+    let data = object_bytes(32, 2 * CHUNK + 5);
+    origin.put(BUCKET, "single.bin", &data, &[]).await;
+    let proxy = proxy_for(&origin, &with_credentials("")).await;
+    origin.put(BUCKET, "known.bin", &data, &[]).await;
+    // `single.bin` cold; `known.bin` once its whole read cached it (the part's bounds
+    // still unknown).
+    let whole = get(&proxy, Call::get(&format!("/{BUCKET}/known.bin"), &presigned())).await;
+    assert_eq!(sha256_hex(&whole.body), sha256_hex(&data));
+    for key in ["single.bin", "known.bin"] {
+        let part = Call::get(&format!("/{BUCKET}/{key}?partNumber=1"), &TestOrigin::signing())
+            .header("x-amz-checksum-mode", "ENABLED");
+        let direct = origin.send(&part).await;
+        assert_eq!(direct.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(direct.header("x-amz-mp-parts-count"), Some("1"));
+        for expected in ["miss", "hit"] {
+            let reply = get(&proxy, part.clone()).await;
+            assert_eq!(reply.status, direct.status, "{key}, {expected}");
+            if key == "single.bin" {
+                assert_eq!(outcome(&reply), expected);
+            }
+            for name in ["content-range", "content-length", "x-amz-mp-parts-count", "etag", "x-amz-checksum-crc32"] {
+                assert_eq!(reply.header(name), direct.header(name), "{key}, {expected}: {name}");
+            }
+            assert_eq!(sha256_hex(&reply.body), sha256_hex(&data));
+        }
+    }
+}
+
 #[tokio::test]
 async fn ranges_s3_accel_does_not_parse_get_the_origins_answer() {
     let (origin, _) = origin_with("weights.bin", CHUNK, &[]).await;

@@ -101,6 +101,9 @@ pub struct OriginOptions {
     /// Answer `If-None-Match` on the object before looking at `partNumber`, as
     /// Garage does: a 304 for the object's ETag even for a part past the last one.
     pub conditionals_before_parts: bool,
+    /// Answer part 1 of an object stored in one piece as Garage does: 206 with
+    /// Content-Range and `x-amz-mp-parts-count: 1` (S3 and s3s-fs: 200, the object).
+    pub single_part_as_part: bool,
 }
 
 pub struct Origin {
@@ -386,6 +389,12 @@ async fn answer(
     let (response, part_answered) = match (part_of, part_number) {
         (Some(path), Some(number)) if response.status() == StatusCode::OK && !not_modified_first => {
             let layout = stats.parts.lock().unwrap().get(&path).cloned();
+            let layout = match layout {
+                None if options.single_part_as_part && number == 1 => self::object_file(root, &path)
+                    .and_then(|file| std::fs::metadata(file).ok())
+                    .map(|meta| vec![meta.len()]),
+                layout => layout,
+            };
             match answer_part(response, root, &path, number, layout, checksum_mode).await {
                 Ok(part) => (part, true),
                 Err(whole) => (whole, false),
