@@ -136,6 +136,10 @@ pub struct CacheConfig {
     /// Memory for copies of chunks other nodes of the region own (hot chunks stay
     /// local), taken from `memory`; 0 without peers.
     pub peer_copies: u64,
+    /// Cached metadata not checked for this long is checked again by a HEAD signed
+    /// with the fill credentials (what a 304 cannot show: an object rewritten with
+    /// the same bytes and other headers). Zero: never.
+    pub metadata_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -447,6 +451,11 @@ impl Config {
             return Err(invalid("cache.peer_copies", "must be at most half of cache.memory"));
         }
         let direct_io = file.cache.direct_io;
+        let metadata_max_age = duration_or(
+            file.cache.metadata_max_age.as_deref(),
+            "cache.metadata_max_age",
+            Duration::from_secs(60),
+        )?;
         Ok(CacheConfig {
             dir,
             memory,
@@ -459,6 +468,7 @@ impl Config {
             read_ahead_per_connection,
             read_ahead_wait,
             peer_copies,
+            metadata_max_age,
         })
     }
 

@@ -17,6 +17,7 @@ mod access;
 mod admit;
 mod authorize;
 mod error;
+mod freshen;
 mod plan;
 mod relay;
 mod respond;
@@ -105,6 +106,8 @@ pub struct Proxy {
     peers: Option<Arc<Peers>>,
     /// Origin decisions served again without asking, when a mode is on.
     grants: Option<Arc<Granting>>,
+    /// When each object's metadata was last checked past the probe's 304.
+    freshen: freshen::Freshen,
 }
 
 /// What the request path works with, as `App` built it.
@@ -127,6 +130,7 @@ impl Proxy {
             cache: parts.cache,
             credentials: parts.credentials,
             fills: parts.fills,
+            freshen: freshen::Freshen::new(cache.metadata_max_age),
             read_ahead: cache.read_ahead,
             read_ahead_budget: Arc::new(ReadAheadBudget::new(
                 cache.read_ahead_memory,
@@ -269,6 +273,15 @@ impl Proxy {
         // A cold request probes alone (in its node, then its region); those behind it
         // come back with its metadata and probe cheaply, all at once.
         let mut herd = self.herd.enter(&self.cache, &plan.object).await;
+        // What a 304 cannot show (the same bytes rewritten with other headers) is
+        // checked now and then, in the background.
+        match herd.cached.is_some() {
+            true => self
+                .freshen
+                .maybe(&self.cache, &plan.object, || self.metadata_check(read, &plan)),
+            // About to be learned from the origin: as fresh as a check.
+            false => self.freshen.learned(&plan.object),
+        }
         let part = match (plan.part, &herd.cached) {
             (Some(number), Some(_)) => self.cache.part(&plan.object, number).await,
             _ => None,
@@ -300,6 +313,24 @@ impl Proxy {
         self.settle(herd, &verdict, &plan, &response, asked_at);
         self.answer(read, &plan, auth, verdict, response, early, &origin_id)
             .await
+    }
+
+    /// A HEAD of the object signed with the fill credentials, when they are valid.
+    fn metadata_check(&self, read: &ObjectRead, plan: &Plan) -> Option<freshen::Check> {
+        let credentials = self.credentials.as_ref().filter(|c| c.current().is_some())?;
+        let region = &read.route.region;
+        Some(freshen::Check {
+            region: region.clone(),
+            authority: read.authority.clone(),
+            target: plan.object_target.clone(),
+            credentials: credentials.clone(),
+            signing_region: region
+                .config
+                .signing_region
+                .clone()
+                .or_else(|| read.auth.region().map(str::to_owned))
+                .unwrap_or_else(|| "us-east-1".to_owned()),
+        })
     }
 
     /// A hit a live grant answers without the origin, when the client's own

@@ -434,3 +434,67 @@ async fn response_overrides_apply_to_one_response_only() {
     let plain = get(&proxy, Call::get(&target(), &signing)).await;
     assert_eq!(plain.header("content-type"), Some("application/x-safetensors"));
 }
+
+/// An object rewritten with the same bytes and other headers keeps its ETag, so the
+/// probe's 304 says "current" and the cache would serve the old `x-amz-meta-*`
+/// forever. With fill credentials, metadata older than `cache.metadata_max_age` is
+/// checked by a HEAD of their own, in the background: the new headers are served
+/// within about that bound, and the bytes are still a hit.
+#[tokio::test]
+async fn metadata_rewritten_behind_the_same_etag_is_refreshed_within_its_max_age() {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    let data = object_bytes(41, CHUNK);
+    origin
+        .put(BUCKET, "labelled.bin", &data, &[("x-amz-meta-color", "red")])
+        .await;
+    let cache = format!("{MEMORY_ONLY}\nmetadata_max_age = \"1s\"");
+    let proxy = proxy_for(&origin, &with_credentials(""), &cache).await;
+    let read = || {
+        Call::get(
+            &format!("/{BUCKET}/labelled.bin"),
+            &Signing::Presigned(TestOrigin::credentials()),
+        )
+    };
+    let first = get(&proxy, read()).await;
+    assert_eq!(first.header("x-amz-meta-color"), Some("red"));
+    // The same bytes, no user metadata: the same ETag.
+    origin.put(BUCKET, "labelled.bin", &data, &[]).await;
+    let direct = origin.send(&read()).await;
+    assert_eq!(
+        direct.header("etag"),
+        first.header("etag"),
+        "the rewrite keeps the ETag"
+    );
+    assert_eq!(direct.header("x-amz-meta-color"), None);
+    let heads = || {
+        origin
+            .stats
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.starts_with("HEAD "))
+            .count()
+    };
+    // Within the maximum age: the probe's 304 is all there is, and it says current.
+    let stale = get(&proxy, read()).await;
+    assert_eq!(outcome(&stale), "hit");
+    assert_eq!(stale.header("x-amz-meta-color"), Some("red"), "checked before its age");
+    let heads_before = heads();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get(&proxy, read()).await;
+        assert_eq!(sha256_hex(&reply.body), sha256_hex(&data));
+        if reply.header("x-amz-meta-color").is_none() {
+            assert_eq!(outcome(&reply), "hit", "the bytes are still the cache's");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old metadata is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(heads() > heads_before, "a HEAD of the proxy's own checked it");
+}

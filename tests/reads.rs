@@ -329,7 +329,13 @@ async fn part_one_of_a_single_piece_object_is_answered_as_the_origin_answers_it(
             if key == "single.bin" {
                 assert_eq!(outcome(&reply), expected);
             }
-            for name in ["content-range", "content-length", "x-amz-mp-parts-count", "etag", "x-amz-checksum-crc32"] {
+            for name in [
+                "content-range",
+                "content-length",
+                "x-amz-mp-parts-count",
+                "etag",
+                "x-amz-checksum-crc32",
+            ] {
                 assert_eq!(reply.header(name), direct.header(name), "{key}, {expected}: {name}");
             }
             assert_eq!(sha256_hex(&reply.body), sha256_hex(&data));

@@ -99,6 +99,7 @@ pub struct CacheSection {
     pub read_ahead_per_connection: Option<String>,
     pub read_ahead_wait: Option<String>,
     pub peer_copies: Option<String>,
+    pub metadata_max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,6 +19,9 @@ use crate::s3::range::RangeRequest;
 pub struct Plan {
     /// The object version's chunks and metadata (never a part's number).
     pub object: ObjectId,
+    /// The object's path at the origin (and `versionId`), unsigned: what the proxy's
+    /// own credentials sign for it.
+    pub object_target: PathAndQuery,
     /// The grant the request would be served from, when a mode is on.
     pub grant: Option<Asked>,
     /// `?partNumber=N`: a range of the object whose bounds the origin gives.
@@ -93,13 +96,14 @@ pub fn plan<B>(
         request.method(),
         &target,
         (headers, &read.auth),
-        object_target,
+        object_target.clone(),
         object.part_number.is_some(),
         credentials,
         region.signing_region.as_deref(),
     );
     Ok(Plan {
         object: read.id.clone(),
+        object_target,
         grant,
         part: object.part_number,
         range,
