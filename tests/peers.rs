@@ -755,6 +755,34 @@ async fn an_answer_not_signed_for_the_chunk_is_never_served() {
     );
 }
 
+/// An origin holding `count` objects of 3 MiB, `object-<i>.bin`, seeded from `seed`.
+async fn origin_with_objects(count: u64, seed: u64) -> (TestOrigin, Vec<(String, Vec<u8>)>) {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    let mut objects = Vec::new();
+    for i in 0..count {
+        let (key, data) = (format!("object-{i}.bin"), object_bytes(seed + i, 3 << 20));
+        origin.put(BUCKET, &key, &data, &[]).await;
+        objects.push((key, data));
+    }
+    (origin, objects)
+}
+
+/// Reads every object through `node`, `times` each: a 200 with exactly its bytes.
+async fn reads_byte_exact(node: &TestProxy, objects: &[(String, Vec<u8>)], times: usize) {
+    for (key, data) in objects {
+        for _ in 0..times {
+            let reply = get(node, read(key)).await;
+            assert_eq!(reply.status, StatusCode::OK, "{key}");
+            assert_eq!(
+                sha256_hex(&reply.body),
+                sha256_hex(data),
+                "{key}: a changed byte was served"
+            );
+        }
+    }
+}
+
 /// What a relay on the peer network changes (what an on-path attacker without the
 /// region's key can do).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -826,14 +854,7 @@ async fn rewriting_relay(target: Arc<std::sync::OnceLock<SocketAddr>>, tamper: T
 
 #[tokio::test]
 async fn a_cold_gate_answer_rewritten_on_the_way_is_never_used() {
-    let size = 3 << 20;
-    let origin = TestOrigin::honoring().await;
-    origin.create_bucket(BUCKET).await;
-    let keys: Vec<String> = (0..8).map(|i| format!("object-{i}.bin")).collect();
-    let objects: Vec<Vec<u8>> = (0..8).map(|i| object_bytes(40 + i, size)).collect();
-    for (key, data) in keys.iter().zip(&objects) {
-        origin.put(BUCKET, key, data, &[]).await;
-    }
+    let (origin, objects) = origin_with_objects(8, 40).await;
     let target = Arc::new(std::sync::OnceLock::new());
     let (relay, rewrote) = rewriting_relay(target.clone(), Tamper::ColdAnswer).await;
     let region = Region::start_with(
@@ -846,15 +867,12 @@ async fn a_cold_gate_answer_rewritten_on_the_way_is_never_used() {
     .await;
     // Node 1 learns every object first; node 0 then asks the owner of each one's
     // gate, node 1 for about half of them, through the relay.
-    for (key, data) in keys.iter().zip(&objects) {
-        let reply = get(&region.nodes[1], read(key)).await;
-        assert_eq!(sha256_hex(&reply.body), sha256_hex(data));
-    }
-    for (key, data) in keys.iter().zip(&objects) {
+    reads_byte_exact(&region.nodes[1], &objects, 1).await;
+    for (key, data) in &objects {
         for _ in 0..2 {
             let reply = get(&region.nodes[0], read(key)).await;
             assert_eq!(reply.status, StatusCode::OK, "{key}");
-            assert_eq!(reply.body.len(), size, "{key}: the rewritten size was served");
+            assert_eq!(reply.body.len(), data.len(), "{key}: the rewritten size was served");
             assert_eq!(sha256_hex(&reply.body), sha256_hex(data), "{key}");
             assert_ne!(
                 reply
@@ -883,14 +901,7 @@ async fn a_cold_gate_answer_rewritten_on_the_way_is_never_used() {
 /// alone must catch it.)
 #[tokio::test]
 async fn a_chunk_body_changed_on_the_way_is_never_served() {
-    let size = 3 << 20;
-    let origin = TestOrigin::honoring().await;
-    origin.create_bucket(BUCKET).await;
-    let keys: Vec<String> = (0..4).map(|i| format!("object-{i}.bin")).collect();
-    let objects: Vec<Vec<u8>> = (0..4).map(|i| object_bytes(60 + i, size)).collect();
-    for (key, data) in keys.iter().zip(&objects) {
-        origin.put(BUCKET, key, data, &[]).await;
-    }
+    let (origin, objects) = origin_with_objects(4, 60).await;
     let target = Arc::new(std::sync::OnceLock::new());
     let (relay, flipped) = rewriting_relay(target.clone(), Tamper::ChunkBody).await;
     let region = Region::start_with(
@@ -908,26 +919,13 @@ async fn a_chunk_body_changed_on_the_way_is_never_served() {
     );
     // Node 1 fills the chunks it owns first; node 0 then asks it for them, through
     // the relay.
-    for (key, data) in keys.iter().zip(&objects) {
-        let reply = get(&region.nodes[1], read(key)).await;
-        assert_eq!(sha256_hex(&reply.body), sha256_hex(data));
-    }
+    reads_byte_exact(&region.nodes[1], &objects, 1).await;
     let corrupt = || async {
         let (_, metrics) = admin_get(&region.nodes[0], "/metrics").await;
         crate::ops::sample(&metrics, "s3accel_corrupt_chunks_total", "found=\"peer\"").unwrap_or(0.0)
     };
     let caught = corrupt().await;
-    for (key, data) in keys.iter().zip(&objects) {
-        for _ in 0..2 {
-            let reply = get(&region.nodes[0], read(key)).await;
-            assert_eq!(reply.status, StatusCode::OK, "{key}");
-            assert_eq!(
-                sha256_hex(&reply.body),
-                sha256_hex(data),
-                "{key}: a changed byte was served"
-            );
-        }
-    }
+    reads_byte_exact(&region.nodes[0], &objects, 2).await;
     let flips = flipped.load(Ordering::SeqCst);
     println!("chunk answers changed on the way: {flips}");
     assert!(
@@ -1002,14 +1000,7 @@ async fn flipping_tcp_relay(
 /// back to the origin and every read is byte-exact.
 #[tokio::test]
 async fn with_peer_tls_a_byte_changed_on_the_way_breaks_the_connection_never_a_read() {
-    let size = 3 << 20;
-    let origin = TestOrigin::honoring().await;
-    origin.create_bucket(BUCKET).await;
-    let keys: Vec<String> = (0..4).map(|i| format!("object-{i}.bin")).collect();
-    let objects: Vec<Vec<u8>> = (0..4).map(|i| object_bytes(70 + i, size)).collect();
-    for (key, data) in keys.iter().zip(&objects) {
-        origin.put(BUCKET, key, data, &[]).await;
-    }
+    let (origin, objects) = origin_with_objects(4, 70).await;
     let target = Arc::new(std::sync::OnceLock::new());
     let (relay, flipped, handshakes) = flipping_tcp_relay(target.clone(), 300 << 10).await;
     let ca = RegionCa::new();
@@ -1026,21 +1017,8 @@ async fn with_peer_tls_a_byte_changed_on_the_way_breaks_the_connection_never_a_r
         let (_, ready) = admin_get(node, "/readyz").await;
         assert!(ready.contains("peer TLS: on"), "{ready}");
     }
-    for (key, data) in keys.iter().zip(&objects) {
-        let reply = get(&region.nodes[1], read(key)).await;
-        assert_eq!(sha256_hex(&reply.body), sha256_hex(data));
-    }
-    for (key, data) in keys.iter().zip(&objects) {
-        for _ in 0..2 {
-            let reply = get(&region.nodes[0], read(key)).await;
-            assert_eq!(reply.status, StatusCode::OK, "{key}");
-            assert_eq!(
-                sha256_hex(&reply.body),
-                sha256_hex(data),
-                "{key}: a changed byte was served"
-            );
-        }
-    }
+    reads_byte_exact(&region.nodes[1], &objects, 1).await;
+    reads_byte_exact(&region.nodes[0], &objects, 2).await;
     println!(
         "answers changed on the way: {}, over {} TLS connections",
         flipped.load(Ordering::SeqCst),
