@@ -288,22 +288,27 @@ impl ChunkCache {
 
     /// Drops version `etag` (`size` bytes) of `object`: every chunk of it, from the
     /// tiers and the copies, and the object's metadata (the next read asks the
-    /// origin afresh). Removed again once the disk writes under way have landed:
-    /// an entry still on its way to disk would otherwise come back.
-    pub async fn drop_version(&self, object: &ObjectId, etag: &str, size: u64) {
+    /// origin afresh). At once, so that no read after this call finds them; then
+    /// again once the disk writes under way have landed (an entry still on its way
+    /// to disk would otherwise come back), in the background.
+    pub fn drop_version(self: &Arc<Self>, object: &ObjectId, etag: &str, size: u64) {
         let keys: Vec<CacheKey> = (0..size.div_ceil(self.chunk_size))
             .map(|index| CacheKey::chunk(object, etag, self.chunk_size, index))
             .chain([CacheKey::meta(object)])
             .collect();
-        for pass in 0..2 {
-            if pass == 1 {
-                self.inner.storage().wait().await;
-            }
-            for key in &keys {
-                self.inner.remove(key);
-                if let Some(copies) = &self.copies {
-                    copies.remove(key);
-                }
+        self.remove_all(&keys);
+        let cache = self.clone();
+        tokio::spawn(async move {
+            cache.inner.storage().wait().await;
+            cache.remove_all(&keys);
+        });
+    }
+
+    fn remove_all(&self, keys: &[CacheKey]) {
+        for key in keys {
+            self.inner.remove(key);
+            if let Some(copies) = &self.copies {
+                copies.remove(key);
             }
         }
     }

@@ -225,13 +225,7 @@ impl Fill {
                     etag = self.etag,
                     "an object's chunks do not add up to its full-object CRC; dropping every chunk of it"
                 );
-                let (cache, object, etag, size) = (
-                    self.fills.cache.clone(),
-                    self.object.clone(),
-                    self.etag.clone(),
-                    self.size,
-                );
-                tokio::spawn(async move { cache.drop_version(&object, &etag, size).await });
+                self.fills.cache.drop_version(&self.object, &self.etag, self.size);
                 Err(FillError::ObjectChecksum {
                     expected: expected.base64(),
                 })

@@ -119,7 +119,7 @@ impl PeerServer {
                 Err(_) => status(StatusCode::BAD_REQUEST),
             },
             (&Method::POST, DROP_PATH) => match ChunkRequest::decode(&body) {
-                Ok(version) => signed(self.drop_version(version).await, path, &body, &keys),
+                Ok(version) => signed(self.drop_version(version), path, &body, &keys),
                 Err(_) => status(StatusCode::BAD_REQUEST),
             },
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
@@ -160,7 +160,7 @@ impl PeerServer {
 
     /// A reader found that a version's chunks do not add up to the object: this
     /// node's chunks of it go too (which one is wrong cannot be told).
-    async fn drop_version(&self, version: ChunkRequest) -> (StatusCode, Bytes) {
+    fn drop_version(&self, version: ChunkRequest) -> (StatusCode, Bytes) {
         if version.chunk_size != self.cache.chunk_size() {
             return (StatusCode::CONFLICT, Bytes::new());
         }
@@ -177,9 +177,7 @@ impl PeerServer {
             object: version.object.clone(),
             etag: version.etag.clone(),
         });
-        self.cache
-            .drop_version(&version.object, &version.etag, version.size)
-            .await;
+        self.cache.drop_version(&version.object, &version.etag, version.size);
         (StatusCode::OK, Bytes::new())
     }
 

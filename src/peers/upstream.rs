@@ -225,12 +225,11 @@ async fn from_peer(
         };
         if let Ok(data) = frame.into_data() {
             telemetry::peer_bytes("in", data.len() as u64);
-            blocks.pending.extend_from_slice(&data);
-            while let Some(block) = blocks.next_checked().map_err(broken)? {
-                let at = blocks.got - block.len() as u64;
-                if blocks.got > *pushed {
+            for (at, block) in blocks.accept(data).map_err(broken)? {
+                let end = at + block.len() as u64;
+                if end > *pushed {
                     sink.push(block.slice((*pushed).saturating_sub(at) as usize..));
-                    *pushed = blocks.got;
+                    *pushed = end;
                 }
             }
         }
@@ -255,6 +254,26 @@ struct Blocks {
 }
 
 impl Blocks {
+    /// Takes `data`, the answer's next bytes: the chunk's bytes now usable, each at
+    /// its offset in the chunk. In TLS, `data` itself, not copied; with tags, the
+    /// blocks it completes, once their tags check.
+    fn accept(&mut self, data: Bytes) -> Result<Vec<(u64, Bytes)>, BoxError> {
+        if self.tag.is_none() {
+            let at = self.got;
+            self.got += data.len() as u64;
+            if self.got > self.length {
+                return Err("the peer sent more than the chunk".into());
+            }
+            return Ok(vec![(at, data)]);
+        }
+        self.pending.extend_from_slice(&data);
+        let mut blocks = Vec::new();
+        while let Some(block) = self.next_checked()? {
+            blocks.push((self.got - block.len() as u64, block));
+        }
+        Ok(blocks)
+    }
+
     /// The next block, once it and its tag are in and the tag checks.
     fn next_checked(&mut self) -> Result<Option<Bytes>, BoxError> {
         let left = self.length - self.got;
@@ -265,14 +284,7 @@ impl Blocks {
             };
         }
         let Some(tag) = self.tag.as_mut() else {
-            if self.pending.is_empty() {
-                return Ok(None);
-            }
-            if self.pending.len() as u64 > left {
-                return Err("the peer sent more than the chunk".into());
-            }
-            self.got += self.pending.len() as u64;
-            return Ok(Some(self.pending.split().freeze()));
+            return Ok(None);
         };
         let block = wire::TAG_BLOCK.min(left) as usize;
         if self.pending.len() < block + wire::BODY_TAG_LEN {
