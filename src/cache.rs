@@ -2,6 +2,7 @@
 //! object metadata. The only module that names foyer.
 
 mod disk;
+mod drops;
 mod filling;
 pub mod grants;
 mod key;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use disk::DiskGate;
 pub use disk::DiskHealth;
+use drops::Drops;
 pub use filling::{ChunkRead, ChunkSink, ChunkWriter, Dangling};
 use filling::{Destination, Filling, Store, Table};
 use foyer::{
@@ -126,6 +128,8 @@ pub struct ChunkCache {
     /// Chunks on their way in (filled, or in a cold probe's body): a lookup of one
     /// of them streams it rather than fetching it a second time.
     filling: Table,
+    /// Versions dropped while chunks of them were arriving.
+    drops: Arc<Drops>,
     chunk_size: u64,
     /// The disk tier's size as opened (0: none), after clamping to its filesystem.
     disk_capacity: u64,
@@ -210,6 +214,7 @@ impl ChunkCache {
             inner,
             copies,
             filling: Table::default(),
+            drops: Arc::default(),
             chunk_size: config.chunk_size,
             disk_capacity,
             disk: health,
@@ -288,34 +293,33 @@ impl ChunkCache {
 
     /// Drops version `etag` (`size` bytes) of `object`: every chunk of it, from the
     /// tiers and the copies, and the object's metadata (the next read asks the
-    /// origin afresh). At once, so that no read after this call finds them; then
-    /// again once the disk writes under way have landed (an entry still on its way
-    /// to disk would otherwise come back), in the background.
-    pub fn drop_version(self: &Arc<Self>, object: &ObjectId, etag: &str, size: u64) {
+    /// origin afresh), as [`forget`] does; a chunk of it still arriving is not
+    /// stored when it ends.
+    pub fn drop_version(&self, object: &ObjectId, etag: &str, size: u64) {
         let keys: Vec<CacheKey> = (0..size.div_ceil(self.chunk_size))
             .map(|index| CacheKey::chunk(object, etag, self.chunk_size, index))
             .chain([CacheKey::meta(object)])
             .collect();
-        self.remove_all(&keys);
-        let cache = self.clone();
-        tokio::spawn(async move {
-            cache.inner.storage().wait().await;
-            cache.remove_all(&keys);
-        });
+        // Recorded first: a chunk of it still arriving is not stored after this.
+        let prefix = keys[0].version_prefix();
+        self.drops.record(prefix.clone());
+        forget((&self.inner, self.copies.as_ref()), &self.drops, prefix, keys);
     }
 
-    fn remove_all(&self, keys: &[CacheKey]) {
-        for key in keys {
-            self.inner.remove(key);
-            if let Some(copies) = &self.copies {
-                copies.remove(key);
-            }
-        }
+    /// The epoch [`dropped_since`](Self::dropped_since) compares with.
+    pub fn drop_epoch(&self) -> u64 {
+        self.drops.now()
+    }
+
+    /// Whether version `etag` of `object` was dropped after `epoch`.
+    pub fn dropped_since(&self, object: &ObjectId, etag: &str, epoch: u64) -> bool {
+        let key = CacheKey::chunk(object, etag, self.chunk_size, 0);
+        self.drops.since(&key.version_prefix(), epoch)
     }
 
     /// Claims chunk `key`, arriving by another way than a fill (a cold probe's
     /// body): lookups of it stream what the writer pushes. `None` if it is already
-    /// cached or arriving.
+    /// cached or arriving, or its version is being dropped.
     pub fn claim(&self, key: &CacheKey) -> Option<ChunkWriter> {
         self.claim_to(key, false)
     }
@@ -323,7 +327,8 @@ impl ChunkCache {
     /// Claims chunk `key`, to be kept in memory only when `memory_only`.
     fn claim_to(&self, key: &CacheKey, memory_only: bool) -> Option<ChunkWriter> {
         let mut filling = self.filling.lock().expect("filling chunks");
-        if filling.contains_key(key)
+        if self.drops.settling(&key.version_prefix())
+            || filling.contains_key(key)
             || self.inner.contains(key)
             || self.copies.as_ref().is_some_and(|c| c.contains(key))
         {
@@ -338,6 +343,8 @@ impl ChunkCache {
         Destination {
             key: key.clone(),
             table: self.filling.clone(),
+            drops: self.drops.clone(),
+            claimed: self.drops.now(),
             store: match memory_only {
                 false => Store::Tiers(self.inner.clone()),
                 true => match &self.copies {
@@ -351,12 +358,13 @@ impl ChunkCache {
     /// The chunk under `key` if a tier holds it; never a fill (a hit's first chunk is
     /// read this way while the origin is still deciding whether the client may have it).
     pub async fn peek(&self, key: &CacheKey) -> Option<ChunkRead> {
-        let found = self.stored(key).await?;
-        metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => found.source.as_str()).increment(1);
-        Some(found)
+        self.stored(key).await.map(counted)
     }
 
     async fn stored(&self, key: &CacheKey) -> Option<ChunkRead> {
+        if self.drops.settling(&key.version_prefix()) {
+            return None;
+        }
         if let Some(copy) = self.copies.as_ref().and_then(|copies| copies.get(key)) {
             return Some(ChunkRead::whole(copy.value().clone(), ChunkSource::Memory));
         }
@@ -379,35 +387,41 @@ impl ChunkCache {
         Fut: std::future::Future<Output = Result<(Bytes, Crc), E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let mut attempts = 0;
-        let read = loop {
-            attempts += 1;
-            if let Some(arriving) = self.arriving(&key) {
-                break ChunkRead::streaming(arriving.reader(), ChunkSource::Coalesced);
-            }
-            if let Some(found) = self.stored(&key).await {
-                break found;
-            }
-            // Claimed under the table's lock, so that one lookup fills; one that finds
-            // the chunk stored since its miss reads it from the tiers. An index that
-            // says "stored" twice for a chunk that cannot be read is not believed.
-            let writer = match self.claim_to(&key, memory_only) {
-                Some(writer) => writer,
-                None if attempts < 3 => continue,
-                None => ChunkWriter::new(Filling::new(), Some(self.destination(&key, memory_only))),
-            };
-            let read = ChunkRead::streaming(writer.reader(), ChunkSource::Filled);
-            let fetch = fill(writer.sink().clone());
-            tokio::spawn(async move {
-                match fetch.await {
-                    Ok((whole, crc)) => writer.finish(whole, crc),
-                    Err(error) => writer.fail(Arc::new(error)),
+        // A version being dropped is neither read from the tiers nor kept until its
+        // removal settles: its chunks are read once, from upstream.
+        let writer = match self.drops.settling(&key.version_prefix()) {
+            true => ChunkWriter::new(Filling::new(), None),
+            false => {
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    if let Some(arriving) = self.arriving(&key) {
+                        return counted(ChunkRead::streaming(arriving.reader(), ChunkSource::Coalesced));
+                    }
+                    if let Some(found) = self.stored(&key).await {
+                        return counted(found);
+                    }
+                    // Claimed under the table's lock, so that one lookup fills; one that
+                    // finds the chunk stored since its miss reads it from the tiers. An
+                    // index that says "stored" twice for a chunk that cannot be read is
+                    // not believed.
+                    match self.claim_to(&key, memory_only) {
+                        Some(writer) => break writer,
+                        None if attempts < 3 => continue,
+                        None => break ChunkWriter::new(Filling::new(), Some(self.destination(&key, memory_only))),
+                    }
                 }
-            });
-            break read;
+            }
         };
-        metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => read.source.as_str()).increment(1);
-        read
+        let read = ChunkRead::streaming(writer.reader(), ChunkSource::Filled);
+        let fetch = fill(writer.sink().clone());
+        tokio::spawn(async move {
+            match fetch.await {
+                Ok((whole, crc)) => writer.finish(whole, crc),
+                Err(error) => writer.fail(Arc::new(error)),
+            }
+        });
+        counted(read)
     }
 
     fn arriving(&self, key: &CacheKey) -> Option<Arc<Filling>> {
@@ -442,6 +456,12 @@ impl ChunkCache {
     }
 }
 
+/// A chunk lookup's answer, counted by where it came from.
+fn counted(read: ChunkRead) -> ChunkRead {
+    metrics::counter!(crate::telemetry::CHUNK_LOOKUPS, "source" => read.source.as_str()).increment(1);
+    read
+}
+
 /// Whether the filesystem under `dir` takes O_DIRECT: one aligned page written
 /// to a scratch file. Direct I/O keeps the page cache out of the disk tier's way
 /// (buffered writes there halved cold fills in the bench); some filesystems
@@ -474,6 +494,38 @@ pub fn takes_direct_io(dir: &std::path::Path) -> bool {
     written.is_ok()
 }
 
+/// Removes `keys`, entries of version `prefix`, from the tiers and the copies at
+/// once, so that no lookup after this call finds them in memory; then again once the
+/// disk writes under way have landed. Until then foyer can still hand out an entry
+/// that was on its way to disk: the version is settling, and lookups skip it.
+fn forget(
+    (tiers, copies): (&HybridCache<CacheKey, CacheValue>, Option<&Copies>),
+    drops: &Arc<Drops>,
+    prefix: Bytes,
+    keys: Vec<CacheKey>,
+) {
+    /// How long a removal waits for the disk writes under way (a failing disk may
+    /// never finish them).
+    const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+    drops.unsettle(&prefix);
+    remove_now(tiers, copies, &keys);
+    let (tiers, copies, drops) = (tiers.clone(), copies.cloned(), drops.clone());
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(SETTLE_LIMIT, tiers.storage().wait()).await;
+        remove_now(&tiers, copies.as_ref(), &keys);
+        drops.settle(&prefix);
+    });
+}
+
+fn remove_now(tiers: &HybridCache<CacheKey, CacheValue>, copies: Option<&Copies>, keys: &[CacheKey]) {
+    for key in keys {
+        tiers.remove(key);
+        if let Some(copies) = copies {
+            copies.remove(key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -500,5 +552,85 @@ mod tests {
             );
             assert_eq!(layout.block_size % 4096, 0);
         }
+    }
+
+    fn object() -> ObjectId {
+        ObjectId {
+            origin: "http://origin:9000".into(),
+            bucket: "bucket".into(),
+            key: "model.bin".into(),
+            version_id: None,
+        }
+    }
+
+    async fn open(dir: &std::path::Path) -> Arc<ChunkCache> {
+        let config = CacheConfig {
+            dir: dir.to_owned(),
+            memory: 16 << 20,
+            disk: 64 << 20,
+            chunk_size: 1 << 20,
+            direct_io: Some(false),
+            read_ahead: 2,
+            fill_memory: 8 << 20,
+            read_ahead_memory: 8 << 20,
+            read_ahead_per_connection: 8 << 20,
+            read_ahead_wait: std::time::Duration::from_secs(1),
+            peer_copies: 0,
+            metadata_max_age: std::time::Duration::ZERO,
+        };
+        Arc::new(ChunkCache::open(&config).await.unwrap())
+    }
+
+    /// Fills chunk `key` with `bytes` and waits until it is stored.
+    async fn fill(cache: &ChunkCache, key: &CacheKey, bytes: Bytes) {
+        let crc = Crc::of(Crc::DEFAULT, &bytes);
+        let mut read = cache
+            .chunk(key.clone(), false, move |sink| async move {
+                sink.push(bytes.clone());
+                Ok::<_, std::io::Error>((bytes, crc))
+            })
+            .await;
+        while let Some(next) = read.next().await {
+            next.unwrap();
+        }
+    }
+
+    async fn settled(cache: &ChunkCache, key: &CacheKey) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cache.drops.settling(&key.version_prefix()) {
+            assert!(std::time::Instant::now() < deadline, "a drop never settles");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_version_is_not_found_again_nor_kept_by_a_fill_begun_before_the_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path()).await;
+        let object = object();
+        let first = CacheKey::chunk(&object, "\"v1\"", 1 << 20, 0);
+        let second = CacheKey::chunk(&object, "\"v1\"", 1 << 20, 1);
+        let bytes = Bytes::from(vec![7u8; 1 << 20]);
+        fill(&cache, &first, bytes.clone()).await;
+        assert!(cache.peek(&first).await.is_some(), "stored (and on its way to disk)");
+        let arriving = cache.claim(&second).expect("not cached yet");
+
+        cache.drop_version(&object, "\"v1\"", 2 << 20);
+        // At once, though foyer may still hold the entry on its way to disk.
+        assert!(cache.peek(&first).await.is_none(), "found right after its drop");
+        assert!(cache.claim(&first).is_none(), "kept while its drop settles");
+        settled(&cache, &first).await;
+        assert!(cache.peek(&first).await.is_none(), "back after its drop settled");
+        arriving.finish(bytes.clone(), Crc::of(Crc::DEFAULT, &bytes));
+        settled(&cache, &second).await;
+        assert!(
+            cache.peek(&second).await.is_none(),
+            "kept by a fill claimed before the drop"
+        );
+
+        // A fill begun after the drop keeps its chunk.
+        fill(&cache, &first, bytes.clone()).await;
+        assert!(cache.peek(&first).await.is_some(), "a fill after the drop is not kept");
+        assert!(!cache.dropped_since(&object, "\"v1\"", cache.drop_epoch()));
     }
 }

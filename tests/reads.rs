@@ -343,6 +343,67 @@ async fn part_one_of_a_single_piece_object_is_answered_as_the_origin_answers_it(
     }
 }
 
+/// ceph/s3-tests' `test_multipart_get_part` against an origin that answers as
+/// Garage does (a 304 with no header at all, conditionals before parts): for each
+/// part a HEAD then a GET, each asserting `PartsCount`; then all again, from the
+/// cache. Every answer carries the origin's `x-amz-mp-parts-count`.
+#[tokio::test]
+async fn part_heads_then_gets_carry_the_parts_count_from_an_origin_that_answers_304_bare() {
+    let origin = TestOrigin::start_with(s3_accel_testkit::origin::OriginOptions {
+        honor_conditionals: true,
+        conditionals_before_parts: true,
+        single_part_as_part: true,
+        bare_not_modified: true,
+        ..Default::default()
+    })
+    .await;
+    origin.create_bucket(BUCKET).await;
+    let parts = [
+        5 * CHUNK as u64 / 2,
+        5 * CHUNK as u64 / 2,
+        5 * CHUNK as u64 / 2,
+        CHUNK as u64,
+    ];
+    let size = parts.iter().sum::<u64>() as usize;
+    let data = object_bytes(33, size);
+    origin.put(BUCKET, "multi.bin", &data, &[]).await;
+    origin.set_parts(BUCKET, "multi.bin", &parts);
+    let proxy = proxy_for(&origin, &with_credentials("")).await;
+    let target = |n: u32| format!("/{BUCKET}/multi.bin?partNumber={n}");
+    for round in ["cold", "cached"] {
+        for n in 1..=parts.len() as u32 {
+            // botocore asks for checksums on both.
+            let head = Call::head(&target(n), &TestOrigin::signing()).header("x-amz-checksum-mode", "ENABLED");
+            let get_part = Call::get(&target(n), &TestOrigin::signing()).header("x-amz-checksum-mode", "ENABLED");
+            for call in [head, get_part] {
+                let direct = origin.send(&call).await;
+                assert_eq!(direct.header("x-amz-mp-parts-count"), Some("4"));
+                let reply = get(&proxy, call.clone()).await;
+                assert_eq!(reply.status, direct.status, "{round}, part {n}: {}", reply.text());
+                for name in [
+                    "x-amz-mp-parts-count",
+                    "content-range",
+                    "content-length",
+                    "etag",
+                    "x-amz-checksum-crc32",
+                ] {
+                    assert_eq!(
+                        reply.header(name),
+                        direct.header(name),
+                        "{round}, part {n}, {}: {name} ({})",
+                        call.method,
+                        outcome(&reply)
+                    );
+                }
+                assert_eq!(sha256_hex(&reply.body), sha256_hex(&direct.body));
+                if round == "cached" && call.method == http::Method::GET {
+                    assert_eq!(outcome(&reply), "hit", "part {n}");
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn ranges_s3_accel_does_not_parse_get_the_origins_answer() {
     let (origin, _) = origin_with("weights.bin", CHUNK, &[]).await;

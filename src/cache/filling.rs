@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use foyer::{Cache, HybridCache};
 use tokio::sync::watch;
 
+use super::drops::Drops;
 use super::{CacheKey, CacheValue, ChunkError, ChunkSource};
 use crate::s3::Crc;
 
@@ -101,6 +102,16 @@ pub(super) struct Destination {
     pub key: CacheKey,
     pub table: Table,
     pub store: Store,
+    pub drops: Arc<Drops>,
+    /// The drop epoch when the chunk was claimed.
+    pub claimed: u64,
+}
+
+impl Destination {
+    /// Whether the chunk's version was dropped since the chunk was claimed.
+    fn dropped(&self) -> bool {
+        self.drops.since(&self.key.version_prefix(), self.claimed)
+    }
 }
 
 /// Where a whole chunk is kept.
@@ -164,15 +175,30 @@ impl ChunkWriter {
         self.ended = true;
         match self.destination.take() {
             Some(destination) => {
-                // Stored before it leaves the table: a lookup finds it in one or the other.
-                match &destination.store {
-                    Store::Tiers(tiers) => {
-                        tiers.insert(destination.key.clone(), CacheValue::Chunk(whole.clone(), Some(crc)));
+                // Stored before it leaves the table: a lookup finds it in one or the
+                // other. Not stored if its version was dropped meanwhile, and removed
+                // again if the drop came between the check and the store.
+                if !destination.dropped() {
+                    match &destination.store {
+                        Store::Tiers(tiers) => {
+                            tiers.insert(destination.key.clone(), CacheValue::Chunk(whole.clone(), Some(crc)));
+                            if destination.dropped() {
+                                super::forget(
+                                    (tiers, None),
+                                    &destination.drops,
+                                    destination.key.version_prefix(),
+                                    vec![destination.key.clone()],
+                                );
+                            }
+                        }
+                        Store::Copies(copies) => {
+                            copies.insert(destination.key.clone(), whole.clone());
+                            if destination.dropped() {
+                                copies.remove(&destination.key);
+                            }
+                        }
+                        Store::Nowhere => {}
                     }
-                    Store::Copies(copies) => {
-                        copies.insert(destination.key.clone(), whole.clone());
-                    }
-                    Store::Nowhere => {}
                 }
                 release(&destination, &self.sink.0);
                 self.sink.0.end(End::Whole(whole));

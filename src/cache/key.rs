@@ -67,6 +67,12 @@ impl CacheKey {
         self.0.len()
     }
 
+    /// What every chunk key of one version starts with: a chunk key without its
+    /// chunk size and index.
+    pub(super) fn version_prefix(&self) -> Bytes {
+        self.0.slice(..self.0.len().saturating_sub(16))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -111,6 +111,10 @@ pub enum FillError {
     /// version is dropped.
     #[error("the object's chunks do not add up to its full-object checksum {expected}")]
     ObjectChecksum { expected: String },
+    /// The version was found wrong by another read since this one began: it reads
+    /// no more of it.
+    #[error("the object's chunks were found not to add up to its full-object checksum during this read")]
+    Dropped,
     #[error("the origin answered a fill of bytes {first}-{last}/{size} with Content-Range {got:?}")]
     Range {
         first: u64,
@@ -147,6 +151,9 @@ pub struct Fill {
     /// fill is checked against it before it is kept, a larger one's chunks once
     /// they have all been seen.
     pub crc: Option<Crc>,
+    /// The cache's drop epoch when this read of the version began: a chunk of it
+    /// fetched after the version was dropped is neither kept nor served.
+    pub begun: u64,
 }
 
 impl Fill {
@@ -170,6 +177,7 @@ impl Fill {
             chunk_size: fills.cache.chunk_size(),
             fills: fills.clone(),
             crc: checksums.and_then(Crc::full_object),
+            begun: fills.cache.drop_epoch(),
         })
     }
 
@@ -191,6 +199,9 @@ impl Fill {
     /// larger one when its last chunk is seen here (then, on a mismatch, every
     /// chunk of the version is dropped).
     pub fn verify(&self, index: u64, chunk: &Bytes) -> Result<Crc, FillError> {
+        if self.fills.cache.dropped_since(&self.object, &self.etag, self.begun) {
+            return Err(FillError::Dropped);
+        }
         let Some(expected) = self.crc else {
             return Ok(Crc::of(Crc::DEFAULT, chunk));
         };
@@ -253,6 +264,9 @@ impl Fill {
                 .acquire_owned()
                 .await
                 .expect("the fill semaphore is never closed");
+            if fill.fills.cache.dropped_since(&fill.object, &fill.etag, fill.begun) {
+                return Err(FillError::Dropped);
+            }
             let _in_flight = InFlight::start();
             let (start, last) = fill.chunk_range(index);
             // Only what the sink does not have yet: a peer that died at 99 % costs 1 %.

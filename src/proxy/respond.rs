@@ -448,9 +448,12 @@ impl Piece {
 
 /// Whether a failed fill says the version this response serves is gone or wrong.
 fn settled(error: &ChunkError) -> bool {
-    error
-        .fill_error::<FillError>()
-        .is_some_and(|e| matches!(e, FillError::Changed | FillError::ObjectChecksum { .. }))
+    error.fill_error::<FillError>().is_some_and(|e| {
+        matches!(
+            e,
+            FillError::Changed | FillError::ObjectChecksum { .. } | FillError::Dropped
+        )
+    })
 }
 
 /// A chunk's bytes that stopped before the end a response needs (never expected:

@@ -104,6 +104,9 @@ pub struct OriginOptions {
     /// Answer part 1 of an object stored in one piece as Garage does: 206 with
     /// Content-Range and `x-amz-mp-parts-count: 1` (S3 and s3s-fs: 200, the object).
     pub single_part_as_part: bool,
+    /// Answer a 304 or 412 with no header at all, as Garage does (S3 sends the
+    /// ETag and Last-Modified with a 304).
+    pub bare_not_modified: bool,
 }
 
 pub struct Origin {
@@ -345,8 +348,9 @@ async fn answer(
             .find_map(|pair| pair.strip_prefix("partNumber="))
             .and_then(|n| n.parse().ok())
     });
-    let part_of =
-        (part_number.is_some() && request.method() == http::Method::GET).then(|| request.uri().path().to_owned());
+    let head = request.method() == http::Method::HEAD;
+    let part_of = (part_number.is_some() && (request.method() == http::Method::GET || head))
+        .then(|| request.uri().path().to_owned());
     let object_file = match (options.read_block, request.method()) {
         (Some(_), &http::Method::GET) => object_file(root, request.uri().path()),
         _ => None,
@@ -395,7 +399,7 @@ async fn answer(
                     .map(|meta| vec![meta.len()]),
                 layout => layout,
             };
-            match answer_part(response, root, &path, number, layout, checksum_mode).await {
+            match answer_part(response, root, &path, (number, head), layout, checksum_mode).await {
                 Ok(part) => (part, true),
                 Err(whole) => (whole, false),
             }
@@ -403,7 +407,11 @@ async fn answer(
         _ => (response, false),
     };
     let response = if options.honor_conditionals {
-        apply_conditionals(response, if_match, if_none_match)
+        let mut answer = apply_conditionals(response, if_match, if_none_match);
+        if options.bare_not_modified && matches!(answer.status().as_u16(), 304 | 412) {
+            answer.headers_mut().clear();
+        }
+        answer
     } else {
         response
     };
@@ -480,12 +488,12 @@ type BoxedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, s3s::StdError
 /// for an object stored in parts, 206 with the part's bytes, Content-Range,
 /// `x-amz-mp-parts-count` and, in checksum mode, the part's CRC32; for any other
 /// object part 1 is the whole object (s3s-fs's answer, `Err`); past the last part,
-/// 416 InvalidPartNumber.
+/// 416 InvalidPartNumber. A HEAD gets the same head, without a body.
 async fn answer_part(
     whole: Response<s3s::Body>,
     root: &std::path::Path,
     path: &str,
-    number: u64,
+    (number, head): (u64, bool),
     layout: Option<Vec<u64>>,
     checksum_mode: bool,
 ) -> Result<Response<s3s::Body>, Response<s3s::Body>> {
@@ -495,9 +503,11 @@ async fn answer_part(
         None => vec![],
     };
     let Some(size) = layout.get(number as usize - 1).copied() else {
-        let mut refused = Response::new(s3s::Body::from(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InvalidPartNumber</Code><Message>The requested partnumber is not satisfiable</Message></Error>".to_owned(),
-        ));
+        let error = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InvalidPartNumber</Code><Message>The requested partnumber is not satisfiable</Message></Error>";
+        let mut refused = Response::new(match head {
+            true => s3s::Body::empty(),
+            false => s3s::Body::from(error.to_owned()),
+        });
         *refused.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
         refused
             .headers_mut()
@@ -537,10 +547,11 @@ async fn answer_part(
         headers.insert("x-amz-checksum-crc32", crc32.parse().unwrap());
         headers.insert("x-amz-checksum-type", "COMPOSITE".parse().unwrap());
     }
-    Ok(Response::from_parts(
-        parts,
-        s3s::Body::from(Bytes::copy_from_slice(bytes)),
-    ))
+    let body = match head {
+        true => s3s::Body::empty(),
+        false => s3s::Body::from(Bytes::copy_from_slice(bytes)),
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// S3's order: If-Match false → 412; else If-None-Match matching → 304. Applied
