@@ -259,7 +259,10 @@ async fn sse_c_and_multi_range_requests_are_never_cached() {
 
 #[tokio::test]
 async fn a_warm_cache_survives_a_restart() {
-    let chunks = 32;
+    // What fits in the flushers' buffers (2 × 2 × 4 chunks) even when the disk does
+    // not keep up: foyer drops a write that finds both of a flusher's buffers full,
+    // and a 32-chunk burst lost a chunk now and then on a slow CI disk.
+    let chunks = 8;
     let (origin, data) = origin_with_object(true, chunks * CHUNK).await;
     let cache = "memory = \"64MiB\"\ndisk = \"256MiB\"\nchunk_size = \"1MiB\"";
     let toml = format!("origin = \"{}\"", origin.url());
