@@ -788,6 +788,23 @@ mod tests {
             }
         );
         assert_eq!(error_key(with("service = \"no-port\"")), "peers.service");
+        let addresses = "addresses = []\n";
+        let config = with(addresses).unwrap().peers.unwrap();
+        assert_eq!(
+            (config.connect_timeout, config.stall_timeout),
+            (Duration::from_millis(500), Duration::from_millis(1500))
+        );
+        let config = with(&format!("{addresses}stall_timeout = \"3s\""))
+            .unwrap()
+            .peers
+            .unwrap();
+        assert_eq!(config.stall_timeout, Duration::from_secs(3));
+        for key in ["stall_timeout", "connect_timeout"] {
+            assert_eq!(
+                error_key(with(&format!("{addresses}{key} = \"0s\""))),
+                format!("peers.{key}")
+            );
+        }
         assert_eq!(error_key(with("")), "peers.service", "one way to find the peers");
         assert_eq!(error_key(with("addresses = [\"nowhere\"]")), "peers.addresses");
         assert_eq!(

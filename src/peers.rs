@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::config::{Discovery, PeersConfig};
 use auth::{KeyRing, PeerKeys};
-use client::PeerClient;
+use client::{PeerClient, PeerTimeouts};
 use membership::{Discover, Fixed, Members};
 use protocol::Hello;
 
@@ -30,8 +30,10 @@ use protocol::Hello;
 /// within about a minute).
 const KEY_RELOAD: Duration = Duration::from_secs(10);
 
-/// How long a peer that failed is left alone.
-const EJECTION: Duration = Duration::from_secs(10);
+/// How long a peer that failed is left alone the first time.
+const EJECTION: Duration = Duration::from_secs(1);
+/// The longest a peer that keeps failing is left alone between two tries.
+const MAX_EJECTION: Duration = Duration::from_secs(30);
 
 /// This node's view of its region, shared by the request path and the peer listener.
 pub struct Peers {
@@ -41,8 +43,43 @@ pub struct Peers {
     /// Mutual TLS on the peer port, when `peers.tls` is set.
     pub tls: Option<Arc<tls::PeerTls>>,
     members: watch::Receiver<Arc<Members>>,
-    /// Peers that failed a request lately, by node name, and until when.
-    ejected: Mutex<HashMap<String, Instant>>,
+    /// Peers that failed a request lately.
+    ejected: Ejections,
+}
+
+/// Peers left alone after failures, by node name: until when, and after how many
+/// failures in a row.
+#[derive(Default)]
+struct Ejections(Mutex<HashMap<String, (Instant, u32)>>);
+
+impl Ejections {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, u32)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A failure of `node` at `now`: how many in a row and how long it is left
+    /// alone, or `None` when it already is (requests sent before its ejection fail
+    /// together: one failure, not many).
+    fn eject(&self, node: &str, now: Instant) -> Option<(u32, Duration)> {
+        let mut map = self.map();
+        let strikes = match map.get(node) {
+            Some((until, _)) if *until > now => return None,
+            Some((_, strikes)) => strikes.saturating_add(1),
+            None => 1,
+        };
+        let wait = EJECTION.saturating_mul(1 << (strikes - 1).min(16)).min(MAX_EJECTION);
+        map.insert(node.to_owned(), (now + wait, strikes));
+        Some((strikes, wait))
+    }
+
+    /// Whether `node` had failures (now forgotten).
+    fn recovered(&self, node: &str) -> bool {
+        self.map().remove(node).is_some()
+    }
+
+    fn holds(&self, node: &str, now: Instant) -> bool {
+        self.map().get(node).is_some_and(|(until, _)| *until > now)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +117,11 @@ impl Peers {
             tokio::spawn(tls.clone().watch());
         }
         metrics::gauge!(crate::telemetry::PEER_TLS).set(if tls.is_some() { 1.0 } else { 0.0 });
-        let client = PeerClient::new(keys.clone(), tls.as_ref()).map_err(PeersError::Tls)?;
+        let timeouts = PeerTimeouts {
+            connect: config.connect_timeout,
+            stall: config.stall_timeout,
+        };
+        let client = PeerClient::new(keys.clone(), tls.as_ref(), timeouts).map_err(PeersError::Tls)?;
         let hello = Hello {
             node: config.node_name.clone(),
             boot_id: format!("{:016x}", fastrand::u64(..)),
@@ -110,7 +151,7 @@ impl Peers {
             client,
             tls,
             members,
-            ejected: Mutex::default(),
+            ejected: Ejections::default(),
         }))
     }
 
@@ -127,25 +168,59 @@ impl Peers {
             .is_none_or(|owner| owner.address.is_none())
     }
 
-    /// Leaves `node` alone for a while: a client must not wait on a dead peer twice.
+    /// Leaves `node` alone for a while after a failure (a client must not wait on a
+    /// dead peer twice): a second at first, twice as
+    /// long after each failure of the request that tries it again, at most
+    /// [`MAX_EJECTION`]; a success forgets its failures ([`recovered`](Self::recovered)).
     pub fn eject(&self, node: &str) {
-        tracing::warn!(node, seconds = EJECTION.as_secs(), "peer ejected");
-        metrics::counter!(crate::telemetry::PEER_EJECTIONS).increment(1);
-        self.ejected
-            .lock()
-            .expect("ejected peers")
-            .insert(node.to_owned(), Instant::now() + EJECTION);
+        if let Some((strikes, wait)) = self.ejected.eject(node, Instant::now()) {
+            tracing::warn!(node, strikes, seconds = wait.as_secs_f64(), "peer ejected");
+            metrics::counter!(crate::telemetry::PEER_EJECTIONS).increment(1);
+        }
     }
 
-    pub fn is_ejected(&self, node: &str) -> bool {
-        let mut ejected = self.ejected.lock().expect("ejected peers");
-        match ejected.get(node) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                ejected.remove(node);
-                false
-            }
-            None => false,
+    /// `node` served a request: its next failure is ejected for the shortest time.
+    pub fn recovered(&self, node: &str) {
+        if self.ejected.recovered(node) {
+            tracing::info!(node, "peer serves again");
         }
+    }
+
+    /// Whether `node` is left alone now. Once its time is up, the next request
+    /// tries it (its failures are kept until one succeeds).
+    pub fn is_ejected(&self, node: &str) -> bool {
+        self.ejected.holds(node, Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_failing_again_is_left_alone_longer_until_it_serves() {
+        let ejections = Ejections::default();
+        let now = Instant::now();
+        assert_eq!(ejections.eject("n1", now), Some((1, Duration::from_secs(1))));
+        assert_eq!(ejections.eject("n1", now), None, "failures of one moment count once");
+        assert!(ejections.holds("n1", now));
+        let later = now + Duration::from_secs(1);
+        assert!(!ejections.holds("n1", later), "tried again once its time is up");
+        assert_eq!(ejections.eject("n1", later), Some((2, Duration::from_secs(2))));
+        let mut at = later;
+        for _ in 0..10 {
+            at += Duration::from_secs(60);
+            ejections.eject("n1", at);
+        }
+        assert_eq!(
+            ejections.eject("n1", at + Duration::from_secs(60)).unwrap().1,
+            MAX_EJECTION
+        );
+        assert!(ejections.recovered("n1"));
+        assert_eq!(
+            ejections.eject("n1", at + Duration::from_secs(120)),
+            Some((1, Duration::from_secs(1)))
+        );
+        assert!(!ejections.holds("n2", now), "another node is untouched");
     }
 }

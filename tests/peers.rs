@@ -2,7 +2,7 @@
 //! of one origin, each chunk fetched from the origin once for all of them.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -1191,4 +1191,143 @@ async fn with_one_certificate_for_the_region_the_peers_form_in_tls() {
     every_node_serves(&region, &data, "a region sharing one certificate").await;
     let (_, ready) = admin_get(&region.nodes[0], "/readyz").await;
     assert!(ready.contains("peer TLS: on"), "{ready}");
+}
+
+/// A TCP relay on the peer network that passes bytes on to `target` until it is
+/// cut, then drops everything both ways without closing anything (what a cut
+/// cable or a hung host looks like from a peer: silence, not a reset). Counts the
+/// bytes it passed from `target`.
+async fn cuttable_relay(target: Arc<std::sync::OnceLock<SocketAddr>>) -> (SocketAddr, Arc<AtomicBool>, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.12:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (cut, passed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (cut_, passed_) = (cut.clone(), passed.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(*target.get().unwrap()).await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            let pass = |mut from: tokio::net::tcp::OwnedReadHalf,
+                        mut to: tokio::net::tcp::OwnedWriteHalf,
+                        counted: Option<Arc<AtomicU64>>| {
+                let cut = cut_.clone();
+                async move {
+                    let mut buffer = vec![0u8; 16 << 10];
+                    while let Ok(n) = from.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if cut.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if to.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                        if let Some(counted) = &counted {
+                            counted.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                    }
+                    // Held open: a cut link says nothing.
+                    std::future::pending::<()>().await;
+                    drop(to);
+                }
+            };
+            tokio::spawn(pass(client_read, server_write, None));
+            tokio::spawn(pass(server_read, client_write, Some(passed_.clone())));
+        }
+    });
+    (address, cut, passed)
+}
+
+/// Node 0 reaches node 1 through a link that goes silent (no reset) while node 0's
+/// client reads cold objects half of whose chunks node 1 owns: answers stop in the
+/// middle, and later requests get nothing at all. Node 0 gives node 1 up within
+/// seconds (a peer quiet for half of `peers.stall_timeout` must answer a hello) and
+/// fills from the origin from the byte reached: every read byte-exact, none waiting
+/// anywhere near the 35 s and 65 s a silent peer used to cost. Once the link is
+/// back, node 1 serves node 0 again (an ejected peer is tried again, with backoff).
+#[tokio::test]
+async fn a_peer_gone_silent_costs_seconds_and_is_used_again_once_back() {
+    let origin = TestOrigin::honoring().await;
+    origin.create_bucket(BUCKET).await;
+    // Three to read across the cut, then small ones to see node 1 used again (each
+    // read once: a chunk node 0 filled itself is kept as a copy, and read again it
+    // would ask no one).
+    let mut objects = Vec::new();
+    for i in 0..16u64 {
+        let size = if i < 3 { 24 << 20 } else { 4 << 20 };
+        let (key, data) = (format!("silent-{i}.bin"), object_bytes(70 + i, size));
+        origin.put(BUCKET, &key, &data, &[]).await;
+        objects.push((key, data));
+    }
+    let target = Arc::new(std::sync::OnceLock::new());
+    let (relay, cut, passed) = cuttable_relay(target.clone()).await;
+    let region = Region::start_with(
+        &origin,
+        Layout {
+            relayed: Some((0, 1, relay, target)),
+            ..Layout::of(2)
+        },
+    )
+    .await;
+    let node = &region.nodes[0];
+    let sample = |name: &'static str, labels: &'static str| async move {
+        let (_, metrics) = admin_get(node, "/metrics").await;
+        crate::ops::sample(&metrics, name, labels).unwrap_or(0.0)
+    };
+    let served_by_peer = || sample("s3accel_peer_requests_total", "role=\"reader\",outcome=\"ok\"");
+
+    // The link works: node 1 serves its share.
+    reads_byte_exact(node, &objects[..1], 1).await;
+    assert!(
+        served_by_peer().await > 0.0,
+        "node 1 served nothing: the test proves nothing"
+    );
+
+    // Cut once node 1 is 4 MiB into its answers for the next object: some answers
+    // stop midway, the rest never start.
+    let from = passed.load(Ordering::SeqCst);
+    let watcher = {
+        let (cut, passed) = (cut.clone(), passed.clone());
+        tokio::spawn(async move {
+            while passed.load(Ordering::SeqCst) < from + (4 << 20) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            cut.store(true, Ordering::SeqCst);
+        })
+    };
+    let gave_up = || sample("s3accel_peer_fallbacks_total", "reason=\"failed\"");
+    let failed = gave_up().await;
+    let started = std::time::Instant::now();
+    for (key, data) in &objects[1..3] {
+        let reply = get(node, read(key)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{key}");
+        assert_eq!(sha256_hex(&reply.body), sha256_hex(data), "{key}");
+    }
+    let took = started.elapsed();
+    assert!(watcher.is_finished(), "the link was never cut: the test proves nothing");
+    println!("two 24 MiB reads across a silenced peer: {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "a silent peer held the reads for {took:?} (35 s per chunk before)"
+    );
+    assert!(gave_up().await > failed, "node 1 was never given up");
+
+    // The link back: node 1 serves node 0 again, after its ejection runs out.
+    cut.store(false, Ordering::SeqCst);
+    let before = served_by_peer().await;
+    let mut back = false;
+    for (key, data) in &objects[3..] {
+        let reply = get(node, read(key)).await;
+        assert_eq!(sha256_hex(&reply.body), sha256_hex(data), "{key}");
+        if served_by_peer().await > before {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(back, "node 1 was never used again");
 }

@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 
 use s3_accel::cache::ObjectId;
 use s3_accel::peers::auth::{KeyRing, PeerKeys};
-use s3_accel::peers::client::PeerClient;
+use s3_accel::peers::client::{PeerClient, PeerTimeouts};
 use s3_accel::peers::membership::{Member, Members};
 use s3_accel::peers::protocol::{ChunkRequest, Signer};
 use s3_accel::peers::wire;
@@ -63,7 +63,7 @@ pub async fn measure(
     let tls = tls
         .map(|files| s3_accel::peers::tls::PeerTls::load(&files, crate::target::READER))
         .transpose()?;
-    let peers = PeerClient::new(keys, tls.as_ref())?;
+    let peers = PeerClient::new(keys, tls.as_ref(), PeerTimeouts::default())?;
     let mut members = Vec::new();
     for address in target.peer_addresses() {
         let hello = peers

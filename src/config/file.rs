@@ -56,6 +56,8 @@ pub struct PeersSection {
     pub service: Option<String>,
     pub secret_file: Option<String>,
     pub refresh: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub stall_timeout: Option<String>,
     /// Mutual TLS on the peer port.
     pub tls: Option<PeerTlsSection>,
 }

@@ -21,6 +21,11 @@ pub struct PeersConfig {
     pub secret_file: PathBuf,
     /// How often the members are looked up again.
     pub refresh: Duration,
+    /// How long a peer may take to accept a connection.
+    pub connect_timeout: Duration,
+    /// How long a peer may send nothing, in the middle of an answer or on a
+    /// connection that goes silent, before the chunk is taken elsewhere.
+    pub stall_timeout: Duration,
     /// Mutual TLS on the peer port; `None`: plain HTTP (the network is trusted).
     pub tls: Option<PeerTlsConfig>,
 }
@@ -119,12 +124,29 @@ pub(super) fn peers_config(section: &PeersSection) -> Result<PeersConfig, Config
     if secret_file.as_os_str().is_empty() {
         return Err(invalid("peers.secret_file", "must not be empty"));
     }
+    let positive = |value: Option<&str>, key: &'static str, default: Duration| {
+        let duration = duration_or(value, key, default)?;
+        match duration.is_zero() {
+            true => Err(invalid(key, "must be greater than zero")),
+            false => Ok(duration),
+        }
+    };
     Ok(PeersConfig {
         node_name,
         listen,
         discovery,
         secret_file,
         refresh: duration_or(section.refresh.as_deref(), "peers.refresh", Duration::from_secs(5))?,
+        connect_timeout: positive(
+            section.connect_timeout.as_deref(),
+            "peers.connect_timeout",
+            Duration::from_millis(500),
+        )?,
+        stall_timeout: positive(
+            section.stall_timeout.as_deref(),
+            "peers.stall_timeout",
+            Duration::from_millis(1500),
+        )?,
         tls: section.tls.as_ref().map(peer_tls).transpose()?,
     })
 }

@@ -21,11 +21,33 @@ use super::protocol::{ChunkRequest, Hello, CHUNK_PATH, HELLO_PATH, PEER_SOURCE};
 use super::tls::{self, PeerTls};
 use super::wire;
 
-/// How long a peer may take to connect: peers are in one region, a few hops away.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a peer may take to answer a hello, or to start answering a chunk (an
-/// owner filling from the origin answers once the origin's first bytes are in).
+/// How long a peer may take to answer a hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a peer may take: to accept a connection (`peers.connect_timeout`: peers
+/// are in one region, a few hops away), and to show it is alive (`peers.stall_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTimeouts {
+    pub connect: Duration,
+    /// A peer that sends nothing for half this long is asked whether it is alive
+    /// (a hello, which must come back within the other half): one that does not
+    /// answer is given up for that chunk, one that does is waited for (an owner
+    /// filling from a slow origin sends nothing until the origin's bytes come). And
+    /// the kernel breaks a peer connection on which nothing, request bytes or
+    /// keepalive probes (sent after a second of silence), has been acknowledged for
+    /// this long: a vanished host (a cut cable, a hung kernel, a partition) costs
+    /// seconds, not the origin's timeouts.
+    pub stall: Duration,
+}
+
+impl Default for PeerTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_millis(500),
+            stall: Duration::from_millis(1500),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -33,6 +55,8 @@ pub enum PeerError {
     Unreachable(#[source] hyper_util::client::legacy::Error),
     #[error("the peer did not answer in time")]
     Timeout,
+    #[error("the peer went silent and does not answer a hello")]
+    Silent,
     #[error("the peer answered {0}")]
     Status(StatusCode),
     #[error("the peer's hello does not read, or is not signed with the region's key")]
@@ -67,6 +91,7 @@ pub struct PeerChunk {
 pub struct PeerClient {
     transport: Transport,
     keys: Arc<KeyRing>,
+    timeouts: PeerTimeouts,
 }
 
 /// How requests reach peers: plain HTTP, or mutual TLS.
@@ -100,10 +125,16 @@ impl hyper_rustls::ResolveServerName for MemberNames {
 
 impl PeerClient {
     /// A client signing with `keys`, in mutual TLS with `tls` when it is set.
-    pub fn new(keys: Arc<KeyRing>, tls: Option<&Arc<PeerTls>>) -> std::io::Result<Self> {
+    pub fn new(keys: Arc<KeyRing>, tls: Option<&Arc<PeerTls>>, timeouts: PeerTimeouts) -> std::io::Result<Self> {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_connect_timeout(Some(timeouts.connect));
         connector.set_nodelay(true);
+        // Keepalive times are whole seconds to the kernel; the user timeout (in
+        // milliseconds) decides when unacknowledged probes or bytes break it.
+        connector.set_keepalive(Some(Duration::from_secs(1)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(1)));
+        connector.set_keepalive_retries(Some(timeouts.stall.as_secs().max(1) as u32 + 1));
+        connector.set_tcp_user_timeout(Some(timeouts.stall));
         let builder = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .clone();
@@ -126,7 +157,15 @@ impl PeerClient {
                 }
             }
         };
-        Ok(Self { transport, keys })
+        Ok(Self {
+            transport,
+            keys,
+            timeouts,
+        })
+    }
+
+    pub fn timeouts(&self) -> PeerTimeouts {
+        self.timeouts
     }
 
     /// Whether requests to peers go in mutual TLS.
@@ -159,6 +198,46 @@ impl PeerClient {
 
     /// Who the peer at `address` is.
     pub async fn hello(&self, address: SocketAddr) -> Result<Hello, PeerError> {
+        self.hello_within(address, HELLO_TIMEOUT).await
+    }
+
+    /// Whether the peer at `address` answers a hello within half the stall timeout:
+    /// asked of a peer that has sent nothing for a while, to tell one waiting on
+    /// its origin (alive, worth waiting for) from one that is gone.
+    pub async fn answers(&self, address: SocketAddr) -> bool {
+        self.hello_within(address, self.timeouts.stall / 2).await.is_ok()
+    }
+
+    /// Waits for `step` (a peer's answer, or its next bytes) as long as the peer at
+    /// `address` shows it is alive: after half the stall timeout without them, it
+    /// must answer a hello within the other half, and again after each such wait. A
+    /// peer that does not is gone, or hung: the caller goes elsewhere, seconds after
+    /// it went quiet.
+    pub async fn patiently<T>(
+        &self,
+        address: SocketAddr,
+        step: impl std::future::Future<Output = T>,
+    ) -> Result<T, PeerError> {
+        let quiet = self.timeouts.stall / 2;
+        tokio::pin!(step);
+        loop {
+            tokio::select! {
+                done = &mut step => return Ok(done),
+                () = tokio::time::sleep(quiet) => {}
+            }
+            // The bytes may come while the hello is out: whichever is first.
+            tokio::select! {
+                done = &mut step => return Ok(done),
+                alive = self.answers(address) => {
+                    if !alive {
+                        return Err(PeerError::Silent);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn hello_within(&self, address: SocketAddr, timeout: Duration) -> Result<Hello, PeerError> {
         let mut request = self.request(Method::GET, address, HELLO_PATH, Vec::new());
         let nonce = wire::nonce();
         request
@@ -168,7 +247,8 @@ impl PeerClient {
             let (response, certificate) = match &self.transport {
                 Transport::Plain(http) => (http.request(request).await.map_err(PeerError::Unreachable)?, None),
                 Transport::Tls { hello, .. } => {
-                    let (response, certificate) = tls_exchange(hello, address, request).await?;
+                    let (response, certificate) =
+                        tls_exchange(hello, (address, self.timeouts.connect), request).await?;
                     (response, Some(certificate))
                 }
             };
@@ -194,7 +274,7 @@ impl PeerClient {
             }
             Ok(hello)
         };
-        tokio::time::timeout(HELLO_TIMEOUT, answer)
+        tokio::time::timeout(timeout, answer)
             .await
             .map_err(|_| PeerError::Timeout)?
     }
@@ -220,9 +300,9 @@ impl PeerClient {
                 .map_err(PeerError::Unsigned)?;
             Ok((parts.status, body))
         };
-        tokio::time::timeout(timeout, answer)
+        tokio::time::timeout(timeout, self.patiently(address, answer))
             .await
-            .map_err(|_| PeerError::Timeout)?
+            .map_err(|_| PeerError::Timeout)??
     }
 
     /// Asks the peer at `address` for a chunk; its answer, once its head comes
@@ -235,9 +315,9 @@ impl PeerClient {
     ) -> Result<PeerChunk, PeerError> {
         let asked = chunk.encode();
         let request = self.request(Method::POST, address, CHUNK_PATH, asked.clone());
-        let response = tokio::time::timeout(first_byte, self.send(request))
+        let response = tokio::time::timeout(first_byte, self.patiently(address, self.send(request)))
             .await
-            .map_err(|_| PeerError::Timeout)?
+            .map_err(|_| PeerError::Timeout)??
             .map_err(PeerError::Unreachable)?;
         if response.status() != StatusCode::OK {
             return Err(PeerError::Status(response.status()));
@@ -272,10 +352,10 @@ impl PeerClient {
 /// presented (signed by the region's CA; which node it names is the caller's to check).
 async fn tls_exchange(
     connector: &tokio_rustls::TlsConnector,
-    address: SocketAddr,
+    (address, connect_timeout): (SocketAddr, Duration),
     request: Request<Full<Bytes>>,
 ) -> Result<(http::Response<Incoming>, CertificateDer<'static>), PeerError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| PeerError::Timeout)?
         .map_err(PeerError::Tls)?;

@@ -61,7 +61,7 @@ pub fn upstream(
 /// How long an owner may take to start answering: longer than its own wait for the
 /// origin's first byte (it may be filling), so that a slow origin does not eject it.
 const PEER_FIRST_BYTE: Duration = Duration::from_secs(35);
-/// Longest silence in the middle of a peer's answer: longer than the origin's.
+/// Longest silence in the middle of a live peer's answer: longer than the origin's.
 const PEER_IDLE: Duration = Duration::from_secs(65);
 /// Owner, then the next in line: a third would be a fill anyway.
 const PEERS_TRIED: usize = 2;
@@ -122,6 +122,7 @@ impl Regional {
             match from_peer(&self.peers, address, &request, sink, &mut pushed).await {
                 Ok(()) => {
                     telemetry::peer_request("reader", "ok");
+                    self.peers.recovered(node);
                     let chunk = sink.assemble();
                     return match self.fill.verify(index, &chunk) {
                         Ok(crc) => Ok((chunk, crc)),
@@ -218,10 +219,12 @@ async fn from_peer(
         length: request.length(),
     };
     loop {
-        let frame = match tokio::time::timeout(PEER_IDLE, body.frame()).await {
-            Err(_) => return Err(broken("the peer went silent".into())),
-            Ok(None) => break,
-            Ok(Some(frame)) => frame.map_err(|e| broken(e.into()))?,
+        let next = peers.client.patiently(address, body.frame());
+        let frame = match tokio::time::timeout(PEER_IDLE, next).await {
+            Err(_) => return Err(broken("the peer sent nothing for too long".into())),
+            Ok(Err(silent)) => return Err(broken(silent.into())),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(frame))) => frame.map_err(|e| broken(e.into()))?,
         };
         if let Ok(data) = frame.into_data() {
             telemetry::peer_bytes("in", data.len() as u64);
