@@ -303,6 +303,11 @@ impl ChunkCache {
         // Recorded first: a chunk of it still arriving is not stored after this.
         let prefix = keys[0].version_prefix();
         self.drops.record(prefix.clone());
+        // Nor does a lookup after this one wait on such a chunk (its fill fails).
+        self.filling
+            .lock()
+            .expect("filling chunks")
+            .retain(|key, _| key.version_prefix() != prefix);
         forget((&self.inner, self.copies.as_ref()), &self.drops, prefix, keys);
     }
 
@@ -315,6 +320,12 @@ impl ChunkCache {
     pub fn dropped_since(&self, object: &ObjectId, etag: &str, epoch: u64) -> bool {
         let key = CacheKey::chunk(object, etag, self.chunk_size, 0);
         self.drops.since(&key.version_prefix(), epoch)
+    }
+
+    /// Whether version `etag` of `object` was dropped less than `lately` ago.
+    pub fn dropped_within(&self, object: &ObjectId, etag: &str, lately: std::time::Duration) -> bool {
+        let key = CacheKey::chunk(object, etag, self.chunk_size, 0);
+        self.drops.within(&key.version_prefix(), lately)
     }
 
     /// Claims chunk `key`, arriving by another way than a fill (a cold probe's
@@ -362,13 +373,21 @@ impl ChunkCache {
     }
 
     async fn stored(&self, key: &CacheKey) -> Option<ChunkRead> {
-        if self.drops.settling(&key.version_prefix()) {
+        let prefix = key.version_prefix();
+        if self.drops.settling(&prefix) {
             return None;
         }
         if let Some(copy) = self.copies.as_ref().and_then(|copies| copies.get(key)) {
             return Some(ChunkRead::whole(copy.value().clone(), ChunkSource::Memory));
         }
+        let begun = self.drops.now();
         let entry = self.entry_with_source(key).await?;
+        // A disk read under way when its version was dropped ends after the drop, and
+        // foyer puts what it read back in memory: removed again, not served.
+        if self.drops.since(&prefix, begun) {
+            self.inner.remove(key);
+            return None;
+        }
         match entry {
             (CacheValue::Chunk(bytes, _), source) => Some(ChunkRead::whole(bytes, source)),
             (CacheValue::Meta(_) | CacheValue::Part(_), _) => None,
@@ -509,12 +528,23 @@ fn forget(
     const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
     drops.unsettle(&prefix);
     remove_now(tiers, copies, &keys);
-    let (tiers, copies, drops) = (tiers.clone(), copies.cloned(), drops.clone());
+    // Settled however the task ends: a disk tier that failed may panic in `wait`.
+    let settled = Settled(drops.clone(), prefix);
+    let (tiers, copies) = (tiers.clone(), copies.cloned());
     tokio::spawn(async move {
         let _ = tokio::time::timeout(SETTLE_LIMIT, tiers.storage().wait()).await;
         remove_now(&tiers, copies.as_ref(), &keys);
-        drops.settle(&prefix);
+        drop(settled);
     });
+}
+
+/// A removal of a version's entries, settled when dropped.
+struct Settled(Arc<Drops>, Bytes);
+
+impl Drop for Settled {
+    fn drop(&mut self) {
+        self.0.settle(&self.1);
+    }
 }
 
 fn remove_now(tiers: &HybridCache<CacheKey, CacheValue>, copies: Option<&Copies>, keys: &[CacheKey]) {
@@ -627,6 +657,24 @@ mod tests {
             cache.peek(&second).await.is_none(),
             "kept by a fill claimed before the drop"
         );
+
+        // A lookup after the drop does not wait on a fill claimed before it (that fill
+        // fails: its version was found wrong), and neither does a later one.
+        let third = CacheKey::chunk(&object, "\"v1\"", 1 << 20, 2);
+        let before = cache.claim(&third).expect("not cached yet");
+        cache.drop_version(&object, "\"v1\"", 3 << 20);
+        settled(&cache, &third).await;
+        let after = cache
+            .chunk(third.clone(), false, |_| {
+                std::future::pending::<Result<(Bytes, Crc), std::io::Error>>()
+            })
+            .await;
+        assert_eq!(
+            after.source,
+            ChunkSource::Filled,
+            "waited on a fill begun before the drop"
+        );
+        drop(before);
 
         // A fill begun after the drop keeps its chunk.
         fill(&cache, &first, bytes.clone()).await;

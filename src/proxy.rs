@@ -483,9 +483,11 @@ impl Proxy {
             version,
             &self.fills,
         );
+        let begun = fill.begun;
         // With peers, chunks come from their owners; the request path does not know.
         let upstream = regional::upstream(self.peers.as_ref(), fill, &plan.object, meta.checksums.as_ref());
         Arc::new(CachedObject {
+            begun,
             cache: self.cache.clone(),
             object: plan.object.clone(),
             meta,

@@ -1245,7 +1245,7 @@ async fn cuttable_relay(target: Arc<std::sync::OnceLock<SocketAddr>>) -> (Socket
 /// Node 0 reaches node 1 through a link that goes silent (no reset) while node 0's
 /// client reads cold objects half of whose chunks node 1 owns: answers stop in the
 /// middle, and later requests get nothing at all. Node 0 gives node 1 up within
-/// seconds (a peer quiet for half of `peers.stall_timeout` must answer a hello) and
+/// seconds (an owner quiet for half of `peers.stall_timeout` must answer a hello) and
 /// fills from the origin from the byte reached: every read byte-exact, none waiting
 /// anywhere near the 35 s and 65 s a silent peer used to cost. Once the link is
 /// back, node 1 serves node 0 again (an ejected peer is tried again, with backoff).

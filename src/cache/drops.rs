@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 /// Dropped versions remembered; beyond that the oldest is forgotten, and writers
 /// claimed before it treat every version as dropped (a chunk not kept, never one
 /// kept wrongly).
-const REMEMBERED: usize = 1024;
+const REMEMBERED: usize = 16384;
 
 #[derive(Default)]
 pub(super) struct Drops {
@@ -24,8 +25,8 @@ pub(super) struct Drops {
 #[derive(Default)]
 struct Dropped {
     epoch: u64,
-    /// A version's key prefix, and the epoch of its last drop.
-    versions: HashMap<Bytes, u64>,
+    /// A version's key prefix, and the epoch and time of its last drop.
+    versions: HashMap<Bytes, (u64, Instant)>,
     /// The newest epoch forgotten.
     floor: u64,
     /// Versions whose removal has not settled, with how many removals are under way.
@@ -48,13 +49,13 @@ impl Drops {
         let mut state = self.state();
         state.epoch += 1;
         let epoch = state.epoch;
-        state.versions.insert(prefix, epoch);
+        state.versions.insert(prefix, (epoch, Instant::now()));
         if state.versions.len() > REMEMBERED {
             let oldest = state
                 .versions
                 .iter()
-                .min_by_key(|(_, epoch)| **epoch)
-                .map(|(prefix, epoch)| (prefix.clone(), *epoch));
+                .min_by_key(|(_, (epoch, _))| *epoch)
+                .map(|(prefix, (epoch, _))| (prefix.clone(), *epoch));
             if let Some((prefix, epoch)) = oldest {
                 state.versions.remove(&prefix);
                 state.floor = state.floor.max(epoch);
@@ -86,7 +87,15 @@ impl Drops {
     /// Whether version `prefix` was dropped after `epoch`.
     pub fn since(&self, prefix: &[u8], epoch: u64) -> bool {
         let state = self.state();
-        state.floor > epoch || state.versions.get(prefix).is_some_and(|dropped| *dropped > epoch)
+        state.floor > epoch || state.versions.get(prefix).is_some_and(|(dropped, _)| *dropped > epoch)
+    }
+
+    /// Whether version `prefix` was dropped less than `lately` ago.
+    pub fn within(&self, prefix: &[u8], lately: Duration) -> bool {
+        self.state()
+            .versions
+            .get(prefix)
+            .is_some_and(|(_, at)| at.elapsed() < lately)
     }
 }
 

@@ -102,6 +102,12 @@ impl Regional {
             index,
             ..self.template.clone()
         };
+        // A version dropped here lately may still be held by an owner the drop has
+        // not reached (it goes in the background): its chunks come from the origin.
+        let fill = &self.fill;
+        if fill.fills.cache.dropped_within(&fill.object, &fill.etag, DROP_REACH) {
+            return Fill::fetch(fill, index, sink.clone(), 0).await;
+        }
         let members = self.peers.members();
         let mut pushed = 0;
         let mut tried = 0;
@@ -174,6 +180,9 @@ impl Regional {
 
 /// How long a peer may take to say it dropped a version.
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after a drop here the version's chunks are not asked of peers: longer
+/// than every peer's drop may take.
+const DROP_REACH: Duration = Duration::from_secs(30);
 
 /// Why a peer did not deliver a chunk.
 enum PeerFailure {

@@ -119,9 +119,17 @@ pub struct CachedObject {
     pub budget: Arc<ReadAheadBudget>,
     /// The client connection's share of the budget (`None`: warming, no client).
     pub share: Option<ConnectionShare>,
+    /// The cache's drop epoch when this response began: if the version is found
+    /// wrong and dropped after it, the response is cut at its next chunk's end.
+    pub begun: u64,
 }
 
 impl CachedObject {
+    /// Whether the version was found wrong and dropped since this response began.
+    fn dropped(&self) -> bool {
+        self.cache.dropped_since(&self.object, &self.meta.etag, self.begun)
+    }
+
     /// What a cold probe's body needs to be this object's first chunk.
     pub fn cold(&self) -> lead::Cold<'_> {
         lead::Cold {
@@ -412,6 +420,12 @@ impl Piece {
                         true => self.read.finished().await,
                         false => Ok(()),
                     };
+                    // Nor does a chunk's end go out once the version was dropped (its
+                    // other chunks may be the bad ones, hits or not).
+                    let checked = checked.and_then(|()| match end == self.to && self.object.dropped() {
+                        true => Err(ChunkError::new(FillError::Dropped)),
+                        false => Ok(()),
+                    });
                     match checked {
                         Ok(()) => {
                             let piece = bytes.slice((self.at - start) as usize..(end - start) as usize);
@@ -468,7 +482,15 @@ struct ShortChunk {
 
 /// A read of a hit's first chunk from the tiers, started before the origin answers;
 /// stopped if it is not wanted.
-pub struct EarlyRead(tokio::task::JoinHandle<Option<ChunkRead>>);
+pub struct EarlyRead {
+    read: tokio::task::JoinHandle<Option<ChunkRead>>,
+    cache: Arc<ChunkCache>,
+    object: ObjectId,
+    etag: String,
+    /// The cache's drop epoch when the read began: a version dropped since is not
+    /// served from it.
+    begun: u64,
+}
 
 impl EarlyRead {
     /// Reads the first chunk `shape` answers from, of version `meta` of `object`.
@@ -476,18 +498,27 @@ impl EarlyRead {
         let first = shape.span?.0;
         let chunk_size = cache.chunk_size();
         let key = CacheKey::chunk(object, &meta.etag, chunk_size, first / chunk_size);
-        let cache = cache.clone();
-        Some(Self(tokio::spawn(async move { cache.peek(&key).await })))
+        let begun = cache.drop_epoch();
+        let reader = cache.clone();
+        Some(Self {
+            read: tokio::spawn(async move { reader.peek(&key).await }),
+            cache: cache.clone(),
+            object: object.clone(),
+            etag: meta.etag.clone(),
+            begun,
+        })
     }
 
     pub async fn take(mut self) -> Option<ChunkRead> {
-        (&mut self.0).await.ok().flatten()
+        let read = (&mut self.read).await.ok().flatten()?;
+        let dropped = self.cache.dropped_since(&self.object, &self.etag, self.begun);
+        (!dropped).then_some(read)
     }
 }
 
 impl Drop for EarlyRead {
     fn drop(&mut self) {
-        self.0.abort();
+        self.read.abort();
     }
 }
 
