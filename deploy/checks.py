@@ -212,7 +212,7 @@ def check_config(config, fails):
                 sizes[key] = parse_size(cache[key])
             except ValueError as e:
                 fails.check(False, f"config: cache.{key}: {e}")
-    for section, key in (("server", "drain_timeout"), ("server", "header_read_timeout"),
+    for section, key in (("server", "drain_timeout"), ("server", "withdraw_grace"), ("server", "header_read_timeout"),
                          ("tls", "reload_interval"), ("origin_client", "connect_timeout"),
                          ("origin_client", "first_byte_timeout"), ("origin_client", "body_idle_timeout"),
                          ("origin_client", "pool_idle_timeout")):
@@ -455,10 +455,12 @@ def cmd_consistency(args):
         fails.check(requests.get("memory") == limits["memory"],
                     "memory request differs from the limit (a cache pod should not be evicted for memory)")
 
-    # Shutdown: drain, then flush, inside the grace period.
+    # Shutdown: withdraw, drain, then flush, inside the grace period.
+    withdraw = parse_duration(config.get("server", {}).get("withdraw_grace", "5s"))
     drain = parse_duration(config.get("server", {}).get("drain_timeout", "30s"))
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    fails.check(grace >= drain + 10, f"terminationGracePeriodSeconds {grace} leaves under 10s after the {drain}s drain")
+    fails.check(grace >= withdraw + drain + 10,
+                f"terminationGracePeriodSeconds {grace} leaves under 10s after the {withdraw}s withdrawal and the {drain}s drain")
 
     strategy = ds["spec"].get("updateStrategy", {})
     fails.check(strategy.get("type") == "RollingUpdate", "updateStrategy is not RollingUpdate")

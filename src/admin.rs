@@ -42,6 +42,8 @@ pub struct Node {
     pub grants: Option<Arc<Grants>>,
     pub credentials: Option<Arc<FillCredentials>>,
     pub peers: Option<Arc<Peers>>,
+    /// Set on SIGTERM: the node is being taken out of rotation.
+    pub withdrawing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AdminServer {
@@ -138,6 +140,13 @@ impl AdminServer {
     /// one region's outage must not take a node that serves several out of rotation.
     /// The body names the regions that did not answer.
     async fn readiness(&self) -> Response<Full<Bytes>> {
+        // Shutting down: out of rotation at once, though it still serves for a while.
+        if self.node.withdrawing.load(std::sync::atomic::Ordering::SeqCst) {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "withdrawing: shutting down (serving until server.withdraw_grace ends)\n".into(),
+            );
+        }
         let mut unreachable = Vec::new();
         for region in &self.node.regions {
             let client = &region.client;

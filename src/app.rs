@@ -19,6 +19,9 @@ pub struct App {
     admin: admin::AdminServer,
     cache: Arc<cache::ChunkCache>,
     certificate: Option<(Arc<tls::ReloadableCert>, std::time::Duration)>,
+    /// Set when `shutdown` comes (`/readyz` answers 503), and how long the node
+    /// then keeps serving before it stops accepting.
+    withdrawing: (Arc<std::sync::atomic::AtomicBool>, std::time::Duration),
 }
 
 impl App {
@@ -47,7 +50,9 @@ impl App {
             grants: grants.as_ref().map(|grants| grants.store().clone()),
             credentials: credentials.clone(),
             peers: peers.clone(),
+            withdrawing: Arc::default(),
         };
+        let withdrawing = (node.withdrawing.clone(), config.server.withdraw_grace);
         if let Some(grants) = &node.grants {
             tokio::spawn(admin::flush_on_hangup(grants.clone()));
         }
@@ -107,6 +112,7 @@ impl App {
             admin,
             cache,
             certificate,
+            withdrawing,
         })
     }
 
@@ -134,7 +140,16 @@ impl App {
         let watch = self
             .certificate
             .map(|(certificate, interval)| tokio::spawn(certificate.watch(interval)));
-        self.server.run(shutdown).await;
+        // Withdrawn first: `/readyz` fails at once, and the node goes on serving
+        // while load balancers and routes stop sending it new connections.
+        let (withdrawing, grace) = self.withdrawing;
+        let withdrawn = async move {
+            shutdown.await;
+            withdrawing.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!(grace = ?grace, "withdrawing: /readyz fails; serving until the grace ends");
+            tokio::time::sleep(grace).await;
+        };
+        self.server.run(withdrawn).await;
         self.cache.close().await;
         admin.abort();
         if let Some(peer_server) = peer_server {

@@ -99,6 +99,10 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// On SIGTERM, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long the node keeps serving, `/readyz` 503, before it stops
+    /// accepting: the time a load balancer, kube-proxy or a BGP speaker needs to stop
+    /// sending it new connections.
+    pub withdraw_grace: Duration,
     pub keep_alive: bool,
     pub max_concurrent_streams: u32,
     /// A response whose client takes no bytes for this long is cut, with its
@@ -287,6 +291,11 @@ impl Config {
                 file.server.drain_timeout.as_deref(),
                 "server.drain_timeout",
                 Duration::from_secs(30),
+            )?,
+            withdraw_grace: duration_or(
+                file.server.withdraw_grace.as_deref(),
+                "server.withdraw_grace",
+                Duration::from_secs(5),
             )?,
             keep_alive: file.server.keep_alive.unwrap_or(true),
             max_concurrent_streams: file.server.max_concurrent_streams.unwrap_or(256),

@@ -452,6 +452,51 @@ async fn shutdown_drains_in_flight_requests() {
         .expect("drain finished");
 }
 
+/// On SIGTERM a node leaves rotation before it stops: `/readyz` answers 503 at once
+/// while new connections are still served (a load balancer or a route needs time to
+/// stop sending them), and only after `server.withdraw_grace` does it stop accepting.
+#[tokio::test]
+async fn shutdown_withdraws_from_rotation_before_it_stops_accepting() {
+    let origin = TestOrigin::start(&[]).await;
+    origin.create_bucket(BUCKET).await;
+    let data = object_bytes(41, 100_000);
+    origin.put(BUCKET, "k", &data, &[]).await;
+    let grace = Duration::from_millis(1500);
+    let mut proxy = TestProxy::start(&format!(
+        "origin = \"{}\"\n[server]\nwithdraw_grace = \"{}ms\"",
+        origin.url(),
+        grace.as_millis()
+    ))
+    .await;
+    let (status, _) = crate::ops::admin_get(&proxy, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    let call = Call::get(&format!("/{BUCKET}/k"), &Signing::Presigned(TestOrigin::credentials()));
+    let began = Instant::now();
+    proxy.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, ready) = crate::ops::admin_get(&proxy, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert!(ready.contains("withdrawing"), "{ready}");
+    // Still serving, on a new connection, while it is withdrawn.
+    let reply = crate::support::TestClient::default()
+        .send(proxy.address, &call)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(sha256_hex(&reply.body), sha256_hex(&data));
+    assert!(began.elapsed() < grace, "the check came too late to mean anything");
+    // Then no longer accepting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(proxy.address).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting long after the grace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(began.elapsed() >= grace, "stopped accepting before the grace ended");
+    tokio::time::timeout(Duration::from_secs(5), proxy.stopped())
+        .await
+        .expect("drain finished");
+}
+
 /// Every `.toml` under `dir`, at any depth.
 fn toml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();

@@ -80,6 +80,7 @@ pub struct PeerTlsSection {
 pub struct ServerSection {
     pub header_read_timeout: Option<String>,
     pub drain_timeout: Option<String>,
+    pub withdraw_grace: Option<String>,
     pub keep_alive: Option<bool>,
     pub max_concurrent_streams: Option<u32>,
     pub send_timeout: Option<String>,

@@ -40,7 +40,11 @@ impl TestProxy {
     }
 
     async fn start_config(cache_dir: tempfile::TempDir, text: &str) -> Self {
-        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"));
+        let mut config = Config::from_toml(text).unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"));
+        // Stopped at once unless the test is about withdrawal.
+        if !text.contains("withdraw_grace") {
+            config.server.withdraw_grace = std::time::Duration::ZERO;
+        }
         let app = App::bind(&config).await.unwrap();
         let address = app.local_addr().unwrap();
         let admin = app.admin_addr().unwrap();
