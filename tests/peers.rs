@@ -64,6 +64,15 @@ impl Layout {
         }
     }
 
+    /// Two nodes, node 0 reaching node 1 only through the relay at `relay`, which
+    /// is told node 1's peer address through `target`.
+    fn relayed(relay: SocketAddr, target: Arc<std::sync::OnceLock<SocketAddr>>) -> Self {
+        Self {
+            relayed: Some((0, 1, relay, target)),
+            ..Self::of(2)
+        }
+    }
+
     /// The same region, in mutual TLS, each node's certificate for its own name.
     fn with_tls(self, ca: &Arc<RegionCa>) -> Self {
         let names = (0..self.count).map(|i| format!("node-{i}")).collect();
@@ -857,14 +866,7 @@ async fn a_cold_gate_answer_rewritten_on_the_way_is_never_used() {
     let (origin, objects) = origin_with_objects(8, 40).await;
     let target = Arc::new(std::sync::OnceLock::new());
     let (relay, rewrote) = rewriting_relay(target.clone(), Tamper::ColdAnswer).await;
-    let region = Region::start_with(
-        &origin,
-        Layout {
-            relayed: Some((0, 1, relay, target)),
-            ..Layout::of(2)
-        },
-    )
-    .await;
+    let region = Region::start_with(&origin, Layout::relayed(relay, target)).await;
     // Node 1 learns every object first; node 0 then asks the owner of each one's
     // gate, node 1 for about half of them, through the relay.
     reads_byte_exact(&region.nodes[1], &objects, 1).await;
@@ -904,14 +906,7 @@ async fn a_chunk_body_changed_on_the_way_is_never_served() {
     let (origin, objects) = origin_with_objects(4, 60).await;
     let target = Arc::new(std::sync::OnceLock::new());
     let (relay, flipped) = rewriting_relay(target.clone(), Tamper::ChunkBody).await;
-    let region = Region::start_with(
-        &origin,
-        Layout {
-            relayed: Some((0, 1, relay, target)),
-            ..Layout::of(2)
-        },
-    )
-    .await;
+    let region = Region::start_with(&origin, Layout::relayed(relay, target)).await;
     let (_, ready) = admin_get(&region.nodes[0], "/readyz").await;
     assert!(
         ready.contains("peer TLS: off (the peer network is unprotected)"),
@@ -1004,15 +999,7 @@ async fn with_peer_tls_a_byte_changed_on_the_way_breaks_the_connection_never_a_r
     let target = Arc::new(std::sync::OnceLock::new());
     let (relay, flipped, handshakes) = flipping_tcp_relay(target.clone(), 300 << 10).await;
     let ca = RegionCa::new();
-    let region = Region::start_with(
-        &origin,
-        Layout {
-            relayed: Some((0, 1, relay, target)),
-            ..Layout::of(2)
-        }
-        .with_tls(&ca),
-    )
-    .await;
+    let region = Region::start_with(&origin, Layout::relayed(relay, target).with_tls(&ca)).await;
     for node in &region.nodes {
         let (_, ready) = admin_get(node, "/readyz").await;
         assert!(ready.contains("peer TLS: on"), "{ready}");
@@ -1265,14 +1252,7 @@ async fn a_peer_gone_silent_costs_seconds_and_is_used_again_once_back() {
     }
     let target = Arc::new(std::sync::OnceLock::new());
     let (relay, cut, passed) = cuttable_relay(target.clone()).await;
-    let region = Region::start_with(
-        &origin,
-        Layout {
-            relayed: Some((0, 1, relay, target)),
-            ..Layout::of(2)
-        },
-    )
-    .await;
+    let region = Region::start_with(&origin, Layout::relayed(relay, target)).await;
     let node = &region.nodes[0];
     let sample = |name: &'static str, labels: &'static str| async move {
         let (_, metrics) = admin_get(node, "/metrics").await;
