@@ -374,13 +374,10 @@ impl ChunkCache {
 
     async fn stored(&self, key: &CacheKey) -> Option<ChunkRead> {
         let prefix = key.version_prefix();
-        if self.drops.settling(&prefix) {
-            return None;
-        }
+        let begun = self.drops.read_from(&prefix)?;
         if let Some(copy) = self.copies.as_ref().and_then(|copies| copies.get(key)) {
             return Some(ChunkRead::whole(copy.value().clone(), ChunkSource::Memory));
         }
-        let begun = self.drops.now();
         let entry = self.entry_with_source(key).await?;
         // A disk read under way when its version was dropped ends after the drop, and
         // foyer puts what it read back in memory: removed again, not served.

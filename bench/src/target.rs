@@ -159,6 +159,8 @@ impl ProxySettings<'_> {
             "listen = \"{}\"\n\
          admin_listen = \"{}\"\n\
          origin = \"http://{}\"\n\
+         [server]\n\
+         withdraw_grace = \"0s\"\n\
          [cache]\n\
          dir = \"{}\"\n\
          memory = \"{}\"\n\

@@ -79,6 +79,13 @@ impl Drops {
         }
     }
 
+    /// The epoch a read of version `prefix` compares with afterwards, or `None`
+    /// while a removal of it is settling (it is not read from the tiers then).
+    pub fn read_from(&self, prefix: &[u8]) -> Option<u64> {
+        let state = self.state();
+        (!state.settling.contains_key(prefix)).then_some(state.epoch)
+    }
+
     /// Whether a removal of version `prefix` is still settling.
     pub fn settling(&self, prefix: &[u8]) -> bool {
         self.state().settling.contains_key(prefix)

@@ -414,18 +414,17 @@ impl Piece {
                         continue;
                     }
                     // A chunk checked whole against the object's checksum is known good
-                    // only once it is all in: its last bytes wait for that, so that a
-                    // bad one ends in a cut response, never a complete one.
+                    // only once it is all in, and only while its version stands (only such
+                    // a version can be found wrong and dropped; a response that began
+                    // before goes no further, hits or not): its last bytes wait for both,
+                    // so that a bad one ends in a cut response, never a complete one.
                     let checked = match end == self.to && self.object.upstream.checks(self.index) {
-                        true => self.read.finished().await,
+                        true => self.read.finished().await.and_then(|()| match self.object.dropped() {
+                            true => Err(ChunkError::new(FillError::Dropped)),
+                            false => Ok(()),
+                        }),
                         false => Ok(()),
                     };
-                    // Nor does a chunk's end go out once the version was dropped (its
-                    // other chunks may be the bad ones, hits or not).
-                    let checked = checked.and_then(|()| match end == self.to && self.object.dropped() {
-                        true => Err(ChunkError::new(FillError::Dropped)),
-                        false => Ok(()),
-                    });
                     match checked {
                         Ok(()) => {
                             let piece = bytes.slice((self.at - start) as usize..(end - start) as usize);
