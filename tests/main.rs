@@ -7,6 +7,7 @@ mod faults;
 mod front;
 mod grants;
 mod hostile;
+mod hosts;
 mod ops;
 mod peers;
 mod prefetch;

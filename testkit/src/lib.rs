@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod keys;
+pub mod netns;
 pub mod origin;
 pub mod shaping;
 pub mod signing;

@@ -107,6 +107,8 @@ pub struct OriginOptions {
     /// Answer a 304 or 412 with no header at all, as Garage does (S3 sends the
     /// ETag and Last-Modified with a 304).
     pub bare_not_modified: bool,
+    /// Where to listen (default: a free port on 127.0.0.1).
+    pub listen: Option<SocketAddr>,
 }
 
 pub struct Origin {
@@ -140,7 +142,7 @@ impl Drop for Origin {
 }
 
 impl Origin {
-    /// Starts the origin on 127.0.0.1 with its data in a fresh directory under `parent`
+    /// Starts the origin (on 127.0.0.1 unless `options.listen` says where) with its data in a fresh directory under `parent`
     /// (the system's temporary directory when `None`).
     pub async fn start(options: OriginOptions, parent: Option<&std::path::Path>) -> std::io::Result<Self> {
         let root = match parent {
@@ -166,7 +168,7 @@ impl Origin {
         }
         let s3 = builder.build();
         let stats = Arc::new(OriginStats::default());
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(options.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))).await?;
         let address = listener.local_addr()?;
         let total = Pacer::new(options.shaping.total);
         let options = Arc::new(options);
