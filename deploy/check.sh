@@ -2,8 +2,9 @@
 # Checks deploy/ without a cluster: renders every kustomization with kustomize,
 # validates the result against the Kubernetes schemas (kubernetes-validate, strict)
 # and against s3-accel itself (config keys from src/config/file.rs, ports, memory
-# sizing, ...), checks the ServiceMonitor, the Grafana dashboard and the Dockerfile,
-# and builds the image when a Docker engine is there.
+# sizing, the anycast Service and its MetalLB objects, ...), checks the
+# ServiceMonitor, the Grafana dashboard and the Dockerfile, and builds the image when
+# a Docker engine is there.
 #
 #   bash deploy/check.sh            # from the repository root (or anywhere)
 #
@@ -191,6 +192,12 @@ EOF
     echo "$dir"
 }
 
+# uses_component REGION COMPONENT: the region's overlay lists COMPONENT already
+# (overlays/lga1 has anycast): adding it again would repeat its objects.
+uses_component() {
+    grep -Eq "^[[:space:]]*-[[:space:]]*\.\./\.\./$2/?[[:space:]]*$" "$K8S/overlays/$1/kustomization.yaml"
+}
+
 # kubectl_agrees DIR RENDER: kubectl's own kustomize renders DIR to the same objects.
 kubectl_agrees() {
     kubectl kustomize "$1" >"$2.kubectl" || return 1
@@ -233,9 +240,10 @@ for overlay in "$K8S"/overlays/*/; do
     names+=("overlays/$region" "overlays/$region + hostnetwork")
     dir_of["overlays/$region"]=${overlay%/}
     dir_of["overlays/$region + hostnetwork"]=$(variant "$region" hostnetwork)
-    for component in "$K8S"/credentials/*/ "$K8S"/peer-tls/; do
+    for component in "$K8S"/credentials/*/ "$K8S"/peer-tls/ "$K8S"/anycast/; do
         component=${component#"$K8S"/}
         component=${component%/}
+        ! uses_component "$region" "$component" || continue
         names+=("overlays/$region + $component")
         dir_of["overlays/$region + $component"]=$(variant "$region" "$component")
     done
@@ -267,6 +275,11 @@ if [ -s "$monitoring" ] && [ -n "${out_of[base]:-}" ]; then
     check "servicemonitor selects the peers Service" "$PY" "$DEPLOY/checks.py" servicemonitor "$monitoring" \
         --services-from "${out_of[base]}"
 fi
+
+# The anycast component's BGPPeer example (not in its resources: most clusters peer
+# already): MetalLB's CRD fields and timers. The component's own MetalLB objects are
+# checked in each render that has them (consistency).
+check "anycast BGPPeer example" "$PY" "$DEPLOY/checks.py" metallb "$K8S/anycast/bgppeer.yaml"
 
 # Users apply with `kubectl apply -k`: when this machine's kubectl embeds kustomize
 # v5 (kubectl 1.27+) and it was not the renderer above, it must render the same objects.

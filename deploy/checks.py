@@ -27,6 +27,11 @@ CUSTOM_KINDS = {
     # cert-manager's (peer-tls): checked by `consistency` (check_peer_tls).
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
+    # MetalLB's (anycast): checked by `consistency` (check_anycast) and `metallb`
+    # against METALLB_SCHEMAS.
+    ("metallb.io/v1beta1", "IPAddressPool"),
+    ("metallb.io/v1beta1", "BGPAdvertisement"),
+    ("metallb.io/v1beta2", "BGPPeer"),
 }
 
 # The metrics s3-accel exports (README.md, "Metrics"), and which are histograms.
@@ -530,7 +535,11 @@ def cmd_consistency(args):
     for ns in find(docs, "Namespace"):
         level = ns["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce")
         fails.check(level == "privileged", "the namespace must allow hostPath (pod-security enforce: privileged)")
-    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    # The anycast component's Service, MetalLB objects and readiness probe.
+    check_anycast(docs, ds, main, ports, config, fails)
+
+    # MetalLB's objects live in MetalLB's namespace (check_anycast); all else here.
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace" and not is_metallb(d)}
     fails.check(namespaces == {"s3-accel"}, f"objects outside namespace s3-accel: {namespaces}")
     return fails.finish(f"consistency {args.file}")
 
@@ -632,6 +641,292 @@ def cmd_servicemonitor(args):
                                                      f"of Service {svc['metadata']['name']} {sorted(names)}")
                 fails.check(ep.get("path", "/metrics") == "/metrics", f"ServiceMonitor/{name}: path is not /metrics")
     return fails.finish(f"servicemonitor {args.file}")
+
+
+# ---------------------------------------------------------------- MetalLB, anycast
+
+# The MetalLB fields of the CRDs (MetalLB 0.14 and later, config/crd/bases), typed;
+# unknown fields are refused so that a misspelt one fails here (the API server would
+# refuse it too: the CRDs are structural).
+LABEL_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+SELECTORS = {"type": "array", "items": LABEL_SELECTOR}
+STRINGS = {"type": "array", "items": {"type": "string"}}
+# Go durations as deploy/ writes them (whole numbers; parse_duration reads them).
+GO_DURATION = {"type": "string", "pattern": r"^([0-9]+(ms|s|m|h))+$"}
+ASN = {"type": "integer", "minimum": 0, "maximum": 4294967295}
+
+
+def metallb_schema(kind, api_version, spec, required=()):
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "kind": {"const": kind},
+            "metadata": {"type": "object", "required": ["name", "namespace"]},
+            "spec": {"type": "object", "additionalProperties": False, "required": list(required), "properties": spec},
+        },
+    }
+
+
+METALLB_SCHEMAS = {
+    "IPAddressPool": metallb_schema("IPAddressPool", "metallb.io/v1beta1", {
+        "addresses": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "autoAssign": {"type": "boolean"},
+        "avoidBuggyIPs": {"type": "boolean"},
+        "serviceAllocation": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "priority": {"type": "integer"},
+                "namespaces": STRINGS,
+                "namespaceSelectors": SELECTORS,
+                "serviceSelectors": SELECTORS,
+            },
+        },
+    }, required=["addresses"]),
+    "BGPAdvertisement": metallb_schema("BGPAdvertisement", "metallb.io/v1beta1", {
+        "aggregationLength": {"type": "integer", "minimum": 1, "maximum": 32},
+        "aggregationLengthV6": {"type": "integer", "minimum": 1, "maximum": 128},
+        "localPref": {"type": "integer", "minimum": 0, "maximum": 4294967295},
+        "communities": STRINGS,
+        "ipAddressPools": STRINGS,
+        "ipAddressPoolSelectors": SELECTORS,
+        "nodeSelectors": SELECTORS,
+        "peers": STRINGS,
+        "serviceSelectors": SELECTORS,
+    }),
+    # v1beta2: v1beta1 BGPPeer is deprecated.
+    "BGPPeer": metallb_schema("BGPPeer", "metallb.io/v1beta2", {
+        "myASN": ASN,
+        "peerASN": ASN,
+        "localASN": {"type": "integer", "minimum": 1, "maximum": 4294967295},
+        "dynamicASN": {"enum": ["internal", "external"]},
+        "peerAddress": {"type": "string"},
+        "interface": {"type": "string"},
+        "sourceAddress": {"type": "string"},
+        "peerPort": {"type": "integer", "minimum": 1, "maximum": 16384},
+        "holdTime": GO_DURATION,
+        "keepaliveTime": GO_DURATION,
+        "connectTime": GO_DURATION,
+        "routerID": {"type": "string"},
+        "nodeSelectors": SELECTORS,
+        "password": {"type": "string"},
+        "passwordSecret": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+        },
+        "bfdProfile": {"type": "string"},
+        "enableGracefulRestart": {"type": "boolean"},
+        "ebgpMultiHop": {"type": "boolean"},
+        "vrf": {"type": "string"},
+        "disableMP": {"type": "boolean"},
+        "dualStackAddressFamily": {"type": "boolean"},
+    }, required=["myASN"]),
+}
+
+# The annotations a Service asks MetalLB with; metallb.universe.tf/ before 0.14.9.
+METALLB_IPS = ("metallb.io/loadBalancerIPs", "metallb.universe.tf/loadBalancerIPs")
+METALLB_POOL = ("metallb.io/address-pool", "metallb.universe.tf/address-pool")
+
+
+def is_metallb(doc):
+    return doc.get("apiVersion", "").startswith("metallb.io/")
+
+
+def pool_ranges(pool):
+    """An IPAddressPool's addresses as (first, last) pairs; ValueError on a bad one."""
+    ranges = []
+    for entry in pool.get("spec", {}).get("addresses", []):
+        if "-" in entry:
+            first, last = (ipaddress.ip_address(a.strip()) for a in entry.split("-", 1))
+            if first.version != last.version or first > last:
+                raise ValueError(f"`{entry}` is not a range")
+        else:
+            net = ipaddress.ip_network(entry.strip(), strict=True)
+            first, last = net[0], net[-1]
+        ranges.append((first, last))
+    return ranges
+
+
+def selects_nodes(selector, node_selector):
+    """A label selector matches every node the DaemonSet's nodeSelector admits."""
+    if not all(node_selector.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        value, op = node_selector.get(e["key"]), e["operator"]
+        if not ((op == "In" and value in e.get("values", [])) or (op == "Exists" and value is not None)):
+            return False
+    return True
+
+
+def check_metallb_object(doc, fails):
+    """One MetalLB object: its CRD's schema (METALLB_SCHEMAS), then what the schema
+    cannot say. Returns whether it passed the schema."""
+    import jsonschema
+
+    kind = doc.get("kind")
+    ident = f"{kind}/{doc.get('metadata', {}).get('name')}"
+    if not fails.check(kind in METALLB_SCHEMAS, f"{ident}: not a MetalLB kind deploy/ knows ({sorted(METALLB_SCHEMAS)})"):
+        return False
+    errors = list(jsonschema.Draft202012Validator(METALLB_SCHEMAS[kind]).iter_errors(doc))
+    for err in errors:
+        fails.check(False, f"{ident}: {'.'.join(map(str, err.path)) or '(top)'}: {err.message}")
+    if errors:
+        return False
+    spec = doc["spec"]
+    if kind == "IPAddressPool":
+        try:
+            pool_ranges(doc)
+        except ValueError as e:
+            return fails.check(False, f"{ident}: addresses: {e}")
+    elif kind == "BGPAdvertisement":
+        for c in spec.get("communities", []):
+            m = re.fullmatch(r"(\d+):(\d+)|large:(\d+):(\d+):(\d+)|[A-Za-z][\w.-]*", c)
+            ok = m and (all(int(x) <= 65535 for x in m.group(1, 2) if x)
+                        and all(int(x) <= 4294967295 for x in m.group(3, 4, 5) if x))
+            fails.check(ok, f"{ident}: community `{c}` is neither ASN:VALUE, large:A:B:C nor a Community alias")
+    elif kind == "BGPPeer":
+        fails.check(("peerAddress" in spec) != ("interface" in spec), f"{ident}: set exactly one of peerAddress and interface")
+        if "peerAddress" in spec:
+            try:
+                ipaddress.ip_address(spec["peerAddress"])
+            except ValueError:
+                fails.check(False, f"{ident}: peerAddress `{spec['peerAddress']}` is not an IP address")
+        fails.check(("peerASN" in spec) != ("dynamicASN" in spec), f"{ident}: set exactly one of peerASN and dynamicASN")
+        fails.check(spec["myASN"] > 0 and spec.get("peerASN", 1) > 0, f"{ident}: AS 0 is reserved")
+        # As MetalLB's parseTimers: either timer defaults from the other (x3, /3).
+        hold = parse_duration(spec["holdTime"]) if "holdTime" in spec else None
+        keepalive = parse_duration(spec["keepaliveTime"]) if "keepaliveTime" in spec else None
+        if hold is not None or keepalive is not None:
+            hold = hold if hold is not None else keepalive * 3
+            keepalive = keepalive if keepalive is not None else hold / 3
+            fails.check(hold == 0 or hold >= 3, f"{ident}: holdTime must be 0 or at least 3s (RFC 4271)")
+            fails.check(keepalive <= hold, f"{ident}: keepaliveTime must not exceed holdTime")
+    return True
+
+
+def cmd_metallb(args):
+    """MetalLB objects in a file (the anycast component's bgppeer.yaml example)."""
+    fails = Failures()
+    docs = load_docs(args.file)
+    fails.check(docs, f"{args.file}: no objects")
+    for doc in docs:
+        check_metallb_object(doc, fails)
+    return fails.finish(f"metallb {args.file} ({', '.join(d.get('kind', '?') for d in docs)})")
+
+
+def check_anycast(docs, ds, main, ports, config, fails):
+    """The anycast component: a LoadBalancer Service with externalTrafficPolicy Local
+    in front of the DaemonSet's S3 port, asking MetalLB for an address of a pool that
+    a BGPAdvertisement announces, and a readiness probe that takes a terminating
+    pod's node out of the route well inside server.withdraw_grace."""
+    services = [s for s in find(docs, "Service") if s["spec"].get("type") == "LoadBalancer"]
+    metallb = [d for d in docs if is_metallb(d)]
+    if not services and not metallb:
+        return
+    valid = [d for d in metallb if check_metallb_object(d, fails)]
+    namespaces = {d["metadata"].get("namespace") for d in metallb}
+    fails.check(len(namespaces) <= 1 and not namespaces & {None, "s3-accel"},
+                f"MetalLB objects must all be in MetalLB's namespace (metallb-system), not {sorted(map(str, namespaces))}")
+    pools = {p["metadata"]["name"]: p for p in valid if p["kind"] == "IPAddressPool"}
+    adverts = [a for a in valid if a["kind"] == "BGPAdvertisement"]
+    fails.check(services, "MetalLB objects in the render but no LoadBalancer Service uses them")
+
+    template = ds["spec"]["template"]
+    pod_labels = template["metadata"].get("labels", {})
+    node_selector = template["spec"].get("nodeSelector", {})
+    for svc in services:
+        name = f"Service {svc['metadata']['name']}"
+        spec = svc["spec"]
+        notes = svc["metadata"].get("annotations", {})
+        fails.check(spec.get("externalTrafficPolicy") == "Local",
+                    f"{name}: externalTrafficPolicy must be Local: only nodes with a serving pod may announce the "
+                    "address, and traffic must not cross to another node")
+        sel = spec.get("selector", {})
+        fails.check(all(sel.get(k) == v for k, v in ds["spec"]["selector"]["matchLabels"].items())
+                    and all(pod_labels.get(k) == v for k, v in sel.items()),
+                    f"{name}: its selector must be the DaemonSet's pods' (it holds {sel})")
+        targets = [p.get("targetPort", p.get("port")) for p in spec.get("ports", [])]
+        fails.check(targets and all(t in ("s3", ports.get("s3")) for t in targets),
+                    f"{name}: must expose the container's S3 port (`s3`, {ports.get('s3')}) and only it, not {targets}")
+        # The address it asks for, and the pool that holds it.
+        asked = {notes[k] for k in METALLB_IPS if k in notes}
+        if not fails.check(len(asked) == 1, f"{name}: ask for the address with one {METALLB_IPS[0]} annotation"):
+            continue
+        fails.check(not spec.get("loadBalancerIP"), f"{name}: MetalLB refuses both spec.loadBalancerIP and {METALLB_IPS[0]}")
+        try:
+            ips = [ipaddress.ip_address(a.strip()) for a in asked.pop().split(",")]
+        except ValueError as e:
+            fails.check(False, f"{name}: {METALLB_IPS[0]}: {e}")
+            continue
+        families = {f"IPv{ip.version}" for ip in ips}
+        if "ipFamilies" in spec:
+            fails.check(families <= set(spec["ipFamilies"]),
+                        f"{name}: ipFamilies {spec['ipFamilies']} do not include the address's family {sorted(families)}")
+        holding = {pname for pname, pool in pools.items()
+                   if all(any(first <= ip <= last for first, last in pool_ranges(pool) if first.version == ip.version)
+                          for ip in ips)}
+        if not fails.check(holding, f"{name}: {', '.join(map(str, ips))} is in no IPAddressPool of the render"):
+            continue
+        named = {notes[k] for k in METALLB_POOL if k in notes}
+        fails.check(len(named) <= 1 and named <= holding,
+                    f"{name}: its address-pool annotation {sorted(named)} is not the pool holding its address {sorted(holding)}")
+        for pname in sorted(holding):
+            pool = pools[pname]
+            fails.check(pool["spec"].get("autoAssign") is False,
+                        f"IPAddressPool {pname}: autoAssign must be false (the anycast address is for {name} only)")
+            fails.check(all(first == last for first, last in pool_ranges(pool)),
+                        f"IPAddressPool {pname}: an anycast pool holds single addresses (/32), not ranges")
+            announcing = [a for a in adverts if pname in a["spec"].get("ipAddressPools", [])]
+            if not fails.check(announcing, f"IPAddressPool {pname}: no BGPAdvertisement names it in ipAddressPools: "
+                                           "its address would be assigned but never announced"):
+                continue
+            for a in announcing:
+                aname = f"BGPAdvertisement {a['metadata']['name']}"
+                aspec = a["spec"]
+                if any(ip.version == 4 for ip in ips):
+                    fails.check(aspec.get("aggregationLength", 32) == 32,
+                                f"{aname}: aggregationLength must be 32: the anycast /32 itself, not a covering prefix")
+                if any(ip.version == 6 for ip in ips):
+                    fails.check(aspec.get("aggregationLengthV6", 128) == 128, f"{aname}: aggregationLengthV6 must be 128")
+                for s in aspec.get("nodeSelectors", []):
+                    fails.check(selects_nodes(s, node_selector),
+                                f"{aname}: nodeSelectors {s} leave out cache nodes (the DaemonSet's nodeSelector {node_selector})")
+
+    # Withdrawal: MetalLB announces a terminating pod's node while the pod is
+    # `serving`, which the readiness probe decides; it must see /readyz fail well
+    # inside server.withdraw_grace (half of it: the other half is for the speaker and
+    # the routers), or the node stays in the route after the pod stops accepting.
+    if services:
+        probe = main.get("readinessProbe", {})
+        period, threshold = probe.get("periodSeconds", 10), probe.get("failureThreshold", 3)
+        withdraw = parse_duration(config.get("server", {}).get("withdraw_grace", "5s"))
+        fails.check(probe.get("httpGet", {}).get("path") == "/readyz", "readinessProbe must GET /readyz")
+        fails.check(withdraw > 0 and period * threshold <= withdraw / 2,
+                    f"readinessProbe: periodSeconds x failureThreshold = {period}x{threshold} = {period * threshold}s; "
+                    f"behind an anycast address it must be at most half of server.withdraw_grace ({withdraw}s), or the "
+                    "node still announces the address when the pod stops accepting")
 
 
 # ---------------------------------------------------------------- Grafana
@@ -868,6 +1163,9 @@ def main():
     p.add_argument("file")
     p.add_argument("--services-from", required=True, help="a rendered overlay")
     p.set_defaults(run=cmd_servicemonitor)
+    p = sub.add_parser("metallb", help="MetalLB objects against their CRDs (a subset)")
+    p.add_argument("file")
+    p.set_defaults(run=cmd_metallb)
     p = sub.add_parser("loadtest", help="the load-test Job against s3-accel-bench")
     p.add_argument("file")
     p.add_argument("--bench-rs", required=True, help="bench/src/main.rs")
