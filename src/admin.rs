@@ -187,6 +187,14 @@ impl AdminServer {
             }
             None => disk,
         };
+        // Until it has looked for its region once, a node would fill alone what the
+        // region's owners hold.
+        if self.node.peers.as_ref().is_some_and(|peers| !peers.discovered()) {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("peers: looking for the region (first discovery under way)\n{disk}"),
+            );
+        }
         // Without valid keys of its own, the node relays every read a client signed
         // over its Range (boto3, the aws CLI): out of rotation until they come.
         if let Some(reason) = self.node.credentials.as_ref().and_then(|c| c.unready()) {

@@ -22,6 +22,8 @@ pub struct App {
     /// Set when `shutdown` comes (`/readyz` answers 503), and how long the node
     /// then keeps serving before it stops accepting.
     withdrawing: (Arc<std::sync::atomic::AtomicBool>, std::time::Duration),
+    /// The region, told when this node stops.
+    peers: Option<Arc<peers::Peers>>,
 }
 
 impl App {
@@ -86,7 +88,7 @@ impl App {
         let parts = proxy::Parts {
             router,
             cache: cache.clone(),
-            peers,
+            peers: peers.clone(),
             herd,
             grants,
             credentials,
@@ -113,6 +115,7 @@ impl App {
             cache,
             certificate,
             withdrawing,
+            peers,
         })
     }
 
@@ -143,9 +146,14 @@ impl App {
         // Withdrawn first: `/readyz` fails at once, and the node goes on serving
         // while load balancers and routes stop sending it new connections.
         let (withdrawing, grace) = self.withdrawing;
+        let peers = self.peers;
         let withdrawn = async move {
             shutdown.await;
             withdrawing.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Its peers wait for it rather than fill its share from the origin.
+            if let Some(peers) = peers {
+                tokio::spawn(async move { peers.announce_leaving().await });
+            }
             tracing::info!(grace = ?grace, "withdrawing: /readyz fails; serving until the grace ends");
             tokio::time::sleep(grace).await;
         };

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod departures;
 pub mod membership;
 pub mod placement;
 pub mod protocol;
@@ -15,6 +16,7 @@ pub mod upstream;
 pub mod wire;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,9 @@ const EJECTION: Duration = Duration::from_secs(1);
 /// The longest a peer that keeps failing is left alone between two tries.
 const MAX_EJECTION: Duration = Duration::from_secs(30);
 
+/// How long a peer may take to hear that this node stops.
+const LEAVING_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// This node's view of its region, shared by the request path and the peer listener.
 pub struct Peers {
     pub hello: Hello,
@@ -43,8 +48,14 @@ pub struct Peers {
     /// Mutual TLS on the peer port, when `peers.tls` is set.
     pub tls: Option<Arc<tls::PeerTls>>,
     members: watch::Receiver<Arc<Members>>,
+    /// Whether the first discovery round has run: until then this node does not
+    /// know the region, and would fill alone what its owners hold.
+    discovered: Arc<AtomicBool>,
     /// Peers that failed a request lately.
     ejected: Ejections,
+    /// Owners that said they are stopping, and how long to wait for them.
+    departures: departures::Departures,
+    restart_wait: Duration,
 }
 
 /// Peers left alone after failures, by node name: until when, and after how many
@@ -138,12 +149,14 @@ impl Peers {
             hello: hello.clone(),
         }]);
         let (sender, members) = watch::channel(Arc::new(alone));
+        let discovered = Arc::new(AtomicBool::new(false));
         tokio::spawn(membership::watch_members(
             discover,
             client.clone(),
-            hello.clone(),
+            membership::Roster::new(hello.clone(), config.leave_after),
             config.refresh,
             sender,
+            discovered.clone(),
         ));
         Ok(Arc::new(Self {
             hello,
@@ -151,8 +164,16 @@ impl Peers {
             client,
             tls,
             members,
+            discovered,
             ejected: Ejections::default(),
+            departures: Default::default(),
+            restart_wait: config.restart_wait,
         }))
+    }
+
+    /// Whether the region has been looked for once since this node started.
+    pub fn discovered(&self) -> bool {
+        self.discovered.load(Ordering::SeqCst)
     }
 
     pub fn members(&self) -> Arc<Members> {
@@ -184,6 +205,91 @@ impl Peers {
         if self.ejected.recovered(node) {
             tracing::info!(node, "peer serves again");
         }
+    }
+
+    /// `hello`'s node says it is stopping (it got SIGTERM): readers wait for it.
+    pub fn said_leaving(&self, hello: &Hello) {
+        if hello.node != self.hello.node && !self.restart_wait.is_zero() {
+            tracing::info!(node = hello.node, restart_wait = ?self.restart_wait, "peer is stopping; its chunks wait for it");
+            self.departures.said(&hello.node, &hello.boot_id, Instant::now());
+        }
+    }
+
+    /// Whether `node` said it is stopping and is still waited for.
+    pub fn leaving(&self, node: &str) -> bool {
+        self.departures.leaving(node, Instant::now(), self.restart_wait)
+    }
+
+    /// Waits for `node`, which said it is stopping and was found down, to answer
+    /// again: `true` once it does, `false` if it was not said to be stopping or its
+    /// time (`peers.restart_wait` from when it was first found down) is up. One
+    /// prober per node, in a task of its own, whoever waits.
+    pub async fn returned(self: &Arc<Self>, node: &str) -> bool {
+        match self.departures.wait(node, Instant::now(), self.restart_wait) {
+            departures::Wait::NotAwaited => false,
+            departures::Wait::Probe(probing) => departures::outcome(probing).await,
+            departures::Wait::Start {
+                boot_id,
+                deadline,
+                outcome,
+            } => {
+                let probing = outcome.subscribe();
+                let (peers, node) = (self.clone(), node.to_owned());
+                tracing::info!(node, boot_id, "a stopping peer is down; waiting for it");
+                tokio::spawn(async move {
+                    let hello = || {
+                        let (peers, node) = (peers.clone(), node.clone());
+                        async move { peers.answers_hello(&node).await }
+                    };
+                    if departures::probe(hello, deadline, outcome).await {
+                        tracing::info!(node, "a stopping peer is back");
+                    } else {
+                        tracing::warn!(
+                            node,
+                            "a stopping peer did not come back in peers.restart_wait; filling its chunks elsewhere"
+                        );
+                        peers.departures.gone(&node);
+                    }
+                });
+                departures::outcome(probing).await
+            }
+        }
+    }
+
+    /// Where `node` is now, as the members know it.
+    pub fn address_of(&self, node: &str) -> Option<std::net::SocketAddr> {
+        self.members().members.iter().find(|m| m.hello.node == node)?.address
+    }
+
+    /// Whether `node`, at the address the members know now, answers its hello.
+    async fn answers_hello(&self, node: &str) -> bool {
+        let Some(address) = self.address_of(node) else {
+            return false;
+        };
+        match self.client.hello(address).await {
+            Ok(hello) if hello.node == node => {
+                self.departures.answered(node, &hello.boot_id);
+                self.recovered(node);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Tells every member this node is stopping (at SIGTERM), waiting at most a
+    /// second for them.
+    pub async fn announce_leaving(&self) {
+        let body = self.hello.encode().into_bytes();
+        let members = self.members();
+        let told = members.members.iter().filter_map(|m| m.address).map(|address| {
+            let body = body.clone();
+            async move {
+                if let Err(error) = self.client.post(address, protocol::LEAVING_PATH, body, LEAVING_TIMEOUT).await {
+                    tracing::debug!(%address, error = %crate::error::error_chain(&error), "telling a peer this node stops");
+                }
+            }
+        });
+        futures_util::future::join_all(told).await;
     }
 
     /// Whether `node` is left alone now. Once its time is up, the next request

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -33,6 +33,8 @@ pub(crate) struct HostRegion {
     pub(crate) clients: HostRuntime,
     pub(crate) origin: Arc<TestOrigin>,
     origin_host: HostRuntime,
+    /// The name server, when peers are found through DNS.
+    pub(crate) dns: Option<(s3_accel_testkit::dns::Dns, HostRuntime)>,
     _secret: tempfile::TempDir,
     /// Last: the hosts outlive what runs on them.
     _net: Net,
@@ -57,6 +59,11 @@ pub(crate) struct Plan {
     /// Keys of each node's `[peers]` table, besides its name, listener and secret.
     pub(crate) peers: &'static str,
     pub(crate) origin: OriginOptions,
+    /// Peers found through this DNS name (the A records of a headless Service,
+    /// served by a name server on a host of its own), not from a fixed list.
+    pub(crate) service: Option<&'static str>,
+    /// With `service`: the last this-many nodes run but are not in its records yet.
+    pub(crate) unlisted: usize,
 }
 
 impl Plan {
@@ -70,6 +77,8 @@ impl Plan {
                 honor_conditionals: true,
                 ..OriginOptions::default()
             },
+            service: None,
+            unlisted: 0,
         }
     }
 }
@@ -103,18 +112,41 @@ impl HostRegion {
                 Arc::new(origin)
             })
             .await;
+        let dns_host = plan.service.map(|_| net.host("dns").unwrap());
+        let dns = match &dns_host {
+            Some(host) => {
+                let runtime = host.runtime(1);
+                let listen = SocketAddr::from((host.address, 53));
+                let server = runtime
+                    .run(async move { s3_accel_testkit::dns::Dns::start(listen).await.unwrap() })
+                    .await;
+                Some((server, runtime))
+            }
+            None => None,
+        };
         let hosts: Vec<Host> = (0..plan.nodes)
             .map(|i| net.host(&format!("node{i}")).unwrap())
             .collect();
+        if let Some(dns_host) = &dns_host {
+            for host in &hosts {
+                host.set_nameserver(dns_host.address);
+            }
+        }
         let clients = net.host("client").unwrap().runtime(2);
         let secret = tempfile::tempdir().unwrap();
         let secret_file = secret.path().join("keys");
         std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-        let addresses = hosts
-            .iter()
-            .map(|h| format!("\"{}:{PEER_PORT}\"", h.address))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let discovery = match plan.service {
+            Some(name) => format!("service = \"{name}:{PEER_PORT}\""),
+            None => format!(
+                "addresses = [{}]",
+                hosts
+                    .iter()
+                    .map(|h| format!("\"{}:{PEER_PORT}\"", h.address))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         let mut nodes = Vec::new();
         for (i, host) in hosts.into_iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
@@ -122,7 +154,7 @@ impl HostRegion {
             let text = format!(
                 "listen = \"0.0.0.0:{CLIENT_PORT}\"\nadmin_listen = \"0.0.0.0:{ADMIN_PORT}\"\norigin = \"{}\"\n{}\n\
                  [credentials]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
-                 [peers]\nnode_name = \"{name}\"\nlisten = \"0.0.0.0:{PEER_PORT}\"\naddresses = [{addresses}]\n\
+                 [peers]\nnode_name = \"{name}\"\nlisten = \"0.0.0.0:{PEER_PORT}\"\n{discovery}\n\
                  secret_file = \"{}\"\n{}\n[cache]\ndir = \"{}\"\n{}\n",
                 origin.url(),
                 plan.server,
@@ -148,16 +180,48 @@ impl HostRegion {
             clients,
             origin,
             origin_host: on_origin,
+            dns,
             _secret: secret,
             _net: net,
         };
+        let listed = region.nodes.len() - plan.unlisted;
+        if let (Some((server, _)), Some(name)) = (&region.dns, plan.service) {
+            let addresses: Vec<_> = region.nodes[..listed].iter().map(|n| n.host.address).collect();
+            server.set(name, &addresses);
+        }
         for i in 0..region.nodes.len() {
             region.nodes[i].spawn();
         }
         for i in 0..region.nodes.len() {
-            region.ready(i, region.nodes.len()).await;
+            // An unlisted node finds the listed ones; they do not find it.
+            region.ready(i, listed + usize::from(i >= listed)).await;
         }
         region
+    }
+
+    /// The ring node `i` sees (`/readyz`'s fingerprint), and how many members.
+    pub(crate) async fn ring(&self, i: usize) -> Option<(usize, String)> {
+        let (_, body) = self.readyz(i).await.ok()?;
+        let line = body.lines().find(|l| l.starts_with("peers: "))?;
+        let (count, ring) = line.strip_prefix("peers: ")?.split_once(" members, ring ")?;
+        Some((count.parse().ok()?, ring.to_owned()))
+    }
+
+    /// Waits (at most `limit`) until node `i` sees `members` members: how long it took.
+    pub(crate) async fn sees(&self, i: usize, members: usize, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.ring(i).await.is_some_and(|(count, _)| count == members) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} never saw {members} members: {:?}",
+                self.nodes[i].name,
+                self.ring(i).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Runs `task` on the origin's host (its client reaches the origin from there).
@@ -475,5 +539,306 @@ async fn an_owner_killed_mid_herd_on_another_host_costs_no_client_an_error_and_t
     assert!(
         sent <= size + share + 2 * (2 << 20),
         "extra origin bytes beyond the dead node's share: {sent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_follows_the_services_records_without_moving_chunks_back_and_forth() {
+    let Some(net) = net_or_skip("membership_follows_the_services_records_without_moving_chunks_back_and_forth") else {
+        return;
+    };
+    const SERVICE: &str = "s3-accel-peers.s3-accel.svc.test";
+    let refresh = Duration::from_millis(500);
+    let leave_after = Duration::from_secs(3);
+    let region = HostRegion::start(
+        net,
+        Plan {
+            peers: "refresh = \"500ms\"\nleave_after = \"3s\"\nrestart_wait = \"0s\"",
+            service: Some(SERVICE),
+            unlisted: 1,
+            ..Plan::of(4)
+        },
+    )
+    .await;
+    let size: u64 = 16 << 20;
+    let data = Arc::new(object_bytes(44, size as usize));
+    let hash = sha256_hex(&data);
+    region.put("model.bin", data).await;
+    let (dns, _) = region.dns.as_ref().unwrap();
+    let all: Vec<_> = region.nodes.iter().map(|n| n.host.address).collect();
+    let reads_ok = |reads: Vec<Timed>, why: &str| {
+        slowest(&reads, &hash, size, why);
+    };
+    reads_ok(region.read_all(&[(0, "model.bin")]).await, "three nodes");
+    // Node 3 is added to the records: it joins within two refreshes (and the time a
+    // round of hellos takes).
+    dns.set(SERVICE, &all);
+    let joined = region.sees(0, 4, Duration::from_secs(10)).await;
+    for i in 1..4 {
+        region.sees(i, 4, Duration::from_secs(10)).await;
+    }
+    println!(
+        "a node added to the records joined in {:.2} s (refresh 500 ms)",
+        joined.as_secs_f64()
+    );
+    assert!(joined < 2 * refresh + Duration::from_secs(2), "joined in {joined:?}");
+    let ring = region.ring(0).await.unwrap().1;
+    // Read through every node: each chunk now on its owner in the four-node ring.
+    reads_ok(
+        region
+            .read_all(&[(0, "model.bin"), (1, "model.bin"), (2, "model.bin"), (3, "model.bin")])
+            .await,
+        "four nodes",
+    );
+    region.origin.stats.settled().await;
+    let (bytes, fills) = (region.origin.stats.body_bytes(), region.origin.stats.fills());
+    // Node 3's record flaps (there a quarter second, gone the next) for 4 s: it stays a
+    // member, the ring never changes, and no chunk moves (the origin sends nothing).
+    let flapping = async {
+        for round in 0..16 {
+            dns.set(SERVICE, if round % 2 == 0 { &all[..3] } else { &all });
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        dns.set(SERVICE, &all);
+    };
+    let watching = async {
+        let mut seen = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(4) {
+            for i in 0..3 {
+                seen.push(region.ring(i).await.map(|(_, ring)| ring));
+            }
+            reads_ok(
+                region.read_all(&[(0, "model.bin"), (2, "model.bin")]).await,
+                "records flapping",
+            );
+        }
+        seen
+    };
+    let ((), seen) = futures_util::join!(flapping, watching);
+    assert!(
+        seen.iter().all(|r| r.as_deref() == Some(ring.as_str())),
+        "the ring changed while a record flapped: {seen:?}"
+    );
+    region.origin.stats.settled().await;
+    assert_eq!(
+        (
+            region.origin.stats.fills() - fills,
+            region.origin.stats.body_bytes() - bytes
+        ),
+        (0, 0),
+        "chunks moved while a record flapped"
+    );
+    // Node 3 is removed for good: it leaves once unheard for leave_after.
+    dns.set(SERVICE, &all[..3]);
+    let left = region.sees(0, 3, Duration::from_secs(15)).await;
+    println!(
+        "a node removed from the records left in {:.2} s (leave_after 3 s)",
+        left.as_secs_f64()
+    );
+    assert!(left >= leave_after - refresh, "left in {left:?}, before leave_after");
+    reads_ok(
+        region
+            .read_all(&[(0, "model.bin"), (1, "model.bin"), (2, "model.bin")])
+            .await,
+        "three nodes again",
+    );
+}
+
+/// What readers following readiness saw during a rollout.
+#[derive(Default)]
+struct Tally {
+    gets: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    wrong: std::sync::atomic::AtomicU64,
+    /// The slowest GET, in milliseconds.
+    slowest_ms: std::sync::atomic::AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl HostRegion {
+    /// `readers` clients on the client host reading `objects` (key, SHA-256, size)
+    /// through the region until `stop`, each picking before every GET a node whose
+    /// `/readyz` answered 200 within the last 100 ms (as a Service or an anycast
+    /// route would).
+    fn readers(
+        &self,
+        readers: usize,
+        objects: Arc<Vec<(String, String, u64)>>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        tally: Arc<Tally>,
+    ) -> tokio::task::JoinHandle<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let nodes: Vec<(SocketAddr, SocketAddr)> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    SocketAddr::from((n.host.address, CLIENT_PORT)),
+                    SocketAddr::from((n.host.address, ADMIN_PORT)),
+                )
+            })
+            .collect();
+        self.clients.spawn(async move {
+            let ready: Arc<Vec<std::sync::atomic::AtomicBool>> =
+                Arc::new(nodes.iter().map(|_| std::sync::atomic::AtomicBool::new(true)).collect());
+            let watcher = {
+                let (ready, stop, nodes) = (ready.clone(), stop.clone(), nodes.clone());
+                tokio::spawn(async move {
+                    let client = TestClient::default();
+                    while !stop.load(SeqCst) {
+                        for (i, (_, admin)) in nodes.iter().enumerate() {
+                            let call = Call::get("/readyz", &Signing::Anonymous);
+                            let answer =
+                                tokio::time::timeout(Duration::from_millis(300), client.send(*admin, &call)).await;
+                            let up = matches!(answer, Ok(Ok(ref reply)) if reply.status == StatusCode::OK);
+                            ready[i].store(up, SeqCst);
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            };
+            let tasks: Vec<_> = (0..readers)
+                .map(|r| {
+                    let (ready, stop, nodes, objects, tally) = (
+                        ready.clone(),
+                        stop.clone(),
+                        nodes.clone(),
+                        objects.clone(),
+                        tally.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let client = TestClient::default();
+                        let mut rng = fastrand::Rng::with_seed(r as u64);
+                        while !stop.load(SeqCst) {
+                            let up: Vec<usize> = (0..nodes.len()).filter(|&i| ready[i].load(SeqCst)).collect();
+                            let Some(&node) = (!up.is_empty()).then(|| &up[rng.usize(..up.len())]) else {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            };
+                            let (key, hash, size) = &objects[rng.usize(..objects.len())];
+                            let began = Instant::now();
+                            let reply =
+                                tokio::time::timeout(Duration::from_secs(60), client.digest(nodes[node].0, &read(key)))
+                                    .await
+                                    .unwrap_or_else(|_| Err("no answer in 60 s".into()));
+                            tally.gets.fetch_add(1, SeqCst);
+                            tally.slowest_ms.fetch_max(began.elapsed().as_millis() as u64, SeqCst);
+                            match reply {
+                                Ok((StatusCode::OK, got, length)) if &got == hash && length == *size => {}
+                                Ok(other) => {
+                                    tally.wrong.fetch_add(1, SeqCst);
+                                    tally
+                                        .errors
+                                        .lock()
+                                        .unwrap()
+                                        .push(format!("node {node} {key}: {other:?}"));
+                                }
+                                Err(error) => {
+                                    tally.failed.fetch_add(1, SeqCst);
+                                    tally.errors.lock().unwrap().push(format!("node {node} {key}: {error}"));
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            watcher.await.unwrap();
+        })
+    }
+
+    /// SIGTERM to node `i`: how long until it exited, and its exit status.
+    async fn terminate(&mut self, i: usize) -> (Duration, std::process::ExitStatus) {
+        let start = Instant::now();
+        self.nodes[i].signal("TERM");
+        let mut process = self.nodes[i].process.take().unwrap();
+        let status = tokio::task::spawn_blocking(move || process.wait().unwrap())
+            .await
+            .unwrap();
+        (start.elapsed(), status)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_nothing_and_costs_the_origin_nothing() {
+    let Some(net) = net_or_skip("a_rolling_restart_under_load_loses_nothing_and_costs_the_origin_nothing") else {
+        return;
+    };
+    let mut region = HostRegion::start(
+        net,
+        Plan {
+            // Copies of other nodes' chunks (an eighth of memory) hold a fraction of the
+            // working set: what a node does not own comes from its owner.
+            cache: "memory = \"128MiB\"\ndisk = \"512MiB\"\nchunk_size = \"1MiB\"",
+            server: "[server]\nwithdraw_grace = \"1s\"\ndrain_timeout = \"10s\"",
+            ..Plan::of(3)
+        },
+    )
+    .await;
+    // A working set of 4 objects of 16 MiB, read once cold.
+    let mut objects = Vec::new();
+    for i in 0..4u64 {
+        let data = Arc::new(object_bytes(50 + i, 16 << 20));
+        objects.push((format!("shard-{i}.bin"), sha256_hex(&data), data.len() as u64));
+        region.put(&format!("shard-{i}.bin"), data).await;
+    }
+    let working_set: u64 = objects.iter().map(|o| o.2).sum();
+    for (i, (key, hash, size)) in objects.iter().enumerate() {
+        let read = region.read_all(&[(i % 3, key)]).await;
+        slowest(&read, hash, *size, "the cold read");
+    }
+    region.origin.stats.settled().await;
+    let cold = region.origin.stats.body_bytes();
+    let logged = region.origin.stats.log.lock().unwrap().len();
+    // 6 readers follow readiness while each node in turn is told SIGTERM and comes
+    // back under its name on its disk.
+    let (stop, tally) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(Tally::default()),
+    );
+    let readers = region.readers(6, Arc::new(objects.clone()), stop.clone(), tally.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut stops = Vec::new();
+    for i in 0..3 {
+        let (took, status) = region.terminate(i).await;
+        assert!(
+            status.success(),
+            "node {i} exited with {status}\n{}",
+            region.nodes[i].log()
+        );
+        stops.push(took);
+        region.nodes[i].spawn();
+        region.ready(i, 3).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    readers.await.unwrap();
+    region.origin.stats.settled().await;
+    let sent = region.origin.stats.body_bytes();
+    let asked = region.origin.stats.log.lock().unwrap().len() - logged;
+    let (gets, failed, wrong) = (
+        tally.gets.load(std::sync::atomic::Ordering::SeqCst),
+        tally.failed.load(std::sync::atomic::Ordering::SeqCst),
+        tally.wrong.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    println!(
+        "rolling restart of 3 nodes under 6 readers: {gets} GETs (slowest {} ms), {failed} failed, {wrong} wrong; the origin sent \
+         {} bytes during the rollout for a {working_set}-byte working set ({:.3}x with the first cold read, which \
+         sent {cold}); nodes stopped in {stops:?}; {asked} origin requests during the rollout (authorizations, no body)",
+        tally.slowest_ms.load(std::sync::atomic::Ordering::SeqCst),
+        sent - cold,
+        sent as f64 / working_set as f64
+    );
+    assert_eq!((failed, wrong), (0, 0), "{:?}", tally.errors.lock().unwrap());
+    assert!(gets > 20, "the readers read: {gets}");
+    // 1x is the first cold read (which sends what its cold probes had in flight
+    // besides): the rollout may add 2 % of the working set.
+    assert!(
+        (sent - cold) as f64 <= 0.02 * working_set as f64,
+        "the rollout cost the origin {} bytes over a {working_set}-byte working set",
+        sent - cold
     );
 }

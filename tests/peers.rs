@@ -204,7 +204,7 @@ impl Region {
                 "listen = \"127.0.0.{}:0\"\nadmin_listen = \"127.0.0.1:0\"\norigin = \"{}\"\n\
                  [credentials]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
                  [peers]\nnode_name = \"node-{i}\"\nlisten = \"{peer}\"\naddresses = [{}]\n\
-                 secret_file = \"{}\"\nrefresh = \"200ms\"\n{tls}[cache]\ndir = \"{}\"\n{}\n",
+                 secret_file = \"{}\"\nrefresh = \"200ms\"\nrestart_wait = \"2s\"\n{tls}[cache]\ndir = \"{}\"\n{}\n",
                 i + 1,
                 origin.url(),
                 crate::support::origin::ACCESS_KEY,

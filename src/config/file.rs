@@ -58,6 +58,8 @@ pub struct PeersSection {
     pub refresh: Option<String>,
     pub connect_timeout: Option<String>,
     pub stall_timeout: Option<String>,
+    pub leave_after: Option<String>,
+    pub restart_wait: Option<String>,
     /// Mutual TLS on the peer port.
     pub tls: Option<PeerTlsSection>,
 }

@@ -26,6 +26,13 @@ pub struct PeersConfig {
     /// How long a peer may send nothing, in the middle of an answer or on a
     /// connection that goes silent, before the chunk is taken elsewhere.
     pub stall_timeout: Duration,
+    /// How long a member may go unheard (gone from discovery, or not answering its
+    /// hello) before it leaves the ring; until then its chunks go to the next in line
+    /// while it fails, and come back to it, still on its disk, when it answers.
+    pub leave_after: Duration,
+    /// How long readers wait for an owner that said it is stopping (SIGTERM) to come
+    /// back, before its chunks are filled elsewhere (from the origin). Zero: never.
+    pub restart_wait: Duration,
     /// Mutual TLS on the peer port; `None`: plain HTTP (the network is trusted).
     pub tls: Option<PeerTlsConfig>,
 }
@@ -131,6 +138,22 @@ pub(super) fn peers_config(section: &PeersSection) -> Result<PeersConfig, Config
             false => Ok(duration),
         }
     };
+    let leave_after = positive(
+        section.leave_after.as_deref(),
+        "peers.leave_after",
+        Duration::from_secs(30),
+    )?;
+    let restart_wait = duration_or(
+        section.restart_wait.as_deref(),
+        "peers.restart_wait",
+        Duration::from_secs(15),
+    )?;
+    if restart_wait > leave_after {
+        return Err(invalid(
+            "peers.restart_wait",
+            format!("must be at most peers.leave_after ({leave_after:?}): an owner waited for must stay in the ring"),
+        ));
+    }
     Ok(PeersConfig {
         node_name,
         listen,
@@ -147,6 +170,8 @@ pub(super) fn peers_config(section: &PeersSection) -> Result<PeersConfig, Config
             "peers.stall_timeout",
             Duration::from_millis(1500),
         )?,
+        leave_after,
+        restart_wait,
         tls: section.tls.as_ref().map(peer_tls).transpose()?,
     })
 }

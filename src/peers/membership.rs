@@ -2,9 +2,11 @@
 //! endpoints of a headless Service), each asked who it is (`GET /peer/v1/hello`: its
 //! node name, boot id and disk tier), looked up again every few seconds.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
@@ -117,41 +119,118 @@ impl Discover for ServiceRecords {
     }
 }
 
+/// How many refreshes in a row a new node must answer before it joins the ring: a
+/// node whose records flap never owns anything. The first round after this node
+/// starts takes everyone who answers (the region is formed, not joined).
+const JOIN_ROUNDS: u32 = 2;
+
+/// The members with hysteresis: a newcomer joins after [`JOIN_ROUNDS`] answered
+/// refreshes in a row, a member leaves after `leave_after` unheard. Chunks move only
+/// when membership really changes, never back and forth with a flapping record.
+pub struct Roster {
+    me: Hello,
+    leave_after: Duration,
+    tracked: HashMap<String, Tracked>,
+    rounds: u64,
+}
+
+struct Tracked {
+    member: Member,
+    /// Refreshes in a row it answered.
+    streak: u32,
+    heard: Instant,
+    joined: bool,
+}
+
+impl Roster {
+    pub fn new(me: Hello, leave_after: Duration) -> Self {
+        Self {
+            me,
+            leave_after,
+            tracked: HashMap::new(),
+            rounds: 0,
+        }
+    }
+
+    /// One refresh: the nodes that answered, at their addresses. Returns the members.
+    pub fn round(&mut self, answered: Vec<(SocketAddr, Hello)>, now: Instant) -> Members {
+        let first = self.rounds == 0;
+        self.rounds += 1;
+        let mut heard = std::collections::HashSet::new();
+        for (address, hello) in answered {
+            // This node, under one of its own addresses; or a node heard twice.
+            if hello.node == self.me.node || !heard.insert(hello.node.clone()) {
+                continue;
+            }
+            let member = Member {
+                address: Some(address),
+                hello,
+            };
+            let tracked = self.tracked.entry(member.hello.node.clone()).or_insert(Tracked {
+                member: member.clone(),
+                streak: 0,
+                heard: now,
+                joined: false,
+            });
+            tracked.member = member;
+            tracked.streak = tracked.streak.saturating_add(1);
+            tracked.heard = now;
+            if !tracked.joined && (first || tracked.streak >= JOIN_ROUNDS) {
+                tracked.joined = true;
+                tracing::info!(node = tracked.member.hello.node, "peer joins the region");
+            }
+        }
+        let leave_after = self.leave_after;
+        self.tracked.retain(|node, tracked| {
+            if heard.contains(node) {
+                return true;
+            }
+            tracked.streak = 0;
+            let stays = tracked.joined && now.saturating_duration_since(tracked.heard) < leave_after;
+            if tracked.joined && !stays {
+                tracing::info!(node, unheard = ?leave_after, "peer leaves the region");
+            }
+            stays
+        });
+        let mut members = vec![Member {
+            address: None,
+            hello: self.me.clone(),
+        }];
+        members.extend(self.tracked.values().filter(|t| t.joined).map(|t| t.member.clone()));
+        Members::new(members)
+    }
+}
+
 /// Keeps `members` current: every `refresh`, the addresses are discovered and each
-/// is asked who it is; a peer that does not answer is not a member until it does.
+/// is asked who it is; the [`Roster`] decides who is a member. `discovered` is set
+/// once the first round has run (found anyone or not).
 pub async fn watch_members(
     discover: Arc<dyn Discover>,
     client: PeerClient,
-    me: Hello,
+    mut roster: Roster,
     refresh: Duration,
     members: watch::Sender<Arc<Members>>,
+    discovered: Arc<AtomicBool>,
 ) {
     loop {
         let addresses = match discover.addresses().await {
             Ok(addresses) => addresses,
             Err(error) => {
                 tracing::warn!(%error, "peer discovery failed; keeping the last members");
+                discovered.store(true, Ordering::SeqCst);
                 tokio::time::sleep(refresh).await;
                 continue;
             }
         };
         let hellos = futures_util::future::join_all(addresses.iter().map(|address| client.hello(*address))).await;
-        let mut found = vec![Member {
-            address: None,
-            hello: me.clone(),
-        }];
+        let mut answered = Vec::new();
         for (address, hello) in addresses.iter().zip(hellos) {
             match hello {
-                // This node, under one of its own addresses.
-                Ok(hello) if hello.node == me.node => {}
-                Ok(hello) => found.push(Member {
-                    address: Some(*address),
-                    hello,
-                }),
+                Ok(hello) => answered.push((*address, hello)),
                 Err(error) => tracing::debug!(%address, error = %error, "a peer did not say hello"),
             }
         }
-        let current = Members::new(found);
+        let current = roster.round(answered, Instant::now());
         crate::telemetry::peer_members(current.members.len(), current.fingerprint);
         members.send_if_modified(|old| {
             let changed = **old != current;
@@ -165,6 +244,7 @@ pub async fn watch_members(
             }
             changed
         });
+        discovered.store(true, Ordering::SeqCst);
         tokio::time::sleep(refresh).await;
     }
 }
@@ -191,6 +271,91 @@ mod tests {
         let found = records.addresses().await.unwrap();
         assert!(found.contains(&"127.0.0.1:9091".parse().unwrap()), "{found:?}");
         assert!(found.iter().all(|a| a.is_ipv4() && a.port() == 9091));
+    }
+
+    fn hello(node: &str, boot: &str) -> Hello {
+        Hello {
+            node: node.into(),
+            boot_id: boot.into(),
+            disk_capacity: 1 << 40,
+        }
+    }
+
+    fn names(members: &Members) -> Vec<&str> {
+        members.members.iter().map(|m| m.hello.node.as_str()).collect()
+    }
+
+    #[test]
+    fn newcomers_join_after_two_answers_in_a_row_and_members_leave_only_when_unheard_long() {
+        let address = |i: u8| SocketAddr::from(([10, 0, 0, i], 9091));
+        let mut roster = Roster::new(hello("a", "1"), Duration::from_secs(30));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // The first round forms the region with whoever answers.
+        let formed = roster.round(
+            vec![(address(2), hello("b", "1")), (address(1), hello("a", "1"))],
+            at(0),
+        );
+        assert_eq!(names(&formed), ["a", "b"]);
+        // A newcomer joins on its second answer in a row, not its first.
+        assert_eq!(
+            names(&roster.round(
+                vec![(address(2), hello("b", "1")), (address(3), hello("c", "1"))],
+                at(5)
+            )),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(&roster.round(
+                vec![(address(2), hello("b", "1")), (address(3), hello("c", "1"))],
+                at(10)
+            )),
+            ["a", "b", "c"]
+        );
+        // A flapping newcomer never joins.
+        for round in 0..6 {
+            let mut answered = vec![(address(2), hello("b", "1")), (address(3), hello("c", "1"))];
+            if round % 2 == 0 {
+                answered.push((address(4), hello("d", "1")));
+            }
+            assert_eq!(names(&roster.round(answered, at(15 + 5 * round))), ["a", "b", "c"]);
+        }
+        // A member unheard stays (its chunks do not move) until leave_after...
+        let stays = roster.round(vec![(address(3), hello("c", "1"))], at(50));
+        assert_eq!(names(&stays), ["a", "b", "c"]);
+        assert_eq!(
+            names(&roster.round(vec![(address(3), hello("c", "1"))], at(65))),
+            ["a", "b", "c"]
+        );
+        // ...and is back at once, at its new address, under a new boot.
+        let back = roster.round(
+            vec![(address(9), hello("b", "2")), (address(3), hello("c", "1"))],
+            at(76),
+        );
+        assert_eq!(names(&back), ["a", "b", "c"]);
+        assert_eq!(back.members[1].address, Some(address(9)));
+        assert_eq!(back.members[1].hello.boot_id, "2");
+        // Unheard for leave_after: it leaves.
+        roster.round(vec![(address(3), hello("c", "1"))], at(80));
+        assert_eq!(
+            names(&roster.round(vec![(address(3), hello("c", "1"))], at(106))),
+            ["a", "c"]
+        );
+        // Coming back after leaving is joining: two answers in a row.
+        assert_eq!(
+            names(&roster.round(
+                vec![(address(2), hello("b", "3")), (address(3), hello("c", "1"))],
+                at(110)
+            )),
+            ["a", "c"]
+        );
+        assert_eq!(
+            names(&roster.round(
+                vec![(address(2), hello("b", "3")), (address(3), hello("c", "1"))],
+                at(115)
+            )),
+            ["a", "b", "c"]
+        );
     }
 
     #[test]

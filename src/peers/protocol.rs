@@ -50,6 +50,9 @@ pub const LEARNED_PATH: &str = "/peer/v1/learned";
 /// "This version's chunks do not add up to the object": the body a chunk request
 /// of the version (any index). Every node drops what it holds of it.
 pub const DROP_PATH: &str = "/peer/v1/drop";
+/// "I am stopping (SIGTERM), and will likely be back": the body the node's hello.
+/// Readers wait for it a while rather than fill its chunks from the origin.
+pub const LEAVING_PATH: &str = "/peer/v1/leaving";
 /// What a hello's answer is signed as (in place of a method): a reply can never be
 /// replayed as a request, nor a request as a reply.
 pub const HELLO_REPLY: &str = "HELLO-REPLY";

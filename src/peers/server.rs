@@ -17,8 +17,8 @@ use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 
 use super::auth::PeerKeys;
 use super::protocol::{
-    ChunkRequest, ObjectNote, Signer, CHUNK_PATH, COLD_PATH, DROP_PATH, HELLO_PATH, LEARNED_PATH, MAX_REQUEST_BYTES,
-    PEER_SOURCE,
+    ChunkRequest, Hello, ObjectNote, Signer, CHUNK_PATH, COLD_PATH, DROP_PATH, HELLO_PATH, LEARNED_PATH, LEAVING_PATH,
+    MAX_REQUEST_BYTES, PEER_SOURCE,
 };
 use super::{wire, Peers};
 use crate::body::{first_frames, BoxError, ProxyBody};
@@ -121,6 +121,13 @@ impl PeerServer {
             (&Method::POST, DROP_PATH) => match ChunkRequest::decode(&body) {
                 Ok(version) => signed(self.drop_version(version), path, &body, &keys),
                 Err(_) => status(StatusCode::BAD_REQUEST),
+            },
+            (&Method::POST, LEAVING_PATH) => match std::str::from_utf8(&body).ok().and_then(Hello::decode) {
+                Some(hello) => {
+                    peers.said_leaving(&hello);
+                    signed((StatusCode::OK, Bytes::new()), path, &body, &keys)
+                }
+                None => status(StatusCode::BAD_REQUEST),
             },
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
                 Ok(chunk) => {

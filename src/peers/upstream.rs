@@ -120,12 +120,27 @@ impl Regional {
                 break;
             }
             let node = &member.hello.node;
-            if self.peers.is_ejected(node) {
+            // An owner that said it is stopping is waited for, not skipped.
+            let leaving = self.peers.leaving(node);
+            if self.peers.is_ejected(node) && !leaving {
                 fallback = fallback.or(Some("ejected"));
                 continue;
             }
             tried += 1;
-            match from_peer(&self.peers, address, &request, sink, &mut pushed).await {
+            let mut address = address;
+            let fetched = loop {
+                let fetched = from_peer(&self.peers, address, &request, sink, &mut pushed).await;
+                // Stopped for a restart: once it answers again (it had its disk), it
+                // is asked again, at the address it has now.
+                if matches!(fetched, Err(PeerFailure::Broken(_))) && leaving && self.peers.returned(node).await {
+                    if let Some(now) = self.peers.address_of(node) {
+                        address = now;
+                        continue;
+                    }
+                }
+                break fetched;
+            };
+            match fetched {
                 Ok(()) => {
                     telemetry::peer_request("reader", "ok");
                     self.peers.recovered(node);

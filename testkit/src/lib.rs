@@ -4,6 +4,7 @@
 //! and can be shaped like a far region (round-trip time, bandwidth caps).
 
 pub mod access;
+pub mod dns;
 pub mod keys;
 pub mod netns;
 pub mod origin;
