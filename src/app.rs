@@ -136,10 +136,15 @@ impl App {
     /// cache so that what was written survives a restart.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let admin = tokio::spawn(self.admin.run());
-        // Peers keep being answered while clients drain.
-        let peer_server = self
-            .peer_server
-            .map(|server| tokio::spawn(server.run(std::future::pending())));
+        // Peers keep being answered while clients drain; then the peer listener
+        // stops too, before the cache closes (a peer does not find this boot half
+        // there: it finds it gone, and waits for the next).
+        let (stop_peers, peers_stop) = tokio::sync::oneshot::channel::<()>();
+        let peer_server = self.peer_server.map(|server| {
+            tokio::spawn(server.run(async move {
+                let _ = peers_stop.await;
+            }))
+        });
         let watch = self
             .certificate
             .map(|(certificate, interval)| tokio::spawn(certificate.watch(interval)));
@@ -150,24 +155,34 @@ impl App {
         let withdrawn = async move {
             shutdown.await;
             withdrawing.store(true, std::sync::atomic::Ordering::SeqCst);
-            // Its peers wait for it rather than fill its share from the origin.
-            if let Some(peers) = peers {
-                tokio::spawn(async move { peers.announce_leaving().await });
-            }
             tracing::info!(grace = ?grace, "withdrawing: /readyz fails; serving until the grace ends");
-            tokio::time::sleep(grace).await;
+            // Its peers wait for it rather than fill its share from the origin (told
+            // within the grace, or within a second when the grace is shorter).
+            let told = async move {
+                if let Some(peers) = peers {
+                    peers.announce_leaving().await;
+                }
+            };
+            tokio::join!(told, tokio::time::sleep(grace));
         };
         self.server.run(withdrawn).await;
+        let _ = stop_peers.send(());
+        if let Some(mut peer_server) = peer_server {
+            if tokio::time::timeout(PEERS_DRAIN, &mut peer_server).await.is_err() {
+                peer_server.abort();
+            }
+        }
         self.cache.close().await;
         admin.abort();
-        if let Some(peer_server) = peer_server {
-            peer_server.abort();
-        }
         if let Some(watch) = watch {
             watch.abort();
         }
     }
 }
+
+/// How long chunk answers under way to peers may take to finish once clients have
+/// drained.
+const PEERS_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The access keys whose SigV4 is checked here (`auth.verified_keys_file`), read
 /// again as the file changes.

@@ -54,8 +54,7 @@ pub struct Peers {
     /// Peers that failed a request lately.
     ejected: Ejections,
     /// Owners that said they are stopping, and how long to wait for them.
-    departures: departures::Departures,
-    restart_wait: Duration,
+    departures: Arc<departures::Departures>,
 }
 
 /// Peers left alone after failures, by node name: until when, and after how many
@@ -150,10 +149,11 @@ impl Peers {
         }]);
         let (sender, members) = watch::channel(Arc::new(alone));
         let discovered = Arc::new(AtomicBool::new(false));
+        let departures = Arc::new(departures::Departures::new(config.restart_wait));
         tokio::spawn(membership::watch_members(
             discover,
             client.clone(),
-            membership::Roster::new(hello.clone(), config.leave_after),
+            membership::Roster::new(hello.clone(), config.leave_after, departures.clone()),
             config.refresh,
             sender,
             discovered.clone(),
@@ -166,8 +166,7 @@ impl Peers {
             members,
             discovered,
             ejected: Ejections::default(),
-            departures: Default::default(),
-            restart_wait: config.restart_wait,
+            departures,
         }))
     }
 
@@ -208,25 +207,32 @@ impl Peers {
     }
 
     /// `hello`'s node says it is stopping (it got SIGTERM): readers wait for it.
+    /// Only a member's current boot is taken (not this node, not a stale replay).
     pub fn said_leaving(&self, hello: &Hello) {
-        if hello.node != self.hello.node && !self.restart_wait.is_zero() {
-            tracing::info!(node = hello.node, restart_wait = ?self.restart_wait, "peer is stopping; its chunks wait for it");
+        let member = self
+            .members()
+            .members
+            .iter()
+            .any(|m| m.address.is_some() && m.hello.node == hello.node && m.hello.boot_id == hello.boot_id);
+        if member {
+            tracing::info!(node = hello.node, "peer is stopping; readers wait for it to come back");
             self.departures.said(&hello.node, &hello.boot_id, Instant::now());
         }
     }
 
     /// Whether `node` said it is stopping and is still waited for.
     pub fn leaving(&self, node: &str) -> bool {
-        self.departures.leaving(node, Instant::now(), self.restart_wait)
+        self.departures.leaving(node, Instant::now())
     }
 
-    /// Waits for `node`, which said it is stopping and was found down, to answer
-    /// again: `true` once it does, `false` if it was not said to be stopping or its
-    /// time (`peers.restart_wait` from when it was first found down) is up. One
-    /// prober per node, in a task of its own, whoever waits.
+    /// Waits for `node`, which said it is stopping and was found down, to come back
+    /// under a new boot: `true` once it has, `false` if it was not said to be
+    /// stopping, its time (`peers.restart_wait` from when it was first found down)
+    /// is up, or it still answers under the boot that said it stops (alive: the
+    /// failure was any peer's). One prober per node, in a task of its own.
     pub async fn returned(self: &Arc<Self>, node: &str) -> bool {
-        match self.departures.wait(node, Instant::now(), self.restart_wait) {
-            departures::Wait::NotAwaited => false,
+        let ended = match self.departures.wait(node, Instant::now()) {
+            departures::Wait::NotAwaited => return false,
             departures::Wait::Probe(probing) => departures::outcome(probing).await,
             departures::Wait::Start {
                 boot_id,
@@ -239,21 +245,25 @@ impl Peers {
                 tokio::spawn(async move {
                     let hello = || {
                         let (peers, node) = (peers.clone(), node.clone());
-                        async move { peers.answers_hello(&node).await }
+                        async move { peers.boot_of(&node).await }
                     };
-                    if departures::probe(hello, deadline, outcome).await {
-                        tracing::info!(node, "a stopping peer is back");
-                    } else {
-                        tracing::warn!(
-                            node,
-                            "a stopping peer did not come back in peers.restart_wait; filling its chunks elsewhere"
-                        );
-                        peers.departures.gone(&node);
+                    match departures::probe(hello, &boot_id, deadline, outcome).await {
+                        departures::Return::Back => tracing::info!(node, "a stopping peer is back"),
+                        // Heard, so no longer counted down (`boot_of`).
+                        departures::Return::Alive => {}
+                        departures::Return::Gone => {
+                            tracing::warn!(
+                                node,
+                                "a stopping peer did not come back in peers.restart_wait; filling its chunks elsewhere"
+                            );
+                            peers.departures.gone(&node, &boot_id);
+                        }
                     }
                 });
                 departures::outcome(probing).await
             }
-        }
+        };
+        ended == departures::Return::Back
     }
 
     /// Where `node` is now, as the members know it.
@@ -261,18 +271,15 @@ impl Peers {
         self.members().members.iter().find(|m| m.hello.node == node)?.address
     }
 
-    /// Whether `node`, at the address the members know now, answers its hello.
-    async fn answers_hello(&self, node: &str) -> bool {
-        let Some(address) = self.address_of(node) else {
-            return false;
-        };
+    /// The boot `node` answers its hello under, at the address the members know now.
+    async fn boot_of(&self, node: &str) -> Option<String> {
+        let address = self.address_of(node)?;
         match self.client.hello(address).await {
             Ok(hello) if hello.node == node => {
-                self.departures.answered(node, &hello.boot_id);
-                self.recovered(node);
-                true
+                self.departures.heard(node, &hello.boot_id);
+                Some(hello.boot_id)
             }
-            _ => false,
+            _ => None,
         }
     }
 

@@ -692,6 +692,96 @@ async fn idle_connections_are_closed() {
     warm.healthy("tiny", Duration::from_secs(5)).await;
 }
 
+/// Withdrawal: keep-alive connections idle at SIGTERM stay open (a client may still
+/// use them) until `server.withdraw_grace` ends, then are closed: HTTP/1.1 by
+/// closing the socket, h2 with a GOAWAY; the node then exits.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_when_the_grace_ends() {
+    let grace = Duration::from_millis(1500);
+    let mut warm = Warm::start(
+        "[server]\nwithdraw_grace = \"1500ms\"\nidle_timeout = \"60s\"",
+        SMALL,
+        &[("tiny", 11)],
+    )
+    .await;
+    let address = warm.proxy.address;
+    let target = warm.target("tiny").to_owned();
+    // An h2 connection that has read once.
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut h2 = tokio::spawn(connection);
+    client = client.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{address}{target}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    while let Some(data) = body.data().await {
+        body.flow_control().release_capacity(data.unwrap().len()).unwrap();
+    }
+    // An HTTP/1.1 connection that has read once, kept alive.
+    let mut http1 = TcpStream::connect(address).await.unwrap();
+    let ask = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    http1.write_all(ask.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut http1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    let began = Instant::now();
+    warm.proxy.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Inside the grace: both still open, and the HTTP/1.1 one still serves.
+    assert!(!h2.is_finished(), "the h2 connection was closed inside the grace");
+    http1.write_all(ask.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut http1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "served inside the grace: {answer}");
+    assert!(began.elapsed() < grace, "the check came too late to mean anything");
+    // At the grace's end: closed, both.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), http1.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "an idle HTTP/1.1 connection is closed when the grace ends"
+    );
+    assert!(began.elapsed() >= grace, "closed before the grace ended");
+    let ended = tokio::time::timeout(Duration::from_secs(10), &mut h2).await;
+    assert!(
+        ended.is_ok(),
+        "an idle h2 connection is closed (GOAWAY) when the grace ends"
+    );
+    tokio::time::timeout(Duration::from_secs(10), warm.proxy.stopped())
+        .await
+        .expect("the node stops once its connections are closed");
+}
+
+/// One HTTP/1.1 answer with a Content-Length body, read whole from `stream`.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("an answer in 10 s")
+            .unwrap();
+        assert!(read > 0, "closed mid-answer: {text}");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+}
+
 /// A GET or HEAD that carries a body (declared, or chunked) is refused before the
 /// origin: nothing S3 clients send, and nothing to forward.
 #[tokio::test]

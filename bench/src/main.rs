@@ -4,10 +4,12 @@
 
 mod client;
 mod hop;
+mod hosts;
 mod nginx;
 mod proxy;
 mod remote;
 mod report;
+mod rollout;
 mod run;
 mod scenario;
 mod target;
@@ -90,6 +92,10 @@ pub struct Args {
     /// certificate per node made for the run).
     #[arg(long)]
     pub peer_tls: bool,
+    /// region-herd and region-rollout: the origin, each node and the clients as
+    /// hosts of their own (network namespaces on one bridge; needs root).
+    #[arg(long)]
+    pub hosts: bool,
     /// Where the Markdown tables and SVG charts go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     pub results: PathBuf,
@@ -156,6 +162,9 @@ pub enum ScenarioName {
     ManyClients,
     /// Several s3-accel nodes of one region (peers) against the same nodes alone.
     RegionHerd,
+    /// A region's nodes restarted one by one (SIGTERM, back on their disks) under
+    /// a model-load workload: failed requests, wrong bytes, origin bytes, the dip.
+    RegionRollout,
     /// A deployed accelerator: --endpoint, --manifest or --prefix (see `remote`).
     Remote,
     /// Result files of `remote` runs (one per pod) as one table and chart.
@@ -166,7 +175,7 @@ pub enum ScenarioName {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,s3s=off".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -174,7 +183,16 @@ fn main() -> anyhow::Result<()> {
     if let Some(config) = &args.proxy_config {
         return proxy::run(config);
     }
+    if args.hosts {
+        hosts::set_up(args.nodes.max(1))?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let ran = run(&runtime, args);
+    hosts::tear_down();
+    ran
+}
+
+fn run(runtime: &tokio::runtime::Runtime, args: Args) -> anyhow::Result<()> {
     match args.scenario {
         Some(ScenarioName::Demo) => runtime.block_on(run::demo(args)),
         Some(ScenarioName::Remote) => runtime.block_on(remote::run(&args)),

@@ -1,6 +1,6 @@
 //! s3-accel as the bench runs it: a child process of the bench binary, so its
 //! memory is its own. It prints its address on stdout and stops when the bench
-//! closes its stdin (or dies).
+//! closes its stdin, or on SIGTERM.
 
 use std::io::Write;
 use std::path::Path;
@@ -25,7 +25,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             let mut stdout = std::io::stdout();
             writeln!(stdout, "{LISTENING} {address}")?;
             stdout.flush()?;
-            app.run(stdin_closed()).await;
+            // SIGTERM as in a pod (region-rollout), or the bench closing stdin.
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            app.run(async move {
+                tokio::select! {
+                    () = stdin_closed() => {}
+                    _ = terminate.recv() => {}
+                }
+            })
+            .await;
             Ok(())
         })
 }

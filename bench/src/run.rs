@@ -19,12 +19,12 @@ use crate::{Args, ScenarioName};
 const BUCKET: &str = "bench";
 
 /// The shaped origin and where everything lives for one bench run.
-struct Bench {
-    args: Args,
+pub(crate) struct Bench {
+    pub(crate) args: Args,
     shaping: Shaping,
-    origin: Origin,
-    client: Client,
-    work: tempfile::TempDir,
+    pub(crate) origin: Origin,
+    pub(crate) client: Client,
+    pub(crate) work: tempfile::TempDir,
 }
 
 impl Bench {
@@ -39,7 +39,21 @@ impl Bench {
             read_block: (!args.s3s_fs_reads).then_some(1 << 20),
             ..OriginOptions::default()
         };
-        let origin = Origin::start(options, Some(work.path())).await?;
+        let origin = match crate::hosts::get() {
+            // On a host of its own: in a runtime there, listening on its address.
+            Some(hosts) => {
+                let options = OriginOptions {
+                    listen: Some((hosts.origin.address, crate::hosts::ORIGIN_PORT).into()),
+                    ..options
+                };
+                let parent = work.path().to_owned();
+                hosts
+                    .on_origin
+                    .run(async move { Origin::start(options, Some(&parent)).await })
+                    .await?
+            }
+            None => Origin::start(options, Some(work.path())).await?,
+        };
         let presigned = args.presigned;
         origin.create_bucket(BUCKET).await.map_err(anyhow::Error::msg)?;
         Ok(Self {
@@ -53,7 +67,7 @@ impl Bench {
 
     /// Generates and uploads the objects (through the origin's own PUT, unshaped
     /// in effect: shaping applies to response bodies).
-    async fn upload(&self, specs: &[(String, u64)], seed: u64) -> anyhow::Result<Vec<Arc<Object>>> {
+    pub(crate) async fn upload(&self, specs: &[(String, u64)], seed: u64) -> anyhow::Result<Vec<Arc<Object>>> {
         let total: u64 = specs.iter().map(|(_, size)| size).sum();
         let recorder = Recorder::new("uploading".into(), Some(total), 0);
         let mut objects = Vec::with_capacity(specs.len());
@@ -72,6 +86,11 @@ impl Bench {
         Ok(objects)
     }
 
+    /// How the origin is shaped.
+    pub(crate) fn origin_shaping(&self) -> Shaping {
+        self.shaping
+    }
+
     /// What s3-accel's peak RSS should stay under: memory tier + fill memory +
     /// read-ahead budget + 256 MiB, from the configuration it is started with.
     fn rss_bound(&self) -> anyhow::Result<u64> {
@@ -82,7 +101,7 @@ impl Bench {
     }
 
     /// How a proxy of this run starts, in its own fresh directory `dir`.
-    fn proxy_settings<'a>(&self, dir: &'a Path) -> ProxySettings<'a> {
+    pub(crate) fn proxy_settings<'a>(&self, dir: &'a Path) -> ProxySettings<'a> {
         ProxySettings {
             origin: self.origin.address,
             chunk_size: self.args.chunk_size,
@@ -98,6 +117,9 @@ impl Bench {
             nodes: self.args.nodes,
             presigned_grants: self.args.presigned,
             peer_tls: self.args.peer_tls,
+            withdraw_grace: None,
+            restart_wait: None,
+            host: None,
         }
     }
 
@@ -187,7 +209,7 @@ fn shaping(args: &Args, scenario_total: u64) -> Shaping {
     }
 }
 
-fn describe_shaping(args: &Args, shaping: &Shaping) -> String {
+pub(crate) fn describe_shaping(args: &Args, shaping: &Shaping) -> String {
     let cap = |rate: u64| match rate {
         0 => "none".to_string(),
         rate => format!("{:.0} MB/s", rate as f64 / 1e6),
@@ -215,6 +237,7 @@ pub async fn all(mut args: Args) -> anyhow::Result<()> {
             ScenarioName::ModelLoad,
             ScenarioName::ManyClients,
             ScenarioName::RegionHerd,
+            ScenarioName::RegionRollout,
         ],
         name => vec![name],
     };
@@ -236,7 +259,10 @@ pub async fn all(mut args: Args) -> anyhow::Result<()> {
     for (n, name) in names.into_iter().enumerate() {
         let scenario = Scenario::build(name, &args);
         let bench = Bench::start(args.clone(), shaping(&args, scenario.total_bandwidth)).await?;
-        run_scenario(&bench, &scenario, 1000 * n as u64).await?;
+        match name {
+            ScenarioName::RegionRollout => crate::rollout::run(&bench, &scenario, 1000 * n as u64).await?,
+            _ => run_scenario(&bench, &scenario, 1000 * n as u64).await?,
+        }
     }
     Ok(())
 }
@@ -293,9 +319,10 @@ async fn run_scenario(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::
     }
     let markdown = report.markdown();
     println!("\n{markdown}");
-    let name = match args.presigned {
-        true => format!("{}-presigned", scenario.name),
-        false => scenario.name.to_owned(),
+    let name = match (args.presigned, args.hosts) {
+        (true, _) => format!("{}-presigned", scenario.name),
+        (false, true) => format!("{}-hosts", scenario.name),
+        (false, false) => scenario.name.to_owned(),
     };
     let (md, svg) = result_paths(&args.results, &name);
     std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
@@ -324,7 +351,7 @@ fn targets_of(scenario: &Scenario, asked: &[Kind]) -> Vec<Kind> {
     }
 }
 
-fn result_paths(dir: &Path, scenario: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn result_paths(dir: &Path, scenario: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{scenario}.md")), dir.join(format!("{scenario}.svg")))
 }
 

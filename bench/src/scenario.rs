@@ -178,13 +178,39 @@ impl Scenario {
                 Self {
                     name: "region-herd",
                     summary: format!(
-                        "{nodes} s3-accel processes on 127.0.0.1–{nodes}, {clients} clients spread over them, \
+                        "{nodes} s3-accel processes ({}), {clients} clients spread over them, \
                          all GET the same cold {} model at once: with peers (one region, one cache) and without \
                          (each node alone)",
+                        match args.hosts {
+                            true => "each a host of its own: network namespaces on one bridge",
+                            false => "on 127.0.0.x of one loopback",
+                        },
                         format_size(size)
                     ),
                     objects: vec![("region-herd/model.safetensors".into(), size)],
                     workload: Workload::Herd { clients },
+                    total_bandwidth: LINK,
+                }
+            }
+            ScenarioName::RegionRollout => {
+                let nodes = args.nodes.max(1);
+                let (clients, size, count) = (clients(2 * nodes), size(64 * MIB), 8);
+                Self {
+                    name: "region-rollout",
+                    summary: format!(
+                        "{nodes} s3-accel nodes of one region with disk tiers, {clients} loaders each reading whole \
+                         shards of a {} model ({count} shards of {}) through a node whose /readyz is 200, while every \
+                         node in turn gets SIGTERM and comes back on its disk under its name",
+                        format_size(size * count),
+                        format_size(size)
+                    ),
+                    objects: (0..count)
+                        .map(|i| (format!("region-rollout/shard-{i:02}.safetensors"), size))
+                        .collect(),
+                    workload: Workload::Fleet {
+                        workers: clients,
+                        reads: usize::MAX,
+                    },
                     total_bandwidth: LINK,
                 }
             }
@@ -356,6 +382,7 @@ mod tests {
             ScenarioName::ModelLoad,
             ScenarioName::ManyClients,
             ScenarioName::RegionHerd,
+            ScenarioName::RegionRollout,
         ] {
             let scenario = Scenario::build(name, &args(&[]));
             assert!(!scenario.objects.is_empty(), "{}", scenario.name);

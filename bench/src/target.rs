@@ -133,6 +133,12 @@ pub struct ProxySettings<'a> {
     pub presigned_grants: bool,
     /// A region's peer port in mutual TLS.
     pub peer_tls: bool,
+    /// `server.withdraw_grace` (none: 0 s, the bench's nodes stop at once).
+    pub withdraw_grace: Option<&'static str>,
+    /// `peers.restart_wait` (none: s3-accel's default).
+    pub restart_wait: Option<&'static str>,
+    /// The host it runs on, with `--hosts`.
+    pub host: Option<&'static s3_accel_testkit::netns::Host>,
 }
 
 impl ProxySettings<'_> {
@@ -142,11 +148,12 @@ impl ProxySettings<'_> {
         let peers = self.peers.as_ref().map_or(String::new(), |peers| {
             let list: Vec<String> = peers.addresses.iter().map(|a| format!("\"{a}\"")).collect();
             format!(
-                "[peers]\nnode_name = \"{}\"\nlisten = \"{}\"\naddresses = [{}]\nsecret_file = \"{}\"\nrefresh = \"1s\"\n{}",
+                "[peers]\nnode_name = \"{}\"\nlisten = \"{}\"\naddresses = [{}]\nsecret_file = \"{}\"\nrefresh = \"1s\"\n{}{}",
                 peers.node,
                 peers.listen,
                 list.join(", "),
                 peers.secret_file.display(),
+                self.restart_wait.map_or(String::new(), |w| format!("restart_wait = \"{w}\"\n")),
                 peers.tls.as_ref().map_or(String::new(), |tls| format!(
                     "[peers.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
                     tls.cert_file.display(),
@@ -160,7 +167,7 @@ impl ProxySettings<'_> {
          admin_listen = \"{}\"\n\
          origin = \"http://{}\"\n\
          [server]\n\
-         withdraw_grace = \"0s\"\n\
+         withdraw_grace = \"{}\"\n\
          [cache]\n\
          dir = \"{}\"\n\
          memory = \"{}\"\n\
@@ -173,6 +180,7 @@ impl ProxySettings<'_> {
             SocketAddr::new(self.ip, 0),
             SocketAddr::new(self.ip, self.admin_port),
             self.origin,
+            self.withdraw_grace.unwrap_or("0s"),
             cache_dir.display(),
             format_size(self.memory_cache),
             format_size(self.disk_cache),
@@ -263,10 +271,20 @@ impl Target {
 /// cache of its own; with `peers`, one region, returned once every node sees all.
 async fn start_nodes(settings: &ProxySettings<'_>, peers: bool) -> anyhow::Result<Vec<S3Accel>> {
     let count = settings.nodes.max(1);
-    let ip = |i: usize| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8));
-    let free = |ip: IpAddr| -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port()) };
+    let hosts = crate::hosts::get();
+    let ip = |i: usize| match hosts {
+        Some(hosts) => IpAddr::V4(hosts.nodes[i].address),
+        None => IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8)),
+    };
+    // On hosts of their own, every node has the same ports; on loopback, free ones.
+    let free = |ip: IpAddr, fixed: u16| -> anyhow::Result<u16> {
+        match hosts {
+            Some(_) => Ok(fixed),
+            None => Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port()),
+        }
+    };
     let peer_addresses = (0..count)
-        .map(|i| Ok(SocketAddr::new(ip(i), free(ip(i))?)))
+        .map(|i| Ok(SocketAddr::new(ip(i), free(ip(i), crate::hosts::PEER_PORT)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let secret_file = settings.dir.join("peer-key");
     std::fs::write(&secret_file, format!("{PEER_SECRET}\n"))?;
@@ -279,15 +297,15 @@ async fn start_nodes(settings: &ProxySettings<'_>, peers: bool) -> anyhow::Resul
         issue_peer_certificates(settings.dir, &names)?;
     }
     let mut nodes = Vec::with_capacity(count);
-    let mut admins = Vec::with_capacity(count);
     for (i, &listen) in peer_addresses.iter().enumerate() {
         let dir = settings.dir.join(format!("node-{i}"));
         std::fs::create_dir_all(&dir)?;
-        let admin_port = free(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
+        let admin_port = free(IpAddr::V4(Ipv4Addr::LOCALHOST), crate::hosts::ADMIN_PORT)?;
         let node = ProxySettings {
             dir: &dir,
             ip: ip(i),
             admin_port,
+            host: hosts.map(|hosts| &hosts.nodes[i]),
             peers: peers.then(|| PeerSettings {
                 node: format!("node-{i}"),
                 listen,
@@ -298,22 +316,24 @@ async fn start_nodes(settings: &ProxySettings<'_>, peers: bool) -> anyhow::Resul
             ..*settings
         };
         nodes.push(S3Accel::start(&node).await?);
-        admins.push(SocketAddr::new(ip(i), admin_port));
     }
     if peers {
-        let formed = format!("peers: {count} members");
-        for admin in admins {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while !admin_get(admin, "/readyz").await.unwrap_or_default().contains(&formed) {
-                anyhow::ensure!(
-                    tokio::time::Instant::now() < deadline,
-                    "the region's node at {admin} did not see {count} members within 30 s"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        for node in &nodes {
+            node.formed(count).await?;
         }
     }
     Ok(nodes)
+}
+
+/// Whether the admin listener at `admin` answers `/readyz` with 200 now.
+pub async fn ready_at(admin: SocketAddr) -> bool {
+    let asked = tokio::time::timeout(Duration::from_millis(500), admin_get(admin, "/readyz")).await;
+    matches!(asked, Ok(Ok(answer)) if answered_ok(&answer))
+}
+
+/// Whether an admin answer's status line says 200.
+fn answered_ok(answer: &str) -> bool {
+    answer.lines().next().is_some_and(|status| status.contains(" 200 "))
 }
 
 /// The body of an admin endpoint (HTTP/1.0, read to the end).
@@ -332,7 +352,11 @@ pub struct S3Accel {
     pub address: SocketAddr,
     /// Its peer listener, in a region.
     pub peer: Option<SocketAddr>,
+    /// Its admin listener (`/readyz`).
+    pub admin: SocketAddr,
     child: Child,
+    config_path: PathBuf,
+    host: Option<&'static s3_accel_testkit::netns::Host>,
 }
 
 impl S3Accel {
@@ -340,9 +364,72 @@ impl S3Accel {
         let config = settings.s3_accel_config();
         let config_path = settings.dir.join("s3-accel.toml");
         std::fs::write(&config_path, config)?;
-        let mut child = Command::new(std::env::current_exe()?)
+        let (address, child) = Self::launch(&config_path, settings.host).await?;
+        Ok(Self {
+            address,
+            peer: settings.peers.as_ref().map(|p| p.listen),
+            admin: SocketAddr::new(settings.ip, settings.admin_port),
+            child,
+            config_path,
+            host: settings.host,
+        })
+    }
+
+    /// Sends SIGTERM and waits for the process to end: how long it took, and how it
+    /// ended.
+    pub async fn terminate(&mut self) -> anyhow::Result<(Duration, std::process::ExitStatus)> {
+        let started = std::time::Instant::now();
+        let pid = self.child.id().context("the node runs")?;
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .context("the node did not stop within 60 s of SIGTERM")??;
+        Ok((started.elapsed(), status))
+    }
+
+    /// Starts it again on the same configuration (its disk, its name).
+    pub async fn relaunch(&mut self) -> anyhow::Result<()> {
+        let (address, child) = Self::launch(&self.config_path, self.host).await?;
+        (self.address, self.child) = (address, child);
+        Ok(())
+    }
+
+    /// Waits until its `/readyz` is 200 and names `count` members.
+    pub async fn formed(&self, count: usize) -> anyhow::Result<()> {
+        let formed = format!("peers: {count} members");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = admin_get(self.admin, "/readyz").await.unwrap_or_default();
+            if answered_ok(&ready) && ready.contains(&formed) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the region's node at {} did not see {count} members within 30 s",
+                self.admin
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn launch(
+        config_path: &Path,
+        host: Option<&'static s3_accel_testkit::netns::Host>,
+    ) -> anyhow::Result<(SocketAddr, Child)> {
+        let mut command = match host {
+            Some(host) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", &host.namespace])
+                    .arg(std::env::current_exe()?);
+                command
+            }
+            None => Command::new(std::env::current_exe()?),
+        };
+        let mut child = command
             .arg("--proxy-config")
-            .arg(&config_path)
+            .arg(config_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -358,11 +445,7 @@ impl S3Accel {
             .strip_prefix(crate::proxy::LISTENING)
             .and_then(|rest| rest.trim().parse().ok())
             .with_context(|| format!("s3-accel said {line:?}"))?;
-        Ok(Self {
-            address,
-            peer: settings.peers.as_ref().map(|p| p.listen),
-            child,
-        })
+        Ok((address, child))
     }
 
     /// Closes its stdin, which drains and stops it; killed if that takes over 10 s.

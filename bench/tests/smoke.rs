@@ -86,4 +86,19 @@ fn every_scenario_runs_and_every_response_is_byte_exact() {
     let region = std::fs::read_to_string(results.path().join("region-herd.md")).unwrap();
     assert!(region.contains("with 4 nodes alone"), "{region}");
     assert!(region.contains("a peer hop's TTFB p50"), "{region}");
+    // A rollout, with and without waiting for restarting owners: nothing failed,
+    // nothing wrong, every node exited 0.
+    let rollout = std::fs::read_to_string(results.path().join("region-rollout.md")).unwrap();
+    let rows: Vec<&str> = rollout
+        .lines()
+        .filter(|l| l.starts_with("| readers wait") || l.starts_with("| no wait"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{rollout}");
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | rollout | GETs | failed | wrong bytes | … | exit codes |
+        assert!(cells[2].parse::<u64>().unwrap() > 0, "region-rollout: {row}");
+        assert_eq!((cells[3], cells[4]), ("0", "0"), "region-rollout: {row}");
+        assert_eq!(cells[cells.len() - 2], "all 0", "region-rollout: {row}");
+    }
 }

@@ -2,8 +2,10 @@
 //! (`POST /peer/v1/leaving`): in a rollout it comes back in seconds under its name,
 //! its disk intact. A reader whose chunk's owner has stopped answering then waits
 //! for it (one prober per owner, `peers.restart_wait` at most from when it was
-//! first found down) instead of filling the owner's share from the origin; an owner
-//! that does not come back in time is treated as any dead peer.
+//! first found down) instead of filling the owner's share from the origin, and asks
+//! it once more when it is back. An owner that does not come back in time is any
+//! dead peer; one that still answers under the same boot is alive (still draining)
+//! and failed that chunk as any peer may.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,14 +13,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-/// How long a departure is remembered while its node still answers (a drain longer
-/// than this is no restart to wait for).
+/// How long a departure is remembered while its node is not found down (a drain
+/// longer than this is no restart to wait for).
 const REMEMBERED: Duration = Duration::from_secs(600);
 /// How often a prober asks a stopped owner whether it is back.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
 
-#[derive(Default)]
-pub struct Departures(Mutex<HashMap<String, Departure>>);
+pub struct Departures {
+    map: Mutex<HashMap<String, Departure>>,
+    /// `peers.restart_wait`; zero: nothing is waited for.
+    restart_wait: Duration,
+}
 
 struct Departure {
     /// The boot that said it is stopping: a hello from another boot is the return.
@@ -26,32 +31,59 @@ struct Departure {
     said: Instant,
     /// When a reader first found it down: the wait is counted from there.
     down: Option<Instant>,
-    /// The round of probing under way, if any: its outcome.
-    probing: Option<watch::Receiver<Option<bool>>>,
+    /// The round of probing under way, if any.
+    probing: Option<watch::Receiver<Option<Return>>>,
 }
 
-/// What a reader waiting for an owner learns.
+/// How a round of probing ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Return {
+    /// A new boot answers: back, with its disk.
+    Back,
+    /// The same boot answers: alive (still draining); not a restart to wait for.
+    Alive,
+    /// Nothing answered within the wait.
+    Gone,
+}
+
+/// What a reader that found a stopping owner down does.
 pub enum Wait {
-    /// The node was never said to be leaving, or its time is up: treat it as failed.
+    /// The node was never said to be stopping, or its time is up: a failed peer.
     NotAwaited,
-    /// Wait on this round of probing: `true` once the node answers a hello again.
-    Probe(watch::Receiver<Option<bool>>),
-    /// Start this round of probing until `deadline`, telling its outcome here.
+    /// Wait on the round of probing under way.
+    Probe(watch::Receiver<Option<Return>>),
+    /// Start a round of probing for a boot other than `boot_id`, until `deadline`,
+    /// telling its outcome on `outcome`.
     Start {
         boot_id: String,
         deadline: Instant,
-        outcome: watch::Sender<Option<bool>>,
+        outcome: watch::Sender<Option<Return>>,
     },
 }
 
 impl Departures {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Departure>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn new(restart_wait: Duration) -> Self {
+        Self {
+            map: Mutex::default(),
+            restart_wait,
+        }
     }
 
-    /// `node`, in its boot `boot_id`, said it is stopping.
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Departure>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `node`, in its boot `boot_id`, said it is stopping. Said again (a retry, a
+    /// replay), it changes nothing.
     pub fn said(&self, node: &str, boot_id: &str, now: Instant) {
-        self.map().insert(
+        if self.restart_wait.is_zero() {
+            return;
+        }
+        let mut map = self.map();
+        if map.get(node).is_some_and(|d| d.boot_id == boot_id) {
+            return;
+        }
+        map.insert(
             node.to_owned(),
             Departure {
                 boot_id: boot_id.to_owned(),
@@ -63,10 +95,10 @@ impl Departures {
     }
 
     /// Whether `node` said it is stopping and may still be waited for.
-    pub fn leaving(&self, node: &str, now: Instant, restart_wait: Duration) -> bool {
+    pub fn leaving(&self, node: &str, now: Instant) -> bool {
         let mut map = self.map();
         match map.get(node) {
-            Some(departure) if awaited(departure, now, restart_wait) => true,
+            Some(departure) if self.awaited(departure, now) => true,
             Some(_) => {
                 map.remove(node);
                 false
@@ -75,13 +107,22 @@ impl Departures {
         }
     }
 
+    /// Whether readers are waiting for `node` now (found down, its time not up):
+    /// it stays a member meanwhile.
+    pub fn waited_for(&self, node: &str, now: Instant) -> bool {
+        self.map()
+            .get(node)
+            .and_then(|d| d.down)
+            .is_some_and(|down| now < down + self.restart_wait)
+    }
+
     /// A reader found `node` down: what to wait on.
-    pub fn wait(&self, node: &str, now: Instant, restart_wait: Duration) -> Wait {
+    pub fn wait(&self, node: &str, now: Instant) -> Wait {
         let mut map = self.map();
         let Some(departure) = map.get_mut(node) else {
             return Wait::NotAwaited;
         };
-        if !awaited(departure, now, restart_wait) {
+        if !self.awaited(departure, now) {
             map.remove(node);
             return Wait::NotAwaited;
         }
@@ -93,60 +134,79 @@ impl Departures {
         departure.probing = Some(probing);
         Wait::Start {
             boot_id: departure.boot_id.clone(),
-            deadline: down + restart_wait,
+            deadline: down + self.restart_wait,
             outcome,
         }
     }
 
-    /// `node` answered under boot `boot_id`: a new boot is back for good.
-    pub fn answered(&self, node: &str, boot_id: &str) {
+    /// `node` answered a hello under boot `boot_id`: a new boot is back for good;
+    /// the stopping boot is alive, not down (a failure while it drains does not
+    /// spend the wait for its restart).
+    pub fn heard(&self, node: &str, boot_id: &str) {
         let mut map = self.map();
-        if map.get(node).is_some_and(|d| d.boot_id != boot_id) {
+        match map.get_mut(node) {
+            Some(departure) if departure.boot_id != boot_id => {
+                map.remove(node);
+            }
+            Some(departure) => {
+                departure.down = None;
+                departure.probing = None;
+            }
+            None => {}
+        }
+    }
+
+    /// `node`'s boot `boot_id` did not come back in time: any dead peer now.
+    pub fn gone(&self, node: &str, boot_id: &str) {
+        let mut map = self.map();
+        if map.get(node).is_some_and(|d| d.boot_id == boot_id) {
             map.remove(node);
         }
     }
 
-    /// `node`'s time is up: it is any dead peer now.
-    pub fn gone(&self, node: &str) {
-        self.map().remove(node);
+    /// Still worth waiting for: found down less than `restart_wait` ago, or not found
+    /// down yet and said lately.
+    fn awaited(&self, departure: &Departure, now: Instant) -> bool {
+        match departure.down {
+            Some(down) => now < down + self.restart_wait,
+            None => !self.restart_wait.is_zero() && now < departure.said + REMEMBERED,
+        }
     }
 }
 
-/// Still worth waiting for: found down less than `restart_wait` ago, or not found
-/// down yet and said lately.
-fn awaited(departure: &Departure, now: Instant, restart_wait: Duration) -> bool {
-    match departure.down {
-        Some(down) => now < down + restart_wait,
-        None => !restart_wait.is_zero() && now < departure.said + REMEMBERED,
-    }
-}
-
-/// Asks `hello` every [`PROBE_EVERY`] until it answers (`true`) or `deadline`
-/// passes (`false`), and tells `outcome`.
-pub async fn probe<F, Fut>(mut hello: F, deadline: Instant, outcome: watch::Sender<Option<bool>>) -> bool
+/// Asks `hello` (the boot that answers, if any) every [`PROBE_EVERY`] until a boot
+/// answers or `deadline` passes, and tells `outcome`.
+pub async fn probe<F, Fut>(
+    mut hello: F,
+    boot_id: &str,
+    deadline: Instant,
+    outcome: watch::Sender<Option<Return>>,
+) -> Return
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: std::future::Future<Output = Option<String>>,
 {
-    let back = loop {
+    let ended = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            break false;
+            break Return::Gone;
         }
-        if tokio::time::timeout(left, hello()).await.unwrap_or(false) {
-            break true;
+        match tokio::time::timeout(left, hello()).await {
+            Ok(Some(boot)) if boot != boot_id => break Return::Back,
+            Ok(Some(_)) => break Return::Alive,
+            _ => {}
         }
         tokio::time::sleep(PROBE_EVERY.min(deadline.saturating_duration_since(Instant::now()))).await;
     };
-    let _ = outcome.send(Some(back));
-    back
+    let _ = outcome.send(Some(ended));
+    ended
 }
 
-/// Waits on a round of probing: whether the node is back.
-pub async fn outcome(mut probing: watch::Receiver<Option<bool>>) -> bool {
+/// Waits on a round of probing: how it ended (gone, if its prober is).
+pub async fn outcome(mut probing: watch::Receiver<Option<Return>>) -> Return {
     match probing.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome.unwrap_or(false),
-        Err(_) => false,
+        Ok(ended) => ended.unwrap_or(Return::Gone),
+        Err(_) => Return::Gone,
     }
 }
 
@@ -156,65 +216,76 @@ mod tests {
 
     #[test]
     fn a_stopping_owner_is_waited_for_restart_wait_from_when_it_was_found_down() {
-        let departures = Departures::default();
-        let wait = Duration::from_secs(15);
+        let departures = Departures::new(Duration::from_secs(15));
         let t0 = Instant::now();
-        assert!(!departures.leaving("n1", t0, wait), "never said");
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(!departures.leaving("n1", t0), "never said");
         departures.said("n1", "boot-1", t0);
-        assert!(
-            departures.leaving("n1", t0 + Duration::from_secs(60), wait),
-            "still draining"
-        );
-        let first = departures.wait("n1", t0 + Duration::from_secs(60), wait);
+        assert!(departures.leaving("n1", at(60)), "still draining");
+        assert!(!departures.waited_for("n1", at(60)), "not found down yet");
+        let first = departures.wait("n1", at(60));
         let Wait::Start { deadline, .. } = &first else {
             panic!("the first reader starts the probe")
         };
-        assert_eq!(*deadline, t0 + Duration::from_secs(75));
+        assert_eq!(*deadline, at(75));
+        assert!(departures.waited_for("n1", at(61)));
         assert!(
-            matches!(
-                departures.wait("n1", t0 + Duration::from_secs(61), wait),
-                Wait::Probe(_)
-            ),
+            matches!(departures.wait("n1", at(61)), Wait::Probe(_)),
             "later readers wait on the same probe"
         );
-        // The same boot answering is not the return (it may still be draining).
-        departures.answered("n1", "boot-1");
-        assert!(departures.leaving("n1", t0 + Duration::from_secs(62), wait));
-        assert!(
-            !departures.leaving("n1", t0 + Duration::from_secs(75), wait),
-            "its time is up"
-        );
-        assert!(matches!(
-            departures.wait("n1", t0 + Duration::from_secs(76), wait),
-            Wait::NotAwaited
-        ));
-        // A new boot is back for good.
-        departures.said("n2", "boot-1", t0);
-        departures.answered("n2", "boot-2");
-        assert!(!departures.leaving("n2", t0, wait));
-        // Zero: never waited for.
-        departures.said("n3", "boot-1", t0);
-        assert!(!departures.leaving("n3", t0, Duration::ZERO));
+        // Said again (a retry, a replay): the wait under way is not reset.
+        departures.said("n1", "boot-1", at(62));
+        assert!(!departures.leaving("n1", at(75)), "its time is up");
+        assert!(matches!(departures.wait("n1", at(76)), Wait::NotAwaited));
+        assert!(!departures.waited_for("n1", at(76)));
         drop(first);
     }
 
+    #[test]
+    fn the_same_boot_answering_is_alive_and_a_new_boot_is_back() {
+        let departures = Departures::new(Duration::from_secs(15));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        departures.said("n1", "boot-1", t0);
+        let _probe = departures.wait("n1", at(1));
+        // A glitch while it drains does not spend the wait for its restart.
+        departures.heard("n1", "boot-1");
+        assert!(departures.leaving("n1", at(30)));
+        assert!(matches!(departures.wait("n1", at(30)), Wait::Start { deadline, .. } if deadline == at(45)));
+        // An old prober's verdict does not remove a newer boot's departure.
+        departures.heard("n1", "boot-2");
+        assert!(!departures.leaving("n1", at(31)), "a new boot is back for good");
+        departures.said("n1", "boot-2", at(32));
+        departures.gone("n1", "boot-1");
+        assert!(departures.leaving("n1", at(33)));
+        // Zero: never waited for.
+        let never = Departures::new(Duration::ZERO);
+        never.said("n3", "boot-1", t0);
+        assert!(!never.leaving("n3", t0));
+    }
+
     #[tokio::test]
-    async fn a_probe_ends_when_the_node_answers_or_its_time_is_up() {
+    async fn a_probe_ends_when_a_boot_answers_or_its_time_is_up() {
         let (outcome, waiting) = watch::channel(None);
         let mut tries = 0;
-        let back = probe(
-            || {
-                tries += 1;
-                let answers = tries == 3;
-                async move { answers }
-            },
-            Instant::now() + Duration::from_secs(5),
-            outcome,
-        )
-        .await;
-        assert!(back && super::outcome(waiting).await);
+        let hello = || {
+            tries += 1;
+            let boot = (tries == 3).then(|| "boot-2".to_owned());
+            async move { boot }
+        };
+        let ended = probe(hello, "boot-1", Instant::now() + Duration::from_secs(5), outcome).await;
+        assert_eq!((ended, super::outcome(waiting).await), (Return::Back, Return::Back));
         let (outcome, waiting) = watch::channel(None);
-        let back = probe(|| async { false }, Instant::now() + Duration::from_millis(300), outcome).await;
-        assert!(!back && !super::outcome(waiting).await);
+        let same = || async { Some("boot-1".to_owned()) };
+        assert_eq!(
+            probe(same, "boot-1", Instant::now() + Duration::from_secs(5), outcome).await,
+            Return::Alive
+        );
+        assert_eq!(super::outcome(waiting).await, Return::Alive);
+        let (outcome, waiting) = watch::channel(None);
+        let none = || async { None };
+        let deadline = Instant::now() + Duration::from_millis(300);
+        assert_eq!(probe(none, "boot-1", deadline, outcome).await, Return::Gone);
+        assert_eq!(super::outcome(waiting).await, Return::Gone);
     }
 }

@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::client::PeerClient;
+use super::departures::Departures;
 use super::placement::{self, Node};
 use super::protocol::Hello;
 
@@ -102,11 +103,12 @@ impl ServiceRecords {
 impl Discover for ServiceRecords {
     fn addresses(&self) -> BoxFuture<'_, std::io::Result<Vec<SocketAddr>>> {
         Box::pin(async move {
-            let found = self
-                .resolver
-                .lookup_ip(self.name.as_str())
-                .await
-                .map_err(|e| std::io::Error::other(format!("looking up {}: {e}", self.name)))?;
+            let found = match self.resolver.lookup_ip(self.name.as_str()).await {
+                Ok(found) => found,
+                // No ready pod: the region is empty, not unknown.
+                Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
+                Err(e) => return Err(std::io::Error::other(format!("looking up {}: {e}", self.name))),
+            };
             let mut addresses: Vec<SocketAddr> = found
                 .iter()
                 .filter(|ip| ip.is_ipv4())
@@ -123,6 +125,8 @@ impl Discover for ServiceRecords {
 /// node whose records flap never owns anything. The first round after this node
 /// starts takes everyone who answers (the region is formed, not joined).
 const JOIN_ROUNDS: u32 = 2;
+/// How soon a failed discovery is tried again.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(1);
 
 /// The members with hysteresis: a newcomer joins after [`JOIN_ROUNDS`] answered
 /// refreshes in a row, a member leaves after `leave_after` unheard. Chunks move only
@@ -132,6 +136,8 @@ pub struct Roster {
     leave_after: Duration,
     tracked: HashMap<String, Tracked>,
     rounds: u64,
+    /// Members that said they are stopping: one readers wait for stays a member.
+    departures: Arc<Departures>,
 }
 
 struct Tracked {
@@ -143,13 +149,27 @@ struct Tracked {
 }
 
 impl Roster {
-    pub fn new(me: Hello, leave_after: Duration) -> Self {
+    pub fn new(me: Hello, leave_after: Duration, departures: Arc<Departures>) -> Self {
         Self {
             me,
             leave_after,
             tracked: HashMap::new(),
             rounds: 0,
+            departures,
         }
+    }
+
+    /// Where the members that said they are stopping were last heard: asked again
+    /// each refresh, listed or not (without `publishNotReadyAddresses`, a draining
+    /// pod leaves the Service's records while it still serves its peers). Any other
+    /// node the records drop is unheard, and leaves after `leave_after`.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let now = Instant::now();
+        self.tracked
+            .iter()
+            .filter(|(node, _)| self.departures.leaving(node, now))
+            .filter_map(|(_, t)| t.member.address)
+            .collect()
     }
 
     /// One refresh: the nodes that answered, at their addresses. Returns the members.
@@ -157,11 +177,14 @@ impl Roster {
         let first = self.rounds == 0;
         self.rounds += 1;
         let mut heard = std::collections::HashSet::new();
+        let mut addresses = std::collections::HashSet::new();
         for (address, hello) in answered {
             // This node, under one of its own addresses; or a node heard twice.
             if hello.node == self.me.node || !heard.insert(hello.node.clone()) {
                 continue;
             }
+            addresses.insert(address);
+            self.departures.heard(&hello.node, &hello.boot_id);
             let member = Member {
                 address: Some(address),
                 hello,
@@ -180,15 +203,19 @@ impl Roster {
                 tracing::info!(node = tracked.member.hello.node, "peer joins the region");
             }
         }
-        let leave_after = self.leave_after;
+        let (leave_after, departures) = (self.leave_after, &self.departures);
         self.tracked.retain(|node, tracked| {
             if heard.contains(node) {
                 return true;
             }
             tracked.streak = 0;
-            let stays = tracked.joined && now.saturating_duration_since(tracked.heard) < leave_after;
+            // Its address answers as another node now: it is not there.
+            let replaced = tracked.member.address.is_some_and(|a| addresses.contains(&a));
+            let stays = tracked.joined
+                && !replaced
+                && (now.saturating_duration_since(tracked.heard) < leave_after || departures.waited_for(node, now));
             if tracked.joined && !stays {
-                tracing::info!(node, unheard = ?leave_after, "peer leaves the region");
+                tracing::info!(node, unheard = ?now.saturating_duration_since(tracked.heard), replaced, "peer leaves the region");
             }
             stays
         });
@@ -213,15 +240,19 @@ pub async fn watch_members(
     discovered: Arc<AtomicBool>,
 ) {
     loop {
-        let addresses = match discover.addresses().await {
+        let mut addresses = match discover.addresses().await {
             Ok(addresses) => addresses,
             Err(error) => {
+                // Not ready on a failed lookup: alone, this node would fill what the
+                // region's owners hold (a Service with no ready pod is no error).
                 tracing::warn!(%error, "peer discovery failed; keeping the last members");
-                discovered.store(true, Ordering::SeqCst);
-                tokio::time::sleep(refresh).await;
+                tokio::time::sleep(refresh.min(DISCOVERY_RETRY)).await;
                 continue;
             }
         };
+        addresses.extend(roster.addresses());
+        addresses.sort_unstable();
+        addresses.dedup();
         let hellos = futures_util::future::join_all(addresses.iter().map(|address| client.hello(*address))).await;
         let mut answered = Vec::new();
         for (address, hello) in addresses.iter().zip(hellos) {
@@ -288,7 +319,11 @@ mod tests {
     #[test]
     fn newcomers_join_after_two_answers_in_a_row_and_members_leave_only_when_unheard_long() {
         let address = |i: u8| SocketAddr::from(([10, 0, 0, i], 9091));
-        let mut roster = Roster::new(hello("a", "1"), Duration::from_secs(30));
+        let mut roster = Roster::new(
+            hello("a", "1"),
+            Duration::from_secs(30),
+            Arc::new(Departures::new(Duration::from_secs(15))),
+        );
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         // The first round forms the region with whoever answers.

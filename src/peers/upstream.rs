@@ -127,19 +127,14 @@ impl Regional {
                 continue;
             }
             tried += 1;
-            let mut address = address;
-            let fetched = loop {
-                let fetched = from_peer(&self.peers, address, &request, sink, &mut pushed).await;
-                // Stopped for a restart: once it answers again (it had its disk), it
-                // is asked again, at the address it has now.
-                if matches!(fetched, Err(PeerFailure::Broken(_))) && leaving && self.peers.returned(node).await {
-                    if let Some(now) = self.peers.address_of(node) {
-                        address = now;
-                        continue;
-                    }
+            let mut fetched = from_peer(&self.peers, address, &request, sink, &mut pushed).await;
+            // Stopped for a restart: once it is back (with its disk), it is asked once
+            // more, at the address it has now.
+            if matches!(fetched, Err(PeerFailure::Broken(_))) && leaving && self.peers.returned(node).await {
+                if let Some(address) = self.peers.address_of(node) {
+                    fetched = from_peer(&self.peers, address, &request, sink, &mut pushed).await;
                 }
-                break fetched;
-            };
+            }
             match fetched {
                 Ok(()) => {
                     telemetry::peer_request("reader", "ok");

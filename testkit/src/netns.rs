@@ -115,12 +115,20 @@ impl Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
+impl Net {
+    /// Kills what runs on the hosts and removes them (as dropping does: for a net
+    /// that lives as long as its process).
+    pub fn close(&self) {
         let hosts = std::mem::take(&mut *self.hosts.lock().unwrap_or_else(|p| p.into_inner()));
         for namespace in hosts.iter().rev() {
             remove_namespace(namespace);
         }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -159,20 +167,28 @@ impl Host {
         .unwrap();
     }
 
+    /// Moves the calling thread to this host: what it binds and connects from now
+    /// on, and every thread it starts (a runtime's), is the host's.
+    pub fn enter(&self) -> std::io::Result<()> {
+        let file = std::fs::File::open(format!("/var/run/netns/{}", self.namespace))?;
+        match unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+
     /// A tokio runtime whose threads live on this host: what its tasks bind and
     /// connect is the host's.
     pub fn runtime(&self, threads: usize) -> HostRuntime {
         let path = format!("/var/run/netns/{}", self.namespace);
+        let host = self.clone();
         let (handles, handle) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("host-{}", self.name))
             .spawn(move || {
-                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
                 // This thread, and every thread it starts (the runtime's), enter the host.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    panic!("setns {path}: {}", std::io::Error::last_os_error());
-                }
+                host.enter().unwrap_or_else(|e| panic!("entering {path}: {e}"));
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(threads)
                     .enable_all()
@@ -253,8 +269,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
 fn remove_namespace(namespace: &str) {
     if let Ok(output) = Command::new("ip").args(["netns", "pids", namespace]).output() {
         for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            // Not this process (its threads may live on the host being removed).
             if let Ok(pid) = pid.parse::<i32>() {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                if pid as u32 != std::process::id() {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
             }
         }
     }
