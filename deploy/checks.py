@@ -464,8 +464,12 @@ def cmd_consistency(args):
     withdraw = parse_duration(config.get("server", {}).get("withdraw_grace", "5s"))
     drain = parse_duration(config.get("server", {}).get("drain_timeout", "30s"))
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    fails.check(grace >= withdraw + drain + 10,
-                f"terminationGracePeriodSeconds {grace} leaves under 10s after the {withdraw}s withdrawal and the {drain}s drain")
+    # After the clients' drain, answers under way to peers get 2 s (PEERS_DRAIN in
+    # src/app.rs), then the memory tier is flushed.
+    peers_drain = 2
+    fails.check(grace >= withdraw + drain + peers_drain + 10,
+                f"terminationGracePeriodSeconds {grace} leaves under 10s after the {withdraw}s withdrawal, the {drain}s "
+                f"drain and the {peers_drain}s peer drain")
 
     strategy = ds["spec"].get("updateStrategy", {})
     fails.check(strategy.get("type") == "RollingUpdate", "updateStrategy is not RollingUpdate")

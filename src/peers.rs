@@ -225,6 +225,12 @@ impl Peers {
         self.departures.leaving(node, Instant::now())
     }
 
+    /// Whether readers are waiting for `node` now (it said it stops, and was found
+    /// down less than `restart_wait` ago).
+    pub fn waited_for(&self, node: &str) -> bool {
+        self.departures.waited_for(node, Instant::now())
+    }
+
     /// Waits for `node`, which said it is stopping and was found down, to come back
     /// under a new boot: `true` once it has, `false` if it was not said to be
     /// stopping, its time (`peers.restart_wait` from when it was first found down)

@@ -616,8 +616,11 @@ async fn membership_follows_the_services_records_without_moving_chunks_back_and_
         seen
     };
     let ((), seen) = futures_util::join!(flapping, watching);
+    // A /readyz not answered in 2 s on a loaded machine says nothing either way.
+    let answered: Vec<&String> = seen.iter().flatten().collect();
+    assert!(answered.len() * 2 >= seen.len(), "most rings were read: {seen:?}");
     assert!(
-        seen.iter().all(|r| r.as_deref() == Some(ring.as_str())),
+        answered.iter().all(|r| **r == ring),
         "the ring changed while a record flapped: {seen:?}"
     );
     region.origin.stats.settled().await;
@@ -790,14 +793,15 @@ async fn roll(net: Net, service: Option<&'static str>) {
             // Copies of other nodes' chunks (an eighth of memory) hold a fraction of the
             // working set: what a node does not own comes from its owner.
             cache: "memory = \"128MiB\"\ndisk = \"512MiB\"\nchunk_size = \"1MiB\"",
-            // From DNS, a withdrawal longer than leave_after (as a 40 s drain outlasts
-            // the default 30 s): a stopping node must not leave while it is waited for.
+            // From DNS, a withdrawal and a restart each longer than leave_after (as a
+            // 40 s drain outlasts the default 30 s): a stopping node must not leave
+            // while it drains, nor while it is waited for.
             server: match service {
                 Some(_) => "[server]\nwithdraw_grace = \"2500ms\"\ndrain_timeout = \"10s\"",
                 None => "[server]\nwithdraw_grace = \"1s\"\ndrain_timeout = \"10s\"",
             },
             peers: match service {
-                Some(_) => "refresh = \"250ms\"\nleave_after = \"1500ms\"\nrestart_wait = \"1500ms\"",
+                Some(_) => "refresh = \"250ms\"\nleave_after = \"1500ms\"\nrestart_wait = \"10s\"",
                 None => "refresh = \"500ms\"",
             },
             service,
@@ -842,8 +846,35 @@ async fn roll(net: Net, service: Option<&'static str>) {
             region.nodes[i].log()
         );
         stops.push(took);
+        // From DNS, a restart that outlasts leave_after too (a pod deleted and made
+        // again): readers wait for it, and it stays a member meanwhile.
+        // Meanwhile, past leave_after, every object is read afresh through another
+        // node: chunks the stopped node owns wait for it, none is filled elsewhere.
+        let late = match service {
+            Some(_) => {
+                tokio::time::sleep(Duration::from_millis(1800)).await;
+                let (address, reads) = (region.address((i + 1) % 3), objects.clone());
+                let late = region.clients.spawn(async move {
+                    let client = TestClient::default();
+                    let mut answers = Vec::new();
+                    for (key, hash, size) in reads {
+                        let reply = client.digest(address, &read(&key)).await;
+                        answers.push((reply, (StatusCode::OK, hash, size)));
+                    }
+                    answers
+                });
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Some(late)
+            }
+            None => None,
+        };
         region.nodes[i].spawn();
         region.ready(i, 3).await;
+        if let Some(late) = late {
+            for (reply, expected) in late.await.unwrap() {
+                assert_eq!(reply, Ok(expected), "a read while a node was away");
+            }
+        }
         if let (Some((dns, _)), Some(name)) = (&region.dns, service) {
             dns.set(name, &all);
         }

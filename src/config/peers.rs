@@ -31,7 +31,8 @@ pub struct PeersConfig {
     /// while it fails, and come back to it, still on its disk, when it answers.
     pub leave_after: Duration,
     /// How long readers wait for an owner that said it is stopping (SIGTERM) to come
-    /// back, before its chunks are filled elsewhere (from the origin). Zero: never.
+    /// back, before its chunks are filled elsewhere (from the origin); it stays a
+    /// member meanwhile, whatever `leave_after` says. Zero: never.
     pub restart_wait: Duration,
     /// Mutual TLS on the peer port; `None`: plain HTTP (the network is trusted).
     pub tls: Option<PeerTlsConfig>,
@@ -148,12 +149,6 @@ pub(super) fn peers_config(section: &PeersSection) -> Result<PeersConfig, Config
         "peers.restart_wait",
         Duration::from_secs(15),
     )?;
-    if restart_wait > leave_after {
-        return Err(invalid(
-            "peers.restart_wait",
-            format!("must be at most peers.leave_after ({leave_after:?}): an owner waited for must stay in the ring"),
-        ));
-    }
     Ok(PeersConfig {
         node_name,
         listen,

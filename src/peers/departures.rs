@@ -16,11 +16,19 @@ use tokio::sync::watch;
 /// How long a departure is remembered while its node is not found down (a drain
 /// longer than this is no restart to wait for).
 const REMEMBERED: Duration = Duration::from_secs(600);
+/// How many boots that did not come back are remembered.
+const GONE_REMEMBERED: usize = 256;
 /// How often a prober asks a stopped owner whether it is back.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
 
 pub struct Departures {
     map: Mutex<HashMap<String, Departure>>,
+    /// Boots that stopped and did not come back in time, newest last: a notice of
+    /// theirs seen again (a replay, a retry) is not waited for twice.
+    gone: Mutex<std::collections::VecDeque<(String, String)>>,
+    /// Stopped nodes that came back under a new boot, and when: members still, even
+    /// before discovery lists them again.
+    returned: Mutex<HashMap<String, Instant>>,
     /// `peers.restart_wait`; zero: nothing is waited for.
     restart_wait: Duration,
 }
@@ -65,6 +73,8 @@ impl Departures {
     pub fn new(restart_wait: Duration) -> Self {
         Self {
             map: Mutex::default(),
+            gone: Mutex::default(),
+            returned: Mutex::default(),
             restart_wait,
         }
     }
@@ -77,6 +87,10 @@ impl Departures {
     /// replay), it changes nothing.
     pub fn said(&self, node: &str, boot_id: &str, now: Instant) {
         if self.restart_wait.is_zero() {
+            return;
+        }
+        let key = (node.to_owned(), boot_id.to_owned());
+        if self.gone.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
             return;
         }
         let mut map = self.map();
@@ -116,6 +130,15 @@ impl Departures {
             .is_some_and(|down| now < down + self.restart_wait)
     }
 
+    /// Whether `node` came back from a restart less than `within` ago.
+    pub fn returned_within(&self, node: &str, now: Instant, within: Duration) -> bool {
+        self.returned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .is_some_and(|at| now.saturating_duration_since(*at) < within)
+    }
+
     /// A reader found `node` down: what to wait on.
     pub fn wait(&self, node: &str, now: Instant) -> Wait {
         let mut map = self.map();
@@ -147,6 +170,9 @@ impl Departures {
         match map.get_mut(node) {
             Some(departure) if departure.boot_id != boot_id => {
                 map.remove(node);
+                let mut returned = self.returned.lock().unwrap_or_else(|p| p.into_inner());
+                returned.retain(|_, at| at.elapsed() < REMEMBERED);
+                returned.insert(node.to_owned(), Instant::now());
             }
             Some(departure) => {
                 departure.down = None;
@@ -161,6 +187,11 @@ impl Departures {
         let mut map = self.map();
         if map.get(node).is_some_and(|d| d.boot_id == boot_id) {
             map.remove(node);
+        }
+        let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        gone.push_back((node.to_owned(), boot_id.to_owned()));
+        if gone.len() > GONE_REMEMBERED {
+            gone.pop_front();
         }
     }
 
@@ -258,6 +289,10 @@ mod tests {
         departures.said("n1", "boot-2", at(32));
         departures.gone("n1", "boot-1");
         assert!(departures.leaving("n1", at(33)));
+        // A boot that did not come back is not waited for again (a replayed notice).
+        departures.gone("n1", "boot-2");
+        departures.said("n1", "boot-2", at(34));
+        assert!(!departures.leaving("n1", at(34)));
         // Zero: never waited for.
         let never = Departures::new(Duration::ZERO);
         never.said("n3", "boot-1", t0);

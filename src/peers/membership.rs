@@ -127,6 +127,10 @@ impl Discover for ServiceRecords {
 const JOIN_ROUNDS: u32 = 2;
 /// How soon a failed discovery is tried again.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(1);
+/// How long a node whose discovery keeps failing stays out of rotation after it
+/// starts: then it serves alone (correct, at the origin's cost) rather than not at
+/// all (a DNS outage must not take a whole region out).
+const DISCOVERY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The members with hysteresis: a newcomer joins after [`JOIN_ROUNDS`] answered
 /// refreshes in a row, a member leaves after `leave_after` unheard. Chunks move only
@@ -159,15 +163,17 @@ impl Roster {
         }
     }
 
-    /// Where the members that said they are stopping were last heard: asked again
-    /// each refresh, listed or not (without `publishNotReadyAddresses`, a draining
+    /// Where the members that said they are stopping (or just came back) were last
+    /// heard: asked again each refresh, listed or not (without `publishNotReadyAddresses`, a draining
     /// pod leaves the Service's records while it still serves its peers). Any other
     /// node the records drop is unheard, and leaves after `leave_after`.
     pub fn addresses(&self) -> Vec<SocketAddr> {
         let now = Instant::now();
         self.tracked
             .iter()
-            .filter(|(node, _)| self.departures.leaving(node, now))
+            .filter(|(node, _)| {
+                self.departures.leaving(node, now) || self.departures.returned_within(node, now, self.leave_after)
+            })
             .filter_map(|(_, t)| t.member.address)
             .collect()
     }
@@ -179,11 +185,11 @@ impl Roster {
         let mut heard = std::collections::HashSet::new();
         let mut addresses = std::collections::HashSet::new();
         for (address, hello) in answered {
+            addresses.insert(address);
             // This node, under one of its own addresses; or a node heard twice.
             if hello.node == self.me.node || !heard.insert(hello.node.clone()) {
                 continue;
             }
-            addresses.insert(address);
             self.departures.heard(&hello.node, &hello.boot_id);
             let member = Member {
                 address: Some(address),
@@ -209,11 +215,15 @@ impl Roster {
                 return true;
             }
             tracked.streak = 0;
-            // Its address answers as another node now: it is not there.
-            let replaced = tracked.member.address.is_some_and(|a| addresses.contains(&a));
+            // Its address answers as another node now: it is not there (unless readers
+            // wait for it to come back, maybe elsewhere).
+            let replaced = tracked.member.address.is_some_and(|a| addresses.contains(&a))
+                && !departures.waited_for(node, now);
             let stays = tracked.joined
                 && !replaced
-                && (now.saturating_duration_since(tracked.heard) < leave_after || departures.waited_for(node, now));
+                && (now.saturating_duration_since(tracked.heard) < leave_after
+                    || departures.waited_for(node, now)
+                    || departures.returned_within(node, now, leave_after));
             if tracked.joined && !stays {
                 tracing::info!(node, unheard = ?now.saturating_duration_since(tracked.heard), replaced, "peer leaves the region");
             }
@@ -239,13 +249,18 @@ pub async fn watch_members(
     members: watch::Sender<Arc<Members>>,
     discovered: Arc<AtomicBool>,
 ) {
+    let started = Instant::now();
     loop {
         let mut addresses = match discover.addresses().await {
             Ok(addresses) => addresses,
             Err(error) => {
-                // Not ready on a failed lookup: alone, this node would fill what the
-                // region's owners hold (a Service with no ready pod is no error).
+                // Not ready on a failed lookup at first: alone, this node would fill
+                // what the region's owners hold (a Service with no ready pod is no
+                // error). Ready alone after DISCOVERY_PATIENCE.
                 tracing::warn!(%error, "peer discovery failed; keeping the last members");
+                if started.elapsed() >= DISCOVERY_PATIENCE {
+                    discovered.store(true, Ordering::SeqCst);
+                }
                 tokio::time::sleep(refresh.min(DISCOVERY_RETRY)).await;
                 continue;
             }
@@ -391,6 +406,37 @@ mod tests {
             )),
             ["a", "b", "c"]
         );
+    }
+
+    #[test]
+    fn a_stopping_member_is_asked_where_it_was_and_stays_while_readers_wait_for_it() {
+        let address = |i: u8| SocketAddr::from(([10, 0, 0, i], 9091));
+        let departures = Arc::new(Departures::new(Duration::from_secs(15)));
+        let mut roster = Roster::new(hello("a", "1"), Duration::from_secs(3), departures.clone());
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let everyone = vec![
+            (address(2), hello("b", "1")),
+            (address(3), hello("c", "1")),
+            (address(4), hello("d", "1")),
+        ];
+        assert_eq!(names(&roster.round(everyone, at(0))), ["a", "b", "c", "d"]);
+        assert!(roster.addresses().is_empty(), "nobody said it stops");
+        // b says it stops: its last address is asked again, listed or not.
+        departures.said("b", "1", t0);
+        assert_eq!(roster.addresses(), [address(2)]);
+        // b is found down by a reader: it stays a member past leave_after while
+        // readers wait for it, and leaves once their wait is over.
+        let _wait = departures.wait("b", at(1_000));
+        let others = || vec![(address(3), hello("c", "1")), (address(4), hello("d", "1"))];
+        assert_eq!(names(&roster.round(others(), at(5_000))), ["a", "b", "c", "d"]);
+        assert_eq!(names(&roster.round(others(), at(17_000))), ["a", "c", "d"]);
+        // c's address now answers as another node: c is not there, at once.
+        let moved = roster.round(
+            vec![(address(3), hello("e", "1")), (address(4), hello("d", "1"))],
+            at(17_500),
+        );
+        assert_eq!(names(&moved), ["a", "d"], "e is new (not joined yet), c replaced");
     }
 
     #[test]

@@ -113,16 +113,17 @@ impl Regional {
         let mut tried = 0;
         // Why this node fills a chunk it does not own, if it comes to that.
         let mut fallback = None;
-        for member in members.ranked(request.key().stable_hash()) {
+        for (rank, member) in members.ranked(request.key().stable_hash()).into_iter().enumerate() {
             // This node is next in line: it fills.
             let Some(address) = member.address else { break };
             if tried == PEERS_TRIED {
                 break;
             }
             let node = &member.hello.node;
-            // An owner that said it is stopping is waited for, not skipped.
-            let leaving = self.peers.leaving(node);
-            if self.peers.is_ejected(node) && !leaving {
+            // The owner, if it said it is stopping, is waited for rather than skipped
+            // once found down (the next in line is not: one wait per chunk at most).
+            let leaving = rank == 0 && self.peers.leaving(node);
+            if self.peers.is_ejected(node) && !(leaving && self.peers.waited_for(node)) {
                 fallback = fallback.or(Some("ejected"));
                 continue;
             }
