@@ -11,7 +11,7 @@ use s3_accel::cache::{CacheKey, ObjectId};
 use s3_accel::peers::auth::{PeerKeys, PEER_DATE, PEER_SIGNATURE};
 use s3_accel::peers::placement::{self, Node};
 use s3_accel::peers::protocol::Hello;
-use s3_accel::peers::protocol::{ChunkRequest, CHUNK_PATH, COLD_PATH, HELLO_PATH, HELLO_REPLY};
+use s3_accel::peers::protocol::{ChunkRequest, CHUNK_PATH, COLD_PATH, HELLO_PATH, HELLO_REPLY, LEAVING_PATH};
 use s3_accel::peers::wire;
 
 use crate::ops::admin_get;
@@ -614,6 +614,16 @@ async fn peer_requests_must_be_signed_with_the_region_key_and_never_reach_the_cl
                 .unsigned_header(PEER_DATE, &now.to_string())
                 .unsigned_header(PEER_SIGNATURE, &ours.sign("POST", CHUNK_PATH, b"", now)),
             "a chunk request whose body is not what was signed",
+        ),
+        (
+            Call::new(http::Method::POST, LEAVING_PATH, &Signing::Anonymous),
+            "an unsigned leaving notice",
+        ),
+        (
+            Call::new(http::Method::POST, LEAVING_PATH, &Signing::Anonymous)
+                .unsigned_header(PEER_DATE, &now.to_string())
+                .unsigned_header(PEER_SIGNATURE, &ours.sign("POST", LEAVING_PATH, b"", now)),
+            "a leaving notice that names no node",
         ),
     ] {
         let answer = client.send(peer, &refused).await.unwrap();

@@ -139,16 +139,6 @@ pub(super) fn peers_config(section: &PeersSection) -> Result<PeersConfig, Config
             false => Ok(duration),
         }
     };
-    let leave_after = positive(
-        section.leave_after.as_deref(),
-        "peers.leave_after",
-        Duration::from_secs(30),
-    )?;
-    let restart_wait = duration_or(
-        section.restart_wait.as_deref(),
-        "peers.restart_wait",
-        Duration::from_secs(15),
-    )?;
     Ok(PeersConfig {
         node_name,
         listen,
@@ -165,8 +155,16 @@ pub(super) fn peers_config(section: &PeersSection) -> Result<PeersConfig, Config
             "peers.stall_timeout",
             Duration::from_millis(1500),
         )?,
-        leave_after,
-        restart_wait,
+        leave_after: positive(
+            section.leave_after.as_deref(),
+            "peers.leave_after",
+            Duration::from_secs(30),
+        )?,
+        restart_wait: duration_or(
+            section.restart_wait.as_deref(),
+            "peers.restart_wait",
+            Duration::from_secs(15),
+        )?,
         tls: section.tls.as_ref().map(peer_tls).transpose()?,
     })
 }
