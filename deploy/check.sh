@@ -259,6 +259,13 @@ for name in "${names[@]}"; do
 done
 
 # The load-test Job: schemas, and its consistency with s3-accel-bench.
+pinning=$WORK/pinning.yaml
+check "render pinning" render "$DEPLOY/pinning" "$pinning"
+if [ -s "$pinning" ]; then
+    check "schema pinning (k8s ${K8S_VERSIONS[*]}, strict)" "$PY" "$DEPLOY/checks.py" schema "$pinning" "${kv_args[@]}"
+    check "pinning sidecar" "$PY" "$DEPLOY/checks.py" pinning "$pinning" --pin-rs "$ROOT/src/pins/cli.rs"
+fi
+
 loadtest=$WORK/loadtest.yaml
 check "render loadtest" render "$DEPLOY/loadtest" "$loadtest"
 if [ -s "$loadtest" ]; then

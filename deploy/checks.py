@@ -234,6 +234,17 @@ def check_config(config, fails):
         fails.check(sizes["memory"] >= 2 * chunk, "config: cache.memory must hold at least two chunks")
     if sizes.get("disk"):
         fails.check(sizes["disk"] >= 16 * chunk, "config: cache.disk must be 0 or at least 16 chunks")
+    if "pinned" in cache:
+        try:
+            pinned = parse_size(cache["pinned"])
+            fails.check(pinned == 0 or pinned >= 2 * chunk, "config: cache.pinned must be 0 or hold two chunks")
+        except ValueError as e:
+            fails.check(False, f"config: cache.pinned: {e}")
+    if "max_lease" in config.get("pins", {}):
+        try:
+            parse_duration(config["pins"]["max_lease"])
+        except ValueError as e:
+            fails.check(False, f"config: pins.max_lease: {e}")
     fails.check(1 <= cache.get("read_ahead", 4) <= 64, "config: cache.read_ahead must be between 1 and 64")
     for key in ("listen", "admin_listen"):
         if key in config:
@@ -1053,6 +1064,66 @@ def cmd_dockerfile(args):
 # ---------------------------------------------------------------- load-test Job
 
 
+def struct_flags(rs, struct):
+    """The long flags of clap struct `struct` in the Rust file `rs`."""
+    text = Path(rs).read_text()
+    body = re.search(r"pub struct " + struct + r" \{(.*?)\n\}", text, re.S)
+    if not body:
+        raise SystemExit(f"{rs}: no `pub struct {struct}`; has it moved?")
+    flags, rename = set(), None
+    for line in body.group(1).splitlines():
+        line = line.strip()
+        if m := re.search(r'long\s*=\s*"([\w-]+)"', line):
+            rename = m.group(1)
+        if m := re.match(r"pub (\w+):", line):
+            flags.add(rename or m.group(1).replace("_", "-"))
+            rename = None
+    return flags
+
+
+def cmd_pinning(args):
+    """The pinning example: a native sidecar running `s3-accel pin --renew-every`
+    with flags it has, renewing at most every half lease, asking a node's admin port,
+    its token from a Secret it mounts."""
+    fails = Failures()
+    docs = load_docs(args.file)
+    deployments = find(docs, "Deployment")
+    if not fails.check(len(deployments) == 1, "expected one Deployment"):
+        return fails.finish(f"pinning {args.file}")
+    pod = deployments[0]["spec"]["template"]["spec"]
+    sidecars = [c for c in pod.get("initContainers", [])
+                if (c.get("command", []) + c.get("args", []))[1:2] == ["pin"]]
+    if not fails.check(len(sidecars) == 1, "expected one init container running `s3-accel pin`"):
+        return fails.finish(f"pinning {args.file}")
+    c = sidecars[0]
+    fails.check(c.get("restartPolicy") == "Always",
+                "the pin container must be a native sidecar (restartPolicy: Always): it renews while the pod runs")
+    argv = c.get("command", []) + c.get("args", [])
+    fails.check(argv[0] == "/usr/local/bin/s3-accel", "the sidecar must run /usr/local/bin/s3-accel")
+    known = struct_flags(args.pin_rs, "PinArgs")
+    flags = {}
+    for arg in argv[2:]:
+        if arg.startswith("--"):
+            name, _, value = arg[2:].partition("=")
+            fails.check(name in known, f"s3-accel pin has no flag --{name}")
+            flags[name] = value
+    try:
+        lease, every = parse_duration(flags.get("for", "")), parse_duration(flags.get("renew-every", ""))
+        fails.check(0 < 2 * every <= lease, "--renew-every must be at most half of --for")
+    except ValueError as e:
+        fails.check(False, f"--for and --renew-every must be durations: {e}")
+    admin = flags.get("admin", "")
+    fails.check(re.fullmatch(r"http://s3-accel-peers\.s3-accel\.svc[\w.]*:9090", admin) is not None,
+                f"--admin {admin!r} must be the peers Service's admin port (http://s3-accel-peers.s3-accel.svc...:9090)")
+    token = flags.get("token-file")
+    if fails.check(token, "no --token-file: pins from the network need pins.token_file's token"):
+        mount = mount_of(c, token)
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        fails.check(mount and "secret" in volumes.get(mount["name"], {}),
+                    f"--token-file {token} must be on a Secret's volume mount")
+    return fails.finish(f"pinning {args.file}")
+
+
 def bench_flags(bench_rs):
     """The long flags of s3-accel-bench (bench/src/main.rs, `pub struct Args`)."""
     text = Path(bench_rs).read_text()
@@ -1174,6 +1245,10 @@ def main():
     p.add_argument("file")
     p.add_argument("--bench-rs", required=True, help="bench/src/main.rs")
     p.set_defaults(run=cmd_loadtest)
+    p = sub.add_parser("pinning", help="the pinning sidecar against s3-accel pin")
+    p.add_argument("file")
+    p.add_argument("--pin-rs", required=True, help="src/pins/cli.rs")
+    p.set_defaults(run=cmd_pinning)
     p = sub.add_parser("grafana", help="the dashboard JSON and its PromQL metric names")
     p.add_argument("file")
     p.set_defaults(run=cmd_grafana)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{Empty, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -42,6 +42,7 @@ pub struct Node {
     pub grants: Option<Arc<Grants>>,
     pub credentials: Option<Arc<FillCredentials>>,
     pub peers: Option<Arc<Peers>>,
+    pub pins: Arc<crate::pins::Pins>,
     /// Set on SIGTERM: the node is being taken out of rotation.
     pub withdrawing: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -87,7 +88,14 @@ impl AdminServer {
         }
     }
 
-    async fn answer<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    async fn answer<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if request.uri().path() == PINS {
+            return self.pins(request, peer).await;
+        }
         if request.uri().path() == GRANTS_FLUSH {
             // The admin listener is open to the cluster for scrapes; what changes the
             // node is taken from the node itself (kubectl exec, port-forward) only.
@@ -132,6 +140,61 @@ impl AdminServer {
                 StatusCode::NOT_FOUND,
                 "not found: try /metrics, /healthz, /readyz\n".into(),
             ),
+        }
+    }
+
+    /// `/admin/pins`: GET lists (as `/metrics`, to anyone who reaches the admin
+    /// port); POST pins or renews, DELETE `?id=` unpins, from loopback or with the
+    /// bearer token of `pins.token_file`.
+    async fn pins<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let pins = &self.node.pins;
+        let method = request.method().clone();
+        if method == Method::GET || method == Method::HEAD {
+            return json(StatusCode::OK, pins.list());
+        }
+        if method != Method::POST && method != Method::DELETE {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET, POST or DELETE\n".into());
+        }
+        if !pins.allowed(request.headers(), peer) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "pin changes are taken from loopback, or with the bearer token of pins.token_file\n".into(),
+            );
+        }
+        let answer = match method {
+            Method::DELETE => {
+                let id = request.uri().query().and_then(|q| url_query(q, "id"));
+                match id {
+                    Some(id) => pins.unpin(&id).await,
+                    None => return text(StatusCode::BAD_REQUEST, "DELETE /admin/pins?id=<pin>\n".into()),
+                }
+            }
+            _ => {
+                let body = match http_body_util::Limited::new(request.into_body(), 64 << 10)
+                    .collect()
+                    .await
+                {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => {
+                        return text(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "a pin request is at most 64 KiB\n".into(),
+                        )
+                    }
+                };
+                match serde_json::from_slice::<crate::pins::PinRequest>(&body) {
+                    Ok(asked) => pins.pin(asked).await,
+                    Err(error) => return text(StatusCode::BAD_REQUEST, format!("not a pin request: {error}\n")),
+                }
+            }
+        };
+        match answer {
+            Ok(pin) => json(StatusCode::OK, serde_json::to_string_pretty(&pin).expect("JSON") + "\n"),
+            Err(refusal) => text(refusal.status, format!("{}\n", refusal.message)),
         }
     }
 
@@ -213,6 +276,29 @@ impl AdminServer {
             ),
         }
     }
+}
+
+/// Pins: listed, taken and ended here.
+const PINS: &str = "/admin/pins";
+
+/// The value of `name` in a query string, percent-decoded.
+fn url_query(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| {
+            percent_encoding::percent_decode_str(&value.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = text(status, body);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    response
 }
 
 /// Drops every grant: the next request of each client is authorized by the origin.

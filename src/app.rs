@@ -43,6 +43,8 @@ impl App {
             ),
             None => None,
         };
+        let pins = crate::pins::Pins::new(cache.clone(), peers.clone(), &config.pins);
+        tokio::spawn(pins.clone().sync());
         let verified = verified_keys(config)?;
         let credentials = credentials::FillCredentials::start(&config.credentials).await;
         let grants = grants::Granting::new(&config.auth, verified);
@@ -52,6 +54,7 @@ impl App {
             grants: grants.as_ref().map(|grants| grants.store().clone()),
             credentials: credentials.clone(),
             peers: peers.clone(),
+            pins: pins.clone(),
             withdrawing: Arc::default(),
         };
         let withdrawing = (node.withdrawing.clone(), config.server.withdraw_grace);
@@ -78,6 +81,7 @@ impl App {
                         herd: herd.clone(),
                         cache: cache.clone(),
                     }),
+                    pins: pins.clone(),
                 };
                 let front = Front::Peers(Arc::new(owner));
                 let tls = peers.tls.as_ref().map(|tls| tls.acceptor()).transpose()?;

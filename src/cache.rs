@@ -1,17 +1,21 @@
 //! The chunk cache: a foyer hybrid cache (memory, then NVMe) of object chunks and
 //! object metadata. The only module that names foyer.
 
+mod admission;
 mod disk;
 mod drops;
 mod filling;
 pub mod grants;
 mod key;
+mod pinned;
+pub mod pins;
 mod value;
 
 use std::sync::Arc;
 
+pub use admission::Admission;
+use admission::Sketch;
 use bytes::Bytes;
-use disk::DiskGate;
 pub use disk::DiskHealth;
 use drops::Drops;
 pub use filling::{ChunkRead, ChunkSink, ChunkWriter, Dangling};
@@ -21,6 +25,9 @@ use foyer::{
     HybridCachePolicy, PsyncIoEngineConfig, RecoverMode, S3FifoConfig, StorageFilter,
 };
 pub use key::{CacheKey, ObjectId};
+pub use pinned::Covers;
+use pinned::PinnedStore;
+use pins::PinTable;
 pub use value::CacheValue;
 
 pub use crate::s3::{ObjectMeta, PartMeta};
@@ -135,6 +142,14 @@ pub struct ChunkCache {
     disk_capacity: u64,
     disk: Arc<DiskHealth>,
     watch: Option<tokio::task::JoinHandle<()>>,
+    /// The pins this node holds, and the store that keeps their chunks (`None` with
+    /// `cache.pinned = 0` or a cache directory that cannot be written).
+    pins: Arc<PinTable>,
+    pinned: Option<Arc<PinnedStore>>,
+    sweeper: tokio::task::JoinHandle<()>,
+    /// How often each chunk was looked up lately, for the disk tier's admission.
+    sketch: Arc<Sketch>,
+    admission: Admission,
 }
 
 impl ChunkCache {
@@ -163,6 +178,7 @@ impl ChunkCache {
             .storage();
         let health = Arc::new(DiskHealth::default());
         let layout = DiskLayout::for_chunk_size(config.chunk_size);
+        let sketch = Arc::new(Sketch::new((config.memory + config.disk) / config.chunk_size));
         // A cache directory that cannot be written is a disk tier out of service, not
         // a process that cannot start (a pod would crash-loop instead of serving).
         let writable = config.disk != 0
@@ -199,8 +215,16 @@ impl ChunkCache {
                         .with_flushers(layout.flushers)
                         .with_buffer_pool_size(layout.buffer_pool_size)
                         .with_submit_queue_size_threshold(layout.submit_queue_threshold)
-                        .with_admission_filter(StorageFilter::new().with_condition(DiskGate(health.clone())))
-                        .with_reinsertion_filter(StorageFilter::new().with_condition(DiskGate(health.clone()))),
+                        .with_admission_filter(StorageFilter::new().with_condition(admission::Admit {
+                            health: health.clone(),
+                            sketch: sketch.clone(),
+                            rule: config.admission,
+                        }))
+                        .with_reinsertion_filter(StorageFilter::new().with_condition(admission::Keep {
+                            health: health.clone(),
+                            sketch: sketch.clone(),
+                            rule: config.admission,
+                        })),
                 )
                 .with_recover_mode(RecoverMode::Quiet)
         };
@@ -209,6 +233,20 @@ impl ChunkCache {
             .await
             .map_err(|source| CacheError::Open { dir, source })?;
         let watch = (disk_capacity > 0).then(|| disk::watch(config.dir.clone(), disk_capacity, health.clone()));
+        let pins = Arc::new(PinTable::load(config.dir.join("pins.json")));
+        let pinned = match config.pinned {
+            0 => None,
+            capacity => match std::fs::create_dir_all(&config.dir)
+                .and_then(|()| PinnedStore::open(config.dir.join("pinned"), capacity, pins.as_ref()))
+            {
+                Ok(store) => Some(store),
+                Err(error) => {
+                    tracing::error!(%error, "the pinned store cannot be opened: pins are refused");
+                    None
+                }
+            },
+        };
+        let sweeper = tokio::spawn(sweep(pins.clone(), pinned.clone()));
         metrics::gauge!(crate::telemetry::DISK_DEGRADED).set(if health.is_out() { 1.0 } else { 0.0 });
         Ok(Self {
             inner,
@@ -219,7 +257,36 @@ impl ChunkCache {
             disk_capacity,
             disk: health,
             watch,
+            pins,
+            pinned,
+            sweeper,
+            sketch,
+            admission: config.admission,
         })
+    }
+
+    /// The pins this node holds.
+    pub fn pins(&self) -> &Arc<PinTable> {
+        &self.pins
+    }
+
+    /// The pinned store's capacity and what it holds now (0, 0 without one).
+    pub fn pinned_room(&self) -> (u64, u64) {
+        self.pinned.as_ref().map_or((0, 0), |s| (s.capacity(), s.used()))
+    }
+
+    /// Bytes pinned here of the objects `pin` covers.
+    pub fn pinned_bytes_of(&self, pin: &pins::Pin) -> u64 {
+        self.pinned
+            .as_ref()
+            .map_or(0, |s| s.bytes_of(&pin.bucket, |key| pin.covers(&pin.bucket, key)))
+    }
+
+    /// Frees the chunks no live pin covers any more (after a pin was deleted).
+    pub fn release_unpinned(&self) -> u64 {
+        self.pinned
+            .as_ref()
+            .map_or(0, |store| store.release_uncovered(self.pins.as_ref()))
     }
 
     /// Whether the disk tier is in service.
@@ -308,6 +375,9 @@ impl ChunkCache {
             .lock()
             .expect("filling chunks")
             .retain(|key, _| key.version_prefix() != prefix);
+        if let Some(pinned) = &self.pinned {
+            pinned.remove(&keys);
+        }
         forget((&self.inner, self.copies.as_ref()), &self.drops, prefix, keys);
     }
 
@@ -341,6 +411,7 @@ impl ChunkCache {
         if self.drops.settling(&key.version_prefix())
             || filling.contains_key(key)
             || self.inner.contains(key)
+            || self.pinned.as_ref().is_some_and(|p| p.contains(key))
             || self.copies.as_ref().is_some_and(|c| c.contains(key))
         {
             return None;
@@ -357,7 +428,15 @@ impl ChunkCache {
             drops: self.drops.clone(),
             claimed: self.drops.now(),
             store: match memory_only {
-                false => Store::Tiers(self.inner.clone()),
+                false => match self.pinning(key) {
+                    Some((store, bucket, name)) => Store::Pinned {
+                        store,
+                        bucket,
+                        name,
+                        tiers: self.inner.clone(),
+                    },
+                    None => Store::Tiers(self.inner.clone()),
+                },
                 true => match &self.copies {
                     Some(copies) => Store::Copies(copies.clone()),
                     None => Store::Nowhere,
@@ -366,19 +445,38 @@ impl ChunkCache {
         }
     }
 
+    /// Where chunk `key` is kept when a live pin covers its object.
+    fn pinning(&self, key: &CacheKey) -> Option<(Arc<PinnedStore>, String, String)> {
+        let store = self.pinned.as_ref()?;
+        let (bucket, name) = key.names()?;
+        self.pins.covers(&bucket, &name).then(|| (store.clone(), bucket, name))
+    }
+
     /// The chunk under `key` if a tier holds it; never a fill (a hit's first chunk is
     /// read this way while the origin is still deciding whether the client may have it).
     pub async fn peek(&self, key: &CacheKey) -> Option<ChunkRead> {
-        self.stored(key).await.map(counted)
+        let count = self.sketch.touch(key.stable_hash());
+        self.stored(key, count).await.map(counted)
     }
 
-    async fn stored(&self, key: &CacheKey) -> Option<ChunkRead> {
+    /// The chunk under `key` if stored; `count` is how often it was looked up lately,
+    /// this lookup included.
+    async fn stored(&self, key: &CacheKey, count: u8) -> Option<ChunkRead> {
         let prefix = key.version_prefix();
         let begun = self.drops.read_from(&prefix)?;
         if let Some(copy) = self.copies.as_ref().and_then(|copies| copies.get(key)) {
             return Some(ChunkRead::whole(copy.value().clone(), ChunkSource::Memory));
         }
-        let entry = self.entry_with_source(key).await?;
+        let entry = match self.entry_with_source(key).await {
+            Some(entry) => entry,
+            None => {
+                let bytes = self.pinned.as_ref()?.get(key).await?;
+                if self.drops.since(&prefix, begun) {
+                    return None;
+                }
+                return Some(ChunkRead::whole(bytes, ChunkSource::Disk));
+            }
+        };
         // A disk read under way when its version was dropped ends after the drop, and
         // foyer puts what it read back in memory: removed again, not served.
         if self.drops.since(&prefix, begun) {
@@ -386,7 +484,18 @@ impl ChunkCache {
             return None;
         }
         match entry {
-            (CacheValue::Chunk(bytes, _), source) => Some(ChunkRead::whole(bytes, source)),
+            (CacheValue::Chunk(bytes, crc), source) => {
+                // Cached before its object was pinned: pinned now, out of eviction's way.
+                if let Some((store, bucket, name)) = self.pinning(key) {
+                    if store.put(key.clone(), bucket, name, bytes.clone()) {
+                        self.inner.remove(key);
+                    }
+                } else if self.admission == Admission::SecondHit && source == ChunkSource::Memory && count == 2 {
+                    // Asked for a second time: now it goes to disk too.
+                    self.inner.insert(key.clone(), CacheValue::Chunk(bytes.clone(), crc));
+                }
+                Some(ChunkRead::whole(bytes, source))
+            }
             (CacheValue::Meta(_) | CacheValue::Part(_), _) => None,
         }
     }
@@ -405,6 +514,7 @@ impl ChunkCache {
     {
         // A version being dropped is neither read from the tiers nor kept until its
         // removal settles: its chunks are read once, from upstream.
+        let count = self.sketch.touch(key.stable_hash());
         let writer = match self.drops.settling(&key.version_prefix()) {
             true => ChunkWriter::new(Filling::new(), None),
             false => {
@@ -414,7 +524,7 @@ impl ChunkCache {
                     if let Some(arriving) = self.arriving(&key) {
                         return counted(ChunkRead::streaming(arriving.reader(), ChunkSource::Coalesced));
                     }
-                    if let Some(found) = self.stored(&key).await {
+                    if let Some(found) = self.stored(&key, count).await {
                         return counted(found);
                     }
                     // Claimed under the table's lock, so that one lookup fills; one that
@@ -463,12 +573,32 @@ impl ChunkCache {
         if let Some(watch) = &self.watch {
             watch.abort();
         }
+        self.sweeper.abort();
         let inner = self.inner.clone();
         match tokio::spawn(async move { inner.close().await }).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(error = %error, "closing the cache"),
             Err(panicked) => tracing::error!(error = %panicked, "the disk tier failed as it closed"),
         }
+    }
+}
+
+/// Releases the chunks of pins as their leases end (checked every second).
+async fn sweep(pins: Arc<PinTable>, pinned: Option<Arc<PinnedStore>>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut since = pins::unix_now();
+    loop {
+        ticks.tick().await;
+        let now = pins::unix_now();
+        let live = pins.live();
+        metrics::gauge!(crate::telemetry::PINS).set(live.len() as f64);
+        if pins.expire(since, now) {
+            if let Some(store) = &pinned {
+                let freed = store.release_uncovered(pins.as_ref());
+                tracing::info!(freed, "pins expired; their chunks released");
+            }
+        }
+        since = now;
     }
 }
 
@@ -604,6 +734,8 @@ mod tests {
             read_ahead_wait: std::time::Duration::from_secs(1),
             peer_copies: 0,
             metadata_max_age: std::time::Duration::ZERO,
+            pinned: 0,
+            admission: Admission::default(),
         };
         Arc::new(ChunkCache::open(&config).await.unwrap())
     }

@@ -26,4 +26,7 @@ pub enum Command {
     /// Reads every object under a prefix (or in a manifest) through an accelerator,
     /// so that its region has it cached; prints what the cache answered.
     Prefetch(PrefetchArgs),
+    /// Keeps a prefix (or a manifest's objects) resident in a region for a lease;
+    /// renews, lists or ends pins.
+    Pin(crate::pins::cli::PinArgs),
 }

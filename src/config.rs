@@ -83,6 +83,17 @@ pub struct Config {
     pub peers: Option<PeersConfig>,
     /// Hits served without the origin, opt-in.
     pub auth: AuthConfig,
+    /// Who may pin, and for how long.
+    pub pins: PinsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PinsConfig {
+    /// The longest lease a pin may ask for (renewed, it lasts as long as needed).
+    pub max_lease: Duration,
+    /// A bearer token that lets a pin change come from the network (a CronJob, an
+    /// init container); without it, pins change from loopback only.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +155,10 @@ pub struct CacheConfig {
     /// with the fill credentials (what a 304 cannot show: an object rewritten with
     /// the same bytes and other headers). Zero: never.
     pub metadata_max_age: Duration,
+    /// Disk for pinned chunks, apart from the disk tier (0: pins are refused).
+    pub pinned: u64,
+    /// What the disk tier takes and keeps.
+    pub admission: crate::cache::Admission,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +341,17 @@ impl Config {
         let tls = Self::tls(&file, cli)?;
         let peers = file.peers.as_ref().map(peers::peers_config).transpose()?;
         let auth = auth::auth_config(&file.auth)?;
+        let pins = PinsConfig {
+            max_lease: duration_or(
+                file.pins.max_lease.as_deref(),
+                "pins.max_lease",
+                Duration::from_secs(7 * 86400),
+            )?,
+            token_file: file.pins.token_file.as_ref().map(PathBuf::from),
+        };
+        if pins.max_lease.is_zero() {
+            return Err(invalid("pins.max_lease", "must be longer than 0s"));
+        }
         Ok(Self {
             listen,
             admin_listen,
@@ -337,6 +363,7 @@ impl Config {
             tls,
             peers,
             auth,
+            pins,
         })
     }
 
@@ -459,6 +486,18 @@ impl Config {
         if peer_copies > memory / 2 {
             return Err(invalid("cache.peer_copies", "must be at most half of cache.memory"));
         }
+        // A quarter of the disk tier's size again, for pins: room for the models
+        // deployments keep resident, never taken from what the tier caches.
+        let pinned = size_or(file.cache.pinned.as_deref().map(|v| (v, "cache.pinned")), || disk / 4)?;
+        if pinned != 0 && pinned < 2 * chunk_size {
+            return Err(invalid(
+                "cache.pinned",
+                format!(
+                    "must be 0 (no pins) or hold at least two chunks ({})",
+                    units::format_size(2 * chunk_size)
+                ),
+            ));
+        }
         let direct_io = file.cache.direct_io;
         let metadata_max_age = duration_or(
             file.cache.metadata_max_age.as_deref(),
@@ -478,6 +517,11 @@ impl Config {
             read_ahead_wait,
             peer_copies,
             metadata_max_age,
+            pinned,
+            admission: match file.cache.admission.as_deref() {
+                None => crate::cache::Admission::default(),
+                Some(text) => crate::cache::Admission::parse(text).map_err(|e| invalid("cache.admission", e))?,
+            },
         })
     }
 

@@ -14,6 +14,7 @@ pub mod grants;
 pub mod herd;
 pub mod origin;
 pub mod peers;
+pub mod pins;
 pub mod prefetch;
 pub mod proxy;
 pub mod s3;

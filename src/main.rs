@@ -8,8 +8,10 @@ use s3_accel::{App, Config};
 
 fn main() -> anyhow::Result<()> {
     let invocation = Invocation::parse();
-    if let Some(Command::Prefetch(args)) = &invocation.command {
-        std::process::exit(prefetch(args));
+    match &invocation.command {
+        Some(Command::Prefetch(args)) => std::process::exit(prefetch(args)),
+        Some(Command::Pin(args)) => std::process::exit(pin(args)),
+        None => {}
     }
     let cli = invocation.server;
     init_logging(&cli.log_format);
@@ -52,21 +54,46 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `s3-accel prefetch`: 0 when every object was read, 1 when any failed, 2 when
-/// nothing could be read (a usage mistake, a listing refused).
-fn prefetch(args: &s3_accel::prefetch::PrefetchArgs) -> i32 {
-    // Warnings only: the progress bar and the summary are the output.
+/// `s3-accel pin`: 0 when the region took the change (the pin is printed), 2 when
+/// it was refused or could not be asked.
+fn pin(args: &s3_accel::pins::cli::PinArgs) -> i32 {
+    let Some(runtime) = tool_runtime("pin") else {
+        return 2;
+    };
+    match runtime.block_on(s3_accel::pins::cli::run(args)) {
+        Ok(answer) => {
+            println!("{answer}");
+            0
+        }
+        Err(error) => {
+            eprintln!("s3-accel pin: {}", s3_accel::error::error_chain(&error));
+            2
+        }
+    }
+}
+
+/// Logging (warnings, to stderr) and a runtime for one of the tools.
+fn tool_runtime(tool: &str) -> Option<tokio::runtime::Runtime> {
     let filter = s3_accel::telemetry::log_filter(Some(&std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => Some(runtime),
         Err(error) => {
-            eprintln!("s3-accel prefetch: {error}");
-            return 2;
+            eprintln!("s3-accel {tool}: {error}");
+            None
         }
+    }
+}
+
+/// `s3-accel prefetch`: 0 when every object was read, 1 when any failed, 2 when
+/// nothing could be read (a usage mistake, a listing refused).
+fn prefetch(args: &s3_accel::prefetch::PrefetchArgs) -> i32 {
+    // Warnings only: the progress bar and the summary are the output.
+    let Some(runtime) = tool_runtime("prefetch") else {
+        return 2;
     };
     match runtime.block_on(s3_accel::prefetch::run(args)) {
         Ok(summary) if args.dry_run => i32::from(!summary.failures.is_empty()),

@@ -54,6 +54,16 @@ pub struct PrefetchArgs {
     /// No progress bar (there is none when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Pins what it warms for this lease (as `s3-accel pin --for`), before reading
+    /// it: the region keeps it resident. Needs --admin.
+    #[arg(long, value_name = "LEASE", requires = "admin")]
+    pub pin_for: Option<String>,
+    /// A node's admin API, where the pin is asked for (see `s3-accel pin`).
+    #[arg(long, env = "S3_ACCEL_ADMIN")]
+    pub admin: Option<String>,
+    /// The bearer token of the nodes' pins.token_file, for --pin-for.
+    #[arg(long, env = "S3_ACCEL_PIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// One object to read.
@@ -139,6 +149,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, PrefetchError> {
     }
     let target = args.target.as_deref().map(parse_s3_url).transpose()?;
     let keys = Keys::from_environment(args.region.clone()).await;
+    let listed = target.clone().filter(|_| args.manifest.is_none());
     let objects = match (&args.manifest, target) {
         (Some(path), target) => manifest(path, target.map(|(bucket, _)| bucket))?,
         (None, Some((bucket, prefix))) => {
@@ -165,7 +176,20 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, PrefetchError> {
         println!("prefetch: would read {} objects, {total} bytes", objects.len());
         return Ok(Summary::default());
     }
-    read_all(&Endpoint::new(&args.endpoint)?, &keys, objects, args).await
+    let endpoint = Endpoint::new(&args.endpoint)?;
+    // Pinned first: what the reads fill then goes to the owners' pinned stores.
+    if let (Some(lease), Some(admin)) = (&args.pin_for, &args.admin) {
+        let admin = crate::pins::cli::Admin::new(admin, args.token_file.as_deref())?;
+        let objects = match listed {
+            Some(_) => objects,
+            None => crate::pins::cli::sized(&endpoint, &keys, objects).await?,
+        };
+        let request = crate::pins::cli::request_for(&objects, listed, lease.clone(), None)?;
+        let pinned = admin.pin(&request).await?;
+        eprintln!("prefetch: pinned for {lease}: {}", pinned.replace('\n', " "));
+        return read_all(&endpoint, &keys, objects, args).await;
+    }
+    read_all(&endpoint, &keys, objects, args).await
 }
 
 /// The credentials and region requests are signed with (none: unsigned).

@@ -24,6 +24,16 @@ pub const PROBE_SECONDS: &str = "s3accel_probe_seconds";
 pub const CACHE_USAGE: &str = "s3accel_cache_usage_bytes";
 pub const CACHE_CAPACITY: &str = "s3accel_cache_capacity_bytes";
 pub const DISK_DEGRADED: &str = "s3accel_disk_degraded";
+/// Pins in force on this node.
+pub const PINS: &str = "s3accel_pins";
+/// Bytes and chunks in the pinned store.
+pub const PINNED_BYTES: &str = "s3accel_pinned_bytes";
+pub const PINNED_CHUNKS: &str = "s3accel_pinned_chunks";
+/// Pins refused (`why`: full, lease, empty, ...), and pinned chunks not kept
+/// (`why`: full, restart).
+pub const PIN_REFUSALS: &str = "s3accel_pin_refusals_total";
+/// Pinned bytes dropped at a restart because they no longer fit.
+pub const PINNED_DROPPED_BYTES: &str = "s3accel_pinned_dropped_bytes_total";
 pub const PEER_REQUESTS: &str = "s3accel_peer_requests_total";
 pub const PEER_BYTES: &str = "s3accel_peer_bytes_total";
 pub const PEER_MEMBERS: &str = "s3accel_peer_members";
@@ -116,6 +126,22 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    describe_gauge!(PINS, "Pins in force on this node (leases not yet ended).");
+    describe_gauge!(
+        PINNED_BYTES,
+        Unit::Bytes,
+        "Bytes of pinned chunks this node keeps (out of the tiers' eviction)."
+    );
+    describe_gauge!(PINNED_CHUNKS, "Pinned chunks this node keeps.");
+    describe_counter!(
+        PIN_REFUSALS,
+        "Pins refused, and pinned chunks not kept, by why (full, lease, empty, sync, restart)."
+    );
+    describe_counter!(
+        PINNED_DROPPED_BYTES,
+        Unit::Bytes,
+        "Pinned bytes dropped at a restart because cache.pinned no longer holds them."
+    );
     describe_gauge!(
         PEER_TLS,
         "1 when the peer port runs mutual TLS ([peers.tls]); 0 when the peer network is unprotected (plain HTTP)."

@@ -10,6 +10,7 @@ mod hostile;
 mod hosts;
 mod ops;
 mod peers;
+mod pins;
 mod prefetch;
 mod reads;
 mod streaming;

@@ -151,6 +151,18 @@ impl Region {
         Self::start_with(origin, Layout::of(count)).await
     }
 
+    /// `count` nodes with `cache` as the keys of each one's `[cache]` table.
+    pub(crate) async fn start_cached(origin: &TestOrigin, count: u8, cache: &'static str) -> Self {
+        Self::start_with(
+            origin,
+            Layout {
+                cache,
+                ..Layout::of(count)
+            },
+        )
+        .await
+    }
+
     async fn start_with(origin: &TestOrigin, layout: Layout) -> Self {
         let secret = tempfile::tempdir().unwrap();
         let secret_file = secret.path().join("keys");

@@ -11,6 +11,7 @@ mod remote;
 mod report;
 mod rollout;
 mod run;
+mod scan;
 mod scenario;
 mod target;
 
@@ -165,6 +166,9 @@ pub enum ScenarioName {
     /// A region's nodes restarted one by one (SIGTERM, back on their disks) under
     /// a model-load workload: failed requests, wrong bytes, origin bytes, the dip.
     RegionRollout,
+    /// A hot set read over and over while a dataset twice the cache is streamed
+    /// once: does the scan flush it, for each `cache.admission` choice?
+    ScanVsHot,
     /// A deployed accelerator: --endpoint, --manifest or --prefix (see `remote`).
     Remote,
     /// Result files of `remote` runs (one per pod) as one table and chart.

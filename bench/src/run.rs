@@ -119,6 +119,7 @@ impl Bench {
             peer_tls: self.args.peer_tls,
             withdraw_grace: None,
             restart_wait: None,
+            admission: None,
             host: None,
         }
     }
@@ -238,6 +239,7 @@ pub async fn all(mut args: Args) -> anyhow::Result<()> {
             ScenarioName::ManyClients,
             ScenarioName::RegionHerd,
             ScenarioName::RegionRollout,
+            ScenarioName::ScanVsHot,
         ],
         name => vec![name],
     };
@@ -261,6 +263,7 @@ pub async fn all(mut args: Args) -> anyhow::Result<()> {
         let bench = Bench::start(args.clone(), shaping(&args, scenario.total_bandwidth)).await?;
         match name {
             ScenarioName::RegionRollout => crate::rollout::run(&bench, &scenario, 1000 * n as u64).await?,
+            ScenarioName::ScanVsHot => crate::scan::run(&bench, &scenario, 1000 * n as u64).await?,
             _ => run_scenario(&bench, &scenario, 1000 * n as u64).await?,
         }
     }

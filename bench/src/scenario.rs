@@ -214,6 +214,29 @@ impl Scenario {
                     total_bandwidth: LINK,
                 }
             }
+            ScenarioName::ScanVsHot => {
+                let s = crate::scan::Sizes::of(args);
+                let (hot, cold) = (s.hot, s.cold);
+                Self {
+                    name: "scan-vs-hot",
+                    summary: format!(
+                        "one s3-accel node (memory tier {}, disk tier {}); {} hot readers read a {} model ({hot} shards \
+                         of {}) over and over while a scanner streams a {} dataset ({cold} shards) once",
+                        format_size(s.memory),
+                        format_size(s.disk),
+                        6,
+                        format_size(hot * s.shard),
+                        format_size(s.shard),
+                        format_size(cold * s.shard)
+                    ),
+                    objects: (0..hot)
+                        .map(|i| (format!("scan-vs-hot/model/shard-{i:02}"), s.shard))
+                        .chain((0..cold).map(|i| (format!("scan-vs-hot/dataset/part-{i:03}"), s.shard)))
+                        .collect(),
+                    workload: Workload::Fleet { workers: 6, reads: usize::MAX },
+                    total_bandwidth: LINK,
+                }
+            }
             ScenarioName::All | ScenarioName::Demo | ScenarioName::Remote | ScenarioName::Merge => {
                 unreachable!("not a single scenario")
             }
@@ -383,6 +406,7 @@ mod tests {
             ScenarioName::ManyClients,
             ScenarioName::RegionHerd,
             ScenarioName::RegionRollout,
+            ScenarioName::ScanVsHot,
         ] {
             let scenario = Scenario::build(name, &args(&[]));
             assert!(!scenario.objects.is_empty(), "{}", scenario.name);

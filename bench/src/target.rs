@@ -137,6 +137,8 @@ pub struct ProxySettings<'a> {
     pub withdraw_grace: Option<&'static str>,
     /// `peers.restart_wait` (none: s3-accel's default).
     pub restart_wait: Option<&'static str>,
+    /// `cache.admission` (none: s3-accel's default).
+    pub admission: Option<&'static str>,
     /// The host it runs on, with `--hosts`.
     pub host: Option<&'static s3_accel_testkit::netns::Host>,
 }
@@ -186,7 +188,10 @@ impl ProxySettings<'_> {
             format_size(self.disk_cache),
             format_size(self.chunk_size),
             self.direct_io.map_or(String::new(), |d| format!("direct_io = {d}\n")),
-            self.read_ahead.map_or(String::new(), |r| format!("read_ahead = {r}\n")),
+            self.read_ahead.map_or(String::new(), |r| format!("read_ahead = {r}\n"))
+                + &self
+                    .admission
+                    .map_or(String::new(), |a| format!("admission = \"{a}\"\n")),
             self.read_ahead_memory.map_or(String::new(), |m| format!(
                 "read_ahead_memory = \"{}\"\n",
                 format_size(m)

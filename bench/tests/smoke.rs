@@ -101,4 +101,22 @@ fn every_scenario_runs_and_every_response_is_byte_exact() {
         assert_eq!((cells[3], cells[4]), ("0", "0"), "region-rollout: {row}");
         assert_eq!(cells[cells.len() - 2], "all 0", "region-rollout: {row}");
     }
+    // A scan beside a hot set, for each admission choice: hot reads were made,
+    // nothing failed, nothing wrong.
+    let scan = std::fs::read_to_string(results.path().join("scan-vs-hot.md")).unwrap();
+    let rows: Vec<&str> = scan
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(" % |"))
+        .collect();
+    assert!(!rows.is_empty(), "{scan}");
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | admission | hot GETs | … | failed | wrong |
+        assert!(cells[2].parse::<u64>().unwrap() > 0, "scan-vs-hot: {row}");
+        assert_eq!(
+            (cells[cells.len() - 3], cells[cells.len() - 2]),
+            ("0", "0"),
+            "scan-vs-hot: {row}"
+        );
+    }
 }

@@ -12,8 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use foyer::{Statistics, StorageFilterCondition, StorageFilterResult};
-
 use crate::config::machine::free_space;
 use crate::telemetry;
 
@@ -49,20 +47,6 @@ impl DiskHealth {
         );
         metrics::gauge!(telemetry::DISK_DEGRADED).set(1.0);
         *self.reason.lock().expect("disk health") = Some(reason);
-    }
-}
-
-/// foyer's admission (and reinsertion) filter: nothing more is written to a disk
-/// tier out of service.
-#[derive(Debug)]
-pub struct DiskGate(pub Arc<DiskHealth>);
-
-impl StorageFilterCondition for DiskGate {
-    fn filter(&self, _: &Arc<Statistics>, _: u64, _: usize) -> StorageFilterResult {
-        match self.0.is_out() {
-            true => StorageFilterResult::Reject,
-            false => StorageFilterResult::Admit,
-        }
     }
 }
 
@@ -152,18 +136,6 @@ mod tests {
         assert_eq!(fitting(dir.path(), block, block), block, "a small tier fits");
         let clamped = fitting(dir.path(), u64::MAX / 2, block);
         assert!(clamped < u64::MAX / 2 && clamped.is_multiple_of(block), "{clamped}");
-    }
-
-    #[test]
-    fn the_gate_closes_once_and_says_why() {
-        let health = Arc::new(DiskHealth::default());
-        let gate = DiskGate(health.clone());
-        let stats = Arc::new(Statistics::new(foyer::Throttle::default()));
-        assert!(gate.filter(&stats, 0, 1).is_admitted());
-        health.fail("first".into());
-        health.fail("second".into());
-        assert!(gate.filter(&stats, 0, 1).is_rejected());
-        assert_eq!(health.degraded().as_deref(), Some("first"));
     }
 
     #[test]

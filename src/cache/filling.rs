@@ -118,6 +118,14 @@ impl Destination {
 pub(super) enum Store {
     /// The memory and disk tiers: a chunk this node owns.
     Tiers(HybridCache<CacheKey, CacheValue>),
+    /// The pinned store, out of the tiers' eviction: a chunk of a pinned object this
+    /// node owns (in the tiers if the store is full).
+    Pinned {
+        store: Arc<super::PinnedStore>,
+        bucket: String,
+        name: String,
+        tiers: HybridCache<CacheKey, CacheValue>,
+    },
     /// Memory only, never this node's disk: a copy of a chunk another node of the
     /// region owns.
     Copies(Cache<CacheKey, Bytes>),
@@ -195,6 +203,21 @@ impl ChunkWriter {
                             copies.insert(destination.key.clone(), whole.clone());
                             if destination.dropped() {
                                 copies.remove(&destination.key);
+                            }
+                        }
+                        Store::Pinned {
+                            store,
+                            bucket,
+                            name,
+                            tiers,
+                        } => {
+                            let kept = store.put(destination.key.clone(), bucket.clone(), name.clone(), whole.clone());
+                            if !kept {
+                                tiers.insert(destination.key.clone(), CacheValue::Chunk(whole.clone(), Some(crc)));
+                            }
+                            if destination.dropped() {
+                                store.remove(std::slice::from_ref(&destination.key));
+                                tiers.remove(&destination.key);
                             }
                         }
                         Store::Nowhere => {}

@@ -67,6 +67,35 @@ impl CacheKey {
         self.0.len()
     }
 
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// A key read back from its encoding (a pinned chunk's file).
+    pub(super) fn from_bytes(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+
+    /// The bucket and the key (percent-decoded: pins name keys as listed) of the
+    /// object this entry is of.
+    pub fn names(&self) -> Option<(String, String)> {
+        let mut rest = self.0.get(2..)?;
+        let mut field = || -> Option<&[u8]> {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let value = rest.get(4..4 + len)?;
+            rest = &rest[4 + len..];
+            Some(value)
+        };
+        let _origin = field()?;
+        let bucket = std::str::from_utf8(field()?).ok()?.to_owned();
+        let key = std::str::from_utf8(field()?).ok()?;
+        let key = percent_encoding::percent_decode_str(key)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        Some((bucket, key))
+    }
+
     /// What every chunk key of one version starts with: a chunk key without its
     /// chunk size and index.
     pub(super) fn version_prefix(&self) -> Bytes {
@@ -171,6 +200,15 @@ mod tests {
         assert_ne!(base, CacheKey::chunk(&object(), "\"e\"", 8 << 20, 1));
         assert_ne!(CacheKey::meta(&object()), base);
         assert_ne!(CacheKey::meta(&object()), CacheKey::part(&object(), 1));
+    }
+
+    #[test]
+    fn a_key_names_its_bucket_and_decoded_key() {
+        let mut object = object();
+        object.key = "llama/weights%2000001.safetensors".into();
+        let names = CacheKey::chunk(&object, "\"e\"", 8 << 20, 0).names();
+        assert_eq!(names, Some(("models".into(), "llama/weights 00001.safetensors".into())));
+        assert_eq!(CacheKey::meta(&object).names().unwrap().0, "models");
     }
 
     proptest! {

@@ -28,6 +28,16 @@ pub struct ConfigFile {
     pub peers: Option<PeersSection>,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub pins: PinsSection,
+}
+
+/// Pins: who may change them from the network, and the longest lease.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinsSection {
+    pub max_lease: Option<String>,
+    pub token_file: Option<String>,
 }
 
 /// Opt-in ways to serve a hit without asking the origin.
@@ -105,6 +115,8 @@ pub struct CacheSection {
     pub read_ahead_wait: Option<String>,
     pub peer_copies: Option<String>,
     pub metadata_max_age: Option<String>,
+    pub pinned: Option<String>,
+    pub admission: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -53,6 +53,10 @@ pub const DROP_PATH: &str = "/peer/v1/drop";
 /// "I am stopping (SIGTERM), and will likely be back": the body the node's hello.
 /// Readers wait for it a while rather than fill its chunks from the origin.
 pub const LEAVING_PATH: &str = "/peer/v1/leaving";
+/// A pin change (JSON), taken where it fits (200) or refused (507, why).
+pub const PINS_PATH: &str = "/peer/v1/pins";
+/// Every pin a node holds, tombstones included (JSON): merged by the asker.
+pub const PINS_ALL_PATH: &str = "/peer/v1/pins/all";
 /// What a hello's answer is signed as (in place of a method): a reply can never be
 /// replayed as a request, nor a request as a reply.
 pub const HELLO_REPLY: &str = "HELLO-REPLY";

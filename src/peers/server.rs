@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use super::auth::PeerKeys;
 use super::protocol::{
     ChunkRequest, Hello, ObjectNote, Signer, CHUNK_PATH, COLD_PATH, DROP_PATH, HELLO_PATH, LEARNED_PATH, LEAVING_PATH,
-    MAX_REQUEST_BYTES, PEER_SOURCE,
+    MAX_REQUEST_BYTES, PEER_SOURCE, PINS_ALL_PATH, PINS_PATH,
 };
 use super::{wire, Peers};
 use crate::body::{first_frames, BoxError, ProxyBody};
@@ -60,6 +60,7 @@ pub struct PeerServer {
     pub credentials: Option<Arc<FillCredentials>>,
     pub fills: Arc<Fills>,
     pub cold: Arc<dyn ColdOwner>,
+    pub pins: Arc<crate::pins::Pins>,
 }
 
 fn status(status: StatusCode) -> Response<ProxyBody> {
@@ -129,6 +130,19 @@ impl PeerServer {
                 }
                 None => status(StatusCode::BAD_REQUEST),
             },
+            (&Method::POST, PINS_PATH) => match serde_json::from_slice(&body) {
+                Ok(pin) => {
+                    let answer = match self.pins.accept(pin) {
+                        Ok(_) => (StatusCode::OK, Bytes::new()),
+                        Err(refusal) => (refusal.status, Bytes::from(refusal.message)),
+                    };
+                    signed(answer, path, &body, &keys)
+                }
+                Err(_) => status(StatusCode::BAD_REQUEST),
+            },
+            (&Method::POST, PINS_ALL_PATH) => {
+                signed((StatusCode::OK, Bytes::from(self.pins.table())), path, &body, &keys)
+            }
             (&Method::POST, CHUNK_PATH) => match ChunkRequest::decode(&body) {
                 Ok(chunk) => {
                     let mut response = self.serve_chunk(chunk, &body).await;
