@@ -72,13 +72,18 @@ pub struct DiskLayout {
 }
 
 impl DiskLayout {
-    pub fn for_chunk_size(chunk_size: u64) -> Self {
+    /// The layout for chunks of `chunk_size` on a disk tier of `disk` bytes: blocks of
+    /// four chunks (at least 16 MiB), and at least four blocks in the tier (foyer's
+    /// flusher waits for a reclaimed block: with one block, it waits forever).
+    pub fn for_chunk_size(chunk_size: u64, disk: u64) -> Self {
         let chunk = chunk_size as usize;
         let flushers = 2;
         // Four chunks per flusher buffer, so a burst of inserts fits (foyer #1334).
         let buffer_pool_size = flushers * 4 * (chunk + (64 << 10));
+        let floor = (chunk + (64 << 10)).next_multiple_of(4096) + 4096;
+        let quarter = ((disk / 4) as usize) & !4095;
         Self {
-            block_size: (4 * chunk).max(16 << 20).next_multiple_of(4096),
+            block_size: (4 * chunk).max(16 << 20).min(quarter.max(floor)).next_multiple_of(4096),
             flushers,
             buffer_pool_size,
             submit_queue_threshold: 4 * buffer_pool_size,
@@ -177,7 +182,7 @@ impl ChunkCache {
             .with_weighter(|key: &CacheKey, value: &CacheValue| key.len() + value.weight())
             .storage();
         let health = Arc::new(DiskHealth::default());
-        let layout = DiskLayout::for_chunk_size(config.chunk_size);
+        let layout = DiskLayout::for_chunk_size(config.chunk_size, config.disk);
         let sketch = Arc::new(Sketch::new((config.memory + config.disk) / config.chunk_size));
         // A cache directory that cannot be written is a disk tier out of service, not
         // a process that cannot start (a pod would crash-loop instead of serving).
@@ -187,7 +192,7 @@ impl ChunkCache {
                 .map_err(|e| health.fail(format!("cache.dir {dir} cannot be written: {e}")))
                 .is_ok();
         let capacity = match writable {
-            true => disk::fitting(&config.dir, config.disk, layout.block_size as u64),
+            true => disk::fitting(&config.dir, config.disk, layout.block_size as u64, config.pinned),
             false => 0,
         };
         if writable && capacity < 16 * config.chunk_size {
@@ -215,11 +220,12 @@ impl ChunkCache {
                         .with_flushers(layout.flushers)
                         .with_buffer_pool_size(layout.buffer_pool_size)
                         .with_submit_queue_size_threshold(layout.submit_queue_threshold)
-                        .with_admission_filter(StorageFilter::new().with_condition(admission::Admit {
-                            health: health.clone(),
-                            sketch: sketch.clone(),
-                            rule: config.admission,
-                        }))
+                        .with_admission_filter(StorageFilter::new().with_condition(admission::Admit::new(
+                            health.clone(),
+                            sketch.clone(),
+                            config.admission,
+                            disk_capacity,
+                        )))
                         .with_reinsertion_filter(StorageFilter::new().with_condition(admission::Keep {
                             health: health.clone(),
                             sketch: sketch.clone(),
@@ -232,7 +238,9 @@ impl ChunkCache {
             .build()
             .await
             .map_err(|source| CacheError::Open { dir, source })?;
-        let watch = (disk_capacity > 0).then(|| disk::watch(config.dir.clone(), disk_capacity, health.clone()));
+        // The pinned store grows on the same filesystem: counted in what it must hold.
+        let watch =
+            (disk_capacity > 0).then(|| disk::watch(config.dir.clone(), disk_capacity + config.pinned, health.clone()));
         let pins = Arc::new(PinTable::load(config.dir.join("pins.json")));
         let pinned = match config.pinned {
             0 => None,
@@ -402,6 +410,8 @@ impl ChunkCache {
     /// body): lookups of it stream what the writer pushes. `None` if it is already
     /// cached or arriving, or its version is being dropped.
     pub fn claim(&self, key: &CacheKey) -> Option<ChunkWriter> {
+        // A lookup too: a cold read's first chunk arrives this way.
+        self.sketch.touch(key.stable_hash());
         self.claim_to(key, false)
     }
 
@@ -489,6 +499,11 @@ impl ChunkCache {
                 if let Some((store, bucket, name)) = self.pinning(key) {
                     if store.put(key.clone(), bucket, name, bytes.clone()) {
                         self.inner.remove(key);
+                        // Dropped meanwhile (its object found wrong): not kept.
+                        if self.drops.since(&prefix, begun) {
+                            store.remove(std::slice::from_ref(key));
+                            return None;
+                        }
                     }
                 } else if self.admission == Admission::SecondHit && source == ChunkSource::Memory && count == 2 {
                     // Asked for a second time: now it goes to disk too.
@@ -592,10 +607,13 @@ async fn sweep(pins: Arc<PinTable>, pinned: Option<Arc<PinnedStore>>) {
         let now = pins::unix_now();
         let live = pins.live();
         metrics::gauge!(crate::telemetry::PINS).set(live.len() as f64);
-        if pins.expire(since, now) {
-            if let Some(store) = &pinned {
-                let freed = store.release_uncovered(pins.as_ref());
-                tracing::info!(freed, "pins expired; their chunks released");
+        // At once when a lease ends, and every ten seconds whatever the reason (a pin
+        // narrowed, a fill that ended after a release).
+        let expired = pins.expire(since, now);
+        if let Some(store) = pinned.as_ref().filter(|_| expired || now.is_multiple_of(10)) {
+            let freed = store.release_uncovered(pins.as_ref());
+            if freed > 0 {
+                tracing::info!(freed, "pinned chunks no pin covers any more released");
             }
         }
         since = now;
@@ -700,7 +718,11 @@ mod tests {
     #[test]
     fn disk_layout_fits_chunks_in_blocks_and_buffers() {
         for chunk in [1u64 << 20, 8 << 20, 64 << 20, 256 << 20] {
-            let layout = DiskLayout::for_chunk_size(chunk);
+            let layout = DiskLayout::for_chunk_size(chunk, 16 * chunk);
+            assert!(
+                layout.block_size as u64 * 4 <= 16 * chunk,
+                "the smallest tier has four blocks: {layout:?}"
+            );
             let entry = chunk as usize + 4096;
             assert!(entry <= layout.block_size - 4096, "{chunk}: {layout:?}");
             assert!(

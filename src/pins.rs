@@ -102,11 +102,10 @@ impl Pins {
     /// Whether a pin change may come from `peer` with `headers`: from loopback, or
     /// with the bearer token of `pins.token_file`.
     pub fn allowed(&self, headers: &HeaderMap, peer: SocketAddr) -> bool {
-        if peer.ip().to_canonical().is_loopback() {
-            return true;
-        }
+        // With a token, always the token: a service mesh's sidecar forwards every
+        // caller from loopback.
         let Some(path) = &self.token_file else {
-            return false;
+            return peer.ip().to_canonical().is_loopback();
         };
         let Ok(token) = std::fs::read_to_string(path) else {
             tracing::warn!(path = %path.display(), "pins.token_file cannot be read: pin changes refused");
@@ -175,7 +174,7 @@ impl Pins {
         };
         let pin = Pin {
             deleted: true,
-            revision: unix_millis().max(previous.revision + 1),
+            revision: unix_millis().max(previous.revision.saturating_add(1)),
             ..previous.clone()
         };
         self.regionwide(pin.clone(), Some(previous)).await?;
@@ -230,12 +229,12 @@ impl Pins {
         // Undone where it was taken: the previous record comes back as a newer change.
         let undo = match previous {
             Some(previous) => Pin {
-                revision: pin.revision + 1,
+                revision: pin.revision.saturating_add(1),
                 ..previous
             },
             None => Pin {
                 deleted: true,
-                revision: pin.revision + 1,
+                revision: pin.revision.saturating_add(1),
                 ..pin
             },
         };
@@ -259,7 +258,20 @@ impl Pins {
     /// fit what this node has free for its share.
     pub fn accept(&self, pin: Pin) -> Result<bool, Refusal> {
         let (capacity, _) = self.cache.pinned_room();
-        if !pin.deleted {
+        // From a peer too: no lease past this node's bound, no revision from the future.
+        let (now, now_ms) = (unix_now(), unix_millis());
+        if pin.expires_at > now.saturating_add(self.max_lease.as_secs()).saturating_add(3600)
+            || pin.revision > now_ms.saturating_add(3_600_000)
+        {
+            return Err(Refusal::bad("the pin's lease or revision is out of bounds"));
+        }
+        // A renewal that does not grow the pin needs no more room than it holds.
+        let renewal = self
+            .cache
+            .pins()
+            .get(&pin.id)
+            .is_some_and(|old| old.live(now) && old.bytes >= pin.bytes && old.bucket == pin.bucket);
+        if !pin.deleted && !renewal {
             if capacity == 0 {
                 return Err(Refusal::new(
                     StatusCode::INSUFFICIENT_STORAGE,
@@ -296,7 +308,7 @@ impl Pins {
                 format!("the pin cannot be saved on this node's disk: {error}"),
             )
         })?;
-        if changed && !pin.live(unix_now()) {
+        if changed {
             self.cache.release_unpinned();
         }
         Ok(changed)
@@ -348,7 +360,7 @@ impl Pins {
             return Err(Refusal::bad("a pin names a bucket"));
         }
         let keys = request.keys.unwrap_or_default();
-        if request.prefix.is_some() == !keys.is_empty() {
+        if request.prefix.is_some() != keys.is_empty() {
             return Err(Refusal::bad(
                 "a pin names a prefix or a list of keys (a manifest), not both",
             ));
@@ -373,8 +385,23 @@ impl Pins {
         }
         let id = request.id.unwrap_or_else(|| match &request.prefix {
             Some(prefix) => format!("s3://{}/{prefix}", request.bucket),
-            None => format!("s3://{}/ ({} keys)", request.bucket, keys.len()),
+            None => {
+                let mut sorted: Vec<&String> = keys.iter().collect();
+                sorted.sort_unstable();
+                let listed = sorted.iter().map(|k| k.as_str()).collect::<Vec<_>>().join("\n");
+                format!(
+                    "s3://{}/ ({} keys, {:016x})",
+                    request.bucket,
+                    keys.len(),
+                    twox_hash::XxHash64::oneshot(0, listed.as_bytes())
+                )
+            }
         });
+        // Newer than the change this node holds, whatever the clocks say.
+        let revision = match self.cache.pins().get(&id) {
+            Some(old) => unix_millis().max(old.revision.saturating_add(1)),
+            None => unix_millis(),
+        };
         let pin = Pin {
             id,
             bucket: request.bucket,
@@ -383,20 +410,9 @@ impl Pins {
             objects: request.objects,
             bytes: request.bytes,
             expires_at: unix_now() + lease.as_secs().max(1),
-            revision: unix_millis(),
+            revision,
             deleted: false,
         };
-        if self
-            .cache
-            .pins()
-            .get(&pin.id)
-            .is_some_and(|old| old.revision >= pin.revision)
-        {
-            return Err(Refusal::new(
-                StatusCode::CONFLICT,
-                "a newer change of this pin exists; try again",
-            ));
-        }
         if serde_json::to_vec(&pin).map_or(usize::MAX, |b| b.len()) > MAX_PIN_BYTES {
             return Err(Refusal::bad(
                 "the manifest is too long for one pin: pin a prefix, or split it",
@@ -416,18 +432,18 @@ impl Pins {
         let Some(peers) = self.peers.clone() else {
             return;
         };
-        let mut ticks = tokio::time::interval(SYNC_EVERY);
-        let mut fingerprint = None;
+        // As soon as the members change (a node joined or came back), and every
+        // SYNC_EVERY.
+        let mut synced: Option<(u64, std::time::Instant)> = None;
         loop {
-            // Also as soon as the members change.
+            tokio::time::sleep(Duration::from_secs(1)).await;
             let members = peers.members();
-            if fingerprint == Some(members.fingerprint) {
-                ticks.tick().await;
-            } else {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            let due =
+                synced.is_none_or(|(fingerprint, at)| fingerprint != members.fingerprint || at.elapsed() >= SYNC_EVERY);
+            if !due {
+                continue;
             }
-            let members = peers.members();
-            fingerprint = Some(members.fingerprint);
+            synced = Some((members.fingerprint, std::time::Instant::now()));
             for address in members.members.iter().filter_map(|m| m.address) {
                 let answer = peers
                     .client

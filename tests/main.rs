@@ -1,6 +1,7 @@
 //! Integration tests: a real S3 origin (s3s-fs, SigV4 on) and s3-accel, both
 //! in-process on loopback ports.
 
+mod admission;
 mod cache;
 mod credentials;
 mod faults;

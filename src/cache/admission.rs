@@ -2,13 +2,14 @@
 //! S3-FIFO (a one-hit chunk leaves first); the disk tier is a log of blocks,
 //! reclaimed oldest first. Without a rule, a one-pass scan rewrites the whole log and
 //! flushes the hot set from it. With one, a frequency sketch of chunk lookups decides:
-//! - `frequency` (the default): every filled chunk is written (a chunk read once still
-//!   survives a restart), and when its block is reclaimed, a chunk looked up again
-//!   since it was written is written anew rather than dropped. A scan passes through
-//!   the log; the hot set stays in it.
-//! - `second-hit`: a chunk reaches the disk only once it is asked for a second time
-//!   (a second fill, or a memory hit), and is kept as with `frequency`. A scan never
-//!   touches the disk; a chunk read once is not on it after a restart.
+//! - `second-hit` (the default): until the disk tier has taken its size once, every
+//!   filled chunk is written (a new node warms whole, and what it read survives a
+//!   restart); from then on a chunk is written only when asked for a second time (a
+//!   second fill, or a hit in memory). When a block is reclaimed, the chunks looked
+//!   up again since they were written are written anew. A scan never reaches a full
+//!   disk; the hot set stays on it.
+//! - `frequency`: every filled chunk is written, and kept as with `second-hit`. A
+//!   scan passes through the log, and rewrites of the hot set make room for it.
 //! - `all`: every chunk written, none kept past its block (plain FIFO).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -22,8 +23,8 @@ use super::disk::DiskHealth;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Admission {
     All,
-    #[default]
     Frequency,
+    #[default]
     SecondHit,
 }
 
@@ -115,21 +116,41 @@ impl Sketch {
 }
 
 /// foyer's admission filter: nothing when the disk tier is out of service; with
-/// `second-hit`, only chunks asked for at least twice.
+/// `second-hit`, once the tier has taken its size, only chunks asked for twice.
 #[derive(Debug)]
 pub struct Admit {
     pub health: Arc<DiskHealth>,
     pub sketch: Arc<Sketch>,
     pub rule: Admission,
+    /// The disk tier's size, and the bytes admitted so far.
+    pub capacity: u64,
+    pub admitted: AtomicU64,
+}
+
+impl Admit {
+    pub fn new(health: Arc<DiskHealth>, sketch: Arc<Sketch>, rule: Admission, capacity: u64) -> Self {
+        Self {
+            health,
+            sketch,
+            rule,
+            capacity,
+            admitted: AtomicU64::new(0),
+        }
+    }
 }
 
 impl StorageFilterCondition for Admit {
-    fn filter(&self, _: &Arc<Statistics>, hash: u64, _: usize) -> StorageFilterResult {
+    fn filter(&self, _: &Arc<Statistics>, hash: u64, size: usize) -> StorageFilterResult {
         let admitted = !self.health.is_out()
             && match self.rule {
                 Admission::All | Admission::Frequency => true,
-                Admission::SecondHit => self.sketch.count(hash) >= 2,
+                Admission::SecondHit => {
+                    self.admitted.load(Ordering::Relaxed) < self.capacity || self.sketch.count(hash) >= 2
+                }
             };
+        if admitted {
+            self.admitted.fetch_add(size as u64, Ordering::Relaxed);
+        }
         match admitted {
             true => StorageFilterResult::Admit,
             false => StorageFilterResult::Reject,
@@ -189,10 +210,11 @@ mod tests {
         let health = Arc::new(DiskHealth::default());
         let sketch = Arc::new(Sketch::new(256));
         let stats = Arc::new(Statistics::new(foyer::Throttle::default()));
-        let admit = |rule| Admit {
-            health: health.clone(),
-            sketch: sketch.clone(),
-            rule,
+        // A full disk tier: the second-hit rule applies.
+        let admit = |rule| {
+            let admit = Admit::new(health.clone(), sketch.clone(), rule, 1 << 20);
+            admit.admitted.store(1 << 20, Ordering::Relaxed);
+            admit
         };
         let keep = |rule| Keep {
             health: health.clone(),
@@ -200,6 +222,10 @@ mod tests {
             rule,
         };
         sketch.touch(1);
+        let filling = Admit::new(health.clone(), sketch.clone(), Admission::SecondHit, 2 << 20);
+        assert!(filling.filter(&stats, 1, 1 << 20).is_admitted(), "room left: taken");
+        assert!(filling.filter(&stats, 1, 1 << 20).is_admitted(), "room left: taken");
+        assert!(filling.filter(&stats, 1, 1 << 20).is_rejected(), "full: asked for once");
         assert!(admit(Admission::SecondHit).filter(&stats, 1, 0).is_rejected());
         assert!(admit(Admission::Frequency).filter(&stats, 1, 0).is_admitted());
         assert!(

@@ -50,9 +50,13 @@ impl DiskHealth {
     }
 }
 
-/// Bytes the files under `dir` occupy on disk (foyer's files are sparse: they take
-/// room as blocks are written).
+/// Bytes the cache's files under `dir` occupy on disk (foyer's files are sparse:
+/// they take room as blocks are written), the pinned store's included.
 fn allocated(dir: &Path) -> u64 {
+    files(dir) + files(&dir.join("pinned"))
+}
+
+fn files(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -77,13 +81,14 @@ pub fn probe_write(dir: &Path) -> std::io::Result<()> {
 
 /// The disk tier that fits the filesystem of `dir`: what it may still take (its
 /// free space) plus what the cache's files already hold, less a margin of two
-/// blocks for the filesystem itself. A configured size above that is clamped, with
-/// a warning: a pod must serve with a smaller tier rather than crash-loop.
-pub fn fitting(dir: &Path, configured: u64, block_size: u64) -> u64 {
+/// blocks for the filesystem itself and `reserved` for the pinned store. A
+/// configured size above that is clamped, with a warning: a pod must serve with a
+/// smaller tier rather than crash-loop.
+pub fn fitting(dir: &Path, configured: u64, block_size: u64, reserved: u64) -> u64 {
     let Some(free) = free_space(dir) else {
         return configured;
     };
-    let room = (free + allocated(dir)).saturating_sub(2 * block_size);
+    let room = (free + allocated(dir)).saturating_sub(2 * block_size + reserved);
     let room = room - room % block_size;
     if configured > room {
         tracing::warn!(
@@ -133,8 +138,8 @@ mod tests {
     fn a_tier_larger_than_its_filesystem_is_clamped() {
         let dir = tempfile::tempdir().unwrap();
         let block = 16 << 20;
-        assert_eq!(fitting(dir.path(), block, block), block, "a small tier fits");
-        let clamped = fitting(dir.path(), u64::MAX / 2, block);
+        assert_eq!(fitting(dir.path(), block, block, 0), block, "a small tier fits");
+        let clamped = fitting(dir.path(), u64::MAX / 2, block, 0);
         assert!(clamped < u64::MAX / 2 && clamped.is_multiple_of(block), "{clamped}");
     }
 

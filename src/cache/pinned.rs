@@ -21,6 +21,9 @@ use super::CacheKey;
 use crate::telemetry;
 
 const MAGIC: &[u8; 8] = b"S3APIN1\n";
+/// Chunks waiting for their file are held in memory: at most this many bytes (past
+/// it, a chunk goes to the tiers instead, and is pinned when next read).
+const MAX_PENDING: u64 = 256 << 20;
 
 /// Which objects live pins cover, by bucket and (decoded) key.
 pub trait Covers: Send + Sync {
@@ -43,6 +46,7 @@ struct Index {
     entries: HashMap<CacheKey, Entry>,
     /// Chunks stored but not yet on disk: served from here meanwhile.
     pending: HashMap<CacheKey, Bytes>,
+    pending_bytes: u64,
     used: u64,
 }
 
@@ -72,7 +76,7 @@ impl PinnedStore {
             }
         }
         // Oldest first: what was pinned first is kept first.
-        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.sort_by_key(|a| a.0);
         let mut index = Index::default();
         let (mut expired, mut unfit) = (0u64, 0u64);
         for (_, path, key, len) in found {
@@ -186,6 +190,9 @@ impl PinnedStore {
             if index.entries.contains_key(&key) || index.pending.contains_key(&key) {
                 return true;
             }
+            if index.pending_bytes + len > MAX_PENDING {
+                return false;
+            }
             let stale: Vec<CacheKey> = index
                 .entries
                 .iter()
@@ -206,6 +213,7 @@ impl PinnedStore {
                 return false;
             }
             index.used += len;
+            index.pending_bytes += len;
             index.pending.insert(key.clone(), bytes.clone());
             index.entries.insert(
                 key.clone(),
@@ -225,7 +233,9 @@ impl PinnedStore {
             let path = store.path_of(&key);
             let written = write_file(&path, &key, &bytes);
             let mut index = store.index();
-            index.pending.remove(&key);
+            if index.pending.remove(&key).is_some() {
+                index.pending_bytes -= len;
+            }
             if let Err(error) = written {
                 // The disk refused it: not pinned (it is read again from upstream).
                 tracing::warn!(%error, "writing a pinned chunk failed");
@@ -250,7 +260,9 @@ impl PinnedStore {
             let mut index = self.index();
             let removed: Vec<Entry> = keys.iter().filter_map(|k| index.entries.remove(k)).collect();
             for key in keys {
-                index.pending.remove(key);
+                if let Some(bytes) = index.pending.remove(key) {
+                    index.pending_bytes -= bytes.len() as u64;
+                }
             }
             index.used -= removed.iter().map(|e| e.len).sum::<u64>();
             removed
@@ -258,8 +270,16 @@ impl PinnedStore {
         if removed.is_empty() {
             return;
         }
-        for entry in &removed {
-            let _ = std::fs::remove_file(&entry.path);
+        let paths: Vec<PathBuf> = removed.into_iter().map(|e| e.path).collect();
+        let unlink = move || {
+            for path in paths {
+                let _ = std::fs::remove_file(path);
+            }
+        };
+        // Off the runtime's threads when there is one (a slow disk stalls no request).
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(unlink)),
+            Err(_) => unlink(),
         }
         self.publish();
     }

@@ -67,6 +67,9 @@ pub fn unix_millis() -> u64 {
 pub struct PinTable {
     path: PathBuf,
     pins: Mutex<HashMap<String, Pin>>,
+    /// Held while the file is written (never the table's lock: lookups ask the
+    /// table on every fill).
+    saving: Mutex<()>,
 }
 
 impl PinTable {
@@ -87,6 +90,7 @@ impl PinTable {
         Self {
             path,
             pins: Mutex::new(pins),
+            saving: Mutex::new(()),
         }
     }
 
@@ -113,17 +117,29 @@ impl PinTable {
 
     /// Takes `pin` if it is newer than what the table holds under its id; saved.
     /// Whether it changed anything.
-    pub fn merge(&self, pin: Pin) -> std::io::Result<bool> {
-        let mut pins = self.map();
-        if pins.get(&pin.id).is_some_and(|old| old.revision >= pin.revision) {
-            return Ok(false);
+    pub fn merge(&self, mut pin: Pin) -> std::io::Result<bool> {
+        if pin.deleted {
+            // A tombstone needs only its id, revision and expiry.
+            pin.keys = Vec::new();
+            pin.prefix = None;
         }
-        let old = pins.insert(pin.id.clone(), pin.clone());
-        if let Err(error) = self.save(&pins) {
-            match old {
-                Some(old) => pins.insert(old.id.clone(), old),
-                None => pins.remove(&pin.id),
-            };
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let (old, snapshot) = {
+            let mut pins = self.map();
+            if pins.get(&pin.id).is_some_and(|old| old.revision >= pin.revision) {
+                return Ok(false);
+            }
+            let old = pins.insert(pin.id.clone(), pin.clone());
+            (old, pins.clone())
+        };
+        if let Err(error) = self.save(&snapshot) {
+            let mut pins = self.map();
+            if pins.get(&pin.id).is_some_and(|now| now.revision == pin.revision) {
+                match old {
+                    Some(old) => pins.insert(old.id.clone(), old),
+                    None => pins.remove(&pin.id),
+                };
+            }
             return Err(error);
         }
         Ok(true)
@@ -132,14 +148,18 @@ impl PinTable {
     /// Forgets tombstones and expired pins past their grace. Whether any pin
     /// expired since the last call (its chunks are to be released).
     pub fn expire(&self, since: u64, now: u64) -> bool {
-        let mut pins = self.map();
-        let expired = pins
-            .values()
-            .any(|p| !p.deleted && p.expires_at > since && p.expires_at <= now);
-        let before = pins.len();
-        pins.retain(|_, p| p.expires_at + TOMBSTONE_GRACE.as_secs() > now);
-        if pins.len() != before {
-            if let Err(error) = self.save(&pins) {
+        let (expired, snapshot) = {
+            let mut pins = self.map();
+            let expired = pins
+                .values()
+                .any(|p| !p.deleted && p.expires_at > since && p.expires_at <= now);
+            let before = pins.len();
+            pins.retain(|_, p| p.expires_at.saturating_add(TOMBSTONE_GRACE.as_secs()) > now);
+            (expired, (pins.len() != before).then(|| pins.clone()))
+        };
+        if let Some(snapshot) = snapshot {
+            let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(error) = self.save(&snapshot) {
                 tracing::warn!(%error, "saving the pins");
             }
         }

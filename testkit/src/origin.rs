@@ -50,6 +50,8 @@ pub struct OriginStats {
     pub unconditional_gets: AtomicU64,
     /// The `Range` of every fill, in arrival order.
     pub fill_ranges: Mutex<Vec<String>>,
+    /// The path of every fill, in arrival order.
+    pub fill_paths: Mutex<Vec<String>>,
     /// `METHOD target` of every request, in arrival order.
     pub log: Mutex<Vec<String>>,
     /// Part sizes of objects stored "in parts", by raw path (`/bucket/key`): s3s-fs
@@ -363,6 +365,7 @@ async fn answer(
     let mut cut_after = None;
     if if_match.is_some() && request.headers().contains_key("range") {
         stats.fills.fetch_add(1, Ordering::SeqCst);
+        stats.fill_paths.lock().unwrap().push(request.uri().path().to_owned());
         if let Some(range) = header("range") {
             stats.fill_ranges.lock().unwrap().push(range);
         }
