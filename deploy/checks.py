@@ -1126,19 +1126,7 @@ def cmd_pinning(args):
 
 def bench_flags(bench_rs):
     """The long flags of s3-accel-bench (bench/src/main.rs, `pub struct Args`)."""
-    text = Path(bench_rs).read_text()
-    body = re.search(r"pub struct Args \{(.*?)\n\}", text, re.S)
-    if not body:
-        raise SystemExit(f"{bench_rs}: no `pub struct Args`; has the bench moved?")
-    flags, rename = set(), None
-    for line in body.group(1).splitlines():
-        line = line.strip()
-        if m := re.search(r'long\s*=\s*"([\w-]+)"', line):
-            rename = m.group(1)
-        if m := re.match(r"pub (\w+):", line):
-            flags.add(rename or m.group(1).replace("_", "-"))
-            rename = None
-    return flags
+    return struct_flags(bench_rs, "Args")
 
 
 def cmd_loadtest(args):
