@@ -486,9 +486,9 @@ impl Config {
         if peer_copies > memory / 2 {
             return Err(invalid("cache.peer_copies", "must be at most half of cache.memory"));
         }
-        // A quarter of the disk tier's size again, for pins: room for the models
-        // deployments keep resident, never taken from what the tier caches.
-        let pinned = size_or(file.cache.pinned.as_deref().map(|v| (v, "cache.pinned")), || disk / 4)?;
+        // Off unless set: pinned chunks take disk besides the tier, which a node sized
+        // for the tier alone may not have.
+        let pinned = size_or(file.cache.pinned.as_deref().map(|v| (v, "cache.pinned")), || 0)?;
         if pinned != 0 && pinned < 2 * chunk_size {
             return Err(invalid(
                 "cache.pinned",
