@@ -155,6 +155,8 @@ pub struct ChunkCache {
     /// How often each chunk was looked up lately, for the disk tier's admission.
     sketch: Arc<Sketch>,
     admission: Admission,
+    /// Bytes the disk tier admitted since start, against its size.
+    admitted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ChunkCache {
@@ -184,6 +186,7 @@ impl ChunkCache {
         let health = Arc::new(DiskHealth::default());
         let layout = DiskLayout::for_chunk_size(config.chunk_size, config.disk);
         let sketch = Arc::new(Sketch::new((config.memory + config.disk) / config.chunk_size));
+        let admitted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         // A cache directory that cannot be written is a disk tier out of service, not
         // a process that cannot start (a pod would crash-loop instead of serving).
         let writable = config.disk != 0
@@ -220,12 +223,10 @@ impl ChunkCache {
                         .with_flushers(layout.flushers)
                         .with_buffer_pool_size(layout.buffer_pool_size)
                         .with_submit_queue_size_threshold(layout.submit_queue_threshold)
-                        .with_admission_filter(StorageFilter::new().with_condition(admission::Admit::new(
-                            health.clone(),
-                            sketch.clone(),
-                            config.admission,
-                            disk_capacity,
-                        )))
+                        .with_admission_filter(StorageFilter::new().with_condition(admission::Admit {
+                            admitted: admitted.clone(),
+                            ..admission::Admit::new(health.clone(), sketch.clone(), config.admission, disk_capacity)
+                        }))
                         .with_reinsertion_filter(StorageFilter::new().with_condition(admission::Keep {
                             health: health.clone(),
                             sketch: sketch.clone(),
@@ -270,6 +271,7 @@ impl ChunkCache {
             sweeper,
             sketch,
             admission: config.admission,
+            admitted,
         })
     }
 
@@ -505,7 +507,13 @@ impl ChunkCache {
                             return None;
                         }
                     }
-                } else if self.admission == Admission::SecondHit && source == ChunkSource::Memory && count == 2 {
+                } else if self.admission == Admission::SecondHit
+                    && source == ChunkSource::Memory
+                    && count == 2
+                    && admission::Admit::full(&self.admitted, self.disk_capacity)
+                {
+                    // (Before the tier was full, its first fill was written already:
+                    // writing it again would only compete with other writes.)
                     // Asked for a second time: now it goes to disk too.
                     self.inner.insert(key.clone(), CacheValue::Chunk(bytes.clone(), crc));
                 }

@@ -124,7 +124,7 @@ pub struct Admit {
     pub rule: Admission,
     /// The disk tier's size, and the bytes admitted so far.
     pub capacity: u64,
-    pub admitted: AtomicU64,
+    pub admitted: Arc<AtomicU64>,
 }
 
 impl Admit {
@@ -134,8 +134,13 @@ impl Admit {
             sketch,
             rule,
             capacity,
-            admitted: AtomicU64::new(0),
+            admitted: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Whether the tier has taken its size (from then on, the second-hit rule).
+    pub fn full(admitted: &AtomicU64, capacity: u64) -> bool {
+        admitted.load(Ordering::Relaxed) >= capacity
     }
 }
 
@@ -144,9 +149,7 @@ impl StorageFilterCondition for Admit {
         let admitted = !self.health.is_out()
             && match self.rule {
                 Admission::All | Admission::Frequency => true,
-                Admission::SecondHit => {
-                    self.admitted.load(Ordering::Relaxed) < self.capacity || self.sketch.count(hash) >= 2
-                }
+                Admission::SecondHit => !Self::full(&self.admitted, self.capacity) || self.sketch.count(hash) >= 2,
             };
         if admitted {
             self.admitted.fetch_add(size as u64, Ordering::Relaxed);
