@@ -61,8 +61,7 @@ impl App {
         if let Some(grants) = &node.grants {
             tokio::spawn(admin::flush_on_hangup(grants.clone()));
         }
-        let fill_permits = fetch::budget::fill_permits(config.cache.fill_memory, config.cache.chunk_size);
-        let fills = fetch::Fills::new(fill_permits, cache.clone());
+        let fills = fetch::Fills::new(origin_budget(config, peers.as_ref()), cache.clone());
         // One herd for the node: its own requests, and the turns it holds for others.
         let patience = config.origin_client.first_byte_timeout;
         let region = peers
@@ -208,4 +207,20 @@ fn verified_keys(config: &Config) -> io::Result<Option<Arc<s3::keys::VerifiedKey
         None => None,
     };
     Ok(keys)
+}
+
+/// The origin budget: the node's bounds (its fills within the fill memory) and its
+/// share of the region's, the part of the keys it owns (alone, all of it).
+fn origin_budget(config: &Config, peers: Option<&Arc<peers::Peers>>) -> Arc<fetch::origin_budget::OriginBudget> {
+    let slots = fetch::budget::fill_slots(config.cache.fill_memory, config.cache.chunk_size);
+    let bounds = config.origin_budget;
+    let share: fetch::origin_budget::Share = match peers {
+        Some(peers) => {
+            let peers = peers.clone();
+            Box::new(move || peers.members().share())
+        }
+        None => Box::new(|| 1.0),
+    };
+    let region = (bounds.region != Default::default()).then_some((bounds.region, share));
+    fetch::origin_budget::OriginBudget::new(bounds.node, slots, region, config.cache.chunk_size)
 }

@@ -85,6 +85,17 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Who may pin, and for how long.
     pub pins: PinsConfig,
+    /// What origin fills may take, this node's and the region's.
+    pub origin_budget: OriginBudgetConfig,
+}
+
+/// Bounds on origin fills (`[origin_client]`'s `max_fills`, `max_fill_bytes_per_sec`
+/// and their `region_` twins). A node keeps its own bounds and its share of the
+/// region's (split evenly among the members; alone, it is the region).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OriginBudgetConfig {
+    pub node: crate::fetch::origin_budget::Limits,
+    pub region: crate::fetch::origin_budget::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -352,6 +363,7 @@ impl Config {
         if pins.max_lease.is_zero() {
             return Err(invalid("pins.max_lease", "must be longer than 0s"));
         }
+        let origin_budget = Self::origin_budget(&file)?;
         Ok(Self {
             listen,
             admin_listen,
@@ -364,6 +376,40 @@ impl Config {
             peers,
             auth,
             pins,
+            origin_budget,
+        })
+    }
+
+    fn origin_budget(file: &ConfigFile) -> Result<OriginBudgetConfig, ConfigError> {
+        let section = &file.origin_client;
+        let limits = |(fills_key, fills): (&str, Option<usize>), (rate_key, rate): (&str, Option<&str>)| {
+            if fills == Some(0) {
+                return Err(invalid(fills_key, "must be at least 1 (leave it out for no bound)"));
+            }
+            let bytes_per_sec = match rate {
+                None => None,
+                Some(text) => match parse_size(text).map_err(|reason| invalid(rate_key, reason))? {
+                    0 => return Err(invalid(rate_key, "must be more than 0 (leave it out for no bound)")),
+                    rate => Some(rate),
+                },
+            };
+            Ok(crate::fetch::origin_budget::Limits { fills, bytes_per_sec })
+        };
+        Ok(OriginBudgetConfig {
+            node: limits(
+                ("origin_client.max_fills", section.max_fills),
+                (
+                    "origin_client.max_fill_bytes_per_sec",
+                    section.max_fill_bytes_per_sec.as_deref(),
+                ),
+            )?,
+            region: limits(
+                ("origin_client.region_max_fills", section.region_max_fills),
+                (
+                    "origin_client.region_max_fill_bytes_per_sec",
+                    section.region_max_fill_bytes_per_sec.as_deref(),
+                ),
+            )?,
         })
     }
 

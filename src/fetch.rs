@@ -2,12 +2,14 @@
 //! ([`Upstream`]): the origin ([`fill`]), or, with peers, the region's owner first
 //! (`peers::upstream`). The request path asks for chunks and never learns which.
 //! A cold probe's own body can be a first chunk ([`lead`]). The memory chunks in
-//! flight may take is bounded here too ([`budget`]).
+//! flight may take is bounded here too ([`budget`]), and what fills may take from
+//! the origin, by priority ([`origin_budget`]).
 
 pub mod budget;
 pub mod check;
 pub mod fill;
 pub mod lead;
+pub mod origin_budget;
 
 use std::sync::Arc;
 
@@ -18,14 +20,21 @@ use futures_util::FutureExt;
 use crate::cache::{CacheKey, ChunkSink};
 use crate::s3::Crc;
 pub use check::Fills;
-pub use fill::{fill_auth, Fill, FillAuth, FillError};
+pub use fill::{fill_auth, Fill, FillAuth, FillError, PRIORITY_HEADER};
+pub use origin_budget::Priority;
 
 /// A source of an object version's chunks.
 pub trait Upstream: Send + Sync {
     /// Fetches chunk `index` of the object version, pushing its bytes to `sink` as
     /// they arrive, and returns it whole with its CRC once it is checked. The cache runs the
     /// future in a task of its own, so a client that goes away does not cancel it.
-    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>>;
+    /// `priority` says who waits for it, for the origin budget's order.
+    fn fetch(
+        self: Arc<Self>,
+        index: u64,
+        sink: ChunkSink,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>>;
 
     /// Whether chunk `index` is checked whole against the object's checksum before
     /// it is kept (its readers' last bytes then wait for the check).
@@ -42,8 +51,13 @@ pub trait Upstream: Send + Sync {
 }
 
 impl Upstream for Fill {
-    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
-        Fill::fetch(&self, index, sink, 0).boxed()
+    fn fetch(
+        self: Arc<Self>,
+        index: u64,
+        sink: ChunkSink,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
+        Fill::fetch(&self, index, sink, 0, priority).boxed()
     }
 
     fn checks(&self, index: u64) -> bool {

@@ -3,6 +3,9 @@
 //! then reads every object through the accelerator with bounded concurrency,
 //! discarding the bytes, with a progress bar and a summary of the cache outcomes.
 //! With peers, each chunk's owner fills it: one prefetch warms the whole region.
+//! Its reads ask for background priority (live reads' fills go first), and an
+//! object answered 503 (SlowDown) is read again later, backing off exponentially
+//! with jitter.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -64,6 +67,10 @@ pub struct PrefetchArgs {
     /// The bearer token of the nodes' pins.token_file, for --pin-for.
     #[arg(long, env = "S3_ACCEL_PIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Times an object answered 503 (SlowDown) is read again, each after a longer
+    /// wait (0.25 s doubling up to 30 s, with jitter), before it counts as failed.
+    #[arg(long, default_value_t = 10)]
+    pub max_retries: u32,
 }
 
 /// One object to read.
@@ -119,6 +126,9 @@ pub struct Summary {
     pub outcomes: BTreeMap<String, u64>,
     /// Each object that failed, and why.
     pub failures: Vec<(String, String)>,
+    /// 503 answers (SlowDown) read again later, and the time waited before them.
+    pub slowdowns: u64,
+    pub backed_off: Duration,
 }
 
 impl Summary {
@@ -134,6 +144,13 @@ impl Summary {
         );
         let outcomes: Vec<String> = self.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("prefetch: cache: {}", outcomes.join(", "));
+        if self.slowdowns > 0 {
+            println!(
+                "prefetch: slowed down {} times (503), backed off {:.1} s in all",
+                self.slowdowns,
+                self.backed_off.as_secs_f64()
+            );
+        }
         for (object, reason) in &self.failures {
             println!("prefetch: FAILED {object}: {reason}");
         }
@@ -176,7 +193,8 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, PrefetchError> {
         println!("prefetch: would read {} objects, {total} bytes", objects.len());
         return Ok(Summary::default());
     }
-    let endpoint = Endpoint::new(&args.endpoint)?;
+    let mut endpoint = Endpoint::new(&args.endpoint)?;
+    endpoint.background = true;
     // Pinned first: what the reads fill then goes to the owners' pinned stores.
     if let (Some(lease), Some(admin)) = (&args.pin_for, &args.admin) {
         let admin = crate::pins::cli::Admin::new(admin, args.token_file.as_deref())?;
@@ -226,6 +244,9 @@ impl Keys {
 pub struct Endpoint {
     client: OriginClient,
     url: s3::Endpoint,
+    /// Requests ask an accelerator for background priority (unsigned: a header for
+    /// the node only).
+    pub background: bool,
 }
 
 impl Endpoint {
@@ -248,7 +269,11 @@ impl Endpoint {
             connect::resolver()?,
             connect::ConnectionCap::new(config.max_connections),
         )?;
-        Ok(Self { client, url })
+        Ok(Self {
+            client,
+            url,
+            background: false,
+        })
     }
 
     /// A signed GET of `target` (a path and query, already encoded).
@@ -284,6 +309,10 @@ impl Endpoint {
             .insert(header::HOST, authority.parse().map_err(|_| "bad host".to_string())?);
         if let Some(snapshot) = keys.credentials.as_ref().and_then(|c| c.current()) {
             sign_s3(&mut request, &snapshot.keys, &keys.region).map_err(|e| crate::error::error_chain(&e))?;
+        }
+        if self.background {
+            let background = header::HeaderValue::from_static("background");
+            request.headers_mut().insert(crate::fetch::PRIORITY_HEADER, background);
         }
         self.client
             .send(request, "prefetch")
@@ -462,12 +491,26 @@ async fn read_all(
         .map(|object| {
             let progress = progress.clone();
             async move {
-                let outcome = read(endpoint, keys, &object, &progress).await;
-                (object, outcome)
+                let mut backoff = Backoff::default();
+                loop {
+                    match read(endpoint, keys, &object, &progress).await {
+                        Err(Failed {
+                            reason,
+                            slow_down: true,
+                        }) if backoff.tries < args.max_retries => {
+                            let wait = backoff.next();
+                            progress.suspend(|| eprintln!("prefetch: {object}: {reason}; again in {wait:.1?}"));
+                            tokio::time::sleep(wait).await;
+                        }
+                        outcome => break (object, outcome.map_err(|failed| failed.reason), backoff),
+                    }
+                }
             }
         })
         .buffer_unordered(args.concurrency);
-    while let Some((object, outcome)) = reads.next().await {
+    while let Some((object, outcome, backoff)) = reads.next().await {
+        summary.slowdowns += u64::from(backoff.tries);
+        summary.backed_off += backoff.waited;
         done += 1;
         progress.set_message(format!("{done}/{count} objects"));
         match outcome {
@@ -487,18 +530,57 @@ async fn read_all(
     Ok(summary)
 }
 
+/// Waits between reads of an object answered 503: 0.25 s doubling up to 30 s, each
+/// between half and all of it (jitter: prefetches slowed down together do not come
+/// back together).
+#[derive(Default)]
+struct Backoff {
+    tries: u32,
+    waited: Duration,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ceiling = Duration::from_millis(250)
+            .saturating_mul(1 << self.tries.min(16))
+            .min(Duration::from_secs(30));
+        let wait = ceiling.mul_f64(0.5 + fastrand::f64() / 2.0);
+        self.tries += 1;
+        self.waited += wait;
+        wait
+    }
+}
+
+/// A read that failed: why, and whether it is worth trying again later (a 503).
+struct Failed {
+    reason: String,
+    slow_down: bool,
+}
+
+impl From<String> for Failed {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            slow_down: false,
+        }
+    }
+}
+
 /// Reads one object whole, discarding its bytes: how many, and the cache outcome.
 async fn read(
     endpoint: &Endpoint,
     keys: &Keys,
     object: &Object,
     progress: &ProgressBar,
-) -> Result<(u64, String), String> {
+) -> Result<(u64, String), Failed> {
     let response = endpoint.get(keys, &object.target()).await?;
     let status = response.status();
     if status != StatusCode::OK {
         let code = crate::origin::error_code(response).await;
-        return Err(format!("{status} {code}").trim().to_owned());
+        return Err(Failed {
+            reason: format!("{status} {code}").trim().to_owned(),
+            slow_down: status == StatusCode::SERVICE_UNAVAILABLE,
+        });
     }
     let cache = response
         .headers()
@@ -522,7 +604,7 @@ async fn read(
     }
     for (expected, what) in [(length, "Content-Length"), (object.size, "the listed size")] {
         if let Some(expected) = expected.filter(|e| *e != got) {
-            return Err(format!("{got} bytes, {what} says {expected}"));
+            return Err(format!("{got} bytes, {what} says {expected}").into());
         }
     }
     Ok((got, cache))

@@ -37,7 +37,7 @@ use crate::credentials::FillCredentials;
 use crate::error::error_chain;
 use crate::fetch::budget::ReadAheadBudget;
 pub use crate::fetch::budget::{Busy, ConnectionShare};
-use crate::fetch::{lead, Fill, FillAuth, Fills};
+use crate::fetch::{lead, Fill, FillAuth, Fills, Priority};
 use crate::grants::{self, Granting};
 use crate::herd::{Entered, Herd};
 use crate::origin::{OriginBody, Router};
@@ -461,7 +461,11 @@ impl Proxy {
             match (warm, plan.auth.clone()) {
                 // Warming has no client: no connection's share is drawn on.
                 (true, Ok(auth)) => {
-                    let plan = Plan { share: None, ..plan };
+                    let plan = Plan {
+                        share: None,
+                        priority: Priority::Background,
+                        ..plan
+                    };
                     self.warm(self.cached_object(read, &plan, auth, meta))
                 }
                 (true, Err(reason)) => tracing::debug!(reason, "not warming: no one can sign its fills"),
@@ -496,6 +500,8 @@ impl Proxy {
             read_ahead: self.read_ahead,
             budget: self.read_ahead_budget.clone(),
             share: plan.share.clone(),
+            priority: plan.priority,
+            origin_budget: self.fills.budget.clone(),
         })
     }
 

@@ -18,6 +18,10 @@ pub const ORIGIN_ERRORS: &str = "s3accel_origin_errors_total";
 pub const ORIGIN_SECONDS: &str = "s3accel_origin_response_seconds";
 pub const ORIGIN_FILL_BYTES: &str = "s3accel_origin_fill_bytes_total";
 pub const FILLS_IN_FLIGHT: &str = "s3accel_fills_in_flight";
+pub const FILLS_WAITING: &str = "s3accel_fills_waiting";
+pub const FILL_WAIT_SECONDS: &str = "s3accel_fill_wait_seconds";
+pub const ORIGIN_BUDGET_FILLS: &str = "s3accel_origin_budget_fills";
+pub const ORIGIN_BUDGET_RATE: &str = "s3accel_origin_budget_bytes_per_second";
 pub const CHUNK_LOOKUPS: &str = "s3accel_chunk_lookups_total";
 pub const PROBES: &str = "s3accel_probes_total";
 pub const PROBE_SECONDS: &str = "s3accel_probe_seconds";
@@ -255,6 +259,24 @@ fn describe() {
         "Body bytes fetched from origins by chunk fills, by region."
     );
     describe_gauge!(FILLS_IN_FLIGHT, "Chunk fills downloading from an origin now.");
+    describe_gauge!(
+        FILLS_WAITING,
+        "Chunk fills waiting for their turn in the origin budget, by priority (client, read-ahead, background)."
+    );
+    describe_histogram!(
+        FILL_WAIT_SECONDS,
+        Unit::Seconds,
+        "How long chunk fills waited for their turn in the origin budget, by priority."
+    );
+    describe_gauge!(
+        ORIGIN_BUDGET_FILLS,
+        "Fills this node may send the origin at once now (its bound, or its share of the region's)."
+    );
+    describe_gauge!(
+        ORIGIN_BUDGET_RATE,
+        Unit::Bytes,
+        "Bytes a second this node's fills may take from the origin now (0: unbounded)."
+    );
     describe_counter!(
         CHUNK_LOOKUPS,
         "Chunk lookups by result: memory, disk, fill (this lookup filled it) or coalesced (waited for another's fill)."

@@ -96,6 +96,7 @@ pub async fn measure(
             region: "us-east-1".into(),
         },
         checksums: Vec::new(),
+        priority: s3_accel::fetch::Priority::Client,
     };
     let chunks = object.len().div_ceil(chunk_size);
     let histogram = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");

@@ -129,6 +129,10 @@ pub struct OriginClientSection {
     pub pool_max_idle_per_host: Option<usize>,
     pub max_connections: Option<usize>,
     pub ca_file: Option<String>,
+    pub max_fill_bytes_per_sec: Option<String>,
+    pub max_fills: Option<usize>,
+    pub region_max_fill_bytes_per_sec: Option<String>,
+    pub region_max_fills: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

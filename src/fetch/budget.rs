@@ -1,6 +1,7 @@
 //! The memory a node's chunks in flight may take, bounded by configuration however
-//! many clients read or how slowly: fill permits (chunks being downloaded, over
-//! all requests) and the read-ahead budget (chunks held for responses).
+//! many clients read or how slowly: fill slots (chunks being downloaded, over all
+//! requests: the origin budget's bound) and the read-ahead budget (chunks held for
+//! responses).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -11,9 +12,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::CacheKey;
 
-/// Fill memory as permits of one chunk each: `fill_memory / chunk_size`, at least one.
-pub fn fill_permits(fill_memory: u64, chunk_size: u64) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new((fill_memory / chunk_size).max(1) as usize))
+/// Fill memory as slots of one chunk each: `fill_memory / chunk_size`, at least one.
+pub fn fill_slots(fill_memory: u64, chunk_size: u64) -> usize {
+    (fill_memory / chunk_size).max(1) as usize
 }
 
 /// Chunk bytes held for responses, all responses together, in KiB: memory stays

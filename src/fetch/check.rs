@@ -8,24 +8,24 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
-
+use super::origin_budget::OriginBudget;
 use crate::cache::{ChunkCache, ObjectId};
 use crate::s3::Crc;
 
-/// What every fill of this node draws on: the fill memory, the cache the chunks go
-/// to, and the tallies of the versions being filled.
+/// What every fill of this node draws on: the origin budget (which bounds the fill
+/// memory too), the cache the chunks go to, and the tallies of the versions being
+/// filled.
 pub struct Fills {
-    /// Bounds the bytes being downloaded at once, over all requests.
-    pub permits: Arc<Semaphore>,
+    /// Gives fills their turns, by priority.
+    pub budget: Arc<OriginBudget>,
     pub cache: Arc<ChunkCache>,
     pub ledger: Ledger,
 }
 
 impl Fills {
-    pub fn new(permits: Arc<Semaphore>, cache: Arc<ChunkCache>) -> Arc<Self> {
+    pub fn new(budget: Arc<OriginBudget>, cache: Arc<ChunkCache>) -> Arc<Self> {
         Arc::new(Self {
-            permits,
+            budget,
             cache,
             ledger: Ledger::default(),
         })

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use super::check::{Fills, Verdict, Version};
+use super::origin_budget::Priority;
 use crate::body::BoxError;
-use crate::cache::{ChunkSink, ObjectId};
+use crate::cache::{CacheKey, ChunkSink, ObjectId};
 use crate::credentials::{FillCredentials, Snapshot};
 use crate::origin::{error_code, poison, sign_s3, OriginBody, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
@@ -48,14 +49,19 @@ pub enum FillAuth {
     },
 }
 
+/// A request's priority for its fills, meant for this node only (`background`:
+/// prefetch's reads wait behind live ones).
+pub const PRIORITY_HEADER: header::HeaderName = header::HeaderName::from_static("x-s3-accel-priority");
+
 /// Headers a fill removes from the client's request or sets itself (`Range`,
 /// `If-Match`): a client signature that covers any of them cannot sign a fill.
-const FILL_CHANGES: [header::HeaderName; 5] = [
+const FILL_CHANGES: [header::HeaderName; 6] = [
     header::RANGE,
     header::IF_MATCH,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_UNMODIFIED_SINCE,
+    PRIORITY_HEADER,
 ];
 
 /// Why a fill can be made, or why not: the reason is a bypass counter's label.
@@ -246,29 +252,27 @@ impl Fill {
 
     /// Fetches chunk `index` from its byte `skip` on (the sink has the bytes before,
     /// checked, from a peer that failed midway), pushing them to `sink` as they
-    /// arrive, and returns the chunk whole with its CRC once it is checked. The
-    /// future owns what it needs: the cache runs it in a task of its own, so a client
-    /// that goes away does not cancel it.
+    /// arrive, and returns the chunk whole with its CRC once it is checked. It waits
+    /// for its turn in the origin budget at `priority`. The future owns what it
+    /// needs: the cache runs it in a task of its own, so a client that goes away
+    /// does not cancel it.
     pub fn fetch(
         self: &Arc<Self>,
         index: u64,
         sink: ChunkSink,
         skip: u64,
+        priority: Priority,
     ) -> impl std::future::Future<Output = Result<(Bytes, Crc), FillError>> + Send + 'static {
         let fill = self.clone();
         async move {
-            let _permit = fill
-                .fills
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the fill semaphore is never closed");
+            let (start, last) = fill.chunk_range(index);
+            let key = CacheKey::chunk(&fill.object, &fill.etag, fill.chunk_size, index);
+            let bytes = (last + 1).saturating_sub(start + skip);
+            let _turn = fill.fills.budget.turn(Some(key), bytes, priority).await;
             if fill.fills.cache.dropped_since(&fill.object, &fill.etag, fill.begun) {
                 return Err(FillError::Dropped);
             }
             let _in_flight = InFlight::start();
-            let (start, last) = fill.chunk_range(index);
             // Only what the sink does not have yet: a peer that died at 99 % costs 1 %.
             let first = start + skip;
             if first <= last {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use tokio::sync::OwnedSemaphorePermit;
 
+use super::origin_budget::Turn;
 use super::{FillError, Fills, Upstream};
 use crate::cache::{CacheKey, ChunkRead, ChunkWriter, ObjectId};
 use crate::origin::OriginBody;
@@ -49,7 +49,7 @@ pub fn start(
     let index = first / chunk_size;
     let chunk_last = ((index + 1) * chunk_size).min(cold.size) - 1;
     let end = last.min(chunk_last);
-    let permit = fills.permits.clone().try_acquire_owned().ok()?;
+    let permit = fills.budget.try_turn(end - first + 1)?;
     let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
         let key = CacheKey::chunk(cold.object, cold.etag, chunk_size, index);
         // A chunk another node owns is its to fetch: this node drops the probe's
@@ -87,7 +87,7 @@ struct Lead {
     /// Bytes of the body that chunk takes.
     length: u64,
     /// Its share of the fill memory, held while the chunk arrives.
-    permit: OwnedSemaphorePermit,
+    permit: Turn,
 }
 
 impl Lead {

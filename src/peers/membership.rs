@@ -51,6 +51,17 @@ impl Members {
         }
     }
 
+    /// This node's share of the keys (its weight over the ring's): its share of the
+    /// region's origin budget. Before it is a member, an even share.
+    pub fn share(&self) -> f64 {
+        let total: u64 = self.nodes.iter().map(|n| n.weight).sum();
+        let own = self.members.iter().zip(&self.nodes).find(|(m, _)| m.address.is_none());
+        match own {
+            Some((_, node)) if total > 0 => node.weight as f64 / total as f64,
+            _ => 1.0 / (self.members.len() + 1) as f64,
+        }
+    }
+
     /// The members in the order to ask them for a key: the owner first.
     pub fn ranked(&self, key_hash: u64) -> Vec<&Member> {
         placement::ranked(&self.nodes, key_hash)

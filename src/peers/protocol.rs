@@ -4,6 +4,7 @@
 //! [`Hello`]. Encoded as text lines, bounded.
 
 use crate::cache::{CacheKey, ObjectId};
+use crate::fetch::Priority;
 
 /// What a node says of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +105,9 @@ pub struct ChunkRequest {
     /// The object's checksum headers, when known (a one-chunk object is checked
     /// against its CRC).
     pub checksums: Vec<(String, String)>,
+    /// Who waits for the chunk, for the owner's origin budget (a node of an older
+    /// version sends none: a client).
+    pub priority: Priority,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -218,6 +222,7 @@ impl ChunkRequest {
             format!("chunk_size\t{}", self.chunk_size),
             format!("index\t{}", self.index),
             format!("authority\t{}", self.authority),
+            format!("priority\t{}", self.priority.as_str()),
         ];
         if let Some(version) = &self.object.version_id {
             lines.push(format!("version\t{version}"));
@@ -271,6 +276,10 @@ impl ChunkRequest {
             authority: text("authority")?,
             signer,
             checksums,
+            priority: match fields.get("priority") {
+                None => Priority::Client,
+                Some(text) => Priority::parse(text).ok_or(DecodeError("priority"))?,
+            },
         };
         let start = request.index.checked_mul(request.chunk_size);
         if request.chunk_size == 0 || start.is_none_or(|start| start >= request.size) {
@@ -299,6 +308,7 @@ mod tests {
             authority: "accel-object.ord1.example.com".into(),
             signer,
             checksums: vec![("x-amz-checksum-crc32".into(), "AAAAAA==".into())],
+            priority: Priority::Background,
         }
     }
 
@@ -317,6 +327,14 @@ mod tests {
             let request = request(signer);
             assert_eq!(ChunkRequest::decode(&request.encode()).unwrap(), request);
             assert_eq!(request.length(), 5);
+            // A node of an older version says no priority: a client's.
+            let older = String::from_utf8(request.encode())
+                .unwrap()
+                .replace("priority\tbackground\n", "");
+            assert_eq!(
+                ChunkRequest::decode(older.as_bytes()).unwrap().priority,
+                Priority::Client
+            );
         }
     }
 

@@ -26,6 +26,10 @@ use crate::cache::{ChunkCache, ChunkRead, ObjectId, ObjectMeta};
 use crate::credentials::FillCredentials;
 use crate::fetch::check::Version;
 use crate::fetch::{Fill, FillAuth, FillError, Fills};
+
+/// How long an owner keeps a reader waiting for a chunk's first bytes before it
+/// says it is busy (429): well within the reader's patience for a first byte.
+const BUSY_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
 use crate::origin::Region;
 use crate::telemetry;
 
@@ -230,15 +234,23 @@ impl PeerServer {
             version,
             &self.fills,
         );
-        let index = chunk.index;
+        let (index, priority, key) = (chunk.index, chunk.priority, chunk.key());
         let mut read = self
             .cache
-            .chunk(chunk.key(), false, move |sink| fill.fetch(index, sink, 0))
+            .chunk(key.clone(), false, move |sink| fill.fetch(index, sink, 0, priority))
             .await;
+        // Already waiting for its turn, at a lower priority: it waits at this one now.
+        self.fills.budget.raise(&key, priority);
         let source = read.source;
         // The first bytes before the head: a fill that fails outright is a clean 502,
-        // and the reader goes on to the next in line.
-        let first = match read.next().await {
+        // and the reader goes on to the next in line. A fill still waiting for its turn
+        // in the origin budget is a 429 before the reader's patience ends: the reader
+        // asks again, and finds the fill under way.
+        let Ok(first) = tokio::time::timeout(BUSY_AFTER, read.next()).await else {
+            telemetry::peer_request("owner", "busy");
+            return status(StatusCode::TOO_MANY_REQUESTS);
+        };
+        let first = match first {
             Some(Ok((0, first))) => first,
             // The object changed at the origin: the reader relays that verdict.
             Some(Err(error))

@@ -16,7 +16,7 @@ use super::protocol::{ChunkRequest, Signer, DROP_PATH};
 use super::{wire, Peers};
 use crate::body::BoxError;
 use crate::cache::{CacheKey, ChunkSink, ObjectId};
-use crate::fetch::{Fill, FillAuth, FillError, Upstream};
+use crate::fetch::{Fill, FillAuth, FillError, Priority, Upstream};
 use crate::s3::Crc;
 use crate::telemetry;
 
@@ -52,6 +52,7 @@ pub fn upstream(
             authority: fill.authority.clone(),
             signer,
             checksums: checksum_pairs(checksums),
+            priority: Priority::Client,
         },
         fill,
         peers: peers.clone(),
@@ -67,9 +68,14 @@ const PEER_IDLE: Duration = Duration::from_secs(65);
 const PEERS_TRIED: usize = 2;
 
 impl Upstream for Regional {
-    fn fetch(self: Arc<Self>, index: u64, sink: ChunkSink) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
+    fn fetch(
+        self: Arc<Self>,
+        index: u64,
+        sink: ChunkSink,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
         async move {
-            let fetched = self.through_region(index, &sink).await;
+            let fetched = self.through_region(index, &sink, priority).await;
             if matches!(fetched, Err(FillError::ObjectChecksum { .. })) {
                 self.drop_everywhere();
             }
@@ -97,16 +103,22 @@ impl Upstream for Regional {
 
 impl Regional {
     /// Chunk `index` from its owner, else the next in line, else the origin.
-    async fn through_region(&self, index: u64, sink: &ChunkSink) -> Result<(Bytes, Crc), FillError> {
+    async fn through_region(
+        &self,
+        index: u64,
+        sink: &ChunkSink,
+        priority: Priority,
+    ) -> Result<(Bytes, Crc), FillError> {
         let request = ChunkRequest {
             index,
+            priority,
             ..self.template.clone()
         };
         // A version dropped here lately may still be held by an owner the drop has
         // not reached (it goes in the background): its chunks come from the origin.
         let fill = &self.fill;
         if fill.fills.cache.dropped_within(&fill.object, &fill.etag, DROP_REACH) {
-            return Fill::fetch(fill, index, sink.clone(), 0).await;
+            return Fill::fetch(fill, index, sink.clone(), 0, priority).await;
         }
         let members = self.peers.members();
         let mut pushed = 0;
@@ -170,7 +182,7 @@ impl Regional {
         if let Some(reason) = fallback {
             telemetry::peer_fallback(reason);
         }
-        Fill::fetch(&self.fill, index, sink.clone(), pushed).await
+        Fill::fetch(&self.fill, index, sink.clone(), pushed, priority).await
     }
 
     /// Tells every node of the region to drop this version (its chunks do not add
@@ -206,11 +218,37 @@ enum PeerFailure {
     Broken(BoxError),
 }
 
+/// How long a reader asks again an owner that says its origin budget keeps the
+/// chunk waiting (429): past it, the reader fills the chunk itself.
+const BUSY_PATIENCE: Duration = Duration::from_secs(300);
+
+/// The chunk from a peer into `sink` (see [`from_peer_once`]), asked again while
+/// the peer says the chunk's fill waits for its turn in its origin budget (its
+/// fill goes on meanwhile: the next ask finds it under way).
+async fn from_peer(
+    peers: &Peers,
+    address: std::net::SocketAddr,
+    request: &ChunkRequest,
+    sink: &ChunkSink,
+    pushed: &mut u64,
+) -> Result<(), PeerFailure> {
+    let asked = std::time::Instant::now();
+    loop {
+        match from_peer_once(peers, address, request, sink, pushed).await {
+            Err(PeerFailure::Refused(http::StatusCode::TOO_MANY_REQUESTS)) if asked.elapsed() < BUSY_PATIENCE => {
+                telemetry::peer_request("reader", "busy");
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(50..250))).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Streams the chunk from a peer into `sink`, past the `pushed` bytes already there,
 /// a block at a time, each once its tag shows it is the owner's answer to this
 /// request: no byte of a block is used before (a byte changed on the way is a
 /// broken exchange, never a byte served).
-async fn from_peer(
+async fn from_peer_once(
     peers: &Peers,
     address: std::net::SocketAddr,
     request: &ChunkRequest,

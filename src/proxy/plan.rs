@@ -10,7 +10,7 @@ use http::Request;
 use super::admit::ObjectRead;
 use crate::cache::ObjectId;
 use crate::credentials::FillCredentials;
-use crate::fetch::{fill_auth, FillAuth};
+use crate::fetch::{fill_auth, FillAuth, Priority, PRIORITY_HEADER};
 use crate::grants::Asked;
 use crate::s3;
 use crate::s3::range::RangeRequest;
@@ -44,6 +44,8 @@ pub struct Plan {
     pub if_match: Option<HeaderValue>,
     /// The client sent `If-Unmodified-Since`: only the origin answers it.
     pub if_unmodified_since: bool,
+    /// `x-s3-accel-priority: background` (prefetch): its fills wait behind live reads.
+    pub priority: Priority,
 }
 
 impl Plan {
@@ -116,5 +118,15 @@ pub fn plan<B>(
         share: request.extensions().get::<super::ConnectionShare>().cloned(),
         if_match: headers.get(header::IF_MATCH).cloned(),
         if_unmodified_since: headers.contains_key(header::IF_UNMODIFIED_SINCE),
+        priority: requested_priority(headers),
     })
+}
+
+/// The priority a request asks for its fills: `background` lowers it (a client may
+/// only put itself behind others); anything else is a client's.
+fn requested_priority(headers: &http::HeaderMap) -> Priority {
+    match headers.get(PRIORITY_HEADER).map(HeaderValue::as_bytes) {
+        Some(b"background") => Priority::Background,
+        _ => Priority::Client,
+    }
 }

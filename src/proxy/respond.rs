@@ -19,7 +19,8 @@ use crate::cache::{
     CacheKey, ChunkCache, ChunkError, ChunkRead, ChunkSource, Dangling, ObjectId, ObjectMeta, PartMeta,
 };
 use crate::fetch::budget::{Budgeted, ConnectionShare, Held, ReadAheadBudget};
-use crate::fetch::{lead, FillError, Upstream};
+use crate::fetch::origin_budget::OriginBudget;
+use crate::fetch::{lead, FillError, Priority, Upstream};
 use crate::s3::range::{self, RangeRequest};
 use crate::s3::{ContentRange, REQUEST_ID};
 use crate::telemetry;
@@ -119,6 +120,11 @@ pub struct CachedObject {
     pub budget: Arc<ReadAheadBudget>,
     /// The client connection's share of the budget (`None`: warming, no client).
     pub share: Option<ConnectionShare>,
+    /// Who waits for this response's chunks: a client (`Client`; its read-ahead is
+    /// `ReadAhead`), or no one (`Background`: prefetch, warming).
+    pub priority: Priority,
+    /// The origin budget, where a fill the client comes to wait for is raised.
+    pub origin_budget: Arc<OriginBudget>,
     /// The cache's drop epoch when this response began: if the version is found
     /// wrong and dropped after it, the response is cut at its next chunk's end.
     pub begun: u64,
@@ -151,13 +157,22 @@ impl CachedObject {
         self.meta.size.saturating_sub(index * chunk_size).clamp(1, chunk_size)
     }
 
-    /// Chunk `index`, from the tiers or the one fill bringing it in.
-    async fn read(self: Arc<Self>, index: u64) -> ChunkRead {
+    /// Chunk `index`, from the tiers or the one fill bringing it in (at `priority`
+    /// if it is filled: `self.priority`, or the read-ahead's).
+    async fn read(self: Arc<Self>, index: u64, priority: Priority) -> ChunkRead {
         let (key, upstream) = (self.key(index), self.upstream.clone());
         let memory_only = !upstream.owns(&key);
         self.cache
-            .chunk(key, memory_only, move |sink| upstream.fetch(index, sink))
+            .chunk(key, memory_only, move |sink| upstream.fetch(index, sink, priority))
             .await
+    }
+
+    /// The client now waits for chunk `index`: a fill of it still waiting for its
+    /// turn (as read-ahead, or as another response's warming) goes as a client's.
+    fn wanted_now(&self, index: u64) {
+        if self.priority == Priority::Client {
+            self.origin_budget.raise(&self.key(index), Priority::Client);
+        }
     }
 
     /// The response `shape` describes. Waits for the first bytes, so that a fill
@@ -207,7 +222,7 @@ impl CachedObject {
             .map(move |index| {
                 let this = this.clone();
                 async move {
-                    let read = this.clone().read(index).await;
+                    let read = this.clone().read(index, Priority::Background).await;
                     let length = (size - index * chunk_size).min(chunk_size);
                     let mut bytes = this.bytes(index, 0, length, read, None);
                     while bytes.next().await.transpose()?.is_some() {}
@@ -244,6 +259,7 @@ impl CachedObject {
             to,
             read,
             retried: false,
+            reached: false,
             held,
         };
         stream::unfold(Some(piece), |piece| async move {
@@ -296,8 +312,9 @@ impl CachedObject {
                         }
                     };
                     let this = this.clone();
+                    let priority = this.priority.max(Priority::ReadAhead);
                     let chunk = tokio::spawn(async move {
-                        let read = this.clone().read(index).await;
+                        let read = this.clone().read(index, priority).await;
                         this.bytes(index, from, to, read, charge)
                     });
                     if ahead.send(chunk).await.is_err() {
@@ -347,7 +364,7 @@ impl CachedObject {
         let mut chunks = self.start_read_ahead((head_index, tail_index), span, wanted.clone());
         let read = match head {
             Some(read) => read,
-            None => self.clone().read(head_index).await,
+            None => self.clone().read(head_index, self.priority).await,
         };
         let source = read.source;
         let mut head = self.bytes(head_index, from, to, read, Some(charge));
@@ -396,6 +413,8 @@ struct Piece {
     to: u64,
     read: ChunkRead,
     retried: bool,
+    /// The client's stream came to this chunk (it waits for it now).
+    reached: bool,
     held: Option<Arc<Held>>,
     /// `s3accel_response_bytes_total` of the region and tier.
     sent: metrics::Counter,
@@ -403,6 +422,10 @@ struct Piece {
 
 impl Piece {
     async fn next(&mut self) -> Option<Result<Bytes, ChunkError>> {
+        if !self.reached {
+            self.reached = true;
+            self.object.wanted_now(self.index);
+        }
         while self.at < self.to {
             let error = match self.read.next().await {
                 Some(Ok((start, bytes))) => {
@@ -447,7 +470,7 @@ impl Piece {
             }
             tracing::debug!(error = %crate::error::error_chain(&error), index = self.index, at = self.at, "chunk fill failed; retrying once");
             self.retried = true;
-            self.read = self.object.clone().read(self.index).await;
+            self.read = self.object.clone().read(self.index, self.object.priority).await;
         }
         (self.at < self.to).then(|| {
             Err(ChunkError::new(ShortChunk {

@@ -45,6 +45,8 @@ pub struct OriginStats {
     pub cut_fills: AtomicU64,
     /// The next this-many fills fail before their first body byte.
     pub fail_fills: AtomicU64,
+    /// The next this-many GETs are answered 503 SlowDown, as a throttling store does.
+    pub slow_down_gets: AtomicU64,
     /// GETs with neither If-Match nor If-None-Match: a proxy's cold probes (and
     /// clients' direct reads).
     pub unconditional_gets: AtomicU64,
@@ -362,6 +364,11 @@ async fn answer(
     if if_match.is_none() && if_none_match.is_none() && request.method() == http::Method::GET {
         stats.unconditional_gets.fetch_add(1, Ordering::SeqCst);
     }
+    let slow_down = request.method() == http::Method::GET
+        && stats
+            .slow_down_gets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
     let mut cut_after = None;
     if if_match.is_some() && request.headers().contains_key("range") {
         stats.fills.fetch_add(1, Ordering::SeqCst);
@@ -386,9 +393,18 @@ async fn answer(
     if !options.shaping.rtt.is_zero() {
         tokio::time::sleep(options.shaping.rtt).await;
     }
-    let response = Service::call(s3, request)
-        .await
-        .unwrap_or_else(|e| panic!("s3s failed: {e:?}"));
+    let response = match slow_down {
+        true => {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                        <Message>Please reduce your request rate.</Message></Error>";
+            let mut response = Response::new(s3s::Body::from(body.to_owned()));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+        }
+        false => Service::call(s3, request)
+            .await
+            .unwrap_or_else(|e| panic!("s3s failed: {e:?}")),
+    };
     let object_etag = response.headers().get("etag").and_then(|v| v.to_str().ok());
     let not_modified_first = options.conditionals_before_parts
         && if_none_match
