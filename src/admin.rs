@@ -43,6 +43,7 @@ pub struct Node {
     pub credentials: Option<Arc<FillCredentials>>,
     pub peers: Option<Arc<Peers>>,
     pub pins: Arc<crate::pins::Pins>,
+    pub origin_budget: Arc<crate::fetch::origin_budget::OriginBudget>,
     /// Set on SIGTERM: the node is being taken out of rotation.
     pub withdrawing: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -135,10 +136,17 @@ impl AdminServer {
                 response
             }
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            ORIGIN_BUDGET => {
+                let status = self.node.origin_budget.status();
+                json(
+                    StatusCode::OK,
+                    serde_json::to_string_pretty(&status).expect("JSON") + "\n",
+                )
+            }
             "/readyz" => self.readiness().await,
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz, /readyz\n".into(),
+                "not found: try /metrics, /healthz, /readyz, /admin/pins, /admin/origin-budget\n".into(),
             ),
         }
     }
@@ -300,6 +308,10 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
     response
 }
+
+/// The origin budget in force now (this node's share of the region's) and the
+/// fills waiting for their turn.
+const ORIGIN_BUDGET: &str = "/admin/origin-budget";
 
 /// Drops every grant: the next request of each client is authorized by the origin.
 const GRANTS_FLUSH: &str = "/admin/grants/flush";

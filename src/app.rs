@@ -44,6 +44,7 @@ impl App {
             None => None,
         };
         let pins = crate::pins::Pins::new(cache.clone(), peers.clone(), &config.pins);
+        let origin_budget = origin_budget(config, peers.as_ref());
         tokio::spawn(pins.clone().sync());
         let verified = verified_keys(config)?;
         let credentials = credentials::FillCredentials::start(&config.credentials).await;
@@ -55,13 +56,14 @@ impl App {
             credentials: credentials.clone(),
             peers: peers.clone(),
             pins: pins.clone(),
+            origin_budget: origin_budget.clone(),
             withdrawing: Arc::default(),
         };
         let withdrawing = (node.withdrawing.clone(), config.server.withdraw_grace);
         if let Some(grants) = &node.grants {
             tokio::spawn(admin::flush_on_hangup(grants.clone()));
         }
-        let fills = fetch::Fills::new(origin_budget(config, peers.as_ref()), cache.clone());
+        let fills = fetch::Fills::new(origin_budget.clone(), cache.clone());
         // One herd for the node: its own requests, and the turns it holds for others.
         let patience = config.origin_client.first_byte_timeout;
         let region = peers

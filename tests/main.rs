@@ -2,6 +2,7 @@
 //! in-process on loopback ports.
 
 mod admission;
+mod budget;
 mod cache;
 mod credentials;
 mod faults;

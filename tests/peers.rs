@@ -311,7 +311,7 @@ pub(crate) async fn origin_with_model(seed: u64, size: usize) -> (TestOrigin, Ve
     (origin, data)
 }
 
-fn read(key: &str) -> Call {
+pub(crate) fn read(key: &str) -> Call {
     Call::get(
         &format!("/{BUCKET}/{key}"),
         &Signing::Presigned(TestOrigin::credentials()),

@@ -31,7 +31,7 @@ async fn origin_with_model() -> (TestOrigin, u64) {
 
 /// Runs the binary's prefetch with the origin's keys in the environment, as a
 /// user's shell has them.
-async fn prefetch(args: &[&str]) -> Output {
+pub(crate) async fn prefetch(args: &[&str]) -> Output {
     let home = tempfile::tempdir().unwrap();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_s3-accel"));
     command.arg("prefetch").args(args).arg("--no-progress");
@@ -52,7 +52,7 @@ async fn prefetch(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     format!(
         "{}\n--- stderr\n{}",
         String::from_utf8_lossy(&output.stdout),
@@ -161,4 +161,43 @@ async fn a_missing_object_is_named_and_fails_the_run() {
     let output = prefetch(&["s3://models/llama/", "--endpoint", &format!("http://{}", proxy.address)]).await;
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
     assert!(stdout(&output).contains("--origin-endpoint"));
+}
+
+#[tokio::test]
+async fn a_slowed_down_prefetch_backs_off_and_warms_everything() {
+    let (origin, total) = origin_with_model().await;
+    let proxy = TestProxy::for_origin(&origin.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("manifest.txt");
+    let keys: Vec<String> = (0..SIZES.len())
+        .map(|i| format!("llama/shard-{i}.safetensors"))
+        .collect();
+    std::fs::write(&manifest, keys.join("\n")).unwrap();
+    // The origin throttles: its next 3 GETs are 503 SlowDown.
+    origin
+        .stats
+        .slow_down_gets
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let args = [
+        "s3://models/",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--endpoint",
+        &format!("http://{}", proxy.address),
+        "--concurrency",
+        "1",
+    ];
+    let output = prefetch(&args).await;
+    let text = stdout(&output);
+    println!("{text}");
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("503 Service Unavailable SlowDown; again in"), "{text}");
+    assert!(text.contains("prefetch: slowed down 3 times (503)"), "{text}");
+    assert!(text.contains(&format!("prefetch: 5 objects, {total} bytes")), "{text}");
+    assert!(text.contains("prefetch: 0 failed"), "{text}");
+    // Everything was warmed: a second run is all hits.
+    let again = prefetch(&args).await;
+    let text = stdout(&again);
+    assert!(text.contains("prefetch: cache: hit 5"), "{text}");
+    assert!(!text.contains("slowed down"), "{text}");
 }

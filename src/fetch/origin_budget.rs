@@ -308,6 +308,33 @@ impl OriginBudget {
     }
 }
 
+/// What `/admin/origin-budget` shows.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    /// Fills this node may send at once now; `null` bytes: unbounded.
+    pub fills: usize,
+    pub bytes_per_sec: Option<u64>,
+    pub running: usize,
+    /// Fills waiting for their turn, by priority.
+    pub waiting: std::collections::BTreeMap<&'static str, usize>,
+}
+
+impl OriginBudget {
+    pub fn status(&self) -> Status {
+        let now = self.now();
+        let state = self.state.lock().expect("origin budget");
+        Status {
+            fills: now.fills,
+            bytes_per_sec: now.bytes_per_sec,
+            running: state.running,
+            waiting: Priority::ALL
+                .into_iter()
+                .map(|p| (p.as_str(), state.waiting.iter().filter(|w| w.priority() == p).count()))
+                .collect(),
+        }
+    }
+}
+
 impl State {
     fn refill(&mut self, now: &Now) {
         let at = Instant::now();
