@@ -102,10 +102,19 @@ async fn a_client_read_goes_before_a_prefetch_already_waiting() {
         ];
         crate::prefetch::prefetch(&args).await
     });
-    // The background read is under way, its read-ahead waiting for turns.
+    // The prefetch is under way, its read-ahead waiting for turns (the bucket is
+    // drained: it waits for tokens).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while origin.stats.fills() < 6 {
-        assert!(Instant::now() < deadline, "the background read never started");
+    loop {
+        let (_, status) = admin_get(&proxy, "/admin/origin-budget").await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        if origin.stats.fills() >= 6 && status["waiting"]["background"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the prefetch never waited for its turn: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let asked = origin.stats.fill_paths.lock().unwrap().len();
@@ -129,7 +138,8 @@ async fn a_client_read_goes_before_a_prefetch_already_waiting() {
     let live_at: Vec<usize> = (0..paths.len()).filter(|&i| paths[i].ends_with("/live.bin")).collect();
     let last = *live_at.last().unwrap();
     // Fills of the prefetch that reached the origin after the live read was asked
-    // for and before its last fill: one let go just before it came, at most.
+    // for and before its last fill: those let go while its cold probe went (FIFO:
+    // 8 here, the prefetch's read-ahead waiting before it).
     let passed = paths[asked..=last].iter().filter(|p| p.ends_with("/warm.bin")).count();
     let after = paths[last..].iter().filter(|p| p.ends_with("/warm.bin")).count();
     println!(
@@ -141,7 +151,7 @@ async fn a_client_read_goes_before_a_prefetch_already_waiting() {
     );
     assert!(after > 0, "the prefetch was over before the live read: no contention");
     assert!(
-        passed <= 2,
+        passed <= 3,
         "{passed} prefetch fills went before the live read's: {:?}",
         &paths[asked..=last]
     );

@@ -57,6 +57,9 @@ pub struct Get<'a> {
     /// Inclusive byte range, as `Range: bytes=first-last` says it.
     pub range: Option<(u64, u64)>,
     pub if_match: Option<&'a str>,
+    /// Asks s3-accel for background priority, as `s3-accel prefetch` does (an
+    /// unsigned header for the accelerator only).
+    pub background: bool,
 }
 
 impl<'a> Get<'a> {
@@ -66,6 +69,7 @@ impl<'a> Get<'a> {
             head: false,
             range: None,
             if_match: None,
+            background: false,
         }
     }
 
@@ -264,6 +268,12 @@ impl Client {
         }
         let mut request = request.body(()).expect("a valid request");
         sign_request(&mut request, &self.signing);
+        if get.background {
+            let background = http::HeaderValue::from_static("background");
+            request
+                .headers_mut()
+                .insert(s3_accel::fetch::PRIORITY_HEADER, background);
+        }
         request.map(|()| Empty::new())
     }
 

@@ -3,6 +3,7 @@
 //! origin, and reports throughput, latency, origin traffic and memory.
 
 mod client;
+mod contend;
 mod hop;
 mod hosts;
 mod nginx;
@@ -169,6 +170,9 @@ pub enum ScenarioName {
     /// A hot set read over and over while a dataset twice the cache is streamed
     /// once: does the scan flush it, for each `cache.admission` choice?
     ScanVsHot,
+    /// A model-load workload's TTFB and throughput, alone and while a region-wide
+    /// prefetch of another model runs, with and without an origin budget.
+    PrefetchUnderLoad,
     /// A deployed accelerator: --endpoint, --manifest or --prefix (see `remote`).
     Remote,
     /// Result files of `remote` runs (one per pod) as one table and chart.

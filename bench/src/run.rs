@@ -120,6 +120,7 @@ impl Bench {
             withdraw_grace: None,
             restart_wait: None,
             admission: None,
+            origin_client: None,
             host: None,
         }
     }
@@ -240,6 +241,7 @@ pub async fn all(mut args: Args) -> anyhow::Result<()> {
             ScenarioName::RegionHerd,
             ScenarioName::RegionRollout,
             ScenarioName::ScanVsHot,
+            ScenarioName::PrefetchUnderLoad,
         ],
         name => vec![name],
     };
@@ -264,6 +266,7 @@ pub async fn all(mut args: Args) -> anyhow::Result<()> {
         match name {
             ScenarioName::RegionRollout => crate::rollout::run(&bench, &scenario, 1000 * n as u64).await?,
             ScenarioName::ScanVsHot => crate::scan::run(&bench, &scenario, 1000 * n as u64).await?,
+            ScenarioName::PrefetchUnderLoad => crate::contend::run(&bench, &scenario, 1000 * n as u64).await?,
             _ => run_scenario(&bench, &scenario, 1000 * n as u64).await?,
         }
     }

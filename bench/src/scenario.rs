@@ -237,6 +237,37 @@ impl Scenario {
                     total_bandwidth: LINK,
                 }
             }
+            ScenarioName::PrefetchUnderLoad => {
+                let s = crate::contend::Sizes::of(args);
+                Self {
+                    name: "prefetch-under-load",
+                    summary: format!(
+                        "a region of {} s3-accel nodes; {} loaders read every shard of a cold {} model ({} shards of \
+                         {}) through the nodes in turn, alone and while a region-wide prefetch of another {} model \
+                         ({} shards, {} at a time through one node) runs",
+                        s.nodes,
+                        s.workers,
+                        format_size(s.live_shards * s.live_shard),
+                        s.live_shards,
+                        format_size(s.live_shard),
+                        format_size(s.warm_shards * s.warm_shard),
+                        s.warm_shards,
+                        crate::contend::PREFETCH_CONCURRENCY,
+                    ),
+                    objects: (0..s.live_shards)
+                        .map(|i| (format!("prefetch-under-load/live/shard-{i:02}"), s.live_shard))
+                        .chain(
+                            (0..s.warm_shards)
+                                .map(|i| (format!("prefetch-under-load/warm/shard-{i:02}"), s.warm_shard)),
+                        )
+                        .collect(),
+                    workload: Workload::Fleet {
+                        workers: s.workers,
+                        reads: s.live_shards as usize,
+                    },
+                    total_bandwidth: crate::contend::LINK,
+                }
+            }
             ScenarioName::All | ScenarioName::Demo | ScenarioName::Remote | ScenarioName::Merge => {
                 unreachable!("not a single scenario")
             }
@@ -378,6 +409,7 @@ async fn read_like_boto3(
                 head: false,
                 range: Some((i * part, ((i + 1) * part).min(size) - 1)),
                 if_match: etag.as_deref(),
+                background: false,
             };
             async move { client.send(address, &get).await }
         })
@@ -407,6 +439,7 @@ mod tests {
             ScenarioName::RegionHerd,
             ScenarioName::RegionRollout,
             ScenarioName::ScanVsHot,
+            ScenarioName::PrefetchUnderLoad,
         ] {
             let scenario = Scenario::build(name, &args(&[]));
             assert!(!scenario.objects.is_empty(), "{}", scenario.name);

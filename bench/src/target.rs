@@ -139,6 +139,8 @@ pub struct ProxySettings<'a> {
     pub restart_wait: Option<&'static str>,
     /// `cache.admission` (none: s3-accel's default).
     pub admission: Option<&'static str>,
+    /// Keys of `[origin_client]` (the origin budget), as TOML lines.
+    pub origin_client: Option<&'a str>,
     /// The host it runs on, with `--hosts`.
     pub host: Option<&'static s3_accel_testkit::netns::Host>,
 }
@@ -199,7 +201,11 @@ impl ProxySettings<'_> {
             match self.presigned_grants {
                 true => "[auth]\ngrants = [\"presigned\"]\n",
                 false => "",
-            },
+            }
+            .to_owned()
+                + &self
+                    .origin_client
+                    .map_or(String::new(), |keys| format!("[origin_client]\n{keys}\n")),
         )
     }
 }

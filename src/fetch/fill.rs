@@ -49,19 +49,20 @@ pub enum FillAuth {
     },
 }
 
-/// A request's priority for its fills, meant for this node only (`background`:
-/// prefetch's reads wait behind live ones).
+/// A request's priority for its fills, meant for this node (`background`:
+/// prefetch's reads wait behind live ones). It travels on to the origin with the
+/// client's other headers, which ignores it: a client that signed it keeps its
+/// signature.
 pub const PRIORITY_HEADER: header::HeaderName = header::HeaderName::from_static("x-s3-accel-priority");
 
 /// Headers a fill removes from the client's request or sets itself (`Range`,
 /// `If-Match`): a client signature that covers any of them cannot sign a fill.
-const FILL_CHANGES: [header::HeaderName; 6] = [
+const FILL_CHANGES: [header::HeaderName; 5] = [
     header::RANGE,
     header::IF_MATCH,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_UNMODIFIED_SINCE,
-    PRIORITY_HEADER,
 ];
 
 /// Why a fill can be made, or why not: the reason is a bypass counter's label.
@@ -268,7 +269,8 @@ impl Fill {
             let (start, last) = fill.chunk_range(index);
             let key = CacheKey::chunk(&fill.object, &fill.etag, fill.chunk_size, index);
             let bytes = (last + 1).saturating_sub(start + skip);
-            let _turn = fill.fills.budget.turn(Some(key), bytes, priority).await;
+            let budget = &fill.fills.budget;
+            let _turn = budget.turn(budget.urgency(&key, priority), bytes).await;
             if fill.fills.cache.dropped_since(&fill.object, &fill.etag, fill.begun) {
                 return Err(FillError::Dropped);
             }

@@ -24,6 +24,8 @@ pub struct Cold<'a> {
     pub size: u64,
     pub upstream: &'a Arc<dyn Upstream>,
     pub region: &'a str,
+    /// The reader's priority, for its turn in the origin budget.
+    pub priority: super::Priority,
 }
 
 /// The first chunk of a cold answer of bytes `first..=last`, streamed from the
@@ -49,15 +51,20 @@ pub fn start(
     let index = first / chunk_size;
     let chunk_last = ((index + 1) * chunk_size).min(cold.size) - 1;
     let end = last.min(chunk_last);
-    let permit = fills.budget.try_turn(end - first + 1)?;
-    let (writer, read) = if first % chunk_size == 0 && end == chunk_last {
-        let key = CacheKey::chunk(cold.object, cold.etag, chunk_size, index);
-        // A chunk another node owns is its to fetch: this node drops the probe's
-        // body (what was in flight is all it costs) and reads the chunk upstream.
-        if !cold.upstream.owns(&key) {
+    let whole = first % chunk_size == 0 && end == chunk_last;
+    let key = CacheKey::chunk(cold.object, cold.etag, chunk_size, index);
+    // A chunk another node owns is its to fetch: this node drops the probe's body
+    // (what was in flight is all it costs) and reads the chunk upstream.
+    if whole && !cold.upstream.owns(&key) {
+        return None;
+    }
+    let permit = fills.budget.try_turn(end - first + 1, cold.priority)?;
+    let (writer, read) = if whole {
+        let Some(writer) = cache.claim(&key) else {
+            // Cached or arriving meanwhile: the probe's body brings nothing.
+            permit.unused();
             return None;
-        }
-        let writer = cache.claim(&key)?;
+        };
         let read = writer.read();
         (writer, read)
     } else {

@@ -72,6 +72,29 @@ pub struct OriginBudget {
     region: Option<(Limits, Share)>,
     chunk_size: u64,
     state: Mutex<State>,
+    /// The priority of each chunk being fetched now (from the origin here, or from
+    /// its owner), which a reader that comes to wait for it raises.
+    urgency: Mutex<Urgency>,
+}
+
+#[derive(Default)]
+struct Urgency {
+    chunks: std::collections::HashMap<CacheKey, Weak<AtomicU8>>,
+    /// Cells made since the map was last swept of fetches that ended.
+    since_sweep: usize,
+}
+
+/// The priority of one chunk's fetch, shared by everything that fetches it (a
+/// reader asking the owner, its fill if it comes to that) and raised by readers
+/// that come to wait for it.
+#[derive(Clone)]
+pub struct Urgent(Arc<AtomicU8>);
+
+impl Urgent {
+    /// Its priority now.
+    pub fn get(&self) -> Priority {
+        Priority::from_u8(self.0.load(Ordering::Relaxed))
+    }
 }
 
 struct State {
@@ -81,14 +104,13 @@ struct State {
     /// In arrival order.
     waiting: Vec<Waiter>,
     arrivals: u64,
-    /// A wake-up is set for when the tokens the first in line needs are there.
-    timer: bool,
+    /// When the wake-up set for the tokens the first in line needs comes.
+    timer: Option<Instant>,
 }
 
 struct Waiter {
     arrival: u64,
-    priority: Arc<AtomicU8>,
-    key: Option<CacheKey>,
+    priority: Urgent,
     bytes: u64,
     since: Instant,
     grant: oneshot::Sender<Turn>,
@@ -96,13 +118,22 @@ struct Waiter {
 
 impl Waiter {
     fn priority(&self) -> Priority {
-        Priority::from_u8(self.priority.load(Ordering::Relaxed))
+        self.priority.get()
     }
 }
 
 /// A fill's leave to go to the origin; its slot is given back when dropped.
 pub struct Turn {
     budget: Arc<OriginBudget>,
+    /// Bytes charged to the bucket, given back by [`Turn::unused`].
+    charged: f64,
+}
+
+impl Turn {
+    /// The turn was not used: its bytes go back to the bucket.
+    pub fn unused(self) {
+        self.budget.state.lock().expect("origin budget").tokens += self.charged;
+    }
 }
 
 impl Drop for Turn {
@@ -161,8 +192,9 @@ impl OriginBudget {
                 refilled: Instant::now(),
                 waiting: Vec::new(),
                 arrivals: 0,
-                timer: false,
+                timer: None,
             }),
+            urgency: Mutex::default(),
         })
         .filled()
     }
@@ -180,7 +212,7 @@ impl OriginBudget {
         if let Some((region, share)) = &self.region {
             let share = share().clamp(0.0, 1.0);
             if let Some(total) = region.fills {
-                fills = fills.min(((total as f64 * share).round() as usize).max(1));
+                fills = fills.min(((total as f64 * share) as usize).max(1));
             }
             if let Some(total) = region.bytes_per_sec {
                 let share = ((total as f64 * share) as u64).max(1);
@@ -196,17 +228,34 @@ impl OriginBudget {
         }
     }
 
-    /// Waits for the turn of a fill of `bytes` (of chunk `key`, which a later reader
-    /// may raise) at `priority`.
-    pub async fn turn(self: &Arc<Self>, key: Option<CacheKey>, bytes: u64, priority: Priority) -> Turn {
+    /// The priority of the fetch of chunk `key` (at least `priority`), shared with
+    /// whatever fetches it already.
+    pub fn urgency(&self, key: &CacheKey, priority: Priority) -> Urgent {
+        let mut urgency = self.urgency.lock().expect("urgency");
+        if let Some(cell) = urgency.chunks.get(key).and_then(Weak::upgrade) {
+            cell.fetch_min(priority as u8, Ordering::Relaxed);
+            return Urgent(cell);
+        }
+        let cell = Arc::new(AtomicU8::new(priority as u8));
+        urgency.chunks.insert(key.clone(), Arc::downgrade(&cell));
+        urgency.since_sweep += 1;
+        if urgency.since_sweep > urgency.chunks.len().max(1024) {
+            urgency.chunks.retain(|_, cell| cell.strong_count() > 0);
+            urgency.since_sweep = 0;
+        }
+        Urgent(cell)
+    }
+
+    /// Waits for the turn of a fill of `bytes` at `priority` (which a later reader
+    /// may raise).
+    pub async fn turn(self: &Arc<Self>, priority: Urgent, bytes: u64) -> Turn {
         let (grant, granted) = oneshot::channel();
         {
             let mut state = self.state.lock().expect("origin budget");
             state.arrivals += 1;
             let waiter = Waiter {
                 arrival: state.arrivals,
-                priority: Arc::new(AtomicU8::new(priority as u8)),
-                key,
+                priority,
                 bytes,
                 since: Instant::now(),
                 grant,
@@ -217,34 +266,47 @@ impl OriginBudget {
         granted.await.expect("a waiter is dropped only once its receiver is")
     }
 
-    /// A turn at once for bytes already on their way (a cold probe's body), if no
-    /// fill waits and a slot is free: the bytes are charged, even past the bucket.
-    pub fn try_turn(self: &Arc<Self>, bytes: u64) -> Option<Turn> {
+    /// A turn at once, at `priority`, for bytes already on their way (a cold
+    /// probe's body), if no fill as urgent waits and its turn would be given now
+    /// (a slot, and the bucket, which it may leave a bucket in debt at most).
+    pub fn try_turn(self: &Arc<Self>, bytes: u64, priority: Priority) -> Option<Turn> {
         let now = self.now();
         let mut state = self.state.lock().expect("origin budget");
-        if !state.waiting.is_empty() || state.running >= now.fills {
+        let ahead = state.waiting.iter().any(|w| w.priority() <= priority);
+        if ahead || state.running >= now.slots(priority) {
             return None;
         }
         state.refill(&now);
-        state.running += 1;
-        if now.bytes_per_sec.is_some() {
-            state.tokens -= bytes as f64;
+        if now.bytes_per_sec.is_some() && state.tokens < now.needs(priority, 1) {
+            return None;
         }
-        Some(Turn { budget: self.clone() })
+        state.running += 1;
+        let charged = match now.bytes_per_sec {
+            Some(_) => {
+                let charged = (bytes as f64).min(state.tokens + now.burst);
+                state.tokens -= charged;
+                charged
+            }
+            None => 0.0,
+        };
+        Some(Turn {
+            budget: self.clone(),
+            charged,
+        })
     }
 
-    /// A reader now waits at `priority` for chunk `key`: its fill, if it waits for
-    /// its turn at a lower priority, waits at this one from now on.
+    /// A reader now waits at `priority` for chunk `key`: its fetch, if it waits for
+    /// its turn (here, or at its owner) at a lower priority, waits at this one from
+    /// now on.
     pub fn raise(self: &Arc<Self>, key: &CacheKey, priority: Priority) {
-        let raised = {
-            let state = self.state.lock().expect("origin budget");
-            let mut raised = false;
-            for waiter in state.waiting.iter().filter(|w| w.key.as_ref() == Some(key)) {
-                raised |= waiter.priority.fetch_min(priority as u8, Ordering::Relaxed) > priority as u8;
-            }
-            raised
-        };
-        if raised {
+        let cell = self
+            .urgency
+            .lock()
+            .expect("urgency")
+            .chunks
+            .get(key)
+            .and_then(Weak::upgrade);
+        if cell.is_some_and(|cell| cell.fetch_min(priority as u8, Ordering::Relaxed) > priority as u8) {
             self.pump();
         }
     }
@@ -277,10 +339,14 @@ impl OriginBudget {
                 state.running += 1;
                 granted.push(state.waiting.swap_remove(at));
             }
-            if state.timer {
-                wake = None;
+            // A wake-up set for later than this one is overtaken (a more urgent fill
+            // came, which needs fewer tokens); one set sooner stands.
+            let due = wake.map(|after| Instant::now() + after);
+            match (due, state.timer) {
+                (Some(due), Some(set)) if set <= due => wake = None,
+                (Some(due), _) => state.timer = Some(due),
+                (None, _) => {}
             }
-            state.timer |= wake.is_some();
             let waiting = |p: Priority| state.waiting.iter().filter(|w| w.priority() == p).count();
             for priority in Priority::ALL {
                 metrics::gauge!(telemetry::FILLS_WAITING, "priority" => priority.as_str())
@@ -292,15 +358,29 @@ impl OriginBudget {
         for waiter in granted {
             let seconds = waiter.since.elapsed().as_secs_f64();
             metrics::histogram!(telemetry::FILL_WAIT_SECONDS, "priority" => waiter.priority().as_str()).record(seconds);
-            // A waiter gone meanwhile drops its turn here, which lets the next one go.
-            let _ = waiter.grant.send(Turn { budget: self.clone() });
+            let turn = Turn {
+                budget: self.clone(),
+                charged: if now.bytes_per_sec.is_some() {
+                    waiter.bytes as f64
+                } else {
+                    0.0
+                },
+            };
+            // A waiter gone meanwhile: its turn goes back, which lets the next one go.
+            if let Err(turn) = waiter.grant.send(turn) {
+                turn.unused();
+            }
         }
         if let Some(after) = wake {
             let budget = Arc::downgrade(self);
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
                 if let Some(budget) = Weak::upgrade(&budget) {
-                    budget.state.lock().expect("origin budget").timer = false;
+                    let mut state = budget.state.lock().expect("origin budget");
+                    if state.timer.is_some_and(|due| due <= Instant::now()) {
+                        state.timer = None;
+                    }
+                    drop(state);
                     budget.pump();
                 }
             });
@@ -374,10 +454,15 @@ mod tests {
     ) -> tokio::task::JoinHandle<Turn> {
         let (budget, order) = (budget.clone(), order.clone());
         tokio::spawn(async move {
-            let turn = budget.turn(None, MIB, priority).await;
+            let turn = budget.turn(anonymous(priority), MIB).await;
             order.lock().unwrap().push(name);
             turn
         })
+    }
+
+    /// The priority of a fill no reader can raise.
+    fn anonymous(priority: Priority) -> Urgent {
+        Urgent(Arc::new(AtomicU8::new(priority as u8)))
     }
 
     async fn settle() {
@@ -390,7 +475,7 @@ mod tests {
     async fn the_most_urgent_waiter_goes_first_whoever_came_first() {
         let budget = budget(1, None);
         let order = Arc::default();
-        let first = budget.turn(None, MIB, Priority::Background).await;
+        let first = budget.turn(anonymous(Priority::Background), MIB).await;
         let background = queue(&budget, "background", Priority::Background, &order);
         settle().await;
         let ahead = queue(&budget, "read-ahead", Priority::ReadAhead, &order);
@@ -418,7 +503,7 @@ mod tests {
             3,
             "a quarter of the slots is kept for live reads"
         );
-        let client = budget.turn(None, MIB, Priority::Client).await;
+        let client = budget.turn(anonymous(Priority::Client), MIB).await;
         drop(client);
         let last = warming.pop().unwrap();
         let held: Vec<Turn> = futures_util::future::join_all(warming)
@@ -434,7 +519,7 @@ mod tests {
     async fn a_raised_fill_goes_before_the_warming_ahead_of_it() {
         let budget = budget(1, None);
         let order = Arc::default();
-        let first = budget.turn(None, MIB, Priority::Client).await;
+        let first = budget.turn(anonymous(Priority::Client), MIB).await;
         let warm = queue(&budget, "warm", Priority::Background, &order);
         let object = crate::cache::ObjectId {
             origin: "http://origin".into(),
@@ -446,7 +531,8 @@ mod tests {
         let raised = {
             let (budget, order, key) = (budget.clone(), order.clone(), key.clone());
             tokio::spawn(async move {
-                let turn = budget.turn(Some(key), MIB, Priority::Background).await;
+                let urgency = budget.urgency(&key, Priority::Background);
+                let turn = budget.turn(urgency, MIB).await;
                 order.lock().unwrap().push("raised");
                 turn
             })
@@ -465,7 +551,7 @@ mod tests {
         let budget = budget(64, Some(4 * MIB));
         let started = Instant::now();
         for _ in 0..12 {
-            drop(budget.turn(None, MIB, Priority::Client).await);
+            drop(budget.turn(anonymous(Priority::Client), MIB).await);
         }
         let took = started.elapsed();
         assert!(
@@ -480,7 +566,7 @@ mod tests {
         let order: Arc<Mutex<Vec<&str>>> = Arc::default();
         // The bucket is emptied by live reads; warming and a client then wait for it.
         for _ in 0..4 {
-            drop(budget.turn(None, MIB, Priority::Client).await);
+            drop(budget.turn(anonymous(Priority::Client), MIB).await);
         }
         let warm = queue(&budget, "warm", Priority::Background, &order);
         settle().await;
@@ -488,6 +574,48 @@ mod tests {
         drop(client.await.unwrap());
         drop(warm.await.unwrap());
         assert_eq!(*order.lock().unwrap(), ["client", "warm"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_does_not_wait_for_the_wake_up_set_for_warming() {
+        let budget = budget(64, Some(4 * MIB));
+        for _ in 0..4 {
+            drop(budget.turn(anonymous(Priority::Client), MIB).await);
+        }
+        // Warming needs two chunks of tokens (half a second); a client one (a quarter).
+        let order = Arc::default();
+        let warm = queue(&budget, "warm", Priority::Background, &order);
+        settle().await;
+        let asked = Instant::now();
+        drop(budget.turn(anonymous(Priority::Client), MIB).await);
+        let waited = asked.elapsed();
+        assert!(waited <= Duration::from_millis(260), "{waited:?}");
+        drop(warm.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_cold_probes_body_leaves_the_bucket_a_bucket_in_debt_at_most() {
+        let bucket = budget(64, Some(4 * MIB));
+        // 40 MiB of probe bodies against a bucket of 4 MiB: the first takes the bucket
+        // into debt, the next find no tokens and are refused.
+        let first = bucket.try_turn(40 * MIB, Priority::Client).expect("a full bucket");
+        assert!(bucket.try_turn(MIB, Priority::Client).is_none(), "no tokens left");
+        drop(first);
+        let tokens = bucket.state.lock().unwrap().tokens;
+        assert!(tokens >= -4.0 * MIB as f64 - 1.0, "{tokens}");
+        // With warming waiting, a client's probe still goes; a background one does not.
+        let budget = budget(4, None);
+        let order = Arc::default();
+        let held: Vec<Turn> =
+            futures_util::future::join_all((0..3).map(|_| budget.turn(anonymous(Priority::Background), MIB))).await;
+        let waiting = queue(&budget, "warm", Priority::Background, &order);
+        settle().await;
+        assert!(budget.try_turn(MIB, Priority::Background).is_none());
+        let turn = budget
+            .try_turn(MIB, Priority::Client)
+            .expect("a live read's probe goes");
+        drop((turn, held));
+        drop(waiting.await.unwrap());
     }
 
     #[tokio::test]

@@ -91,6 +91,17 @@ pub enum Signer {
     },
 }
 
+/// How long an owner keeps a reader waiting for a chunk's first bytes before it
+/// says it is busy (429), by the request's priority: well within the reader's
+/// patience for a first byte, and soon for a background read (asked again, it
+/// carries the priority of a client that came to wait for the chunk meanwhile).
+pub fn busy_after(priority: Priority) -> std::time::Duration {
+    match priority {
+        Priority::Background => std::time::Duration::from_secs(5),
+        _ => std::time::Duration::from_secs(20),
+    }
+}
+
 /// One chunk of one object version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkRequest {
@@ -276,10 +287,11 @@ impl ChunkRequest {
             authority: text("authority")?,
             signer,
             checksums,
-            priority: match fields.get("priority") {
-                None => Priority::Client,
-                Some(text) => Priority::parse(text).ok_or(DecodeError("priority"))?,
-            },
+            // None (an older node) or one this version does not know: a client's.
+            priority: fields
+                .get("priority")
+                .and_then(|text| Priority::parse(text))
+                .unwrap_or(Priority::Client),
         };
         let start = request.index.checked_mul(request.chunk_size);
         if request.chunk_size == 0 || start.is_none_or(|start| start >= request.size) {

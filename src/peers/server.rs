@@ -26,10 +26,6 @@ use crate::cache::{ChunkCache, ChunkRead, ObjectId, ObjectMeta};
 use crate::credentials::FillCredentials;
 use crate::fetch::check::Version;
 use crate::fetch::{Fill, FillAuth, FillError, Fills};
-
-/// How long an owner keeps a reader waiting for a chunk's first bytes before it
-/// says it is busy (429): well within the reader's patience for a first byte.
-const BUSY_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
 use crate::origin::Region;
 use crate::telemetry;
 
@@ -246,7 +242,7 @@ impl PeerServer {
         // and the reader goes on to the next in line. A fill still waiting for its turn
         // in the origin budget is a 429 before the reader's patience ends: the reader
         // asks again, and finds the fill under way.
-        let Ok(first) = tokio::time::timeout(BUSY_AFTER, read.next()).await else {
+        let Ok(first) = tokio::time::timeout(super::protocol::busy_after(priority), read.next()).await else {
             telemetry::peer_request("owner", "busy");
             return status(StatusCode::TOO_MANY_REQUESTS);
         };

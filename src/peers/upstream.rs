@@ -16,6 +16,7 @@ use super::protocol::{ChunkRequest, Signer, DROP_PATH};
 use super::{wire, Peers};
 use crate::body::BoxError;
 use crate::cache::{CacheKey, ChunkSink, ObjectId};
+use crate::fetch::origin_budget::Urgent;
 use crate::fetch::{Fill, FillAuth, FillError, Priority, Upstream};
 use crate::s3::Crc;
 use crate::telemetry;
@@ -75,7 +76,11 @@ impl Upstream for Regional {
         priority: Priority,
     ) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
         async move {
-            let fetched = self.through_region(index, &sink, priority).await;
+            // Shared with this node's fill of it, if it comes to that; raised by
+            // readers that come to wait for the chunk.
+            let key = CacheKey::chunk(&self.fill.object, &self.fill.etag, self.fill.chunk_size, index);
+            let urgent = self.fill.fills.budget.urgency(&key, priority);
+            let fetched = self.through_region(index, &sink, &urgent).await;
             if matches!(fetched, Err(FillError::ObjectChecksum { .. })) {
                 self.drop_everywhere();
             }
@@ -103,22 +108,16 @@ impl Upstream for Regional {
 
 impl Regional {
     /// Chunk `index` from its owner, else the next in line, else the origin.
-    async fn through_region(
-        &self,
-        index: u64,
-        sink: &ChunkSink,
-        priority: Priority,
-    ) -> Result<(Bytes, Crc), FillError> {
-        let request = ChunkRequest {
+    async fn through_region(&self, index: u64, sink: &ChunkSink, urgent: &Urgent) -> Result<(Bytes, Crc), FillError> {
+        let mut request = ChunkRequest {
             index,
-            priority,
             ..self.template.clone()
         };
         // A version dropped here lately may still be held by an owner the drop has
         // not reached (it goes in the background): its chunks come from the origin.
         let fill = &self.fill;
         if fill.fills.cache.dropped_within(&fill.object, &fill.etag, DROP_REACH) {
-            return Fill::fetch(fill, index, sink.clone(), 0, priority).await;
+            return Fill::fetch(fill, index, sink.clone(), 0, urgent.get()).await;
         }
         let members = self.peers.members();
         let mut pushed = 0;
@@ -140,12 +139,12 @@ impl Regional {
                 continue;
             }
             tried += 1;
-            let mut fetched = from_peer(&self.peers, address, &request, sink, &mut pushed).await;
+            let mut fetched = from_peer(&self.peers, address, &mut request, urgent, (sink, &mut pushed)).await;
             // Stopped for a restart: once it is back (with its disk), it is asked once
             // more, at the address it has now.
             if matches!(fetched, Err(PeerFailure::Broken(_))) && leaving && self.peers.returned(node).await {
                 if let Some(address) = self.peers.address_of(node) {
-                    fetched = from_peer(&self.peers, address, &request, sink, &mut pushed).await;
+                    fetched = from_peer(&self.peers, address, &mut request, urgent, (sink, &mut pushed)).await;
                 }
             }
             match fetched {
@@ -182,7 +181,7 @@ impl Regional {
         if let Some(reason) = fallback {
             telemetry::peer_fallback(reason);
         }
-        Fill::fetch(&self.fill, index, sink.clone(), pushed, priority).await
+        Fill::fetch(&self.fill, index, sink.clone(), pushed, urgent.get()).await
     }
 
     /// Tells every node of the region to drop this version (its chunks do not add
@@ -219,23 +218,34 @@ enum PeerFailure {
 }
 
 /// How long a reader asks again an owner that says its origin budget keeps the
-/// chunk waiting (429): past it, the reader fills the chunk itself.
-const BUSY_PATIENCE: Duration = Duration::from_secs(300);
+/// chunk waiting (429), by priority: past it, the reader fills the chunk itself.
+fn busy_patience(priority: Priority) -> Duration {
+    match priority {
+        Priority::Background => Duration::from_secs(300),
+        _ => Duration::from_secs(60),
+    }
+}
 
-/// The chunk from a peer into `sink` (see [`from_peer_once`]), asked again while
-/// the peer says the chunk's fill waits for its turn in its origin budget (its
-/// fill goes on meanwhile: the next ask finds it under way).
+/// The chunk from a peer into `sink` (see [`from_peer_once`]), asked again (at the
+/// chunk's priority then) while the peer says the chunk's fill waits for its turn
+/// in its origin budget: its fill goes on meanwhile, and the next ask finds it
+/// under way. A 429 sooner than an owner says it is not an owner's: refused.
 async fn from_peer(
     peers: &Peers,
     address: std::net::SocketAddr,
-    request: &ChunkRequest,
-    sink: &ChunkSink,
-    pushed: &mut u64,
+    request: &mut ChunkRequest,
+    urgent: &Urgent,
+    (sink, pushed): (&ChunkSink, &mut u64),
 ) -> Result<(), PeerFailure> {
-    let asked = std::time::Instant::now();
+    let first = std::time::Instant::now();
     loop {
+        request.priority = urgent.get();
+        let asked = std::time::Instant::now();
         match from_peer_once(peers, address, request, sink, pushed).await {
-            Err(PeerFailure::Refused(http::StatusCode::TOO_MANY_REQUESTS)) if asked.elapsed() < BUSY_PATIENCE => {
+            Err(PeerFailure::Refused(http::StatusCode::TOO_MANY_REQUESTS))
+                if asked.elapsed() >= super::protocol::busy_after(request.priority) / 2
+                    && first.elapsed() < busy_patience(request.priority) =>
+            {
                 telemetry::peer_request("reader", "busy");
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(50..250))).await;
             }

@@ -100,6 +100,9 @@ impl Shape {
     }
 }
 
+/// Chunks a background read (prefetch) reads ahead at most.
+const BACKGROUND_READ_AHEAD: usize = 2;
+
 /// Whether a response's client waits for a chunk its read-ahead has not brought.
 #[derive(Default)]
 struct Wanted {
@@ -144,6 +147,7 @@ impl CachedObject {
             size: self.meta.size,
             upstream: &self.upstream,
             region: &self.region,
+            priority: self.priority,
         }
     }
 
@@ -282,7 +286,13 @@ impl CachedObject {
         span: impl Fn(u64) -> (u64, u64) + Send + 'static,
         wanted: Arc<Wanted>,
     ) -> mpsc::Receiver<tokio::task::JoinHandle<stream::BoxStream<'static, Result<Bytes, ChunkError>>>> {
-        let (ahead, chunks) = mpsc::channel(self.read_ahead);
+        // A background read (prefetch) holds little of the read-ahead memory: its
+        // fills may wait long behind live ones, and live reads need the room.
+        let depth = match self.priority {
+            Priority::Background => self.read_ahead.min(BACKGROUND_READ_AHEAD),
+            _ => self.read_ahead,
+        };
+        let (ahead, chunks) = mpsc::channel(depth);
         if tail_index > head_index {
             let this = self.clone();
             tokio::spawn(async move {
@@ -290,17 +300,18 @@ impl CachedObject {
                     let (from, to) = span(index);
                     let (key, length) = (this.key(index), this.chunk_length(index));
                     let share = this.share.as_ref();
-                    let charge = loop {
+                    // The chunk's memory, and whether the client already waits for it.
+                    let (charge, wanted_now) = loop {
                         tokio::select! {
                             () = ahead.closed() => return,
-                            charge = this.budget.reserve(&key, length, true, share) => break charge.ok(),
+                            charge = this.budget.reserve(&key, length, true, share) => break (charge.ok(), false),
                             () = wanted.notify.notified() => {
                                 // A wake-up left from an earlier wait: not wanted now.
                                 if !wanted.waiting.load(Ordering::SeqCst) {
                                     continue;
                                 }
                                 match this.budget.reserve(&key, length, false, share).await {
-                                    Ok(charge) => break Some(charge),
+                                    Ok(charge) => break (Some(charge), true),
                                     Err(busy) => {
                                         telemetry::budget_waited("cut");
                                         let cut = stream::once(async move { Err(ChunkError::new(busy)) }).boxed();
@@ -312,7 +323,10 @@ impl CachedObject {
                         }
                     };
                     let this = this.clone();
-                    let priority = this.priority.max(Priority::ReadAhead);
+                    let priority = match wanted_now {
+                        true => this.priority,
+                        false => this.priority.max(Priority::ReadAhead),
+                    };
                     let chunk = tokio::spawn(async move {
                         let read = this.clone().read(index, priority).await;
                         this.bytes(index, from, to, read, charge)
