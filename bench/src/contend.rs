@@ -11,13 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures_util::StreamExt;
 
 use s3_accel::config::units::format_size;
 
 use crate::client::{Failure, Get, Object, Sample};
-use crate::run::{describe_shaping, result_paths, Bench};
+use crate::run::{describe_shaping, percentile, write_table, Bench};
 use crate::scenario::Scenario;
 use crate::target::{Kind, Target};
 
@@ -180,11 +179,7 @@ pub async fn run(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::Resul
             r.wrong,
         ));
     }
-    println!("\n{markdown}");
-    let (md, _) = result_paths(&bench.args.results, scenario.name);
-    std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
-    eprintln!("wrote {}", md.display());
-    Ok(())
+    write_table(&bench.args, scenario.name, &markdown)
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -212,12 +207,6 @@ impl Row {
     fn of(label: &'static str, runs: Vec<Run>) -> Self {
         let mut ttfbs: Vec<Duration> = runs.iter().flat_map(|r| r.ttfbs.iter().copied()).collect();
         ttfbs.sort_unstable();
-        let percentile = |p: f64| {
-            ttfbs
-                .get(((ttfbs.len() as f64 * p) as usize).min(ttfbs.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or_default()
-        };
         let live_seconds: f64 = runs.iter().map(|r| r.live_seconds).sum();
         let (prefetched, took) = runs
             .iter()
@@ -225,8 +214,8 @@ impl Row {
         Self {
             label,
             gets: ttfbs.len(),
-            ttfb_p50: percentile(0.5),
-            ttfb_p99: percentile(0.99),
+            ttfb_p50: percentile(&ttfbs, 0.5),
+            ttfb_p99: percentile(&ttfbs, 0.99),
             live_rate: runs.iter().map(|r| r.live_bytes).sum::<u64>() as f64 / live_seconds / 1e9,
             live_seconds: live_seconds / runs.len().max(1) as f64,
             prefetch_rate: prefetched as f64 / took.as_secs_f64().max(1e-9) / 1e9,

@@ -361,6 +361,23 @@ pub(crate) fn result_paths(dir: &Path, scenario: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{scenario}.md")), dir.join(format!("{scenario}.svg")))
 }
 
+/// Prints a scenario's table and writes it to its result file.
+pub(crate) fn write_table(args: &Args, scenario: &str, markdown: &str) -> anyhow::Result<()> {
+    println!("\n{markdown}");
+    let (md, _) = result_paths(&args.results, scenario);
+    std::fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))?;
+    eprintln!("wrote {}", md.display());
+    Ok(())
+}
+
+/// The `p` quantile of `sorted` (zero when empty).
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
 /// The product in under a minute: a model read from a far origin directly, then
 /// through s3-accel cold, then warm.
 pub async fn demo(args: Args) -> anyhow::Result<()> {

@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use rand::Rng;
 
 use s3_accel::config::units::format_size;
 
 use crate::client::{Failure, Get, Object};
-use crate::run::{describe_shaping, result_paths, Bench};
+use crate::run::{describe_shaping, percentile, write_table, Bench};
 use crate::scenario::Scenario;
 use crate::target::{Kind, Target};
 
@@ -120,11 +119,7 @@ pub async fn run(bench: &Bench, scenario: &Scenario, seed: u64) -> anyhow::Resul
             r.wrong,
         ));
     }
-    println!("\n{markdown}");
-    let (md, _) = result_paths(&bench.args.results, scenario.name);
-    std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
-    eprintln!("wrote {}", md.display());
-    Ok(())
+    write_table(&bench.args, scenario.name, &markdown)
 }
 
 /// Of the hot bytes read during the scan, the share served from the cache (not
@@ -252,12 +247,6 @@ async fn once(
     target.stop().await;
     let mut ttfbs = std::mem::take(&mut *ttfbs.lock().unwrap());
     ttfbs.sort_unstable();
-    let percentile = |p: f64| {
-        ttfbs
-            .get(((ttfbs.len() as f64 * p) as usize).min(ttfbs.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
     Ok(Row {
         admission: admission.unwrap_or("(default)"),
         hot_gets: gets.load(Ordering::SeqCst),
@@ -265,8 +254,8 @@ async fn once(
         hot_origin: during.saturating_sub(cold_size),
         hot_filled: hot_fills * bench.args.chunk_size,
         after,
-        ttfb_p50: percentile(0.5),
-        ttfb_p99: percentile(0.99),
+        ttfb_p50: percentile(&ttfbs, 0.5),
+        ttfb_p99: percentile(&ttfbs, 0.99),
         scan_rate: scanned.iter().sum::<u64>() as f64 / scan_seconds / 1e9,
         failed: failed.load(Ordering::SeqCst),
         wrong: wrong.load(Ordering::SeqCst),

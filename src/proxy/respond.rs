@@ -166,8 +166,17 @@ impl CachedObject {
     async fn read(self: Arc<Self>, index: u64, priority: Priority) -> ChunkRead {
         let (key, upstream) = (self.key(index), self.upstream.clone());
         let memory_only = !upstream.owns(&key);
+        // The chunk's priority exists from now on, and lives as long as its fetch: a
+        // client that reaches the chunk before its fetch waits for a turn raises it.
+        let urgent = self.origin_budget.urgency(&key, priority);
         self.cache
-            .chunk(key, memory_only, move |sink| upstream.fetch(index, sink, priority))
+            .chunk(key, memory_only, move |sink| {
+                let fetch = upstream.fetch(index, sink, priority);
+                async move {
+                    let _urgent = urgent;
+                    fetch.await
+                }
+            })
             .await
     }
 
