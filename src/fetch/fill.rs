@@ -270,8 +270,9 @@ impl Fill {
             let key = CacheKey::chunk(&fill.object, &fill.etag, fill.chunk_size, index);
             let bytes = (last + 1).saturating_sub(start + skip);
             let budget = &fill.fills.budget;
-            let _turn = budget.turn(budget.urgency(&key, priority), bytes).await;
+            let turn = budget.turn(budget.urgency(&key, priority), bytes).await;
             if fill.fills.cache.dropped_since(&fill.object, &fill.etag, fill.begun) {
+                turn.unused();
                 return Err(FillError::Dropped);
             }
             let _in_flight = InFlight::start();
@@ -282,6 +283,7 @@ impl Fill {
             }
             let chunk = sink.assemble();
             let crc = fill.verify(index, &chunk)?;
+            drop(turn);
             Ok((chunk, crc))
         }
     }

@@ -80,8 +80,8 @@ pub struct OriginBudget {
 #[derive(Default)]
 struct Urgency {
     chunks: std::collections::HashMap<CacheKey, Weak<AtomicU8>>,
-    /// Cells made since the map was last swept of fetches that ended.
-    since_sweep: usize,
+    /// The size at which the map is next swept of fetches that ended.
+    next_sweep: usize,
 }
 
 /// The priority of one chunk's fetch, shared by everything that fetches it (a
@@ -212,7 +212,8 @@ impl OriginBudget {
         if let Some((region, share)) = &self.region {
             let share = share().clamp(0.0, 1.0);
             if let Some(total) = region.fills {
-                fills = fills.min(((total as f64 * share) as usize).max(1));
+                // (A hair over, so that 22 × 15/22 is 15, not 14.999.)
+                fills = fills.min(((total as f64 * share + 1e-9) as usize).max(1));
             }
             if let Some(total) = region.bytes_per_sec {
                 let share = ((total as f64 * share) as u64).max(1);
@@ -228,20 +229,29 @@ impl OriginBudget {
         }
     }
 
-    /// The priority of the fetch of chunk `key` (at least `priority`), shared with
-    /// whatever fetches it already.
-    pub fn urgency(&self, key: &CacheKey, priority: Priority) -> Urgent {
-        let mut urgency = self.urgency.lock().expect("urgency");
-        if let Some(cell) = urgency.chunks.get(key).and_then(Weak::upgrade) {
-            cell.fetch_min(priority as u8, Ordering::Relaxed);
-            return Urgent(cell);
-        }
-        let cell = Arc::new(AtomicU8::new(priority as u8));
-        urgency.chunks.insert(key.clone(), Arc::downgrade(&cell));
-        urgency.since_sweep += 1;
-        if urgency.since_sweep > urgency.chunks.len().max(1024) {
-            urgency.chunks.retain(|_, cell| cell.strong_count() > 0);
-            urgency.since_sweep = 0;
+    /// The priority of the fetch of chunk `key` (at least `priority`: a fetch of it
+    /// already waiting at a lower one is raised), shared with whatever fetches it.
+    pub fn urgency(self: &Arc<Self>, key: &CacheKey, priority: Priority) -> Urgent {
+        let (cell, raised) = {
+            let mut urgency = self.urgency.lock().expect("urgency");
+            match urgency.chunks.get(key).and_then(Weak::upgrade) {
+                Some(cell) => {
+                    let raised = cell.fetch_min(priority as u8, Ordering::Relaxed) > priority as u8;
+                    (cell, raised)
+                }
+                None => {
+                    let cell = Arc::new(AtomicU8::new(priority as u8));
+                    urgency.chunks.insert(key.clone(), Arc::downgrade(&cell));
+                    if urgency.chunks.len() >= urgency.next_sweep {
+                        urgency.chunks.retain(|_, cell| cell.strong_count() > 0);
+                        urgency.next_sweep = (urgency.chunks.len() * 2).max(1024);
+                    }
+                    (cell, false)
+                }
+            }
+        };
+        if raised {
+            self.pump();
         }
         Urgent(cell)
     }
@@ -272,6 +282,7 @@ impl OriginBudget {
     pub fn try_turn(self: &Arc<Self>, bytes: u64, priority: Priority) -> Option<Turn> {
         let now = self.now();
         let mut state = self.state.lock().expect("origin budget");
+        state.waiting.retain(|w| !w.grant.is_closed());
         let ahead = state.waiting.iter().any(|w| w.priority() <= priority);
         if ahead || state.running >= now.slots(priority) {
             return None;
@@ -340,10 +351,10 @@ impl OriginBudget {
                 granted.push(state.waiting.swap_remove(at));
             }
             // A wake-up set for later than this one is overtaken (a more urgent fill
-            // came, which needs fewer tokens); one set sooner stands.
+            // came, which needs fewer tokens); one set sooner, and still to come, stands.
             let due = wake.map(|after| Instant::now() + after);
             match (due, state.timer) {
-                (Some(due), Some(set)) if set <= due => wake = None,
+                (Some(due), Some(set)) if set <= due && set > Instant::now() => wake = None,
                 (Some(due), _) => state.timer = Some(due),
                 (None, _) => {}
             }
@@ -574,6 +585,32 @@ mod tests {
         drop(client.await.unwrap());
         drop(warm.await.unwrap());
         assert_eq!(*order.lock().unwrap(), ["client", "warm"]);
+    }
+
+    #[tokio::test]
+    async fn a_client_joining_a_warming_fill_lets_it_go_at_once() {
+        let budget = budget(4, None);
+        // Warming holds the three slots it may take; a fourth warming fill waits.
+        let held: Vec<Turn> =
+            futures_util::future::join_all((0..3).map(|_| budget.turn(anonymous(Priority::Background), MIB))).await;
+        let object = crate::cache::ObjectId {
+            origin: "http://origin".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            version_id: None,
+        };
+        let key = CacheKey::chunk(&object, "\"e\"", MIB, 7);
+        let waiting = {
+            let (budget, key) = (budget.clone(), key.clone());
+            tokio::spawn(async move { budget.turn(budget.urgency(&key, Priority::Background), MIB).await })
+        };
+        settle().await;
+        assert!(!waiting.is_finished(), "warming left the last slot to live reads");
+        // A client asks for the same chunk: the fill is the client's now, and goes.
+        let _client = budget.urgency(&key, Priority::Client);
+        let turn = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(turn.is_ok(), "the raised fill still waits");
+        drop(held);
     }
 
     #[tokio::test(start_paused = true)]

@@ -93,12 +93,12 @@ pub enum Signer {
 
 /// How long an owner keeps a reader waiting for a chunk's first bytes before it
 /// says it is busy (429), by the request's priority: well within the reader's
-/// patience for a first byte, and soon for a background read (asked again, it
+/// patience for a first byte, and soon for any but a client's (asked again, it
 /// carries the priority of a client that came to wait for the chunk meanwhile).
 pub fn busy_after(priority: Priority) -> std::time::Duration {
     match priority {
-        Priority::Background => std::time::Duration::from_secs(5),
-        _ => std::time::Duration::from_secs(20),
+        Priority::Client => std::time::Duration::from_secs(20),
+        _ => std::time::Duration::from_secs(5),
     }
 }
 

@@ -231,12 +231,19 @@ impl PeerServer {
             &self.fills,
         );
         let (index, priority, key) = (chunk.index, chunk.priority, chunk.key());
+        // The chunk's priority, from now on and as long as its fetch lives: a fill of
+        // it already waiting at a lower one waits at this one now.
+        let urgent = self.fills.budget.urgency(&key, priority);
         let mut read = self
             .cache
-            .chunk(key.clone(), false, move |sink| fill.fetch(index, sink, 0, priority))
+            .chunk(key, false, move |sink| {
+                let fetch = fill.fetch(index, sink, 0, priority);
+                async move {
+                    let _urgent = urgent;
+                    fetch.await
+                }
+            })
             .await;
-        // Already waiting for its turn, at a lower priority: it waits at this one now.
-        self.fills.budget.raise(&key, priority);
         let source = read.source;
         // The first bytes before the head: a fill that fails outright is a clean 502,
         // and the reader goes on to the next in line. A fill still waiting for its turn
