@@ -471,6 +471,17 @@ mod tests {
         })
     }
 
+    /// Chunk `index` of an object of 1 MiB chunks.
+    fn chunk_key(index: u64) -> CacheKey {
+        let object = crate::cache::ObjectId {
+            origin: "http://origin".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            version_id: None,
+        };
+        CacheKey::chunk(&object, "\"e\"", MIB, index)
+    }
+
     /// The priority of a fill no reader can raise.
     fn anonymous(priority: Priority) -> Urgent {
         Urgent(Arc::new(AtomicU8::new(priority as u8)))
@@ -532,13 +543,7 @@ mod tests {
         let order = Arc::default();
         let first = budget.turn(anonymous(Priority::Client), MIB).await;
         let warm = queue(&budget, "warm", Priority::Background, &order);
-        let object = crate::cache::ObjectId {
-            origin: "http://origin".into(),
-            bucket: "b".into(),
-            key: "k".into(),
-            version_id: None,
-        };
-        let key = CacheKey::chunk(&object, "\"e\"", MIB, 3);
+        let key = chunk_key(3);
         let raised = {
             let (budget, order, key) = (budget.clone(), order.clone(), key.clone());
             tokio::spawn(async move {
@@ -593,13 +598,7 @@ mod tests {
         // Warming holds the three slots it may take; a fourth warming fill waits.
         let held: Vec<Turn> =
             futures_util::future::join_all((0..3).map(|_| budget.turn(anonymous(Priority::Background), MIB))).await;
-        let object = crate::cache::ObjectId {
-            origin: "http://origin".into(),
-            bucket: "b".into(),
-            key: "k".into(),
-            version_id: None,
-        };
-        let key = CacheKey::chunk(&object, "\"e\"", MIB, 7);
+        let key = chunk_key(7);
         let waiting = {
             let (budget, key) = (budget.clone(), key.clone());
             tokio::spawn(async move { budget.turn(budget.urgency(&key, Priority::Background), MIB).await })
