@@ -21,19 +21,20 @@ use crate::cache::{CacheKey, ChunkSink};
 use crate::s3::Crc;
 pub use check::Fills;
 pub use fill::{fill_auth, Fill, FillAuth, FillError, PRIORITY_HEADER};
-pub use origin_budget::Priority;
+pub use origin_budget::{Priority, Urgent};
 
 /// A source of an object version's chunks.
 pub trait Upstream: Send + Sync {
     /// Fetches chunk `index` of the object version, pushing its bytes to `sink` as
     /// they arrive, and returns it whole with its CRC once it is checked. The cache runs the
     /// future in a task of its own, so a client that goes away does not cancel it.
-    /// `priority` says who waits for it, for the origin budget's order.
+    /// `urgent` says who waits for it (raised by readers that come to wait), for
+    /// the origin budget's order.
     fn fetch(
         self: Arc<Self>,
         index: u64,
         sink: ChunkSink,
-        priority: Priority,
+        urgent: Urgent,
     ) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>>;
 
     /// Whether chunk `index` is checked whole against the object's checksum before
@@ -55,9 +56,9 @@ impl Upstream for Fill {
         self: Arc<Self>,
         index: u64,
         sink: ChunkSink,
-        priority: Priority,
+        urgent: Urgent,
     ) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
-        Fill::fetch(&self, index, sink, 0, priority).boxed()
+        Fill::fetch(&self, index, sink, 0, urgent).boxed()
     }
 
     fn checks(&self, index: u64) -> bool {

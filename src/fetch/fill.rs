@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::check::{Fills, Verdict, Version};
-use super::origin_budget::Priority;
+use super::origin_budget::Urgent;
 use crate::body::BoxError;
-use crate::cache::{CacheKey, ChunkSink, ObjectId};
+use crate::cache::{ChunkSink, ObjectId};
 use crate::credentials::{FillCredentials, Snapshot};
 use crate::origin::{error_code, poison, sign_s3, OriginBody, OriginError, Region, SignError};
 use crate::s3::auth::ClientAuth;
@@ -254,7 +254,7 @@ impl Fill {
     /// Fetches chunk `index` from its byte `skip` on (the sink has the bytes before,
     /// checked, from a peer that failed midway), pushing them to `sink` as they
     /// arrive, and returns the chunk whole with its CRC once it is checked. It waits
-    /// for its turn in the origin budget at `priority`. The future owns what it
+    /// for its turn in the origin budget at `urgent`'s priority. The future owns what it
     /// needs: the cache runs it in a task of its own, so a client that goes away
     /// does not cancel it.
     pub fn fetch(
@@ -262,15 +262,13 @@ impl Fill {
         index: u64,
         sink: ChunkSink,
         skip: u64,
-        priority: Priority,
+        urgent: Urgent,
     ) -> impl std::future::Future<Output = Result<(Bytes, Crc), FillError>> + Send + 'static {
         let fill = self.clone();
         async move {
             let (start, last) = fill.chunk_range(index);
-            let key = CacheKey::chunk(&fill.object, &fill.etag, fill.chunk_size, index);
             let bytes = (last + 1).saturating_sub(start + skip);
-            let budget = &fill.fills.budget;
-            let turn = budget.turn(budget.urgency(&key, priority), bytes).await;
+            let turn = fill.fills.budget.turn(urgent, bytes).await;
             if fill.fills.cache.dropped_since(&fill.object, &fill.etag, fill.begun) {
                 turn.unused();
                 return Err(FillError::Dropped);

@@ -236,13 +236,7 @@ impl PeerServer {
         let urgent = self.fills.budget.urgency(&key, priority);
         let mut read = self
             .cache
-            .chunk(key, false, move |sink| {
-                let fetch = fill.fetch(index, sink, 0, priority);
-                async move {
-                    let _urgent = urgent;
-                    fetch.await
-                }
-            })
+            .chunk(key, false, move |sink| fill.fetch(index, sink, 0, urgent))
             .await;
         let source = read.source;
         // The first bytes before the head: a fill that fails outright is a clean 502,

@@ -16,8 +16,7 @@ use super::protocol::{ChunkRequest, Signer, DROP_PATH};
 use super::{wire, Peers};
 use crate::body::BoxError;
 use crate::cache::{CacheKey, ChunkSink, ObjectId};
-use crate::fetch::origin_budget::Urgent;
-use crate::fetch::{Fill, FillAuth, FillError, Priority, Upstream};
+use crate::fetch::{Fill, FillAuth, FillError, Priority, Upstream, Urgent};
 use crate::s3::Crc;
 use crate::telemetry;
 
@@ -73,13 +72,9 @@ impl Upstream for Regional {
         self: Arc<Self>,
         index: u64,
         sink: ChunkSink,
-        priority: Priority,
+        urgent: Urgent,
     ) -> BoxFuture<'static, Result<(Bytes, Crc), FillError>> {
         async move {
-            // Shared with this node's fill of it, if it comes to that; raised by
-            // readers that come to wait for the chunk.
-            let key = CacheKey::chunk(&self.fill.object, &self.fill.etag, self.fill.chunk_size, index);
-            let urgent = self.fill.fills.budget.urgency(&key, priority);
             let fetched = self.through_region(index, &sink, &urgent).await;
             if matches!(fetched, Err(FillError::ObjectChecksum { .. })) {
                 self.drop_everywhere();
@@ -117,7 +112,7 @@ impl Regional {
         // not reached (it goes in the background): its chunks come from the origin.
         let fill = &self.fill;
         if fill.fills.cache.dropped_within(&fill.object, &fill.etag, DROP_REACH) {
-            return Fill::fetch(fill, index, sink.clone(), 0, urgent.get()).await;
+            return Fill::fetch(fill, index, sink.clone(), 0, urgent.clone()).await;
         }
         let members = self.peers.members();
         let mut pushed = 0;
@@ -181,7 +176,7 @@ impl Regional {
         if let Some(reason) = fallback {
             telemetry::peer_fallback(reason);
         }
-        Fill::fetch(&self.fill, index, sink.clone(), pushed, urgent.get()).await
+        Fill::fetch(&self.fill, index, sink.clone(), pushed, urgent.clone()).await
     }
 
     /// Tells every node of the region to drop this version (its chunks do not add

@@ -170,13 +170,7 @@ impl CachedObject {
         // client that reaches the chunk before its fetch waits for a turn raises it.
         let urgent = self.origin_budget.urgency(&key, priority);
         self.cache
-            .chunk(key, memory_only, move |sink| {
-                let fetch = upstream.fetch(index, sink, priority);
-                async move {
-                    let _urgent = urgent;
-                    fetch.await
-                }
-            })
+            .chunk(key, memory_only, move |sink| upstream.fetch(index, sink, urgent))
             .await
     }
 
