@@ -665,6 +665,22 @@ struct Tally {
 }
 
 impl HostRegion {
+    /// Each node's log lines where a peer left the region or was given up on: what
+    /// moves chunks to be filled from the origin elsewhere.
+    fn departures(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, node)| {
+                let text = std::fs::read_to_string(node.dir.path().join("log")).unwrap_or_default();
+                text.lines()
+                    .filter(|l| l.contains("leaves the region") || l.contains("did not come back"))
+                    .map(|l| format!("node {i}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// `readers` clients on the client host reading `objects` (key, SHA-256, size)
     /// through the region until `stop`, each picking before every GET a node whose
     /// `/readyz` answered 200 within the last 100 ms (as a Service or an anycast
@@ -830,6 +846,7 @@ async fn roll(net: Net, service: Option<&'static str>) {
     region.origin.stats.settled().await;
     let cold = region.origin.stats.body_bytes();
     let logged = region.origin.stats.log.lock().unwrap().len();
+    let fills_before = region.origin.stats.fill_paths.lock().unwrap().len();
     // 6 readers follow readiness while each node in turn is told SIGTERM and comes
     // back under its name on its disk.
     let (stop, tally) = (
@@ -913,7 +930,9 @@ async fn roll(net: Net, service: Option<&'static str>) {
     // besides): the rollout may add 2 % of the working set.
     assert!(
         (sent - cold) as f64 <= 0.02 * working_set as f64,
-        "the rollout cost the origin {} bytes over a {working_set}-byte working set",
-        sent - cold
+        "the rollout cost the origin {} bytes over a {working_set}-byte working set: fills {:?}; departures {:?}",
+        sent - cold,
+        region.origin.stats.fill_ranges.lock().unwrap()[fills_before..].to_vec(),
+        region.departures()
     );
 }

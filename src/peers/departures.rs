@@ -162,6 +162,18 @@ impl Departures {
         }
     }
 
+    /// The roster asked `node`, which said it is stopping, and it did not answer:
+    /// found down (the wait for its restart counts from now), whether or not a
+    /// reader has needed it yet.
+    pub fn found_down(&self, node: &str, now: Instant) {
+        let mut map = self.map();
+        if let Some(departure) = map.get_mut(node) {
+            if self.awaited(departure, now) {
+                departure.down.get_or_insert(now);
+            }
+        }
+    }
+
     /// `node` answered a hello under boot `boot_id`: a new boot is back for good;
     /// the stopping boot is alive, not down (a failure while it drains does not
     /// spend the wait for its restart).

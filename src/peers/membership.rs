@@ -226,6 +226,11 @@ impl Roster {
                 return true;
             }
             tracked.streak = 0;
+            // Said it stops and was asked (see `addresses`), but did not answer: it is
+            // down, and waited for as when a reader finds it so. Otherwise, with no
+            // reader needing its chunks while it restarts, it would leave after
+            // leave_after and its share would be filled from the origin elsewhere.
+            departures.found_down(node, now);
             // Its address answers as another node now: it is not there (unless readers
             // wait for it to come back, maybe elsewhere).
             let replaced = tracked.member.address.is_some_and(|a| addresses.contains(&a))
@@ -448,6 +453,29 @@ mod tests {
             at(17_500),
         );
         assert_eq!(names(&moved), ["a", "d"], "e is new (not joined yet), c replaced");
+    }
+
+    #[test]
+    fn a_stopping_member_that_stops_answering_is_waited_for_though_no_reader_needed_it() {
+        let address = |i: u8| SocketAddr::from(([10, 0, 0, i], 9091));
+        let departures = Arc::new(Departures::new(Duration::from_secs(15)));
+        let mut roster = Roster::new(hello("a", "1"), Duration::from_secs(3), departures.clone());
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let everyone = vec![(address(2), hello("b", "1")), (address(3), hello("c", "1"))];
+        assert_eq!(names(&roster.round(everyone.clone(), at(0))), ["a", "b", "c"]);
+        departures.said("b", "1", t0);
+        // b drains, still answering where it was; then stops answering at 1 s.
+        assert_eq!(names(&roster.round(everyone, at(500))), ["a", "b", "c"]);
+        let c = || vec![(address(3), hello("c", "1"))];
+        assert_eq!(names(&roster.round(c(), at(1_000))), ["a", "b", "c"]);
+        // Unheard past leave_after, with no reader having found it down: it stays
+        // (its chunks do not move to be filled from the origin)...
+        assert_eq!(names(&roster.round(c(), at(5_000))), ["a", "b", "c"]);
+        assert!(departures.waited_for("b", at(5_000)));
+        assert_eq!(names(&roster.round(c(), at(15_500))), ["a", "b", "c"]);
+        // ...until restart_wait from when the roster found it down.
+        assert_eq!(names(&roster.round(c(), at(16_500))), ["a", "c"]);
     }
 
     #[test]
