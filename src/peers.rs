@@ -225,8 +225,8 @@ impl Peers {
         self.departures.leaving(node, Instant::now())
     }
 
-    /// Whether readers are waiting for `node` now (it said it stops, and was found
-    /// down less than `restart_wait` ago).
+    /// Whether `node` is waited for now (it said it stops, and was found down less
+    /// than `restart_wait` ago).
     pub fn waited_for(&self, node: &str) -> bool {
         self.departures.waited_for(node, Instant::now())
     }

@@ -37,7 +37,8 @@ struct Departure {
     /// The boot that said it is stopping: a hello from another boot is the return.
     boot_id: String,
     said: Instant,
-    /// When a reader first found it down: the wait is counted from there.
+    /// When it was first found down (by a reader, or by a membership refresh it
+    /// did not answer): the wait is counted from there.
     down: Option<Instant>,
     /// The round of probing under way, if any.
     probing: Option<watch::Receiver<Option<Return>>>,
@@ -121,8 +122,8 @@ impl Departures {
         }
     }
 
-    /// Whether readers are waiting for `node` now (found down, its time not up):
-    /// it stays a member meanwhile.
+    /// Whether `node` is waited for now (found down, its time not up): it stays a
+    /// member meanwhile.
     pub fn waited_for(&self, node: &str, now: Instant) -> bool {
         self.map()
             .get(node)

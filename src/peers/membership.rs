@@ -151,7 +151,7 @@ pub struct Roster {
     leave_after: Duration,
     tracked: HashMap<String, Tracked>,
     rounds: u64,
-    /// Members that said they are stopping: one readers wait for stays a member.
+    /// Members that said they are stopping: one waited for stays a member.
     departures: Arc<Departures>,
 }
 
@@ -473,9 +473,35 @@ mod tests {
         // (its chunks do not move to be filled from the origin)...
         assert_eq!(names(&roster.round(c(), at(5_000))), ["a", "b", "c"]);
         assert!(departures.waited_for("b", at(5_000)));
+        // A reader that needs b now waits out the same time, counted from then.
+        match departures.wait("b", at(6_000)) {
+            crate::peers::departures::Wait::Start { deadline, .. } => assert_eq!(deadline, at(16_000)),
+            _ => panic!("a reader finding b down starts waiting for it"),
+        }
         assert_eq!(names(&roster.round(c(), at(15_500))), ["a", "b", "c"]);
         // ...until restart_wait from when the roster found it down.
         assert_eq!(names(&roster.round(c(), at(16_500))), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_stopping_member_that_answers_again_is_no_longer_counted_down() {
+        let address = |i: u8| SocketAddr::from(([10, 0, 0, i], 9091));
+        let departures = Arc::new(Departures::new(Duration::from_secs(15)));
+        let mut roster = Roster::new(hello("a", "1"), Duration::from_secs(3), departures.clone());
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let b = (address(2), hello("b", "1"));
+        roster.round(vec![b.clone()], at(0));
+        departures.said("b", "1", t0);
+        // One hello lost while b drains: found down...
+        roster.round(vec![], at(500));
+        assert!(departures.waited_for("b", at(500)));
+        // ...and alive again at its next answer, under the same boot: its wait is
+        // not spent, and a later loss counts afresh.
+        roster.round(vec![b], at(1_000));
+        assert!(!departures.waited_for("b", at(1_000)));
+        roster.round(vec![], at(20_000));
+        assert!(departures.waited_for("b", at(34_000)), "counted from 20 s, not 0.5 s");
     }
 
     #[test]
