@@ -709,6 +709,28 @@ fn remove_now(tiers: &HybridCache<CacheKey, CacheValue>, copies: Option<&Copies>
     }
 }
 
+/// A small cache for unit tests: 16 MiB of memory, 64 MiB of disk under `dir`,
+/// chunks of 1 MiB.
+#[cfg(test)]
+pub(crate) fn test_config(dir: &std::path::Path) -> CacheConfig {
+    CacheConfig {
+        dir: dir.to_owned(),
+        memory: 16 << 20,
+        disk: 64 << 20,
+        chunk_size: 1 << 20,
+        direct_io: Some(false),
+        read_ahead: 2,
+        fill_memory: 8 << 20,
+        read_ahead_memory: 8 << 20,
+        read_ahead_per_connection: 8 << 20,
+        read_ahead_wait: std::time::Duration::from_secs(1),
+        peer_copies: 0,
+        metadata_max_age: std::time::Duration::ZERO,
+        pinned: 0,
+        admission: Admission::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -751,23 +773,7 @@ mod tests {
     }
 
     async fn open(dir: &std::path::Path) -> Arc<ChunkCache> {
-        let config = CacheConfig {
-            dir: dir.to_owned(),
-            memory: 16 << 20,
-            disk: 64 << 20,
-            chunk_size: 1 << 20,
-            direct_io: Some(false),
-            read_ahead: 2,
-            fill_memory: 8 << 20,
-            read_ahead_memory: 8 << 20,
-            read_ahead_per_connection: 8 << 20,
-            read_ahead_wait: std::time::Duration::from_secs(1),
-            peer_copies: 0,
-            metadata_max_age: std::time::Duration::ZERO,
-            pinned: 0,
-            admission: Admission::default(),
-        };
-        Arc::new(ChunkCache::open(&config).await.unwrap())
+        Arc::new(ChunkCache::open(&test_config(dir)).await.unwrap())
     }
 
     /// Fills chunk `key` with `bytes` and waits until it is stored.

@@ -39,6 +39,16 @@ pub enum Advice {
     Alone,
 }
 
+impl Advice {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Known(_) => "known",
+            Self::Probe(_) => "probe",
+            Self::Alone => "alone",
+        }
+    }
+}
+
 /// The duty to tell the owner of an object's gate what a probe learned; dropped
 /// unsent, it tells the owner that nothing was.
 pub trait Report: Send {
@@ -101,6 +111,12 @@ impl Herd {
                     Some(region) => region.ask(object).await,
                     None => Advice::Alone,
                 };
+                tracing::debug!(
+                    origin = object.origin,
+                    key = object.key,
+                    advice = advice.label(),
+                    "cold: this node's turn"
+                );
                 let report = match advice {
                     Advice::Known(meta) => {
                         cache.insert_meta(object, (*meta).clone());
@@ -112,8 +128,10 @@ impl Herd {
                 };
                 entered.turn = Some((turn, report));
             }
-            Entry::Waited(Some(Release::Done)) => entered.cached = cache.meta(object).await,
-            Entry::Waited(_) => {}
+            Entry::Waited(Some(Release::Done(meta))) => entered.cached = Some(Arc::unwrap_or_clone(meta)),
+            Entry::Waited(other) => {
+                tracing::debug!(origin = object.origin, key = object.key, released = ?other, "cold: waited, and probes alone")
+            }
         }
         entered
     }
@@ -128,6 +146,7 @@ impl Herd {
         }
         match self.gate.enter(object, self.patience).await {
             Entry::Turn(turn) => {
+                tracing::debug!(origin = object.origin, key = object.key, "cold: a peer's turn");
                 let id = fastrand::u64(..);
                 self.held.lock().expect("held turns").insert(object.clone(), (id, turn));
                 // An asker that never tells lets the turn go when a probe would have
@@ -142,10 +161,7 @@ impl Herd {
                 });
                 Held::Yours
             }
-            Entry::Waited(Some(Release::Done)) => match cache.meta(object).await {
-                Some(meta) => Held::Known(Box::new(meta)),
-                None => Held::Unknown,
-            },
+            Entry::Waited(Some(Release::Done(meta))) => Held::Known(Box::new(Arc::unwrap_or_clone(meta))),
             Entry::Waited(_) => Held::Unknown,
         }
     }
@@ -159,7 +175,7 @@ impl Herd {
         let turn = self.held.lock().expect("held turns").remove(object);
         if let Some((_, turn)) = turn {
             turn.release(match meta {
-                Some(_) => Release::Done,
+                Some(meta) => Release::Done(Arc::new(meta)),
                 None => Release::GiveUp,
             });
         }
@@ -168,16 +184,85 @@ impl Herd {
 
 impl Entered {
     /// Ends this request's turn, if it had one: the waiters go with the metadata
-    /// (`learned`: the cache holds it), or probe at once; the region's owner is told
-    /// `meta`.
-    pub fn finish(self, learned: bool, meta: Option<&ObjectMeta>) {
+    /// `learned`, or (nothing learned) probe at once; the region's owner is told.
+    pub fn finish(self, learned: Option<&ObjectMeta>) {
         let Some((turn, report)) = self.turn else { return };
         turn.release(match learned {
-            true => Release::Done,
-            false => Release::GiveUp,
+            Some(meta) => Release::Done(Arc::new(meta.clone())),
+            None => Release::GiveUp,
         });
         if let Some(report) = report {
-            report.send(meta);
+            report.send(learned);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object() -> ObjectId {
+        ObjectId {
+            origin: "http://origin:9000".into(),
+            bucket: "models".into(),
+            key: "model.bin".into(),
+            version_id: None,
+        }
+    }
+
+    fn meta() -> ObjectMeta {
+        ObjectMeta {
+            size: 3 << 20,
+            etag: "\"e-1\"".into(),
+            headers: http::HeaderMap::new(),
+            checksums: None,
+        }
+    }
+
+    async fn cache(dir: &std::path::Path) -> ChunkCache {
+        let config = crate::cache::test_config(dir);
+        ChunkCache::open(&crate::config::CacheConfig { disk: 0, ..config })
+            .await
+            .unwrap()
+    }
+
+    /// The metadata a probe learned reaches the requests that waited for it even when
+    /// the cache no longer holds it (evicted by the chunks filled meanwhile): they
+    /// probe with a condition, never with a body as if nobody had probed.
+    #[tokio::test]
+    async fn waiters_go_on_with_what_was_learned_though_the_cache_lost_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path()).await;
+        let (herd, object) = (Herd::new(Duration::from_secs(5), None), object());
+        let first = herd.enter(&cache, &object).await;
+        assert!(first.cached.is_none() && first.turn.is_some(), "the first probes");
+        let waiter = herd.enter(&cache, &object);
+        let probe = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            cache.insert_meta(&object, meta());
+            cache.remove_meta(&object);
+            first.finish(Some(&meta()));
+        };
+        let (waited, ()) = tokio::join!(waiter, probe);
+        assert_eq!(waited.cached, Some(meta()));
+        assert!(waited.turn.is_none(), "a waiter does not probe first");
+
+        // The same on the owner's side, for another node's request.
+        let (owner, other) = (
+            Herd::new(Duration::from_secs(5), None),
+            ObjectId {
+                key: "other".into(),
+                ..object
+            },
+        );
+        assert!(matches!(owner.hold(&cache, &other).await, Held::Yours));
+        let asker = owner.hold(&cache, &other);
+        let told = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            owner.told(&cache, &other, Some(meta()));
+            cache.remove_meta(&other);
+        };
+        let (held, ()) = tokio::join!(asker, told);
+        assert!(matches!(held, Held::Known(m) if *m == meta()));
     }
 }

@@ -370,8 +370,7 @@ impl Proxy {
         response: &Response<OriginBody>,
         asked_at: Instant,
     ) {
-        let learned = verdict.serve.as_ref().filter(|_| verdict.learned).map(|(meta, _)| meta);
-        herd.finish(verdict.learned, learned);
+        herd.finish(verdict.learned.as_ref());
         let served_etag = match &verdict.serve {
             Some((meta, _)) => Some(meta.etag.as_str()),
             None => response.headers().get(header::ETAG).and_then(|v| v.to_str().ok()),

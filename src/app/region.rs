@@ -46,6 +46,7 @@ impl RegionGate {
         };
         let node = &owner.hello.node;
         if self.peers.is_ejected(node) {
+            tracing::debug!(node, "the owner of an object's gate is ejected: deciding alone");
             return Advice::Alone;
         }
         let note = ObjectNote {
@@ -61,7 +62,10 @@ impl RegionGate {
             Ok((StatusCode::ACCEPTED, _)) => {
                 Advice::Probe(Box::new(Report(Some((self.peers.clone(), address, object.clone())))))
             }
-            Ok(_) => Advice::Alone,
+            Ok((status, _)) => {
+                tracing::debug!(node, %status, "the owner of an object's gate says decide alone");
+                Advice::Alone
+            }
             Err(error) => {
                 tracing::warn!(node, error = %crate::error::error_chain(&error), "the owner of an object's gate did not answer");
                 // An answer that is not the owner's (altered on the way, or too long)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cache::ObjectId;
+use crate::cache::{ObjectId, ObjectMeta};
 
 /// Lets one cold request per object ask the origin first, so that the others wait
 /// for its metadata and then probe cheaply (a 304) instead of each starting a body.
@@ -21,10 +21,12 @@ pub struct ColdGate {
 type Probes = Arc<Mutex<HashMap<ObjectId, watch::Receiver<Option<Release>>>>>;
 
 /// How the request holding the turn let go of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Release {
-    /// The metadata is in the cache: read it and probe with a condition.
-    Done,
+    /// The object's metadata, learned: probe with a condition. Handed over, not
+    /// read back from the cache, where a chunk filled meanwhile may have evicted it
+    /// (the waiter would then probe with a body, as if nobody had).
+    Done(Arc<ObjectMeta>),
     /// The origin's answer is not cacheable (a denial, `no-store`, overrides...):
     /// everyone probes at once, as they would without a cache.
     GiveUp,
@@ -72,7 +74,7 @@ impl ColdGate {
             };
             let status = match tokio::time::timeout_at(deadline, waiting.wait_for(Option::is_some)).await {
                 Err(_) => return Entry::Waited(None),
-                Ok(Ok(status)) => *status,
+                Ok(Ok(status)) => status.clone(),
                 Ok(Err(_)) => None,
             };
             match status {
@@ -128,6 +130,15 @@ mod tests {
         }
     }
 
+    fn learned() -> Release {
+        Release::Done(Arc::new(ObjectMeta {
+            size: 7,
+            etag: "\"e\"".into(),
+            headers: http::HeaderMap::new(),
+            checksums: None,
+        }))
+    }
+
     #[tokio::test]
     async fn one_cold_probe_at_a_time_per_object() {
         let gate = ColdGate::default();
@@ -141,13 +152,13 @@ mod tests {
         let Entry::Turn(third) = gate.enter(&object(), patience).await else {
             panic!("a dangling turn is taken again");
         };
-        third.release(Release::Done);
+        third.release(learned());
         assert!(gate.probes.lock().unwrap().is_empty(), "no entry left behind");
     }
 
     #[tokio::test]
     async fn waiters_are_released_with_the_status() {
-        for status in [Release::Done, Release::GiveUp] {
+        for status in [learned(), Release::GiveUp] {
             let gate = ColdGate::default();
             let patience = Duration::from_secs(5);
             let Entry::Turn(turn) = gate.enter(&object(), patience).await else {
@@ -157,11 +168,11 @@ mod tests {
             let waiters = futures_util::future::join_all((0..8).map(|_| gate.enter(&object, patience)));
             let release = async {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                turn.release(status);
+                turn.release(status.clone());
             };
             let (entries, ()) = tokio::join!(waiters, release);
             for entry in entries {
-                assert!(matches!(entry, Entry::Waited(Some(s)) if s == status), "{status:?}");
+                assert!(matches!(&entry, Entry::Waited(Some(s)) if *s == status), "{status:?}");
             }
             assert!(gate.probes.lock().unwrap().is_empty());
         }

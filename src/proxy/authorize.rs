@@ -120,8 +120,9 @@ fn answers<B>(
 pub struct Verdict {
     /// Serve this version (and part) from the cache, or relay the origin's answer.
     pub serve: Option<(ObjectMeta, Option<PartMeta>)>,
-    /// The cache now holds the object's metadata (cold waiters may read it).
-    pub learned: bool,
+    /// The object's metadata, learned (or confirmed) by this answer: cold waiters
+    /// go on with it.
+    pub learned: Option<ObjectMeta>,
     pub probe: Probe,
     /// What the answer changes in the cache, written by [`apply`].
     writes: Writes,
@@ -171,7 +172,7 @@ impl Verdict {
     fn relay(probe: Probe, writes: Writes) -> Self {
         Self {
             serve: None,
-            learned: false,
+            learned: None,
             probe,
             writes,
         }
@@ -195,8 +196,8 @@ pub fn decide(
     match response.status() {
         // Authorized, and the cached version is current.
         StatusCode::NOT_MODIFIED if condition_added => Verdict {
+            learned: cached.clone(),
             serve: cached.map(|meta| (meta, part)),
-            learned: true,
             probe: Probe::NotModified,
             writes: Writes::default(),
         },
@@ -274,14 +275,14 @@ fn decide_body(
     if plan.part.is_some() && part.is_none() {
         return Verdict {
             serve: None,
-            learned: true,
+            learned: Some(meta),
             probe: Probe::Uncacheable,
             writes,
         };
     }
     Verdict {
+        learned: Some(meta.clone()),
         serve: Some((meta, part)),
-        learned: true,
         probe,
         writes,
     }
