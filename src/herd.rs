@@ -106,6 +106,13 @@ impl Herd {
         }
         match self.gate.enter(object, self.patience).await {
             Entry::Turn(turn) => {
+                // A probe that ended between the cache's miss and the gate: what it
+                // learned is in the cache now. Its waiters go on with it.
+                if let Some(meta) = cache.meta(object).await {
+                    turn.release(Release::Done(Arc::new(meta.clone())));
+                    entered.cached = Some(meta);
+                    return entered;
+                }
                 // This node's first: the region may know the object, or be probing it.
                 let advice = match &self.region {
                     Some(region) => region.ask(object).await,
@@ -146,6 +153,11 @@ impl Herd {
         }
         match self.gate.enter(object, self.patience).await {
             Entry::Turn(turn) => {
+                // As in `enter`: a probe that ended between the miss and the gate.
+                if let Some(meta) = cache.meta(object).await {
+                    turn.release(Release::Done(Arc::new(meta.clone())));
+                    return Held::Known(Box::new(meta));
+                }
                 tracing::debug!(origin = object.origin, key = object.key, "cold: a peer's turn");
                 let id = fastrand::u64(..);
                 self.held.lock().expect("held turns").insert(object.clone(), (id, turn));

@@ -373,9 +373,10 @@ async fn a_region_fetches_each_chunk_from_the_origin_once() {
     );
     // One node of the region probed with a body; the others waited for what it
     // learned and probed with a condition. On a starved machine (the whole suite on
-    // 2 cores) a node may find the gate's owner unable to say in time and decide
-    // alone, which costs one more probe's first chunk, never a chunk filled twice;
-    // without the region's gate each of the 5 nodes would probe with a body.
+    // 2 cores) one more may: a turn holder whose request fails after its GET hands
+    // the turn on, and a peer error makes a node decide alone. That costs one more
+    // probe's first chunk, never a chunk filled twice; without the region's gate
+    // each of the 5 nodes would probe with a body.
     let probes = origin
         .stats
         .unconditional_gets
