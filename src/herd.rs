@@ -39,6 +39,19 @@ pub enum Advice {
     Alone,
 }
 
+/// The turn, unless a probe that ended between the cache's miss and the gate left
+/// the object's metadata in the cache: then the turn is let go with it (its waiters
+/// go on with it too), and it is the answer.
+async fn turn_or_learned(cache: &ChunkCache, object: &ObjectId, turn: ColdTurn) -> Result<ColdTurn, ObjectMeta> {
+    match cache.meta(object).await {
+        Some(meta) => {
+            turn.release(Release::Done(Arc::new(meta.clone())));
+            Err(meta)
+        }
+        None => Ok(turn),
+    }
+}
+
 impl Advice {
     fn label(&self) -> &'static str {
         match self {
@@ -106,13 +119,13 @@ impl Herd {
         }
         match self.gate.enter(object, self.patience).await {
             Entry::Turn(turn) => {
-                // A probe that ended between the cache's miss and the gate: what it
-                // learned is in the cache now. Its waiters go on with it.
-                if let Some(meta) = cache.meta(object).await {
-                    turn.release(Release::Done(Arc::new(meta.clone())));
-                    entered.cached = Some(meta);
-                    return entered;
-                }
+                let turn = match turn_or_learned(cache, object, turn).await {
+                    Ok(turn) => turn,
+                    Err(meta) => {
+                        entered.cached = Some(meta);
+                        return entered;
+                    }
+                };
                 // This node's first: the region may know the object, or be probing it.
                 let advice = match &self.region {
                     Some(region) => region.ask(object).await,
@@ -153,11 +166,10 @@ impl Herd {
         }
         match self.gate.enter(object, self.patience).await {
             Entry::Turn(turn) => {
-                // As in `enter`: a probe that ended between the miss and the gate.
-                if let Some(meta) = cache.meta(object).await {
-                    turn.release(Release::Done(Arc::new(meta.clone())));
-                    return Held::Known(Box::new(meta));
-                }
+                let turn = match turn_or_learned(cache, object, turn).await {
+                    Ok(turn) => turn,
+                    Err(meta) => return Held::Known(Box::new(meta)),
+                };
                 tracing::debug!(origin = object.origin, key = object.key, "cold: a peer's turn");
                 let id = fastrand::u64(..);
                 self.held.lock().expect("held turns").insert(object.clone(), (id, turn));
